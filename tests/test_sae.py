@@ -1,0 +1,194 @@
+"""Numerics of the SAE model: sparsity rules, unit-norm decoder, normalisation, training signals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.sae import ARCHITECTURES, SAE, SAEConfig, ShapeMismatch, default_matryoshka_prefixes
+from train.schedules import k_at, lr_at, sparsity_at
+
+FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def make(arch: str, d: int = 16, w: int = 64, k: int = 4, seed: int = 0, **kw) -> SAE:
+    coef = kw.pop("l1_coefficient", 1e-3 if arch in ("relu", "jumprelu") else 0.0)
+    return SAE(SAEConfig(d_in=d, d_sae=w, architecture=arch, k=k, l1_coefficient=coef, **kw), seed=seed)
+
+
+@FAST
+@given(k=st.integers(1, 32), n=st.integers(1, 40), seed=st.integers(0, 10_000))
+def test_topk_keeps_exactly_k(k: int, n: int, seed: int) -> None:
+    sae = make("topk", w=64, k=k, seed=seed)
+    with torch.no_grad():
+        sae.b_enc.fill_(100.0)  # all pre-activations positive: exactly k must survive
+    x = torch.randn(n, 16, generator=torch.Generator().manual_seed(seed))
+    z = sae.encode(x)
+    assert ((z > 0).sum(-1) == k).all()
+    # and they are the k largest pre-activations
+    pre = sae.pre_acts(sae.normalize(x))
+    top = pre.topk(k, dim=-1).indices.sort(-1).values
+    assert torch.equal((z > 0).nonzero()[:, 1].view(n, k).sort(-1).values, top)
+
+
+@FAST
+@given(k=st.integers(1, 8), n=st.integers(2, 64), seed=st.integers(0, 10_000))
+def test_batchtopk_keeps_at_most_k_per_token_on_average(k: int, n: int, seed: int) -> None:
+    sae = make("batchtopk", w=64, k=k, seed=seed)
+    sae.train()
+    x = torch.randn(n, 16, generator=torch.Generator().manual_seed(seed))
+    out = sae.train_forward(x)
+    assert out.l0.item() <= k + 1e-6
+    assert sae.threshold.item() > 0  # an inference threshold was learned
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@FAST
+@given(lr=st.floats(1e-4, 1e-1), seed=st.integers(0, 1000))
+def test_decoder_rows_stay_unit_norm(arch: str, lr: float, seed: int) -> None:
+    sae = make(arch, seed=seed)
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+    sae.set_normalization(x)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    for _ in range(3):
+        loss = sae.train_forward(x).loss
+        opt.zero_grad()
+        loss.backward()
+        sae.remove_parallel_grads()
+        opt.step()
+        sae.normalize_decoder()
+    norms = sae.W_dec.norm(dim=-1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_remove_parallel_grads_leaves_only_tangent_component() -> None:
+    sae = make("relu")
+    sae.W_dec.grad = torch.randn_like(sae.W_dec)
+    sae.remove_parallel_grads()
+    assert (sae.W_dec.grad * sae.W_dec).sum(-1).abs().max() < 1e-5
+
+
+@FAST
+@given(scale=st.floats(1e-3, 1e3), shift=st.floats(-100, 100), seed=st.integers(0, 1000))
+def test_normalisation_is_inverted_and_makes_codes_scale_invariant(scale: float, shift: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 16, generator=g, dtype=torch.float64).float()
+    a = make("topk", seed=seed)
+    a.set_normalization(x)
+    # normalise -> denormalise is the identity
+    assert torch.allclose(a.denormalize(a.normalize(x)), x, atol=1e-4, rtol=1e-4)
+    # normalised data has mean 0 and mean squared norm d_in
+    xn = a.normalize(x)
+    assert xn.mean(0).abs().max() < 1e-4
+    assert math.isclose(float(xn.pow(2).sum(-1).mean()), 16.0, rel_tol=1e-3)
+    # the same SAE weights on affinely transformed data (with re-estimated constants) give the
+    # same codes and a reconstruction transformed the same way: callers never normalise by hand
+    b = make("topk", seed=seed)
+    b.load_state_dict(a.state_dict())
+    y = x * scale + shift
+    b.set_normalization(y)
+    assert torch.allclose(a.encode(x), b.encode(y), atol=1e-3, rtol=1e-3)
+    assert torch.allclose(b(y), a(x) * scale + shift, atol=1e-3 * max(1.0, scale), rtol=1e-3)
+
+
+def test_geometric_median_init_is_robust_to_outliers() -> None:
+    x = torch.zeros(1000, 16)
+    x[:10] = 1000.0  # 1% outliers drag the mean far away, not the median
+    sae = make("relu", normalization="none")
+    sae.init_decoder_bias(x)
+    assert sae.b_dec.abs().max() < 1.0
+    assert x.mean(0).abs().max() > 5.0
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_each_architecture_learns_synthetic_sparse_data(arch: str) -> None:
+    """A few hundred steps must cut the FVU well below 1 on truly sparse data."""
+    torch.manual_seed(0)
+    dictionary = torch.nn.functional.normalize(torch.randn(96, 24), dim=-1)
+
+    def data(n: int) -> torch.Tensor:
+        z = (torch.rand(n, 96) < 0.04).float() * torch.rand(n, 96) * 3
+        return z @ dictionary * 4 + 2
+
+    sae = make(arch, d=24, w=96, k=6, l1_coefficient={"relu": 0.01, "jumprelu": 0.01}.get(arch, 0.0))
+    x0 = data(8000)
+    sae.set_normalization(x0)
+    sae.init_decoder_bias(x0[:2000])
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for _ in range(300):
+        out = sae.train_forward(data(256), dead_mask=torch.zeros(96, dtype=torch.bool))
+        opt.zero_grad()
+        out.loss.backward()
+        sae.remove_parallel_grads()
+        opt.step()
+        sae.normalize_decoder()
+    x = data(2000)
+    with torch.no_grad():
+        fvu = float(((sae(x) - x) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+        l0 = float((sae.encode(x) > 0).float().sum(-1).mean())
+    assert fvu < 0.5, (arch, fvu)
+    assert l0 < 48, (arch, l0)
+
+
+def test_sparsity_warmup_really_changes_the_loss() -> None:
+    sae = make("relu", l1_coefficient=0.5)
+    x = torch.randn(128, 16)
+    sae.set_normalization(x)
+    early = sae.train_forward(x, sparsity_coefficient=sparsity_at(0, 100, 0.5)).loss.item()
+    late = sae.train_forward(x, sparsity_coefficient=sparsity_at(100, 100, 0.5)).loss.item()
+    assert late > early + 1e-3
+    # k-sparse: annealing k from 4k down to k changes the codes and the reconstruction loss
+    topk = make("topk", k=2)
+    topk.set_normalization(x)
+    k0, k1 = k_at(0, 100, 2, 64), k_at(100, 100, 2, 64)
+    assert (k0, k1) == (8, 2)
+    assert topk.train_forward(x, k=k0).l0.item() == 8
+    assert abs(topk.train_forward(x, k=k0).mse.item() - topk.train_forward(x, k=k1).mse.item()) > 1e-3
+
+
+def test_auxk_loss_only_with_dead_latents_and_it_trains_them() -> None:
+    sae = make("topk", k=2)
+    x = torch.randn(128, 16)
+    sae.set_normalization(x)
+    none = sae.train_forward(x, dead_mask=torch.zeros(64, dtype=torch.bool))
+    assert none.aux.item() == 0.0
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[32:] = True
+    out = sae.train_forward(x, dead_mask=dead)
+    assert out.aux.item() > 0
+    out.loss.backward()
+    assert sae.W_enc.grad[:, 32:].abs().sum() > 0  # dead latents receive gradient
+
+
+def test_schedules() -> None:
+    assert lr_at(0, 1000, 1.0, 100, 0.2) == pytest.approx(0.01)
+    assert lr_at(500, 1000, 1.0, 100, 0.2) == 1.0
+    assert lr_at(900, 1000, 1.0, 100, 0.2) == pytest.approx(0.5)
+    assert lr_at(999, 1000, 1.0, 100, 0.2) > 0
+    assert sparsity_at(50, 100, 2.0) == 1.0 and sparsity_at(200, 100, 2.0) == 2.0
+
+
+def test_matryoshka_prefixes_and_validation() -> None:
+    assert default_matryoshka_prefixes(1024) == [64, 128, 256, 512, 1024]
+    with pytest.raises(ValueError, match="end at d_sae"):
+        SAEConfig(d_in=8, d_sae=64, architecture="matryoshka", k=4, matryoshka_prefixes=[8, 32])
+    with pytest.raises(ValueError, match="unknown SAE architecture"):
+        SAEConfig(d_in=8, d_sae=64, architecture="gated")
+    with pytest.raises(ValueError, match="0 < k <= d_sae"):
+        SAEConfig(d_in=8, d_sae=64, architecture="topk", k=0)
+
+
+def test_wrong_width_and_unknown_feature_errors() -> None:
+    sae = make("topk")
+    sae.cfg.model_id, sae.cfg.layer = "some/model", 10
+    with pytest.raises(ShapeMismatch, match="width 16.*some/model layer 10"):
+        sae.encode(torch.randn(3, 17))
+    with pytest.raises(ShapeMismatch):
+        sae.decode(torch.randn(3, 63))
+    with pytest.raises(ValueError, match="unknown feature 64"):
+        sae.check_feature(64)
+    assert sae.check_feature("5") == 5

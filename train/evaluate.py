@@ -1,0 +1,189 @@
+"""SAE evaluation: reconstruction, sparsity, latent health, and downstream recovery.
+
+Metrics (all streaming, never loading a whole store):
+
+- ``mse``: mean squared error per element in raw activation units;
+- ``fvu``: sum of squared errors / total variance around the data mean (normalised MSE);
+- ``explained_variance``: 1 - FVU;
+- ``l0``: mean number of active latents per token;
+- ``dead_fraction``: latents with no activation over the evaluated tokens;
+- ``dense_fraction``: latents active on more than 1% of tokens;
+- downstream recovery: how much a frozen head's output moves when layer L is replaced by the SAE
+  reconstruction, relative to replacing it by the mean activation (1 = unchanged, 0 = as bad as
+  mean ablation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from core.sae import SAE
+
+DENSE_THRESHOLD = 0.01
+
+
+@torch.no_grad()
+def evaluate_sae(sae: SAE, store, max_tokens: int = 200_000, batch_size: int = 4096,
+                 seed: int = 1, progress: bool = True) -> dict:
+    """Reconstruction and sparsity metrics of ``sae`` over up to ``max_tokens`` store tokens."""
+    sae.eval()
+    d, w = sae.cfg.d_in, sae.cfg.d_sae
+    if store.d_model != d:
+        from core.sae import ShapeMismatch
+
+        raise ShapeMismatch(f"store has width {store.d_model}, the SAE expects {d}")
+    n = 0
+    sse = 0.0
+    sum_x = torch.zeros(d, dtype=torch.float64)
+    sum_sq = 0.0
+    l0_sum = 0.0
+    counts = torch.zeros(w, dtype=torch.long)
+    shuffle = min(2**16, max(batch_size, max_tokens))
+    bar = tqdm(total=max_tokens, unit="tok", disable=not progress, desc="evaluate")
+    for x in store.iter_batches(batch_size, shuffle_buffer=shuffle, seed=seed, loop=False):
+        x = x[: max_tokens - n].float()
+        if not len(x):
+            break
+        z = sae.encode(x)
+        recon = sae.decode(z)
+        active = z > 0
+        sse += float((recon - x).double().pow(2).sum())
+        sum_x += x.double().sum(0)
+        sum_sq += float(x.double().pow(2).sum())
+        l0_sum += float(active.sum())
+        counts += active.sum(0)
+        n += len(x)
+        bar.update(len(x))
+        if n >= max_tokens:
+            break
+    bar.close()
+    if n == 0:
+        raise ValueError("the store yielded no tokens to evaluate")
+    total_var = sum_sq - float((sum_x**2).sum()) / n
+    freq = (counts.double() / n).numpy()
+    fvu = sse / max(total_var, 1e-12)
+    return {
+        "n_tokens": n,
+        "mse": sse / (n * d),
+        "fvu": fvu,
+        "explained_variance": 1.0 - fvu,
+        "l0": l0_sum / n,
+        "dead_fraction": float((counts == 0).double().mean()),
+        "dense_fraction": float((torch.from_numpy(freq) > DENSE_THRESHOLD).double().mean()),
+        "feature_frequency": freq,
+    }
+
+
+def splice(tokens: torch.Tensor, positions: Sequence[int], new: torch.Tensor) -> torch.Tensor:
+    """Copy of ``tokens`` [B, T, D] whose ``positions`` are replaced by ``new`` [B, len, D]."""
+    out = tokens.clone()
+    out[:, list(positions)] = new.to(out.dtype)
+    return out
+
+
+@torch.no_grad()
+def downstream_recovery(sae: SAE, backbone, head, images: Iterable, batch_size: int = 8,
+                        progress: bool = True) -> dict:
+    """Head-output change when the SAE's layer is replaced by its reconstruction.
+
+    ``head(final_tokens, layout)`` is any frozen head (the offline model's saliency decoder, a
+    probe); its outputs are compared with the mean absolute difference. Only the token kinds the
+    SAE was trained on are replaced. Returns the change under the SAE, under mean ablation, and
+    ``recovery = 1 - change_sae / change_mean_ablation``.
+    """
+    if sae.cfg.layer is None:
+        raise ValueError("the SAE does not record its layer; cannot splice it into the backbone")
+    layer = backbone.resolve_layer(sae.cfg.layer)
+    images = list(images)
+    d_sae = d_abl = 0.0
+    agree = n_px = 0
+    bar = tqdm(total=len(images), unit="img", disable=not progress, desc="downstream")
+    for i in range(0, len(images), batch_size):
+        pixels = backbone.preprocess(images[i : i + batch_size])
+        out = backbone.forward_layers(pixels, [layer])
+        h, layout = out.tokens[layer], out.layout
+        pos = layout.indices(sae.cfg.token_kinds)
+        sel = h[:, pos]
+        base = head(backbone.run_from(layer, h), layout).float()
+        with_sae = head(backbone.run_from(layer, splice(h, pos, sae(sel))), layout).float()
+        mean = sae.norm_mean.expand_as(sel)
+        ablated = head(backbone.run_from(layer, splice(h, pos, mean)), layout).float()
+        d_sae += float((with_sae - base).abs().mean()) * len(pixels)
+        d_abl += float((ablated - base).abs().mean()) * len(pixels)
+        if getattr(head, "kind", "") == "segmentation":
+            thr = getattr(head, "threshold", 0.5)
+            agree += int(((with_sae > thr) == (base > thr)).sum())
+            n_px += base.numel()
+        bar.update(len(pixels))
+    bar.close()
+    n = len(images)
+    result = {
+        "head": getattr(head, "name", type(head).__name__),
+        "n_images": n,
+        "change_sae": d_sae / n,
+        "change_mean_ablation": d_abl / n,
+        "recovery": 1.0 - (d_sae / max(d_abl, 1e-12)),
+    }
+    if n_px:
+        result["mask_agreement"] = agree / n_px
+    return result
+
+
+# ------------------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="evaluate an SAE on a store (and a frozen head, if given images)",
+        description="Reconstruction (MSE, FVU, explained variance), sparsity (L0), dead and dense "
+        "latents on an activation store; with --source, downstream recovery through the "
+        "backbone's frozen head (the offline model's saliency decoder).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--sae", required=True, help="SAE folder, saev .pt file, or Hub id")
+    p.add_argument("--store", required=True, help="activation store to evaluate on")
+    p.add_argument("--max-tokens", type=int, default=200_000)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--source", default=None,
+                   help="images for downstream recovery, e.g. builtin:photos (needs a head)")
+    p.add_argument("--max-images", type=int, default=32)
+    p.add_argument("--out", default=None, help="write metrics JSON here (default: beside the SAE)")
+    p.set_defaults(func=run, step="evaluate")
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.sae_io import check_compatible, from_pretrained
+    from train.cli_util import announce_config
+    from train.store import ActivationStore
+
+    store = ActivationStore(args.store)
+    sae = from_pretrained(args.sae)
+    check_compatible(sae, store.manifest.get("model", {}).get("model_id"), store.manifest.get("layer"),
+                     store.d_model)
+    out_dir = Path(args.out) if args.out else (Path(args.sae) if Path(args.sae).is_dir() else Path("."))
+    announce_config(args, out_dir)
+    metrics = evaluate_sae(sae, store, args.max_tokens, args.batch_size)
+    metrics.pop("feature_frequency")
+    if args.source:
+        from core.backbones import load_backbone
+        from core.heads import load_head_for
+        from train.sources import open_source
+
+        backbone = load_backbone(sae.cfg.model_id, sae.cfg.model_revision)
+        head = load_head_for(backbone)
+        src = open_source(args.source)
+        images = []
+        for _, img in src:
+            if not isinstance(img, Exception):
+                images.append(img)
+            if len(images) >= args.max_images:
+                break
+        metrics["downstream"] = downstream_recovery(sae, backbone, head, images)
+    print(json.dumps(metrics, indent=2))
+    (out_dir / "eval_metrics.json").write_text(json.dumps(metrics, indent=2))
+    return 0
