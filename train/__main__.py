@@ -17,6 +17,7 @@ STEP_MODULES = [
     "train.evaluate",
     "train.convert",
     "train.hub",
+    "train.pipeline",
 ]
 
 

@@ -163,8 +163,7 @@ def run(args: argparse.Namespace) -> int:
 
     store = ActivationStore(args.store)
     sae = from_pretrained(args.sae)
-    check_compatible(sae, store.manifest.get("model", {}).get("model_id"), store.manifest.get("layer"),
-                     store.d_model)
+    check_compatible(sae, store.model_id, store.layer, store.d_model)
     out_dir = Path(args.out) if args.out else (Path(args.sae) if Path(args.sae).is_dir() else Path("."))
     announce_config(args, out_dir)
     metrics = evaluate_sae(sae, store, args.max_tokens, args.batch_size)

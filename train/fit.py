@@ -96,14 +96,13 @@ def _open_store(path: str):
 
 
 def _provenance(store) -> dict:
-    m = store.manifest
-    model = m.get("model", {})
+    """What the SAE config records about where its training activations came from."""
     return {
-        "model_id": model.get("model_id", m.get("model_id")),
-        "model_revision": model.get("revision", m.get("revision")),
-        "layer": m.get("layer"),
-        "layer_requested": m.get("layer_requested", m.get("layer")),
-        "token_kinds": list(m.get("token_kinds", ["patch"])),
+        "model_id": store.model_id,
+        "model_revision": store.revision,
+        "layer": store.layer,
+        "layer_requested": store.layer_requested,
+        "token_kinds": [k.value for k in store.kinds],
     }
 
 

