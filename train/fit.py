@@ -64,7 +64,7 @@ class FitConfig:
     lr_decay_fraction: float = 0.2
     sparsity_warmup_fraction: float = 0.05
     aux_coefficient: float = 1 / 32
-    dead_window_tokens: int = 1_000_000
+    dead_window_tokens: int | None = None  # default: min(1M, a fifth of the run)
     shuffle_buffer: int = 2**18
     norm_sample_tokens: int = 100_000
     seed: int = 0
@@ -115,7 +115,8 @@ def _make_members(cfg: FitConfig, store, total_steps: int) -> list[_Member]:
             "tokens": total_steps * cfg.batch_size, "lr_warmup_steps": cfg.lr_warmup_steps,
             "lr_decay_fraction": cfg.lr_decay_fraction,
             "sparsity_warmup_fraction": cfg.sparsity_warmup_fraction,
-            "aux_coefficient": cfg.aux_coefficient, "dead_window_tokens": cfg.dead_window_tokens,
+            "aux_coefficient": cfg.aux_coefficient,
+            "dead_window_tokens": _dead_window(cfg, total_steps),
             "seed": cfg.seed, "optimizer": "adam", "unit_norm_decoder": True,
         }
         sae = SAE(sae_cfg, seed=cfg.seed + i).to(cfg.device)
@@ -164,7 +165,9 @@ def _save_checkpoint(out: Path, members: list[_Member], step: int, tokens: int) 
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, ck / "state.safetensors")
-    (ck / "state.json").write_text(json.dumps(meta, indent=2))  # human-readable copy only
+    tmp_json = ck / "state.json.tmp"  # human-readable copy, also replaced atomically
+    tmp_json.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp_json, ck / "state.json")
 
 
 def _load_checkpoint(out: Path, members: list[_Member]) -> tuple[int, int] | None:
@@ -205,7 +208,7 @@ def _step(m: _Member, x: torch.Tensor, step: int, total: int, cfg: FitConfig) ->
         g["lr"] = lr
     coef = sparsity_at(step, sparsity_warmup, sae.cfg.l1_coefficient)
     k = k_at(step, sparsity_warmup, sae.cfg.k, sae.cfg.d_sae) if sae.cfg.k else None
-    dead = m.since_fired >= cfg.dead_window_tokens
+    dead = m.since_fired >= _dead_window(cfg, total)
     out = sae.train_forward(x, sparsity_coefficient=coef, k=k, dead_mask=dead.to(x.device),
                             aux_coefficient=cfg.aux_coefficient)
     if not math.isfinite(out.loss.item()):
@@ -224,6 +227,13 @@ def _step(m: _Member, x: torch.Tensor, step: int, total: int, cfg: FitConfig) ->
               "l0": out.l0.item(), "aux": out.aux.item(), "sparsity": out.sparsity.item(),
               "lr": lr, "sparsity_coefficient": coef, "k": k,
               "dead_fraction": dead.float().mean().item()}
+
+
+def _dead_window(cfg: FitConfig, total_steps: int) -> int:
+    """Tokens without firing after which a latent counts as dead (and AuxK trains it)."""
+    if cfg.dead_window_tokens:
+        return cfg.dead_window_tokens
+    return max(10 * cfg.batch_size, min(1_000_000, total_steps * cfg.batch_size // 5))
 
 
 def _truncate_log(path: Path, start: int) -> None:
@@ -307,7 +317,7 @@ def _finish(cfg: FitConfig, store, members: list[_Member], names: list[str], out
                                batch_size=cfg.batch_size, seed=cfg.seed + 1, progress=False)
         freq = metrics.pop("feature_frequency")
         m.sae.cfg.metrics = {**metrics, "train_tokens": seen,
-                             "train_dead_fraction": float((m.since_fired >= cfg.dead_window_tokens).float().mean())}
+                             "train_dead_fraction": float((m.since_fired >= _dead_window(cfg, m.sae.cfg.hyperparameters["steps"])).float().mean())}
         folder = save_sae(m.sae, out / name)
         folders.append(folder)
         rows.append({"name": name, **m.sae.cfg.metrics, "architecture": m.sae.cfg.architecture})
@@ -358,7 +368,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lr-decay-fraction", type=float, default=0.2)
     p.add_argument("--sparsity-warmup-fraction", type=float, default=0.05)
     p.add_argument("--aux-coefficient", type=float, default=1 / 32)
-    p.add_argument("--dead-window-tokens", type=int, default=1_000_000)
+    p.add_argument("--dead-window-tokens", type=int, default=None,
+                   help="a latent is dead after this many tokens without firing "
+                   "(default: min(1M, a fifth of the run))")
     p.add_argument("--shuffle-buffer", type=int, default=2**18, help="tokens in the shuffle buffer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds")
