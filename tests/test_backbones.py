@@ -25,8 +25,9 @@ from core.layers import LayerOutOfRange
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=28, patch_size=14)
 
 
-def _save_tiny(kind: str, path) -> type:
-    """Save a tiny random checkpoint of ``kind`` at ``path``; return the class to reload it."""
+def _save_tiny(kind: str, path) -> torch.nn.Module:
+    """Save a tiny random checkpoint of ``kind`` at ``path``; return the saved vision model
+    itself, the reference the loaded backbone must reproduce."""
     import transformers as tf
 
     torch.manual_seed(0)
@@ -35,23 +36,22 @@ def _save_tiny(kind: str, path) -> type:
                     intermediate_size=64, vocab_size=99, bos_token_id=0, eos_token_id=1)
         cfg = tf.CLIPConfig(vision_config=dict(TINY, intermediate_size=64), text_config=text,
                             projection_dim=16)
-        tf.CLIPModel(cfg).save_pretrained(path)
-        return tf.CLIPVisionModel
+        full = tf.CLIPModel(cfg)
+        full.save_pretrained(path)
+        return full.vision_model
     if kind == "clip_vision":
-        tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY, intermediate_size=64)).save_pretrained(path)
-        return tf.CLIPVisionModel
-    if kind == "dinov2":
-        m = tf.Dinov2Model(tf.Dinov2Config(**TINY, mlp_ratio=2, layerscale_value=0.5))
-        m.save_pretrained(path)
-        return tf.Dinov2Model
-    if kind == "dinov2_reg":
+        model = tf.CLIPVisionModel(tf.CLIPVisionConfig(**TINY, intermediate_size=64))
+    elif kind == "dinov2":
+        model = tf.Dinov2Model(tf.Dinov2Config(**TINY, mlp_ratio=2, layerscale_value=0.5))
+    elif kind == "dinov2_reg":
         cfg = tf.Dinov2WithRegistersConfig(**TINY, mlp_ratio=2, num_register_tokens=4)
-        tf.Dinov2WithRegistersModel(cfg).save_pretrained(path)
-        return tf.Dinov2WithRegistersModel
-    if kind == "vit":
-        tf.ViTModel(tf.ViTConfig(**TINY, intermediate_size=64)).save_pretrained(path)
-        return tf.ViTModel
-    raise AssertionError(kind)
+        model = tf.Dinov2WithRegistersModel(cfg)
+    elif kind == "vit":
+        model = tf.ViTModel(tf.ViTConfig(**TINY, intermediate_size=64))
+    else:
+        raise AssertionError(kind)
+    model.save_pretrained(path)
+    return model
 
 
 KINDS = ["clip", "clip_vision", "dinov2", "dinov2_reg", "vit"]
@@ -62,8 +62,7 @@ FAMILY = {"clip": "clip", "clip_vision": "clip", "dinov2": "dinov2",
 @pytest.fixture(scope="module", params=KINDS)
 def tiny(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param)
-    ref_cls = _save_tiny(request.param, path)
-    ref = ref_cls.from_pretrained(path).eval()
+    ref = _save_tiny(request.param, path).eval().requires_grad_(False)
     return request.param, str(path), ref
 
 
