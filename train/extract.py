@@ -1,0 +1,488 @@
+"""``python -m train extract``: images -> backbone tokens at layer L -> activation store(s).
+
+Three stages overlap so the model never waits: loader threads decode and preprocess the next
+batches, the main thread runs the forward pass, a writer thread writes and checksums the previous
+shard. Batches never straddle shards, so a run resumed at a shard boundary feeds the model exactly
+the batches an uninterrupted run would, and the shards come out byte-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.images import ImageError
+from core.tokens import TokenKind, TokenLayout, parse_kinds
+from train.sources import ImageSource, open_source
+from train.store import (
+    DTYPES,
+    MANIFEST,
+    StoreError,
+    StoreWriter,
+    check_dtype,
+    new_manifest,
+    _read_manifest,
+)
+
+DEFAULT_MODEL = "offline:dinov2-s-saliency"
+DEFAULT_SOURCE = "builtin:photos"
+SHARD_TARGET_BYTES = 64 << 20  # per layer; bounds memory at ~3 shards in flight
+MAX_ASPECT = 8.0
+FP16_MAX = 65504.0
+
+
+@dataclass
+class _Batch:
+    pixels: torch.Tensor | None
+    ids: list[str]
+    indices: list[int]
+    labels: list[int | None]
+    skipped: list[dict]
+    source_stop: int  # source index after the last image this batch accounts for
+    end_of_shard: bool
+    end_of_source: bool = False
+
+
+@dataclass
+class _ShardJob:
+    arrays: list[np.ndarray]
+    ids: list[str]
+    indices: list[int]
+    labels: list[int | None]
+    skipped: list[dict]
+    source_stop: int
+    final: bool = False
+
+
+def _guard_aspect(image: Image.Image) -> Image.Image:
+    """Centre-crop extreme panoramas to 8:1, so resizing their short side cannot explode memory."""
+    w, h = image.size
+    if max(w, h) <= MAX_ASPECT * min(w, h):
+        return image
+    if w > h:
+        nw = int(h * MAX_ASPECT)
+        return image.crop(((w - nw) // 2, 0, (w - nw) // 2 + nw, h))
+    nh = int(w * MAX_ASPECT)
+    return image.crop((0, (h - nh) // 2, w, (h - nh) // 2 + nh))
+
+
+class _Loader(threading.Thread):
+    """Decodes and preprocesses images ahead of the model, in source order, into batches."""
+
+    def __init__(self, source: ImageSource, preprocess, start: int, batch_size: int,
+                 shard_images: int, workers: int, depth: int):
+        super().__init__(daemon=True, name="extract-loader")
+        self.source, self.preprocess = source, preprocess
+        self.start_index, self.batch_size, self.shard_images = start, batch_size, shard_images
+        self.workers = max(1, workers)
+        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop_event = threading.Event()
+
+    def _one(self, index: int) -> tuple[str, torch.Tensor | ImageError, int | None]:
+        image_id, image = self.source.get(index)
+        if isinstance(image, ImageError):
+            return image_id, image, None
+        try:
+            pixels = self.preprocess([_guard_aspect(image)])
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as err:
+            return image_id, ImageError(f"{image_id}: preprocessing failed ({err})"), None
+        return image_id, pixels, self.source.label(index)
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as err:  # handed to the main thread, which re-raises it
+            self._put(err)
+
+    def _run(self) -> None:
+        n = len(self.source)
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="extract-decode") \
+            if self.workers > 1 else None
+        pix: list[torch.Tensor] = []
+        ids: list[str] = []
+        idxs: list[int] = []
+        labels: list[int | None] = []
+        skipped: list[dict] = []
+        in_shard = 0
+        window = max(self.batch_size, 4 * self.workers)
+        try:
+            i = self.start_index
+            while i < n:
+                chunk = range(i, min(n, i + window))
+                results = pool.map(self._one, chunk) if pool else map(self._one, chunk)
+                for index, (image_id, result, label) in zip(chunk, results):
+                    if self.stop_event.is_set():
+                        return
+                    if isinstance(result, ImageError):
+                        skipped.append({"index": index, "id": image_id, "reason": str(result)})
+                        continue
+                    pix.append(result)
+                    ids.append(image_id)
+                    idxs.append(index)
+                    labels.append(label)
+                    in_shard += 1
+                    end_shard = in_shard == self.shard_images
+                    if len(ids) == self.batch_size or end_shard:
+                        batch = _Batch(torch.cat(pix), ids, idxs, labels, skipped, index + 1,
+                                       end_shard)
+                        if not self._put(batch):
+                            return
+                        pix, ids, idxs, labels, skipped = [], [], [], [], []
+                        if end_shard:
+                            in_shard = 0
+                i = chunk.stop
+            self._put(_Batch(torch.cat(pix) if pix else None, ids, idxs, labels, skipped, n,
+                             end_of_shard=False, end_of_source=True))
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _Writer(threading.Thread):
+    """Writes finished shards to every layer's store while the model computes the next one."""
+
+    def __init__(self, writers: list[StoreWriter]):
+        super().__init__(daemon=True, name="extract-writer")
+        self.writers = writers
+        self.q: queue.Queue = queue.Queue(maxsize=1)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue  # drain; the main thread reports the error
+            try:
+                if job.arrays is not None and job.ids:
+                    for w, arr in zip(self.writers, job.arrays):
+                        w.commit_shard(arr, job.ids, job.indices, job.labels, job.skipped,
+                                       job.source_stop)
+                    job.skipped = []
+                if job.final:
+                    for w in self.writers:
+                        w.finish(job.skipped, job.source_stop)
+            except BaseException as err:
+                self.error = err
+
+    def submit(self, job: _ShardJob | None) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(job)
+
+
+def auto_shard_images(tokens_per_image: int, d_model: int, dtype: str) -> int:
+    """Images per shard so that one shard of one layer is about 64 MiB."""
+    per_image = tokens_per_image * d_model * check_dtype(dtype).itemsize
+    return int(max(1, min(65536, SHARD_TARGET_BYTES // max(per_image, 1))))
+
+
+def store_paths(out_dir: str | os.PathLike, layers: Sequence[int]) -> list[Path]:
+    """One layer: ``out_dir`` itself; several: ``out_dir/layer_XX`` (resolved index)."""
+    out = Path(out_dir)
+    return [out] if len(layers) == 1 else [out / f"layer_{l:02d}" for l in layers]
+
+
+def _layout(backbone) -> TokenLayout:
+    pixels = backbone.preprocess([Image.new("RGB", (256, 256))])
+    return backbone.layout_for(pixels)
+
+
+def _check_source_matches(writer: StoreWriter, source: ImageSource) -> None:
+    for index, image_id in writer.committed_ids():
+        have = source.image_id(index) if 0 <= index < len(source) else None
+        if have != image_id:
+            raise StoreError(
+                f"cannot resume into {writer.path}: it was made from another image source (image "
+                f"#{index} is {image_id!r} in the store but {have!r} in {source.spec!r}). Use "
+                "--overwrite to start afresh or choose another output folder.")
+
+
+def _to_numpy(tokens: torch.Tensor, np_dtype: np.dtype, layer: int) -> np.ndarray:
+    if np_dtype == np.float16:
+        peak = float(tokens.abs().max()) if tokens.numel() else 0.0
+        if not np.isfinite(peak) or peak > FP16_MAX:
+            raise StoreError(f"layer {layer} activations reach {peak:.4g}, beyond float16's range "
+                             f"({FP16_MAX:g}): extract with --dtype float32")
+        return tokens.to(torch.float16).cpu().numpy()
+    return tokens.to(torch.float32).cpu().numpy()
+
+
+def extract(
+    backbone,
+    source: ImageSource | str,
+    out_dir: str | os.PathLike,
+    layers: Sequence[int] = (-2,),
+    kinds: str | Sequence[str | TokenKind] = "patch",
+    batch_size: int = 32,
+    shard_images: int | None = None,
+    dtype: str = "float16",
+    resume: bool = True,
+    progress: bool = True,
+    workers: int | None = None,
+    prefetch_batches: int = 3,
+    verify: str = "checksum",
+    max_images: int | None = None,
+) -> list[Path]:
+    """Extract ``backbone`` tokens of ``layers`` for every image of ``source`` into stores.
+
+    Returns the store paths aligned with the de-duplicated resolved ``layers``. With ``resume``
+    an interrupted run continues (after verifying its shards); a store made with other settings
+    or another source is refused. Corrupt images are skipped and listed, never fatal.
+    """
+    if not isinstance(source, ImageSource) or max_images is not None:
+        source = open_source(source, max_images=max_images)
+    kinds_t = parse_kinds(kinds)
+    requested: list[int] = []
+    resolved: list[int] = []
+    for l in layers:
+        r = backbone.resolve_layer(l)
+        if r not in resolved:
+            requested.append(int(l))
+            resolved.append(r)
+    if not resolved:
+        raise ValueError("extract needs at least one layer")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    np_dtype = check_dtype(dtype)
+    layout = _layout(backbone)
+    if TokenKind.REGISTER in kinds_t and layout.n_registers == 0 and len(kinds_t) == 1:
+        raise ValueError(f"{backbone.model_id} has no register tokens")
+    tokens_per_image = len(layout.indices(kinds_t))
+    paths = store_paths(out_dir, resolved)
+    if shard_images is None:
+        existing = paths[0] / MANIFEST
+        shard_images = _read_manifest(paths[0])["shard_images"] if resume and existing.is_file() \
+            else auto_shard_images(tokens_per_image, backbone.d_model, dtype)
+    shard_images = int(shard_images)
+    if shard_images < 1:
+        raise ValueError("shard_images must be >= 1")
+    model = backbone.describe()
+    positions = layout.indices(kinds_t)
+
+    writers: list[StoreWriter] = []
+    try:
+        for path, layer, req in zip(paths, resolved, requested):
+            manifest = new_manifest(model=model, layer=layer, layer_requested=req, kinds=kinds_t,
+                                    layout=layout, dtype=dtype, shard_images=shard_images,
+                                    source=source.describe(), label_names=source.label_names)
+            writers.append(StoreWriter(path, manifest, resume=resume, verify=verify))
+        for w in writers:
+            for note in w.repaired:
+                print(f"[extract] {w.path}: {note}", file=sys.stderr)
+        start = _align(writers, source, shard_images)
+        if start >= len(source) and all(w.complete for w in writers):
+            if progress:
+                print(f"[extract] {paths[0] if len(paths) == 1 else out_dir}: already complete "
+                      f"({writers[0].manifest['n_images']} images)", file=sys.stderr)
+            return paths
+        _run(backbone, source, writers, resolved, positions, layout, np_dtype, start, batch_size,
+             shard_images, workers, prefetch_batches, progress)
+    finally:
+        for w in writers:
+            w.close()
+    _summary(writers, paths, progress)
+    return paths
+
+
+def _align(writers: list[StoreWriter], source: ImageSource, shard_images: int) -> int:
+    """Bring every layer's store to the same committed prefix; return the next source index."""
+    n = min(w.n_shards for w in writers)
+    last = writers[0].manifest["shards"][n - 1] if n else None
+    # a short last shard is redone when the source has grown past it (as a fresh run would fill it)
+    if last is not None and last["n_images"] < shard_images and len(source) > last["source_stop"]:
+        n -= 1
+    states = {(w.n_shards, w.next_source_index, w.complete) for w in writers}
+    grown = any(w.next_source_index < len(source) for w in writers)
+    if len(states) > 1 or n < writers[0].n_shards or (grown and any(w.complete for w in writers)):
+        for w in writers:
+            w.truncate(n)
+    for w in writers:
+        if w.next_source_index > len(source):
+            raise StoreError(f"{w.path} already holds images up to source index "
+                             f"{w.next_source_index}, beyond the {len(source)} images of "
+                             f"{source.spec!r}; use --overwrite to start afresh")
+    _check_source_matches(writers[0], source)
+    return writers[0].next_source_index
+
+
+def _run(backbone, source: ImageSource, writers: list[StoreWriter], layers: list[int],
+         positions: list[int], layout: TokenLayout, np_dtype: np.dtype, start: int,
+         batch_size: int, shard_images: int, workers: int | None, prefetch: int,
+         progress: bool) -> None:
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    loader = _Loader(source, backbone.preprocess, start, batch_size, shard_images, workers, prefetch)
+    writer = _Writer(writers)
+    d = backbone.d_model
+    t_sel = len(positions)
+    contiguous = positions == list(range(positions[0], positions[0] + t_sel)) if t_sel else True
+    index = torch.tensor(positions, dtype=torch.long)
+    bar = _progress(len(source), start, progress)
+    done = start
+    n_skipped = 0
+
+    def new_buffers() -> list[np.ndarray]:
+        return [np.empty((shard_images, t_sel, d), np_dtype) for _ in layers]
+
+    buffers, fill = new_buffers(), 0
+    ids: list[str] = []
+    idxs: list[int] = []
+    labels: list[int | None] = []
+    skipped: list[dict] = []
+    loader.start()
+    writer.start()
+    try:
+        while True:
+            item = loader.q.get()
+            if isinstance(item, BaseException):
+                raise item
+            batch: _Batch = item
+            if batch.pixels is not None and batch.ids:
+                out = backbone.forward_layers(batch.pixels, layers)
+                if out.layout != layout:
+                    raise StoreError(f"the backbone produced layout {out.layout}, expected "
+                                     f"{layout}: preprocessing must give a fixed image size")
+                b = len(batch.ids)
+                for k, layer in enumerate(layers):
+                    t = out.tokens[layer]
+                    t = t[:, positions[0]:positions[0] + t_sel] if contiguous else t[:, index]
+                    buffers[k][fill:fill + b] = _to_numpy(t, np_dtype, layer)
+                fill += b
+                ids += batch.ids
+                idxs += batch.indices
+                labels += batch.labels
+            skipped += batch.skipped
+            n_skipped += len(batch.skipped)
+            if (batch.end_of_shard or batch.end_of_source) and fill:
+                writer.submit(_ShardJob([a[:fill] for a in buffers], ids, idxs, labels, skipped,
+                                        batch.source_stop))
+                buffers, fill, ids, idxs, labels, skipped = new_buffers(), 0, [], [], [], []
+            if bar is not None:
+                bar.update(batch.source_stop - done)
+                if n_skipped:
+                    bar.set_postfix(skipped=n_skipped, refresh=False)
+            done = batch.source_stop
+            if batch.end_of_source:
+                writer.submit(_ShardJob(None, [], [], [], skipped, batch.source_stop, final=True))  # type: ignore[arg-type]
+                break
+        writer.submit(None)
+        writer.join()
+        if writer.error is not None:
+            raise writer.error
+    finally:
+        loader.stop_event.set()
+        if writer.is_alive():
+            writer.error = writer.error or RuntimeError("extraction aborted")
+            try:
+                writer.q.put(None, timeout=60)
+            except queue.Full:
+                pass
+            writer.join(timeout=60)
+        loader.join(timeout=10)
+        if bar is not None:
+            bar.close()
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="extract", dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _summary(writers: list[StoreWriter], paths: list[Path], progress: bool) -> None:
+    m = writers[0].manifest
+    skipped = m["skipped"]
+    where = ", ".join(str(p) for p in paths)
+    print(f"[extract] {m['n_images']} images x {m['tokens_per_image']} tokens x {m['d_model']} "
+          f"({m['dtype']}) -> {where}", file=sys.stderr)
+    if skipped:
+        print(f"[extract] skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
+        for s in skipped[:20]:
+            print(f"  - {s['reason']}", file=sys.stderr)
+        if len(skipped) > 20:
+            print(f"  ... and {len(skipped) - 20} more (listed in {MANIFEST})", file=sys.stderr)
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "extract", help="run a backbone over images and store layer activations",
+        description="Run a vision backbone over an image source and write the tokens of one or "
+        "more layers to activation stores (resumable; corrupt images are skipped and listed).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="backbone: offline:dinov2-s-saliency, a Hub id or a local folder")
+    p.add_argument("--revision", default=None, help="Hub revision (commit, branch or tag)")
+    p.add_argument("--source", default=DEFAULT_SOURCE,
+                   help="images: builtin:photos[?views=N], builtin:digits, builtin:fashion-mnist, "
+                   "builtin:lfw, hf:NAME[:split], or a folder (images or a saved dataset)")
+    p.add_argument("--layer", type=int, action="append", default=None,
+                   help="layer L = output of block L (negative counts from the end); repeat for "
+                   "several layers from one pass (default: -2)")
+    p.add_argument("--kinds", default="patch", help="token kinds: patch, cls, register, or a "
+                   "comma list, or all")
+    p.add_argument("--out", required=True, help="output store folder (per-layer sub-folders "
+                   "layer_XX when several layers are given)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--shard-images", type=int, default=None,
+                   help="images per shard (default: about 64 MiB per shard)")
+    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
+    p.add_argument("--max-images", type=int, default=None)
+    p.add_argument("--overwrite", "--no-resume", dest="overwrite", action="store_true",
+                   help="start afresh instead of resuming an existing store")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image decoding threads (default: min(4, CPUs))")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run, step="extract")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from train.cli_util import announce_config
+
+    if args.layer is None:
+        args.layer = [-2]
+    announce_config(args, args.out)
+    from core.backbones import load_backbone
+
+    backbone = load_backbone(args.model, revision=args.revision, device=args.device)
+    source = open_source(args.source, max_images=args.max_images)
+    paths = extract(backbone, source, args.out, layers=args.layer, kinds=args.kinds,
+                    batch_size=args.batch_size, shard_images=args.shard_images, dtype=args.dtype,
+                    resume=not args.overwrite, progress=not args.no_progress,
+                    workers=args.workers)
+    for p in paths:
+        print(p)
+    return 0
+
+
+__all__ = ["extract", "add_parser", "run", "store_paths", "auto_shard_images"]
