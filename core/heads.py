@@ -136,3 +136,16 @@ def load_offline_head(device: str | torch.device = "cpu", dtype: torch.dtype = t
 
 
 __all__ = ["Head", "HEAD_KINDS", "SaliencyHead", "load_offline_head", "patch_grid"]
+
+
+def load_head_for(backbone, device: str | torch.device | None = None) -> Head:
+    """The frozen head that ships with ``backbone``; ``LookupError`` if it has none.
+
+    Only the offline model carries one (its saliency decoder); trained probes are loaded from
+    bundles instead.
+    """
+    from core.backbones import OFFLINE_MODEL_ID
+
+    if getattr(backbone, "model_id", None) == OFFLINE_MODEL_ID:
+        return load_offline_head(device=device or backbone.device, dtype=backbone.dtype)
+    raise LookupError(f"{getattr(backbone, 'model_id', backbone)!r} ships no frozen head")

@@ -192,7 +192,12 @@ class SAE(nn.Module):
         w_dec = torch.randn(w, d, generator=gen)
         w_dec /= w_dec.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.t().clone())  # tied init: a good start for every arch
+        # Tied init. With ReLU-like activations about half of all latents fire on a random
+        # input, and sum_i relu(w_i.x) w_i ~ (d_sae / 2d) x for random unit rows, so the encoder is
+        # scaled by 2d/d_sae to start near the identity instead of a d_sae/2d-fold blow-up.
+        # k-sparse codes keep only k latents and start from the plain transpose.
+        scale = 1.0 if cfg.architecture in K_SPARSE else min(1.0, 2.0 * d / w)
+        self.W_enc = nn.Parameter(w_dec.t().clone() * scale)
         self.b_enc = nn.Parameter(torch.zeros(w))
         self.b_dec = nn.Parameter(torch.zeros(d))
         if cfg.architecture == "jumprelu":
