@@ -85,6 +85,8 @@ def test_iter_batches_buffer_larger_than_store_and_loop(tmp_path):
     st = ActivationStore(build_store(tmp_path / "s", 4, shard_images=3))
     a = torch.cat(list(st.iter_batches(5, shuffle_buffer=10_000, seed=0)))[:, 0]
     assert sorted(a.tolist()) == list(range(24))
+    tiny = torch.cat(list(st.iter_batches(5, shuffle_buffer=4, seed=0)))[:, 0]  # < 1 image
+    assert sorted(tiny.tolist()) == list(range(24))
     it = st.iter_batches(5, shuffle_buffer=8, seed=0, loop=True)
     many = torch.cat([next(it) for _ in range(20)])[:, 0]  # 100 tokens > 4 epochs of 24
     counts = np.bincount(many.int().numpy(), minlength=24)
@@ -212,6 +214,18 @@ def test_resume_refuses_other_settings(tmp_path):
     with StoreWriter(path, _manifest(dtype="float16"), resume=False) as w:  # overwrite
         assert w.n_shards == 0
     assert not list(path.glob("shard_*"))
+
+
+def test_overwrite_never_deletes_foreign_files(tmp_path):
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": "saescope.sae"}))
+    with pytest.raises(StoreError, match="refusing to overwrite"):
+        StoreWriter(tmp_path, _manifest(), resume=False)
+    (tmp_path / MANIFEST).unlink()
+    (tmp_path / "notes.txt").write_text("keep me")
+    build_store(tmp_path, 3)
+    with StoreWriter(tmp_path, _manifest(), resume=False):
+        pass
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
 
 
 def test_one_writer_at_a_time(tmp_path):

@@ -436,29 +436,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "extract", help="run a backbone over images and store layer activations",
         description="Run a vision backbone over an image source and write the tokens of one or "
-        "more layers to activation stores (resumable; corrupt images are skipped and listed).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="backbone: offline:dinov2-s-saliency, a Hub id or a local folder")
+        "more layers to activation stores. Resumes an interrupted run; corrupt images are "
+        "skipped and listed in the manifest.")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="backbone: offline:dinov2-s-saliency "
+                   "(default), a Hub id or a local transformers folder")
     p.add_argument("--revision", default=None, help="Hub revision (commit, branch or tag)")
     p.add_argument("--source", default=DEFAULT_SOURCE,
-                   help="images: builtin:photos[?views=N], builtin:digits, builtin:fashion-mnist, "
-                   "builtin:lfw, hf:NAME[:split], or a folder (images or a saved dataset)")
+                   help="images: builtin:photos[?views=N] (default: builtin:photos), "
+                   "builtin:digits, builtin:fashion-mnist, builtin:lfw, hf:NAME[:split], or a "
+                   "folder (image files, or a datasets save_to_disk folder)")
     p.add_argument("--layer", type=int, action="append", default=None,
-                   help="layer L = output of block L (negative counts from the end); repeat for "
-                   "several layers from one pass (default: -2)")
-    p.add_argument("--kinds", default="patch", help="token kinds: patch, cls, register, or a "
-                   "comma list, or all")
-    p.add_argument("--out", required=True, help="output store folder (per-layer sub-folders "
-                   "layer_XX when several layers are given)")
-    p.add_argument("--batch-size", type=int, default=32)
+                   help="layer L = output of block L, negative counts from the end (default: -2); "
+                   "repeat for several layers from one forward pass")
+    p.add_argument("--kinds", default="patch", help="token kinds to keep: patch (default), cls, "
+                   "register, a comma list, or all")
+    p.add_argument("--out", required=True, help="output store folder (with several layers: one "
+                   "sub-folder layer_XX per layer)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: "
+                   "32)")
     p.add_argument("--shard-images", type=int, default=None,
-                   help="images per shard (default: about 64 MiB per shard)")
-    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES))
-    p.add_argument("--max-images", type=int, default=None)
+                   help="images per shard file (default: about 64 MiB per shard; a resumed run "
+                   "keeps the store's)")
+    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES),
+                   help="storage precision (default: float16)")
+    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
     p.add_argument("--overwrite", "--no-resume", dest="overwrite", action="store_true",
                    help="start afresh instead of resuming an existing store")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--verify", default="checksum", choices=["checksum", "size"],
+                   help="how a resumed run checks the shards already written (default: checksum)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--workers", type=int, default=None,
                    help="image decoding threads (default: min(4, CPUs))")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -479,7 +485,7 @@ def run(args: argparse.Namespace) -> int:
     paths = extract(backbone, source, args.out, layers=args.layer, kinds=args.kinds,
                     batch_size=args.batch_size, shard_images=args.shard_images, dtype=args.dtype,
                     resume=not args.overwrite, progress=not args.no_progress,
-                    workers=args.workers)
+                    workers=args.workers, verify=args.verify)
     for p in paths:
         print(p)
     return 0

@@ -257,6 +257,15 @@ class StoreWriter:
 
     def _clear(self) -> None:
         """Remove this store's own files (never anything else in the folder)."""
+        mpath = self.path / MANIFEST
+        if mpath.is_file():
+            try:
+                ours = json.loads(mpath.read_text()).get("format") == FORMAT
+            except (OSError, ValueError, AttributeError):
+                ours = True  # a half-written manifest of ours; nothing else writes that name here
+            if not ours:
+                raise StoreError(f"{mpath} belongs to something other than an activation store; "
+                                 "refusing to overwrite it: choose another output folder")
         for p in self.path.iterdir():
             n = p.name
             if n == MANIFEST or (n.startswith("shard_") and n.endswith((".npy", ".ids.json"))) or \
@@ -670,10 +679,12 @@ class ActivationStore:
                     x = x[take:]
                     if not len(x):
                         continue
-                slots = rng.choice(cap, size=len(x), replace=False)
-                out = buf[slots]
-                buf[slots] = x
-                yield from emit(out)
+                for a in range(0, len(x), cap):  # pieces: a chunk may exceed a tiny buffer
+                    piece = x[a:a + cap]
+                    slots = rng.choice(cap, size=len(piece), replace=False)
+                    out = buf[slots]
+                    buf[slots] = piece
+                    yield from emit(out)
             if not loop:  # drain the buffer in random order, a chunk at a time
                 perm = rng.permutation(filled)
                 step = max(chunk_tokens, batch_size)
