@@ -15,7 +15,9 @@ Specs understood by :func:`open_source`:
   ``dataset-fashion-mnist``;
 - ``builtin:lfw[?size=PX]`` - scikit-image's ``lfw_subset`` (100 faces, 100 non-faces);
 - ``hf:NAME[:split]`` - a Hugging Face ``datasets`` dataset (Hub name or local path);
-- a folder: a ``datasets.save_to_disk`` folder, or else a folder of image files (recursive).
+- a folder: a ``datasets.save_to_disk`` folder, or else a folder of image files (recursive);
+- ``SPEC+SPEC[+...]`` - several sources one after the other (e.g. photos and digits); labels are
+  kept only when every part is labelled, with the parts' label names prefixed by the part.
 """
 
 from __future__ import annotations
@@ -588,6 +590,58 @@ def _parse_params(query: str) -> dict[str, Any]:
     return out
 
 
+class ConcatSource(ImageSource):
+    """Several sources one after the other; ids are the parts' ids (they are already unique)."""
+
+    def __init__(self, parts: Sequence[ImageSource], spec: str):
+        if not parts:
+            raise ValueError("a concatenated source needs at least one part")
+        self.parts = list(parts)
+        self.spec, self.kind = spec, "concat"
+        self._starts = np.cumsum([0] + [len(p) for p in self.parts])
+        if all(p.label_names for p in self.parts):
+            self.label_names = [f"{p.kind}:{n}" for p in self.parts for n in p.label_names]
+            self._label_offsets = np.cumsum([0] + [len(p.label_names) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _part(self, index: int) -> tuple[int, int]:
+        self._check(index)
+        k = int(np.searchsorted(self._starts, index, side="right") - 1)
+        return k, index - int(self._starts[k])
+
+    def image_id(self, index: int) -> str:
+        k, i = self._part(index)
+        return self.parts[k].image_id(i)
+
+    def load(self, index: int) -> Image.Image:
+        k, i = self._part(index)
+        return self.parts[k].load(i)
+
+    def label(self, index: int) -> int | None:
+        if self.label_names is None:
+            return None
+        k, i = self._part(index)
+        lab = self.parts[k].label(i)
+        return None if lab is None else int(self._label_offsets[k]) + lab
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["parts"] = [p.describe() for p in self.parts]
+        return d
+
+
+def _split_concat(text: str) -> list[str] | None:
+    """``a+b`` -> ``[a, b]`` when every part looks like a spec (a '+' in a folder name is kept)."""
+    if "+" not in text or Path(text).expanduser().exists():
+        return None
+    parts = [p.strip() for p in text.split("+")]
+    if all(p.startswith(("builtin:", "hf:")) or Path(p).expanduser().exists() for p in parts):
+        return parts
+    return None
+
+
 def open_source(spec: str | os.PathLike | ImageSource, *, max_images: int | None = None,
                 start: int = 0, stop: int | None = None, **kw: Any) -> ImageSource:
     """Open a source from its spec (see the module docstring); limits apply last.
@@ -597,7 +651,10 @@ def open_source(spec: str | os.PathLike | ImageSource, *, max_images: int | None
     if isinstance(spec, ImageSource):
         return spec.subset(start, stop, max_images)
     text = str(spec)
-    if text.startswith("builtin:"):
+    parts = _split_concat(text)
+    if parts is not None:
+        source: ImageSource = ConcatSource([open_source(p) for p in parts], spec=text)
+    elif text.startswith("builtin:"):
         name, _, query = text[len("builtin:"):].partition("?")
         if name not in BUILTINS:
             raise ValueError(f"unknown built-in source {name!r}; known: "
@@ -629,6 +686,6 @@ def open_source(spec: str | os.PathLike | ImageSource, *, max_images: int | None
     return source.subset(start, stop, max_images)
 
 
-__all__ = ["ImageSource", "SubsetSource", "ListSource", "FolderSource", "HFSource",
+__all__ = ["ImageSource", "SubsetSource", "ListSource", "FolderSource", "HFSource", "ConcatSource",
            "PhotosSource", "ArraySource", "digits_source", "fashion_mnist_source", "lfw_source",
            "open_source", "random_resized_crop", "Loaded", "IMAGE_EXTENSIONS"]
