@@ -265,15 +265,19 @@ def test_real_offline_model_throughput(tmp_path):
     except (ImportError, FileNotFoundError) as err:
         pytest.skip(f"offline model unavailable: {err}")
     source = open_source("builtin:photos?views=2", max_images=40)
-    pixels = backbone.preprocess([source.get(i)[1] for i in range(len(source))])
-    backbone.forward_layers(pixels[:8], [-2])  # warm-up
-    t = time.perf_counter()
-    for a in range(0, len(pixels), 16):
-        backbone.forward_layers(pixels[a:a + 16], [-2])
-    bare = len(pixels) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    extract(backbone, source, tmp_path / "real", layers=[-2], batch_size=16, progress=False)
-    full = len(source) / (time.perf_counter() - t)
-    st = ActivationStore(tmp_path / "real")
+    images = [source.get(i)[1] for i in range(len(source))]
+    backbone.forward_layers(backbone.preprocess(images[:8]), [-2])  # warm-up
+    bare, full = 0.0, 0.0
+    for attempt in range(2):  # interleaved, best of two: robust to a busy machine
+        pixels = backbone.preprocess(images)
+        t = time.perf_counter()
+        for a in range(0, len(pixels), 16):
+            backbone.forward_layers(pixels[a:a + 16], [-2])
+        bare = max(bare, len(pixels) / (time.perf_counter() - t))
+        t = time.perf_counter()
+        extract(backbone, source, tmp_path / f"real{attempt}", layers=[-2], batch_size=16,
+                progress=False)
+        full = max(full, len(source) / (time.perf_counter() - t))
+    st = ActivationStore(tmp_path / "real0")
     assert st.n_images == 40 and st.tokens_per_image == 256 and st.d_model == 384
     assert full >= 0.9 * bare, (full, bare)
