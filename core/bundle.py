@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -254,6 +253,49 @@ class Bundle:
         return load_sae_folder(self.component_path("sae"))
 
     @cached_property
+    def exemplars(self):
+        """Top images per feature with patch maps, and feature statistics (train.exemplars)."""
+        from train.exemplars import Exemplars
+
+        return Exemplars.load(self.component_path("exemplars"))
+
+    def stats(self, feature: int) -> dict:
+        """Frequency, mean, max and activation histogram of one feature."""
+        return self.exemplars.feature_stats(feature)
+
+    @cached_property
+    def feature_index(self):
+        """FAISS index over the decoder directions (ids = feature ids)."""
+        from core.index import VectorIndex
+
+        return VectorIndex.load(self.component_path("feature_index"))
+
+    @cached_property
+    def patch_index(self):
+        """FAISS index over the dataset's patch tokens (ids = image * n_patches + patch)."""
+        from core.index import VectorIndex
+
+        return VectorIndex.load(self.component_path("patch_index"))
+
+    def related(self, feature: int, k: int = 10) -> list[tuple[int, float]]:
+        """Features whose decoder directions are closest to ``feature``'s (itself excluded)."""
+        from train.indices import related_features
+
+        ids, scores = related_features(self.feature_index, self.sae, feature, k + 1)
+        return [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) != int(feature)][:k]
+
+    def matches(self, other: "Bundle"):
+        """Cross-model feature matches against ``other`` (train.indices.Matches, A = self)."""
+        from train.indices import Matches
+
+        table = self.components.get("matches", {})
+        if other.name not in table:
+            raise BundleError(f"bundle {self.name} has no feature matches with {other.name} "
+                              f"(it has: {', '.join(sorted(table)) or 'none'}); build them with "
+                              "python -m train bundle ... --match-with")
+        return Matches.load(self.path / table[other.name])
+
+    @cached_property
     def thumbnails(self) -> Thumbnails:
         return Thumbnails.load(self.path)
 
@@ -274,16 +316,6 @@ class Bundle:
             return None
 
 
-def copy_component(src: str | os.PathLike, dst: Path) -> None:
-    """Copy a component folder (or file) into the bundle being built."""
-    src = Path(src)
-    if src.is_dir():
-        shutil.copytree(src, dst, dirs_exist_ok=True)
-    else:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, dst)
-
-
 def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False,
                 token: str | None = None, api: Any = None) -> str:
     """Verify, then upload a bundle folder with huggingface_hub; returns the repo URL."""
@@ -298,4 +330,4 @@ def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False,
 
 
 __all__ = ["Bundle", "BundleError", "Thumbnails", "pack_thumbnails", "push_bundle",
-           "read_manifest", "resolve_bundle", "verify_bundle", "write_manifest", "copy_component"]
+           "read_manifest", "resolve_bundle", "verify_bundle", "write_manifest"]

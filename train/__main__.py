@@ -18,6 +18,9 @@ STEP_MODULES = [
     "train.convert",
     "train.hub",
     "train.pipeline",
+    "train.exemplars",
+    "train.indices",
+    "train.bundle",
 ]
 
 
