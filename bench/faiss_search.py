@@ -132,12 +132,12 @@ def run_size(x: np.ndarray, queries: np.ndarray, index_types: list[str], n_laten
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], data_desc: str, threads: int) -> str:
+def markdown(rows: list[dict[str, Any]], data_desc: str, threads: int, d: int = D) -> str:
     big = max(r["n"] for r in rows)
     lines = [
         "## FAISS search (`bench/faiss_search.py`)",
         "",
-        f"Data: {data_desc}; width {D}, cosine similarity, k = 10. Queries are fresh draws, searched "
+        f"Data: {data_desc}; width {d}, cosine similarity, k = 10. Queries are fresh draws, searched "
         "one at a time; exact search (`IndexFlatIP`, same data, same run) is the baseline for recall "
         f"and speed. Build = k-means training + adding + recall tuning; faiss threads = {threads}. "
         "The machine (2 cores) was shared with other developers while this ran, so latencies are "
@@ -190,12 +190,13 @@ def main(argv: list[str] | None = None) -> int:
             x, q = clustered(n, seed=0), clustered(args.queries, seed=1)
             desc = ("Gaussian mixture, 2,000 Zipf-weighted centres, each cluster spread over its own "
                     "16-dim subspace plus isotropic noise (overlapping clusters)")
-        print(f"[faiss_search] generated {n:,} x {D} in {time.perf_counter() - t:.1f} s",
+        width = x.shape[1]
+        print(f"[faiss_search] generated {n:,} x {width} in {time.perf_counter() - t:.1f} s",
               file=sys.stderr, flush=True)
         kinds = ["auto"] + (list(args.extra) if n == big else [])
         rows += run_size(x, q, kinds, args.latency_queries, args.exact_latency_queries)
         del x
-    md = markdown(rows, desc, threads)
+    md = markdown(rows, desc, threads, width)
     print(md)
     if not args.no_write:
         from bench.report import write_section
