@@ -1,0 +1,459 @@
+"""The one place where the apps reach into the rest of saescope.
+
+Everything the apps need from bundles, exemplars, statistics, FAISS indices, cross-model matches,
+heat-map rendering and default bundles goes through the functions here. Several of those pieces
+are young (and some optional in a bundle), so each accessor prefers the library's own API and
+falls back to a small local implementation with the same meaning: a rename elsewhere is a change
+to this file only, and an app never crashes because a bundle lacks an optional component.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.bundle import Bundle, BundleError
+
+log = logging.getLogger(__name__)
+
+# Environment variables read by the apps and the Spaces (also documented in spaces/*/README.md).
+ENV_BUNDLE = "SAESCOPE_BUNDLE"
+ENV_LEFT = "SAESCOPE_LEFT_BUNDLE"
+ENV_RIGHT = "SAESCOPE_RIGHT_BUNDLE"
+
+# Online comparison defaults (CLIP ViT-B/16 vs DINOv2 ViT-B/14), used when the network is there.
+ONLINE_LEFT = os.environ.get("SAESCOPE_ONLINE_LEFT", "saescope/clip-vit-b16-sae")
+ONLINE_RIGHT = os.environ.get("SAESCOPE_ONLINE_RIGHT", "saescope/dinov2-vit-b14-sae")
+
+
+class AppSetupError(RuntimeError):
+    """The app cannot start (no bundle, broken bundle); the message says what to do."""
+
+
+# ------------------------------------------------------------------------------ bundles
+def load_bundle(spec: str | os.PathLike | Bundle | None, verify: bool = True) -> Bundle:
+    """A bundle from a folder or Hub id; ``None`` means the offline default bundle."""
+    if isinstance(spec, Bundle):
+        return spec
+    if spec is None or str(spec) == "":
+        spec = default_bundle_path()
+    try:
+        return Bundle.load(spec, verify=verify)
+    except BundleError as err:
+        raise AppSetupError(str(err)) from err
+
+
+def default_bundle_path() -> Path:
+    """The offline default bundle (built once and cached by ``train.bundle``)."""
+    try:
+        from train.bundle import ensure_default_bundle
+    except ImportError as err:
+        raise AppSetupError(
+            "no bundle given and this saescope cannot build the offline default bundle "
+            f"({err}); pass --bundle PATH_OR_HUB_ID") from err
+    return Path(ensure_default_bundle())
+
+
+def default_pair_paths() -> tuple[Path, Path]:
+    """Two offline bundles (two layers of the offline model) for the comparison app."""
+    try:
+        from train.bundle import ensure_default_pair
+    except ImportError as err:
+        raise AppSetupError(
+            "no bundles given and this saescope cannot build the offline default pair "
+            f"({err}); pass --left and --right") from err
+    left, right = ensure_default_pair()
+    return Path(left), Path(right)
+
+
+def bundle_title(bundle: Bundle) -> str:
+    """A human label: the bundle's title, else model name + layer. Never invents a model name."""
+    title = bundle.manifest.get("title")
+    if title:
+        return str(title)
+    model = bundle.model
+    name = model.get("display_name") or model.get("model_id") or bundle.name
+    layer = model.get("layer", bundle.manifest.get("layer"))
+    return f"{name} — layer {layer}" if layer is not None else str(name)
+
+
+def bundle_layer(bundle: Bundle) -> int | None:
+    layer = bundle.model.get("layer", bundle.manifest.get("layer"))
+    if layer is None:
+        layer = bundle.sae.cfg.layer
+    return None if layer is None else int(layer)
+
+
+# ------------------------------------------------------------------------------ exemplars + stats
+def exemplars(bundle: Bundle):
+    """The bundle's :class:`train.exemplars.Exemplars`, or ``None`` when it ships none."""
+    cache = bundle._cache
+    if "apps.exemplars" in cache:
+        return cache["apps.exemplars"]
+    ex = None
+    if bundle.has("exemplars"):
+        try:
+            ex = getattr(bundle, "exemplars")
+        except AttributeError:
+            pass
+        except Exception as err:  # a broken component: say so once, keep the app usable
+            log.warning("bundle %s: exemplars unreadable (%s)", bundle.name, err)
+    if ex is None and bundle.has("exemplars"):
+        try:
+            from train.exemplars import Exemplars
+
+            ex = Exemplars.load(bundle.component_path("exemplars"))
+        except Exception as err:
+            log.warning("bundle %s: exemplars unreadable (%s)", bundle.name, err)
+    cache["apps.exemplars"] = ex
+    return ex
+
+
+@dataclass
+class FeatureStats:
+    """Per-feature statistics as numpy arrays (all ``[F]`` except the histogram ``[F, bins]``)."""
+
+    frequency: np.ndarray
+    mean: np.ndarray
+    mean_active: np.ndarray
+    max: np.ndarray
+    histogram: np.ndarray | None = None
+    bin_edges: np.ndarray | None = None
+
+    @property
+    def n_features(self) -> int:
+        return int(len(self.frequency))
+
+    def of(self, feature: int) -> dict[str, Any]:
+        f = int(feature)
+        out: dict[str, Any] = {"frequency": float(self.frequency[f]), "mean": float(self.mean[f]),
+                               "mean_active": float(self.mean_active[f]), "max": float(self.max[f])}
+        if self.histogram is not None and self.bin_edges is not None:
+            out["histogram"] = self.histogram[f]
+            out["bin_edges"] = self.bin_edges
+        return out
+
+
+def _np(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def stats(bundle: Bundle) -> FeatureStats | None:
+    """Frequency, mean activation, max and histogram of every feature, or ``None``."""
+    cache = bundle._cache
+    if "apps.stats" in cache:
+        return cache["apps.stats"]
+    ex = exemplars(bundle)  # Exemplars.stats: every feature's statistics as tensors
+    raw = getattr(ex, "stats", None) if ex is not None else None
+    out = None
+    if raw is not None:
+        get = (lambda k: raw.get(k)) if isinstance(raw, dict) else (lambda k: getattr(raw, k, None))
+        freq = get("frequency")
+        if freq is not None:
+            freq = _np(freq).astype(np.float64)
+            mean = get("mean")
+            mean = _np(mean).astype(np.float64) if mean is not None else np.zeros_like(freq)
+            mean_active = get("mean_active")
+            mean_active = (_np(mean_active).astype(np.float64) if mean_active is not None
+                           else np.where(freq > 0, mean / np.maximum(freq, 1e-12), 0.0))
+            mx = get("max")
+            mx = _np(mx).astype(np.float64) if mx is not None else mean_active
+            hist, edges = get("histogram"), get("bin_edges")
+            out = FeatureStats(freq, mean, mean_active, mx,
+                               None if hist is None else _np(hist),
+                               None if edges is None else _np(edges).astype(np.float64))
+    cache["apps.stats"] = out
+    return out
+
+
+def top_exemplars(bundle: Bundle, feature: int, n: int = 16) -> list[tuple[int, str, float, np.ndarray]]:
+    """``[(image_index, image_id, value, patch_map [rows, cols])]`` best first; [] if none."""
+    ex = exemplars(bundle)
+    if ex is None:
+        return []
+    return [(int(e[0]), str(e[1]), float(e[2]), np.asarray(e[3], np.float32))
+            for e in ex.top(int(feature), n)]
+
+
+def thumbnail(bundle: Bundle, image_index: int) -> Image.Image | None:
+    """The exemplar image behind ``image_index`` (packed thumbnail, else re-loaded), or None."""
+    try:
+        thumbs = bundle.thumbnails
+        if image_index in thumbs:
+            return thumbs.get(image_index)
+    except Exception as err:  # no thumbnails in this bundle
+        log.debug("no thumbnails: %s", err)
+    ex = exemplars(bundle)
+    if ex is not None:
+        try:
+            return ex.load_image(image_index)
+        except Exception as err:
+            log.debug("cannot reload image %s: %s", image_index, err)
+    return None
+
+
+# ------------------------------------------------------------------------------ related features
+def related_features(bundle: Bundle, feature: int, k: int = 8) -> list[tuple[int, float]]:
+    """Features whose decoder directions are closest (cosine) to ``feature``'s, itself excluded.
+
+    Uses the bundle's decoder FAISS index when it has one, else an exact scan over the decoder.
+    """
+    f = bundle.sae.check_feature(feature)
+    cache = bundle._cache
+    related = getattr(bundle, "related", None)
+    if callable(related) and bundle.has("feature_index") and not cache.get("apps.no_index"):
+        try:
+            return [(int(i), float(s)) for i, s in related(f, k) if int(i) not in (f, -1)][:k]
+        except Exception as err:  # a broken index: exact search below, and say so once
+            log.warning("bundle %s: feature index unusable (%s); exact search", bundle.name, err)
+            cache["apps.no_index"] = True
+    w = bundle.sae.W_dec.detach()
+    if "apps.wdec_unit" not in cache:
+        cache["apps.wdec_unit"] = torch.nn.functional.normalize(w.float(), dim=-1)
+    unit = cache["apps.wdec_unit"]
+    sims = unit @ unit[f]
+    sims[f] = -2.0
+    vals, idx = sims.topk(min(k, len(sims) - 1))
+    return [(int(i), float(v)) for i, v in zip(idx, vals)]
+
+
+def cross_matches(left: Bundle, right: Bundle, feature: int, k: int = 6,
+                  left_codes: torch.Tensor | None = None, right_codes: torch.Tensor | None = None,
+                  ) -> tuple[list[tuple[int, float]], str]:
+    """Best-matching features of ``right`` for ``feature`` of ``left``, and how they were found.
+
+    Order of preference: the bundle's precomputed cross-model matches; decoder cosine when both
+    SAEs live in the same space (same backbone and width); else the correlation of patch
+    activations on the image both sides are looking at (``left_codes``/``right_codes``,
+    ``[n_patches, d_sae]`` on a common patch grid).
+    """
+    f = left.sae.check_feature(feature)
+    key = ("apps.matches", str(right.path))
+    if key not in left._cache:
+        m = None
+        matcher = getattr(left, "matches", None)
+        if callable(matcher):
+            try:
+                m = matcher(right)
+            except Exception as err:  # no matches with that bundle: fall back below
+                log.info("no precomputed matches %s -> %s (%s)", left.name, right.name, err)
+        left._cache[key] = m
+    m = left._cache[key]
+    if m is not None:
+        pairs = _matches_for(m, f, k)
+        if pairs is not None:
+            method = str(getattr(m, "method", "") or "").replace("_", " ")
+            return pairs, f"precomputed over the dataset ({method or 'cross-model matching'})"
+    same_space = (left.sae.cfg.d_in == right.sae.cfg.d_in
+                  and left.model.get("model_id") == right.model.get("model_id")
+                  and bundle_layer(left) == bundle_layer(right))
+    if same_space:
+        a = torch.nn.functional.normalize(left.sae.W_dec[f].detach().float(), dim=-1)
+        b = torch.nn.functional.normalize(right.sae.W_dec.detach().float(), dim=-1)
+        vals, idx = (b @ a).topk(min(k, b.shape[0]))
+        return [(int(i), float(v)) for i, v in zip(idx, vals)], "decoder-direction cosine"
+    if left_codes is not None and right_codes is not None:
+        x = left_codes[:, f].float()
+        if float(x.std()) == 0.0:
+            return [], "activation correlation on this image (the feature is silent here)"
+        y = right_codes.float()
+        xc = (x - x.mean()) / x.std(unbiased=False).clamp_min(1e-8)
+        ystd = y.std(0, unbiased=False)
+        corr = ((y - y.mean(0)) / ystd.clamp_min(1e-8) * xc[:, None]).mean(0)
+        corr[ystd == 0] = -1
+        vals, idx = corr.topk(min(k, corr.numel()))
+        return ([(int(i), float(v)) for i, v in zip(idx, vals) if float(v) > 0],
+                "activation correlation over this image's patches (no precomputed matches)")
+    return [], "no cross-model matches available"
+
+
+def _matches_for(m: Any, f: int, k: int) -> list[tuple[int, float]] | None:
+    """Read one feature's matches from whatever the bundle API returns."""
+    if hasattr(m, "a_to_b_indices"):  # train.indices.Matches (A = the bundle asked)
+        ids, scores = _np(m.a_to_b_indices[f]), _np(m.a_to_b_scores[f])
+        return [(int(i), float(s)) for i, s in zip(ids[:k], scores[:k]) if int(i) >= 0]
+    for attr in ("for_feature", "top", "matches_for"):
+        fn = getattr(m, attr, None)
+        if callable(fn):
+            rows = fn(f, k)
+            return [(int(r[0]), float(r[1])) for r in rows][:k]
+    ids = getattr(m, "ids", None)
+    scores = getattr(m, "scores", None)
+    if ids is None and isinstance(m, dict):
+        ids, scores = m.get("ids"), m.get("scores")
+    if ids is not None and scores is not None:
+        ids, scores = _np(ids), _np(scores)
+        return [(int(i), float(s)) for i, s in zip(ids[f][:k], scores[f][:k]) if int(i) >= 0]
+    return None
+
+
+# ------------------------------------------------------------------------------ images
+def crop_box(size: tuple[int, int], preprocess) -> tuple[float, float, float, float]:
+    """The box ``(left, top, right, bottom)`` of an image of ``size`` (w, h), in its own pixels,
+    that ``preprocess`` (resize the short side, centre-crop) turns into the model input."""
+    try:
+        from core.heatmap import crop_box as _crop_box
+
+        return tuple(float(v) for v in _crop_box(size, preprocess))  # type: ignore[return-value]
+    except ImportError:
+        pass
+    ch, cw = preprocess.crop_size
+    w, h = size
+    s = (preprocess.resize_shortest_edge / min(w, h)) if preprocess.resize_shortest_edge else 1.0
+    rw, rh = max(1, round(w * s)), max(1, round(h * s))
+    if rw < cw or rh < ch:  # Preprocess upscales so the crop fits
+        s2 = max(cw / rw, ch / rh)
+        rw, rh, s = max(cw, round(rw * s2)), max(ch, round(rh * s2)), s * s2
+    left, top = (rw - cw) // 2, (rh - ch) // 2
+    return (left / s, top / s, (left + cw) / s, (top + ch) / s)
+
+
+def model_view(image: Image.Image, preprocess, scale: int = 2) -> Image.Image:
+    """The part of ``image`` the model sees (its resize + centre crop), at ``scale`` x the
+    model's input size, cut from the original pixels so it stays sharp."""
+    ch, cw = preprocess.crop_size
+    try:
+        from core.heatmap import crop_for_preprocess
+
+        view = crop_for_preprocess(image, preprocess)
+        return view.resize((cw * scale, ch * scale), Image.BICUBIC)
+    except (ImportError, TypeError, AttributeError):
+        pass
+    return image.resize((cw * scale, ch * scale), Image.BICUBIC,
+                        box=crop_box(image.size, preprocess))
+
+
+def map_selection(selection, grid_from: tuple[int, int], box_from, grid_to: tuple[int, int],
+                  box_to) -> set[tuple[int, int]]:
+    """Patches of another model's grid covered by a selection: a target patch is selected when
+    its centre falls inside a selected source patch (boxes in original-image pixels)."""
+    if not selection:
+        return set()
+    fr, fc = grid_from
+    tr, tc = grid_to
+    l0, t0, r0, b0 = box_from
+    l1, t1, r1, b1 = box_to
+    sel = set(selection)
+    out = set()
+    for r in range(tr):
+        for c in range(tc):
+            x = l1 + (c + 0.5) * (r1 - l1) / tc
+            y = t1 + (r + 0.5) * (b1 - t1) / tr
+            cc = int(np.floor((x - l0) / (r0 - l0) * fc))
+            rr = int(np.floor((y - t0) / (b0 - t0) * fr))
+            if (rr, cc) in sel:
+                out.add((r, c))
+    return out
+
+
+def resample_codes(codes: torch.Tensor, grid_from: tuple[int, int], grid_to: tuple[int, int]
+                   ) -> torch.Tensor:
+    """``[rows*cols, d]`` codes on one patch grid -> another grid (nearest patch)."""
+    if tuple(grid_from) == tuple(grid_to):
+        return codes
+    fr, fc = grid_from
+    tr, tc = grid_to
+    rows = np.minimum((np.arange(tr) + 0.5) * fr / tr, fr - 1).astype(int)
+    cols = np.minimum((np.arange(tc) + 0.5) * fc / tc, fc - 1).astype(int)
+    idx = torch.as_tensor((rows[:, None] * fc + cols[None, :]).reshape(-1))
+    return codes[idx]
+
+
+def share_backbone(a: Bundle, b: Bundle) -> None:
+    """Two bundles on the same backbone load it (and its head) once."""
+    if a.model.get("model_id") and a.model.get("model_id") == b.model.get("model_id") \
+            and a.model.get("revision") == b.model.get("revision"):
+        b.__dict__["backbone"] = a.backbone
+        b.__dict__["head"] = a.head
+
+
+_CMAP_CACHE: dict[str, np.ndarray] = {}
+
+
+def colormap(name: str = "inferno") -> np.ndarray:
+    """A 256 x 3 uint8 lookup table."""
+    if name not in _CMAP_CACHE:
+        import matplotlib
+
+        cm = matplotlib.colormaps[name]
+        _CMAP_CACHE[name] = (cm(np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
+    return _CMAP_CACHE[name]
+
+
+def render_heatmap(image: Image.Image, patch_map: np.ndarray, vmax: float | None = None,
+                   cmap: str = "inferno", alpha: float = 0.75, dim: float = 0.55) -> Image.Image:
+    """``patch_map [rows, cols]`` over ``image``: activations in colour, the rest dimmed.
+
+    ``vmax`` fixes the colour scale (e.g. a feature's max over the dataset) so that maps are
+    comparable; by default the map's own maximum.
+    """
+    pm = np.nan_to_num(np.asarray(patch_map, np.float32), nan=0.0)
+    top = float(vmax) if vmax else float(pm.max())
+    norm = np.clip(pm / top, 0.0, 1.0) if top > 0 else np.zeros_like(pm)
+    w, h = image.size
+    up = Image.fromarray((norm * 255).astype(np.uint8), "L").resize((w, h), Image.BILINEAR)
+    v = np.asarray(up, np.float32)[..., None] / 255.0
+    lut = colormap(cmap)
+    colour = lut[(v[..., 0] * 255).astype(np.uint8)].astype(np.float32)
+    base = np.asarray(image.convert("RGB"), np.float32)
+    a = alpha * np.sqrt(v)  # weak activations stay visible but faint
+    out = base * (1 - dim * (1 - v)) * (1 - a) + colour * a
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
+
+
+def with_colorbar(image: Image.Image, vmax: float, vmin: float = 0.0, cmap: str = "inferno",
+                  label: str | None = "activation") -> Image.Image:
+    """``image`` with a vertical colour bar on its right (the library's, when present)."""
+    try:
+        from core.heatmap import colorbar
+    except ImportError:
+        return image
+    bar = colorbar(image.height, vmin, vmax if vmax > vmin else vmin + 1.0, cmap, label)
+    out = Image.new("RGB", (image.width + bar.width, image.height), (255, 255, 255))
+    out.paste(image, (0, 0))
+    out.paste(bar, (image.width, 0))
+    return out
+
+
+def render_map(values: np.ndarray, size: tuple[int, int], cmap: str = "magma",
+               vmin: float = 0.0, vmax: float = 1.0) -> Image.Image:
+    """A dense map ``[H, W]`` as a colour image of ``size``."""
+    v = np.clip((np.asarray(values, np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
+    img = Image.fromarray(colormap(cmap)[(v * 255).astype(np.uint8)], "RGB")
+    return img.resize(size, Image.BILINEAR) if img.size != size else img
+
+
+# ------------------------------------------------------------------------------ patch search
+def top_features_for_patches(codes: torch.Tensor, mask: np.ndarray | None, n: int = 12
+                             ) -> list[tuple[int, float, int]]:
+    """Top features of a patch selection: ``[(feature, mean activation over the selection,
+    number of selected patches where it fires)]``, strongest first.
+
+    ``codes [n_patches, d_sae]``; ``mask`` a boolean ``[n_patches]`` (None: all patches).
+    """
+    sel = codes if mask is None else codes[torch.as_tensor(np.asarray(mask, bool))]
+    if sel.shape[0] == 0:
+        return []
+    score = sel.mean(0)
+    fired = (sel > 0).sum(0)
+    k = min(n, int((score > 0).sum()))
+    if k == 0:
+        return []
+    vals, idx = score.topk(k)
+    return [(int(i), float(v), int(fired[i])) for i, v in zip(idx, vals)]
+
+
+__all__ = ["AppSetupError", "FeatureStats", "bundle_layer", "bundle_title", "colormap",
+           "cross_matches", "default_bundle_path", "default_pair_paths", "exemplars", "load_bundle",
+           "model_view", "related_features", "render_heatmap", "render_map", "stats", "with_colorbar",
+           "thumbnail", "top_exemplars", "top_features_for_patches", "ENV_BUNDLE", "ENV_LEFT",
+           "ENV_RIGHT"]

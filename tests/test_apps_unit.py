@@ -1,0 +1,333 @@
+"""The apps without a browser: upload validation, selection maths, the engine (analysis cache,
+steering), rendering, the gradio app's API through gradio_client.
+
+Most tests run on a tiny random DINOv2 bundle (seconds). The ``slow`` ones use the real offline
+DINOv2-S with its saliency head.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gradio as gr  # noqa: E402
+
+from conftest_apps import BAD, GOOD, Served, awkward_files, offline_bundle, tiny_bundle  # noqa: E402
+
+from apps import adapter, panels  # noqa: E402
+from apps.common import (  # noqa: E402
+    FeatureScatter,
+    SafeImage,
+    format_selection,
+    histogram_image,
+    parse_selection,
+    picker_html,
+    read_upload,
+)
+from apps.engine import Engine, SessionExpired  # noqa: E402
+from core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: E402
+from core.steering import Edit  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_bundle(tmp_path_factory.mktemp("apps-tiny"))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny) -> Engine:
+    return Engine(str(tiny))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    return awkward_files(tmp_path_factory.mktemp("uploads"))
+
+
+def photo(w: int = 300, h: int = 200, seed: int = 1) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 50, (h, w, 3)).astype(np.uint8)
+    a[h // 4: h // 2, w // 3: w // 2] = (220, 40, 40)
+    return Image.fromarray(a)
+
+
+# ------------------------------------------------------------------------------ uploads
+@pytest.mark.parametrize("name", GOOD)
+def test_awkward_but_valid_uploads_become_rgb(files, name) -> None:
+    img = read_upload(str(files[name]))
+    assert img.mode == "RGB" and min(img.size) >= 16
+
+
+@pytest.mark.parametrize("name,words", sorted(BAD.items()))
+def test_bad_uploads_give_a_clear_message_not_a_traceback(files, name, words) -> None:
+    with pytest.raises(gr.Error) as info:
+        read_upload(str(files[name]))
+    msg = info.value.message
+    assert words in msg.lower() and name in msg and "Traceback" not in msg
+    assert info.value.title == "Cannot use this image"
+
+
+def test_no_upload_and_pasted_data_urls() -> None:
+    with pytest.raises(gr.Error, match="Upload an image first"):
+        read_upload(None)
+    from gradio.data_classes import ImageData
+
+    from apps.common import to_data_url
+
+    comp = SafeImage(type="filepath", render=False)
+    raw = comp.preprocess(ImageData(url=to_data_url(photo(), "PNG")))
+    assert isinstance(raw, bytes) and read_upload(raw).size == (300, 200)
+    assert comp.preprocess(ImageData(path="/some/file.png")) == "/some/file.png"
+    assert comp.preprocess(None) is None
+
+
+# ------------------------------------------------------------------------------ selection maths
+def test_selection_text_round_trip_and_junk() -> None:
+    sel = {(0, 1), (3, 2), (15, 15)}
+    assert parse_selection(format_selection(sel), (16, 16)) == sel
+    assert parse_selection("1,2; x; 3,4,5; 99,1; 2,2", (16, 16)) == {(1, 2), (2, 2)}
+    assert len(parse_selection("all", (4, 5))) == 20
+    assert parse_selection("", (4, 4)) == set() and parse_selection(None) == set()
+
+
+def test_crop_box_matches_the_models_preprocessing() -> None:
+    pre = Preprocess((224, 224), 256, IMAGENET_MEAN, IMAGENET_STD)
+    img = photo(480, 320)
+    pixels = pre(img)[0].numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
+    view = adapter.model_view(img, pre, scale=1)
+    assert view.size == (224, 224)
+    diff = np.abs(np.asarray(view, np.float32) / 255 - pixels)
+    assert diff.mean() < 0.03  # same region (only the resampling differs)
+    # a shifted box would be far off
+    shifted = img.resize((224, 224), box=(0, 0, 320, 320))
+    assert np.abs(np.asarray(shifted, np.float32) / 255 - pixels).mean() > 2 * diff.mean()
+
+
+def test_map_selection_between_grids_and_resample() -> None:
+    box = (0.0, 0.0, 224.0, 224.0)
+    sel = {(0, 0), (0, 1), (1, 0), (1, 1)}  # top-left quarter of a 4x4 grid
+    assert adapter.map_selection(sel, (4, 4), box, (8, 8), box) == {(r, c) for r in range(4) for c in range(4)}
+    assert adapter.map_selection(sel, (4, 4), box, (2, 2), box) == {(0, 0)}
+    assert adapter.map_selection(set(), (4, 4), box, (2, 2), box) == set()
+    codes = torch.arange(16.0)[:, None].repeat(1, 3)
+    out = adapter.resample_codes(codes, (4, 4), (2, 2))
+    assert out[:, 0].tolist() == [5.0, 7.0, 13.0, 15.0]
+    assert adapter.resample_codes(codes, (4, 4), (4, 4)) is codes
+
+
+def test_top_features_for_patches() -> None:
+    codes = torch.zeros(4, 6)
+    codes[0, 2], codes[1, 2], codes[3, 5] = 2.0, 1.0, 9.0
+    assert adapter.top_features_for_patches(codes, np.array([1, 1, 0, 0], bool), 3) == [(2, 1.5, 2)]
+    top = adapter.top_features_for_patches(codes, None, 3)
+    assert [f for f, _, _ in top] == [5, 2]
+    assert adapter.top_features_for_patches(codes, np.zeros(4, bool), 3) == []
+
+
+# ------------------------------------------------------------------------------ engine
+def test_engine_analyses_once_per_image_and_explains_itself(engine) -> None:
+    img = photo()
+    an = engine.analyse(img)
+    assert engine.analyse(img.copy()) is an  # cached by content
+    assert an.grid == (16, 16) and an.codes.shape == (256, engine.d_sae)
+    assert an.view.size == (448, 448) and an.patch_error.shape == (16, 16)
+    assert 0 < an.l0 <= engine.sae.cfg.k and np.isfinite(an.fvu)
+    assert engine.get(an.key) is an
+    with pytest.raises(SessionExpired):
+        engine.get("nope")
+    with pytest.raises(SessionExpired, match="upload an image"):
+        engine.get(None)
+
+
+def test_steering_is_exact_without_edits_and_local_with_them(engine) -> None:
+    an = engine.analyse(photo(seed=3))
+    out0 = engine.steer(an, [], None)
+    assert torch.equal(out0.codes_after, an.codes) and out0.token_change == 0.0
+    sel = {(2, 3), (2, 4), (5, 5)}
+    f = engine.top_features(an, sel, 1)[0][0]
+    out = engine.steer(an, [Edit(f, scale=0.0)], sel)
+    grid = an.grid
+    after = out.feature_map_after(f, grid)
+    for r, c in sel:
+        assert after[r, c] == 0.0
+    untouched = np.ones(grid, bool)
+    for r, c in sel:
+        untouched[r, c] = False
+    assert np.array_equal(after[untouched], an.feature_map(f)[untouched])
+    assert out.token_change > 0 and out.final_change > 0
+    doubled = engine.steer(an, [Edit(f, scale=2.0)], None).feature_map_after(f, grid)
+    assert np.allclose(doubled, 2 * an.feature_map(f))
+    with pytest.raises(ValueError, match="unknown feature"):
+        engine.steer(an, [Edit(engine.d_sae, scale=0.0)], None)
+
+
+def test_adapter_reads_stats_exemplars_and_related_features(tiny) -> None:
+    b = adapter.load_bundle(str(tiny))
+    st = adapter.stats(b)
+    assert st is not None and st.n_features == b.sae.cfg.d_sae
+    f = int(np.argmax(st.frequency))
+    ex = adapter.top_exemplars(b, f, 4)
+    assert ex and ex[0][3].shape == (16, 16) and ex[0][2] >= ex[-1][2]
+    assert adapter.thumbnail(b, ex[0][0]).mode == "RGB"
+    rel = adapter.related_features(b, f, 5)
+    assert len(rel) == 5 and f not in [g for g, _ in rel]
+    assert [s for _, s in rel] == sorted((s for _, s in rel), reverse=True)
+    pairs, how = adapter.cross_matches(b, b, f, 3)
+    assert pairs[0][0] == f and "decoder" in how  # same space: a feature matches itself
+    assert adapter.bundle_title(b).startswith("Tiny random DINOv2")
+
+
+def test_cross_matches_fall_back_to_correlation_on_the_image() -> None:
+    class FakeBundle:
+        def __init__(self, d_sae, model, layer):
+            from core.sae import SAE, SAEConfig
+
+            self.sae = SAE(SAEConfig(d_in=8, d_sae=d_sae, k=2))
+            self.model = {"model_id": model, "layer": layer}
+            self.manifest = {}
+            self.name, self.path, self._cache = model, Path("/nonexistent") / model, {}
+
+    a, b = FakeBundle(10, "m1", 1), FakeBundle(12, "m2", 1)
+    left = torch.zeros(16, 10)
+    right = torch.zeros(16, 12)
+    left[:4, 3] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    right[:4, 7] = torch.tensor([2.0, 4.0, 6.0, 8.0])
+    right[8:, 1] = 1.0
+    pairs, how = adapter.cross_matches(a, b, 3, 3, left, right)
+    assert pairs[0][0] == 7 and pairs[0][1] == pytest.approx(1.0, abs=1e-5)
+    assert "this image" in how
+    assert adapter.cross_matches(a, b, 3, 3)[0] == []
+
+
+# ------------------------------------------------------------------------------ rendering
+def test_picker_html_has_the_grid_and_a_fresh_nonce() -> None:
+    view = photo(224, 224)
+    a = picker_html(view, (4, 5), {(0, 0), (3, 4)})
+    b = picker_html(view, (4, 5), {(0, 0), (3, 4)})
+    assert a.count('class="pp-cell') == 20 and a.count('pp-cell on') == 2
+    assert a != b  # nonce: re-rendering the same selection still refreshes the DOM
+    assert "Upload an image" in picker_html(None, None)
+
+
+def test_panels_render(engine) -> None:
+    an = engine.analyse(photo(seed=5))
+    f = engine.top_features(an, None, 1)[0][0]
+    tiles = [t for t, _ in panels.exemplar_tiles(engine.bundle, engine.backbone.preprocess, f, 5, 64)]
+    card = panels.feature_card(an.view, an.feature_map(f), tiles, f, 1.0)
+    assert card.size[0] == card.size[1]
+    before = np.zeros((32, 32), np.float32)
+    after = before.copy()
+    after[:8, :8] = 0.9
+    img, info = panels.change_overlay(an.view, before, after)
+    assert img.size == an.view.size and info["changed_fraction"] == pytest.approx(1 / 16)
+    assert panels.probability_overlay(an.view, after).size == an.view.size
+    hm = adapter.render_heatmap(an.view, an.feature_map(f))
+    assert hm.size == an.view.size and hm.mode == "RGB"
+    st = engine.stats.of(f)
+    assert histogram_image(st["histogram"], st["bin_edges"], f) is not None
+    assert "class 1" in panels.class_table(np.array([0.1, 0.9]), np.array([0.5, 0.5]))
+
+
+def test_scatter_picks_the_feature_under_the_click() -> None:
+    rng = np.random.default_rng(0)
+    freq = 10 ** rng.uniform(-4, -1, 200)
+    mean = 10 ** rng.uniform(-1, 1, 200)
+    freq[5] = 0  # dead feature: not plotted
+    sc = FeatureScatter(freq, mean)
+    img = sc.render(None, 7)
+    assert img.size == (460, 330)
+    x, y = sc._px[42]
+    assert sc.nearest(x + 1, y - 1) == 42
+    inr = sc.in_range(-3, -2, -1, 1)
+    assert not inr[5] and inr.sum() > 0
+
+
+# ------------------------------------------------------------------------------ the app via gradio_client
+@pytest.fixture(scope="module")
+def served(tiny):
+    from apps.browser import build_app
+
+    s = Served(build_app(str(tiny), examples=False))
+    yield s
+    s.close()
+
+
+def test_app_api_upload_select_feature_toggle(served, files, tmp_path) -> None:
+    from gradio_client import Client, handle_file
+
+    client = Client(served.url, verbose=False, download_files=str(tmp_path))
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/analyse", "/select", "/feature", "/toggle", "/reset"} <= names
+
+    # outputs in order, gr.State ones left out by the API: upload, status, picker, selection,
+    # selection info, top features, feature id (the strongest feature, opened next)
+    out = client.predict(handle_file(str(files["rgb.png"])), 0, api_name="/analyse")
+    status, picker_value, top, feature = out[1], out[2], out[5], out[6]
+    assert "160×120" in status and "explains" in status
+    assert picker_value.count('class="pp-cell') == 256 and len(top) > 0
+    assert isinstance(feature, (int, float))
+
+    sel = "3,3;3,4;4,3;4,4"
+    info, top_sel = client.predict(sel, feature, "selected patches", api_name="/select")[:2]
+    assert info.startswith("4 of 256")
+
+    # feature panel: id, stats, histogram, exemplars, related, on, scale, scatter, steering (7)
+    shown = client.predict(int(feature), sel, "selected patches", api_name="/feature")
+    assert shown[0] == feature and f"Feature {int(feature)}" in shown[1]
+    assert len(shown[3]) > 0 and len(shown[4]) > 0  # exemplars, related features
+
+    res = client.predict(sel, int(feature), False, 1.0, "selected patches", api_name="/toggle")
+    edits_md, before, after = res[0], res[1], res[2]
+    assert f"#{int(feature)}" in edits_md and "off" in edits_md
+    assert Path(before).read_bytes() != Path(after).read_bytes()
+    reset = client.predict(sel, int(feature), "selected patches", api_name="/reset")
+    assert "No edits" in reset[2]
+
+
+def test_app_api_reports_bad_input_clearly(served, files, tmp_path) -> None:
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(served.url, verbose=False, download_files=str(tmp_path))
+    # a refused upload: the upload box is cleared, the status says why, nothing else breaks
+    for name, words in [("not_an_image.png", "not an image"), ("bomb.png", "decompression bomb"),
+                        ("huge.png", "above the limit"), ("truncated.jpg", "truncated")]:
+        out = client.predict(handle_file(str(files[name])), 0, api_name="/analyse")
+        assert out[0] is None and words in out[1] and name in out[1] and "sae-error" in out[1]
+        assert "Traceback" not in out[1] and "pp-empty" in out[2]
+    out = client.predict(handle_file(str(files["grey.png"])), 0, api_name="/analyse")
+    assert "explains" in out[1]
+    with pytest.raises(AppError, match=r"99999 is greater than maximum value 127"):
+        client.predict(99999, "", "selected patches", api_name="/feature")
+    with pytest.raises(AppError, match=r"-3 is less than minimum value 0"):
+        client.predict(-3, "", "selected patches", api_name="/feature")
+    assert client.predict(2.4, "", "selected patches", api_name="/feature")[0] == 2  # rounded
+
+
+# ------------------------------------------------------------------------------ real model + head
+@pytest.fixture(scope="module")
+def offline(tmp_path_factory) -> Path:
+    return offline_bundle(tmp_path_factory.mktemp("apps-offline"), n_images=16, train_steps=30)
+
+
+@pytest.mark.slow
+def test_offline_bundle_steering_moves_the_saliency_head(offline) -> None:
+    eng = Engine(str(offline))
+    assert eng.head is not None and eng.head_kind == "segmentation"
+    from train.sources import open_source
+
+    img = open_source("builtin:photos?views=1").load(0)
+    an = eng.analyse(img)
+    assert an.head_before.shape == (224, 224) and 0 <= an.head_before.min() <= an.head_before.max() <= 1
+    none = eng.steer(an, [], None)
+    assert np.array_equal(none.head_after, an.head_before)
+    feats = [f for f, _, _ in eng.top_features(an, None, 8)]
+    out = eng.steer(an, [Edit(f, scale=0.0) for f in feats], None)
+    assert np.abs(out.head_after - an.head_before).max() > 1e-3
