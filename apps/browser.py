@@ -41,7 +41,7 @@ from apps.common import (
     stats_markdown,
     try_upload,
 )
-from apps.engine import Engine, SessionExpired
+from apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
 from core.steering import Edit
 
 import gradio as gr  # noqa: E402  (after apps.common, which switches off analytics)
@@ -163,8 +163,9 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
             hd, info = panels.change_overlay(an.view, out.head_before, out.head_after)
             head_md = (f"{head_label}: mean {info['mean_before']:.3f} → {info['mean_after']:.3f}; "
                        f"**{info['changed_fraction']:.1%}** of pixels changed by more than "
-                       f"{info['threshold']:g}" + (f"; mask (p > 0.5) agreement "
-                                                   f"{info['mask_agreement']:.1%}" if 'mask_agreement' in info else ""))
+                       f"{info['threshold']:g} (largest change {info['max_change']:.3f})"
+                       + (f"; mask (p > 0.5) agreement {info['mask_agreement']:.1%}"
+                          if 'mask_agreement' in info else ""))
         elif out.head_before is not None:
             head_md = panels.class_table(out.head_before, out.head_after)
         recon = (f"Edits moved the edited layer-{layer} tokens by **{out.token_change:.1%}** and the "
@@ -367,7 +368,7 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
                                          label="log10 mean activation ≤")
                     count_md = gr.Markdown()
                     rand_in_btn = gr.Button("Random feature in range", size="sm")
-                    scatter_img = gr.Image(label="All features (click one)", interactive=False,
+                    scatter_img = gr.Image(show_label=False, interactive=False,
                                            format="png", elem_id="scatter", buttons=[])
             with gr.Column(scale=5, min_width=320):
                 gr.Markdown("**Top dataset images** — heat-map: the patches where the feature "
@@ -404,6 +405,12 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
                                           format="jpeg", height=260, elem_id="head-after", buttons=[])
                     head_diff = gr.Image(label="Changed pixels (red up, blue down)", interactive=False,
                                          format="jpeg", height=260, elem_id="head-diff", buttons=[])
+        if eng.head_kind == "segmentation":
+            gr.Markdown(f"{head_label}: the frozen head's output read from the final tokens — "
+                        "bright = salient, dark = background, orange line = the mask boundary "
+                        "(p = 0.5). *Changed pixels*: red where the edit raised it, blue where it "
+                        "lowered it (colour relative to the largest change; numbers on the left).",
+                        elem_classes="sae-note")
         if eng.head is None:
             gr.Markdown("_This bundle has no frozen head: steering shows the feature maps only._")
 
@@ -411,7 +418,7 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         steer_out = [edits_md, heat_before, heat_after, head_before, head_after, head_diff, effect_md]
         feat_out = [feature, stats_md, hist, ex_gallery, rel_gallery, rel_feats, steer_on, scale,
                     scatter_img, *steer_out]
-        model = dict(concurrency_id="model", concurrency_limit=1)
+        model = dict(concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY)
 
         feat_inputs = [feature, key, sel_text, edits, scope]
         upload.change(on_image, [upload, feature],

@@ -313,6 +313,11 @@ def histogram_image(hist: np.ndarray | None, edges: np.ndarray | None, feature: 
            color="#f97316", edgecolor="white", linewidth=0.4)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("activation (when firing)", fontsize=8)
     ax.set_ylabel("patches", fontsize=8)
     ax.tick_params(labelsize=7)

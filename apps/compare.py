@@ -37,7 +37,7 @@ from apps.common import (
     outline_patches,
     try_upload,
 )
-from apps.engine import Engine, SessionExpired
+from apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
 
 import gradio as gr  # noqa: E402
 
@@ -196,7 +196,7 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
             return (None, None, None, error_box(problem), picker_html(None, None), "", "", [], [],
                     [], [])
         t0 = time.perf_counter()
-        la, ra = L.eng.analyse(image), R.eng.analyse(image)
+        la, ra = L.eng.analyse(image), R.eng.analyse(image)  # one backbone: runs one after the other
         lc, lf = L.cards(la, set())
         rc, rf = R.cards(ra, set())
         w, h = image.size
@@ -205,6 +205,16 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
                   f"<span class='sae-note'>({time.perf_counter() - t0:.2f} s)</span>")
         return (gr.update(), la.key, ra.key, status, picker_html(la.view, la.grid, ()), "",
                 describe_selection(set(), la.grid), lc, lf, rc, rf)
+
+    def open_tops(lk, rk, lf, rf):
+        """After an upload: open each side's strongest feature, with its matches."""
+        outs = []
+        for name, feats in (("left", lf), ("right", rf)):
+            if lk and rk and feats:
+                outs.extend(open_feature(name, feats[0], lk, rk, ""))
+            else:
+                outs.extend([gr.update()] * 7)
+        return tuple(outs)
 
     def on_select(lk, rk, sel_text):
         la, ra, ls, rs = selections(lk, rk, sel_text)
@@ -307,10 +317,14 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
                                                  match_ids=match_state)
 
         # ------------------------------------------------------------------ wiring
-        model = dict(concurrency_id="model", concurrency_limit=1)
+        model = dict(concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY)
         P, Q = panels_out["left"], panels_out["right"]
+        P_outs = [P["num"], P["md"], P["ex"], P["heat"], P["mlabel"], P["mgal"], P["match_ids"]]
+        Q_outs = [Q["num"], Q["md"], Q["ex"], Q["heat"], Q["mlabel"], Q["mgal"], Q["match_ids"]]
         upload.change(on_image, upload, [upload, lkey, rkey, status, picker, sel_text, sel_info,
-                                          ltop, lfeats, rtop, rfeats], api_name="analyse", **model)
+                                          ltop, lfeats, rtop, rfeats], api_name="analyse", **model
+                      ).then(open_tops, [lkey, rkey, lfeats, rfeats], P_outs + Q_outs,
+                             api_visibility="private", **model)
         sel_in = [lkey, rkey, sel_text]
         sel_out = [sel_info, ltop, lfeats, rtop, rfeats]
         picker.pick(on_pick, None, sel_text, api_visibility="private", queue=False).then(

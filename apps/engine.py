@@ -26,6 +26,10 @@ from core.steering import Edit, LayerCache, cache_layer, steer
 from core.tokens import TokenKind
 
 MAX_CACHED_IMAGES = 24
+# Requests served at once: the model itself runs one at a time (Engine.lock), so a second slot
+# only lets one request's rendering and transfer overlap another's forward.
+MODEL_CONCURRENCY = 2
+CACHE_BUDGET_BYTES = 400_000_000  # dense codes of cached images (wide SAEs keep fewer images)
 
 
 class SessionExpired(LookupError):
@@ -107,7 +111,9 @@ class Engine:
         self.view_scale = view_scale
         self.lock = threading.RLock()
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
-        self.max_cached = max_cached
+        ch, cw = self.backbone.preprocess.crop_size
+        per_image = (ch // self.backbone.patch_size) * (cw // self.backbone.patch_size) * self.d_sae * 4
+        self.max_cached = int(max(2, min(max_cached, CACHE_BUDGET_BYTES // max(per_image, 1))))
         self.stats = adapter.stats(self.bundle)
 
     # -- info --------------------------------------------------------------------------------

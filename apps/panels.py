@@ -127,13 +127,16 @@ def probability_overlay(view: Image.Image, prob: np.ndarray, threshold: float = 
 
 
 def change_overlay(view: Image.Image, before: np.ndarray, after: np.ndarray,
-                   threshold: float = 0.05) -> tuple[Image.Image, dict]:
-    """Where the head's output changed: red = up, blue = down, grey = unchanged (< threshold)."""
+                   threshold: float = 0.01) -> tuple[Image.Image, dict]:
+    """Where the head's output changed: red = up, blue = down, grey = unchanged (< threshold).
+
+    The colour strength is relative to the largest change (at least 0.05), so that small but
+    real effects stay visible; the returned numbers give the absolute scale."""
     w, h = view.size
     diff = np.asarray(after, np.float32) - np.asarray(before, np.float32)
     d = np.asarray(Image.fromarray(diff.astype(np.float32), "F").resize((w, h), Image.BILINEAR))
     base = np.asarray(view.convert("L").convert("RGB"), np.float32) * 0.45 + 120
-    mag = np.clip(np.abs(d) / max(0.25, float(np.abs(d).max())), 0, 1)[..., None]
+    mag = np.clip(np.abs(d) / max(0.05, float(np.abs(d).max())), 0, 1)[..., None]
     colour = np.where(d[..., None] > 0, np.array([220, 38, 38], np.float32), np.array([37, 99, 235], np.float32))
     changed = np.abs(d) > threshold
     a = np.where(changed[..., None], 0.35 + 0.65 * mag, 0.0)

@@ -9,8 +9,8 @@ The app is served on localhost (queue on, as deployed) and driven the way visito
   forward to layer L, SAE, head, all panels rendered and downloaded), then ``/toggle`` (switch the
   top feature off/on on a 4 x 4 patch selection: blocks L+1.. and the head rerun, panels rendered);
 - **gradio_client, N concurrent clients** (default 8): each uploads its own image, then toggles;
-  latencies include waiting in the queue (the model runs one request at a time: two forwards at
-  once on two cores are only slower);
+  latencies include waiting in the queue (the model runs one forward at a time: two at once on
+  two cores are only slower);
 - **a real browser** (Debian's headless Chromium via Playwright, when present): from
   ``set_input_files`` to the top-feature images loaded, and from a click on "Feature on" to the
   new head map displayed;
@@ -22,6 +22,7 @@ Targets from the issue: upload -> features < 2 s, toggle < 1 s, on the offline m
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -173,20 +174,8 @@ def main(argv=None) -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
-            # server-side compute floor: backbone + SAE + head, and one toggle's rerun
-            from PIL import Image
-
-            from core.steering import Edit
-
-            imgs = make_images(tmp, args.images + args.clients + 4)
-            floor_up, floor_tog = [], []
-            for path in imgs[-3:]:
-                an = eng.analyse(Image.open(path).convert("RGB"))
-                floor_up.append(an.timings["total_s"])
-                f = eng.top_features(an, None, 1)[0][0]
-                floor_tog.append(eng.steer(an, [Edit(f, scale=0.0)], None).seconds)
-            data["compute_floor"] = {"analyse": summary(floor_up), "steer": summary(floor_tog)}
-
+            imgs = make_images(tmp, args.images + args.clients + 5)
+            data["load_average_before"] = os.getloadavg()
             single: dict = {}
             client_session(url, imgs[: args.images], args.toggles, tmp / "single", single)
             data["single_client"] = {k: summary(v) for k, v in single.items()}
@@ -206,6 +195,19 @@ def main(argv=None) -> int:
                                   **{k: summary(v) for k, v in conc.items()}}
             if args.browser:
                 data["browser"] = browser_timings(url, imgs[: args.images])
+            # server-side compute floor: backbone + SAE + head, and one toggle's rerun
+            from PIL import Image
+
+            from core.steering import Edit
+
+            floor_up, floor_tog = [], []
+            for path in imgs[-5:]:
+                an = eng.analyse(Image.open(path).convert("RGB"))
+                floor_up.append(an.timings["total_s"])
+                f = eng.top_features(an, None, 1)[0][0]
+                floor_tog.append(eng.steer(an, [Edit(f, scale=0.0)], None).seconds)
+            data["compute_floor"] = {"analyse": summary(floor_up), "steer": summary(floor_tog)}
+            data["load_average_after"] = os.getloadavg()
     finally:
         demo.close()
 
@@ -236,9 +238,14 @@ def main(argv=None) -> int:
     lines += ["",
               f"Targets: upload → features < {TARGET_UPLOAD_S:g} s, toggle < {TARGET_TOGGLE_S:g} s "
               f"(✅/❌ on the median). With {args.clients} clients at once the requests queue behind "
-              f"one model (concurrency 1, by design on 2 cores): all {args.clients} uploads and "
+              f"one model (one forward at a time, by design on 2 cores; two requests in flight so "
+              f"that rendering overlaps the next forward): all {args.clients} uploads and "
               f"{2 * args.clients} toggles were served in {data['concurrent']['wall_s']:.1f} s "
-              "of wall time; the latencies above include the wait in the queue."]
+              "of wall time; the latencies above include the wait in the queue. The gradio_client "
+              "rows are the server's answer (image URLs, not downloads); the browser rows include "
+              "loading the images. Machine load average (1 min) during the run: "
+              f"{data['load_average_before'][0]:.1f} → {data['load_average_after'][0]:.1f} "
+              f"(other jobs share the {os.cpu_count()} cores)."]
     md = "\n".join(lines)
     print(md)
     if args.write:

@@ -254,9 +254,13 @@ def test_compare_side_by_side_and_matches(compare_app, page, tmp_path) -> None:
         "old => JSON.stringify([...document.querySelectorAll('#right-top .caption-label')]"
         ".map(e => e.innerText)) !== old", arg=__import__("json").dumps(before))
 
-    page.locator("#left-top .thumbnail-item").first.click()
+    # the strongest feature of each side was opened on upload; open another one on the left
+    card = page.locator("#left-top .thumbnail-item").nth(1)
+    left_id = page.locator("#left-top .caption-label").nth(1).inner_text().split("·")[0].strip()
+    card.click()
+    expect(page.get_by_text(f"for left {left_id}")).to_be_visible()
+    expect(page.locator("#left-feature input")).to_have_value(left_id.lstrip("#"))
     page.wait_for_function("document.querySelectorAll('#left-matches img').length > 0")
-    expect(page.get_by_text("Best matches on the right")).to_be_visible()
     first_match = page.locator("#left-matches .caption-label").first.inner_text().split("·")[0]
     page.locator("#left-matches .thumbnail-item").first.click()
     expect(page.locator("#right-feature input")).to_have_value(first_match.strip().lstrip("#"))
