@@ -57,13 +57,15 @@ representation (one layer of the vision transformer) as a sum of a few *features
 thousands. Each feature is a direction the model uses; the SAE makes them readable one by one.
 
 1. **Your image** — upload a picture or click an example. The model sees a square crop of it,
-   cut into a grid of patches (shown in step 2).
+   cut into a grid of patches (shown in step 2). The small map below shows how well the SAE
+   reconstructs each patch (dark = well explained, bright = much of it is left in the error term).
 2. **Select patches** — click a patch to toggle it, or press and drag to select a rectangle
    (a drag that starts on a selected patch removes the rectangle instead). With nothing
    selected, the whole image counts.
 3. **Top features** — the features with the highest mean activation over your selection. Each
-   card shows *where the feature fires on your image* (bright = strong) and four of its top
-   dataset images. Click a card to open the feature.
+   card shows *where the feature fires on your image* (bright = strong) and five of its top
+   dataset images; the caption gives the feature id, its mean activation over the selection and
+   the share of selected patches where it fires. Click a card to open the feature.
 4. **Feature** — statistics (how often it fires, how strongly), its activation histogram, its top
    dataset images with heat-maps (the patches that made it fire), and related features (similar
    decoder directions). Everything is clickable. Use the finder to pick features by firing
@@ -129,7 +131,7 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         for f, score, n_fire in feats:
             tiles = [t for t, _ in panels.exemplar_tiles(b, pre, f, 5, panels.TILE)]
             card = panels.feature_card(an.view, an.feature_map(f), tiles, f, score)
-            where = f"{n_fire}/{len(sel) if sel else an.n_patches}"
+            where = f"{n_fire / (len(sel) if sel else an.n_patches):.0%}"  # of the selection
             cards.append((card, f"#{f} · {score:.2f} · {where}"))
         return cards, [f for f, _, _ in feats]
 
@@ -215,16 +217,18 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         (``feature_outputs``), so the features show as soon as the model has run."""
         if upload is None:  # cleared (keeps an error message from a refused upload visible)
             return (gr.update(), None, gr.update(), picker_html(None, None), "", "", [], [], {},
-                    feature)
+                    feature, None)
         image, problem = try_upload(upload)
         if image is None:
             return (None, None, error_box(problem), picker_html(None, None), "", "", [], [], {},
-                    feature)
+                    feature, None)
         an = eng.analyse(image)
         cards, feats = top_cards(an, set())
         f = feats[0] if feats else feature
+        err = adapter.with_colorbar(panels.error_map(an.view.resize((224, 224)), an.patch_error),
+                                    1.0, cmap="viridis", label="error")
         return (gr.update(), an.key, status_md(an), picker_html(an.view, an.grid, ()), "",
-                describe_selection(set(), an.grid), cards, feats, {}, f)
+                describe_selection(set(), an.grid), cards, feats, {}, f, err)
 
     def on_select(key, sel_text, feature, edits, scope):
         an = _analysis(key)
@@ -327,6 +331,9 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
                     if ex_files:
                         gr.Examples(ex_files, inputs=upload, label="Examples", examples_per_page=6)
                 status = gr.Markdown(elem_id="status")
+                recon_img = gr.Image(label="SAE reconstruction error per patch (bright = poorly "
+                                     "explained)", interactive=False, format="png", height=200,
+                                     elem_id="recon-error", buttons=[])
             with gr.Column(scale=4, min_width=260):
                 gr.Markdown("### ② Select patches")
                 picker = gr.HTML(picker_html(None, None), js_on_load=PICKER_JS,
@@ -338,8 +345,9 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
                 sel_info = gr.Markdown(elem_id="sel-info")
             with gr.Column(scale=5, min_width=300):
                 gr.Markdown("### ③ Top features of the selection")
-                gr.Markdown("Left: where the feature fires on your image. Right: four of its top "
-                            "dataset images. Click a card to open the feature.",
+                gr.Markdown("Big tile: where the feature fires on your image; small tiles: its top "
+                            "dataset images. Caption: id · mean activation · share of patches "
+                            "where it fires. Click a card to open the feature.",
                             elem_classes="sae-note")
                 top_gallery = gr.Gallery(show_label=False, columns=2, height=560,
                                          allow_preview=False, format="jpeg",
@@ -423,7 +431,7 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         feat_inputs = [feature, key, sel_text, edits, scope]
         upload.change(on_image, [upload, feature],
                       [upload, key, status, picker, sel_text, sel_info, top_gallery, top_feats, edits,
-                       feature], api_name="analyse", **model).then(
+                       feature, recon_img], api_name="analyse", **model).then(
             feature_outputs, feat_inputs, feat_out, api_visibility="private", **model)
         sel_inputs = [key, sel_text, feature, edits, scope]
         sel_outputs = [sel_info, top_gallery, top_feats, *steer_out]

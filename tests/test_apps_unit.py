@@ -267,9 +267,10 @@ def test_app_api_upload_select_feature_toggle(served, files, tmp_path) -> None:
     assert {"/analyse", "/select", "/feature", "/toggle", "/reset"} <= names
 
     # outputs in order, gr.State ones left out by the API: upload, status, picker, selection,
-    # selection info, top features, feature id (the strongest feature, opened next)
+    # selection info, top features, feature id (the strongest feature, opened next), error map
     out = client.predict(handle_file(str(files["rgb.png"])), 0, api_name="/analyse")
     status, picker_value, top, feature = out[1], out[2], out[5], out[6]
+    assert Path(out[7]).is_file()  # the SAE's per-patch reconstruction error
     assert "160×120" in status and "explains" in status
     assert picker_value.count('class="pp-cell') == 256 and len(top) > 0
     assert isinstance(feature, (int, float))
