@@ -17,6 +17,7 @@ mean and divides by the stored scale; ``decode`` undoes it. Nobody normalises by
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -152,6 +153,43 @@ class _JumpReLUSTE(torch.autograd.Function):
         return g_pre, g_thr, None
 
 
+class _SparseDecode(torch.autograd.Function):
+    """``sum_j values[n, j] * W[indices[n, j]]`` for k-sparse codes.
+
+    Forward is an embedding-bag; the weight gradient ``Z^T @ grad`` uses a CSR sparse matmul,
+    about 2x faster on CPU than embedding-bag's sort-based dense backward.
+    """
+
+    @staticmethod
+    def forward(ctx, indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor):
+        ctx.save_for_backward(indices, values, weight)
+        return F.embedding_bag(indices, weight, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        indices, values, weight = ctx.saved_tensors
+        grad_values = grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_values = torch.einsum("nkd,nd->nk", weight[indices], grad_out)
+        if ctx.needs_input_grad[2]:
+            n, k = indices.shape
+            with warnings.catch_warnings():  # CSR support is "beta": only construction + t() @ dense
+                warnings.simplefilter("ignore", UserWarning)
+                z = torch.sparse_csr_tensor(
+                    torch.arange(0, n * k + 1, k, device=indices.device), indices.reshape(-1),
+                    values.reshape(-1).to(grad_out.dtype), (n, weight.shape[0]),
+                    check_invariants=False,
+                )
+            grad_weight = z.t() @ grad_out
+        return None, grad_values, grad_weight
+
+
+def sparse_decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if values.requires_grad or weight.requires_grad:
+        return _SparseDecode.apply(indices, values, weight)
+    return F.embedding_bag(indices, weight, per_sample_weights=values, mode="sum")
+
+
 @dataclass
 class Codes:
     """Sparse codes of a batch: either k-sparse (indices + values) or dense."""
@@ -257,7 +295,10 @@ class SAE(nn.Module):
             )
 
     def pre_acts(self, xn: torch.Tensor) -> torch.Tensor:
-        return (xn - self.b_dec) @ self.W_enc + self.b_enc
+        """``(xn - b_dec) @ W_enc + b_enc``, written so that training never differentiates
+        through the input: the b_dec gradient is then a vector-matrix product instead of a full
+        [batch, d_sae] x [d_sae, d_in] matmul (a third of the step's matmul time)."""
+        return xn @ self.W_enc + (self.b_enc - self.b_dec @ self.W_enc)
 
     def _activate(self, pre: torch.Tensor, training: bool, k: int | None = None) -> Codes:
         arch = self.cfg.architecture
@@ -318,9 +359,7 @@ class SAE(nn.Module):
             values = codes.values
             if upto is not None:
                 values = values * (codes.indices < upto)
-            return F.embedding_bag(
-                codes.indices, self.W_dec, per_sample_weights=values, mode="sum"
-            ) + self.b_dec
+            return sparse_decode(codes.indices, values, self.W_dec) + self.b_dec
         dense = codes.dense
         if upto is not None:
             return dense[..., :upto] @ self.W_dec[:upto] + self.b_dec
@@ -386,7 +425,7 @@ class SAE(nn.Module):
             ka = min(aux_k or max(1, self.cfg.d_in // 2), n_dead)
             dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
             vals, idx = dead_pre.topk(ka, dim=-1, sorted=False)
-            aux_recon = F.embedding_bag(idx, self.W_dec, per_sample_weights=F.relu(vals), mode="sum")
+            aux_recon = sparse_decode(idx, F.relu(vals), self.W_dec)
             aux = (aux_recon - residual).pow(2).sum(-1).mean() / residual.pow(2).sum(-1).mean().clamp_min(1e-12)
         loss = recon_loss + coef * sparsity + (aux_coefficient * aux if aux.requires_grad else 0.0)
         with torch.no_grad():
