@@ -34,28 +34,49 @@ MAX_FILE_SIZE = "40mb"
 # ------------------------------------------------------------------------------ uploads
 
 
-class SafeImage(gr.Image):
-    """``gr.Image`` that hands the raw uploaded file to the app instead of decoding it.
+def _raw_upload(payload):
+    """An image payload -> the uploaded file's path (or a pasted data URL's bytes), undecoded."""
+    if payload is None:
+        return None
+    url = getattr(payload, "url", None)
+    if url and url.startswith("data:"):
+        try:
+            return base64.b64decode(url.split(",", 1)[1])
+        except Exception:
+            return b""
+    return getattr(payload, "path", None)
 
-    Gradio's own preprocessing opens the file with PIL before the app sees it, so a corrupt file
-    or a decompression bomb would fail there with a generic error. This returns the file path
-    (or the bytes of a pasted/webcam data URL) and the app decodes it with
-    :func:`core.images.load_image`.
-    """
 
-    def preprocess(self, payload):  # type: ignore[override]
-        if payload is None:
-            return None
-        url = getattr(payload, "url", None)
-        if url and url.startswith("data:"):
-            try:
-                return base64.b64decode(url.split(",", 1)[1])
-            except Exception:
-                return b""
-        return getattr(payload, "path", None)
+def _define_safe_image():
+    # Gradio writes a ``.pyi`` stub next to the source file of every component subclass it sees
+    # defined; that would litter (or fail on) an installed package, so the hook is off while
+    # this one class is created. A subclass, not an instance override: gradio re-creates
+    # components from their class when an event updates them.
+    import gradio.component_meta as meta
 
-    def get_block_name(self) -> str:
-        return "image"
+    hook = meta.create_or_modify_pyi
+    meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        class SafeImage(gr.Image):
+            """A ``gr.Image`` upload that hands the raw file to the app instead of decoding it.
+
+            Gradio's own preprocessing opens the file with PIL before the app sees it, so a
+            corrupt file or a decompression bomb would fail there with a generic error. This one
+            returns the file path (or the bytes of a pasted/webcam data URL) and the app decodes
+            it with :func:`core.images.load_image`.
+            """
+
+            def preprocess(self, payload):  # type: ignore[override]
+                return _raw_upload(payload)
+
+            def get_block_name(self) -> str:
+                return "image"
+    finally:
+        meta.create_or_modify_pyi = hook
+    return SafeImage
+
+
+SafeImage = _define_safe_image()
 
 
 def read_upload(src: Any, name: str | None = None) -> Image.Image:

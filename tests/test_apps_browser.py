@@ -69,6 +69,9 @@ def browser_page():
 
 @pytest.fixture()
 def page(browser_page):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=TIMEOUT)  # assertions wait as long as actions (busy CI machines)
     pg = browser_page.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
