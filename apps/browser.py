@@ -485,14 +485,17 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python apps/browser.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python apps/browser.py",
+        description="Feature browser: upload an image, select patches, see and steer the SAE "
+        "features that fire there. Prints the local URL when it is ready.")
     p.add_argument("--bundle", default=os.environ.get(adapter.ENV_BUNDLE) or None,
                    help="bundle folder or Hub id (default: the offline default bundle, built once)")
     p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    p.add_argument("--no-examples", dest="examples", action="store_false")
+    p.add_argument("--no-examples", dest="examples", action="store_false",
+                   help="hide the example images")
     return p.parse_args(argv)
 
 

@@ -358,18 +358,21 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python apps/compare.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python apps/compare.py",
+        description="Compare two SAEs on the same image and patches, side by side (default: CLIP "
+        "ViT-B/16 vs DINOv2 ViT-B/14 online; offline: two layers of the offline DINOv2-S).")
     p.add_argument("--left", default=os.environ.get(adapter.ENV_LEFT) or None,
                    help="left bundle (folder or Hub id)")
     p.add_argument("--right", default=os.environ.get(adapter.ENV_RIGHT) or None,
                    help="right bundle (folder or Hub id)")
     p.add_argument("--offline", action="store_true",
                    help="skip the online defaults: two layers of the offline model")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
-    p.add_argument("--share", action="store_true")
-    p.add_argument("--no-examples", dest="examples", action="store_false")
+    p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument("--no-examples", dest="examples", action="store_false",
+                   help="hide the example images")
     return p.parse_args(argv)
 
 
