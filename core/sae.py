@@ -157,7 +157,7 @@ class _SparseDecode(torch.autograd.Function):
     """``sum_j values[n, j] * W[indices[n, j]]`` for k-sparse codes.
 
     Forward is an embedding-bag; the weight gradient ``Z^T @ grad`` uses a CSR sparse matmul,
-    about 2x faster on CPU than embedding-bag's sort-based dense backward.
+    about 2x faster on CPU than embedding-bag's sort-based dense weight backward.
     """
 
     @staticmethod
@@ -170,7 +170,12 @@ class _SparseDecode(torch.autograd.Function):
         indices, values, weight = ctx.saved_tensors
         grad_values = grad_weight = None
         if ctx.needs_input_grad[1]:
-            grad_values = torch.einsum("nkd,nd->nk", weight[indices], grad_out)
+            # embedding-bag's fused per-sample-weight backward: <W[idx], grad> without
+            # materialising the [n, k, d] gather (10x faster than gather + einsum)
+            with torch.enable_grad():
+                v = values.detach().requires_grad_()
+                y = F.embedding_bag(indices, weight.detach(), per_sample_weights=v, mode="sum")
+                (grad_values,) = torch.autograd.grad(y, v, grad_out)
         if ctx.needs_input_grad[2]:
             n, k = indices.shape
             with warnings.catch_warnings():  # CSR support is "beta": only construction + t() @ dense
