@@ -32,6 +32,7 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# All benchmarks (about 30 min); `python -m bench.run_all --quick` skips the two long ones.
 bench: setup
 	$(BIN)/python -m bench.run_all
 

@@ -32,7 +32,8 @@ def timed(cmd: list[str], env: dict) -> float:
     return time.perf_counter() - t
 
 
-def main() -> dict:
+def main(argv: list[str] | None = None) -> dict:
+    del argv  # no options
     cache = Path(tempfile.mkdtemp(prefix="saescope_cache_"))
     env = {**os.environ, "SAESCOPE_CACHE": str(cache), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     try:
