@@ -36,29 +36,9 @@ def _resized_size(size: tuple[int, int], preprocess: Preprocess) -> tuple[int, i
 
 
 def crop_for_preprocess(image: Image.Image, preprocess: Preprocess) -> Image.Image:
-    """The RGB crop the model sees: the same resize and centre crop as ``preprocess``.
-
-    Mirrors :meth:`core.backbones.base.Preprocess.image_to_array` step by step (same rounding,
-    same resampling): normalising the crop's pixels gives exactly ``preprocess(image)``.
-    """
-    image = image.convert("RGB")
-    if preprocess.resize_shortest_edge:
-        w, h = image.size
-        s = preprocess.resize_shortest_edge / min(w, h)
-        new = (max(1, round(w * s)), max(1, round(h * s)))
-        if new != image.size:
-            image = image.resize(new, preprocess.resample)
-    ch, cw = preprocess.crop_size
-    w, h = image.size
-    if (w, h) != (cw, ch):
-        if w < cw or h < ch:
-            s = max(cw / w, ch / h)
-            image = image.resize((max(cw, round(w * s)), max(ch, round(h * s))),
-                                 preprocess.resample)
-            w, h = image.size
-        left, top = (w - cw) // 2, (h - ch) // 2
-        image = image.crop((left, top, left + cw, top + ch))
-    return image
+    """The RGB crop the model sees (:meth:`Preprocess.crop`): normalising the crop's pixels gives
+    exactly ``preprocess(image)``."""
+    return preprocess.crop(image)
 
 
 def crop_box(size: tuple[int, int], preprocess: Preprocess) -> tuple[float, float, float, float]:

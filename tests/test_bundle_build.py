@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from core.bundle import Bundle, BundleError, push_bundle
+from tests.hub_target import LocalHub
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -67,20 +68,6 @@ def test_build_bundle_contents_and_loading(trained, tmp_path: Path) -> None:
         build_bundle(saes[0], stores[0], out, progress=False)
     with pytest.raises(ValueError, match="trained on layer 2|layer 2, not layer 1"):
         build_bundle(saes[1], stores[0], tmp_path / "bad", progress=False)
-
-
-class LocalHub:
-    """A Hub-like target on local disk implementing the two HfApi calls push_bundle makes."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def create_repo(self, repo_id: str, private: bool, exist_ok: bool, repo_type: str) -> None:
-        (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
-
-    def upload_folder(self, repo_id: str, folder_path: str, path_in_repo, commit_message: str,
-                      repo_type: str) -> None:
-        shutil.copytree(folder_path, self.root / repo_id, dirs_exist_ok=True)
 
 
 def test_matches_push_and_load_back_by_hub_id_offline(trained, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from core.sae import ARCHITECTURES, SAE, SAEConfig, ShapeMismatch
+from tests.hub_target import LocalHub
 from core.sae_io import (
     CheckpointError,
     check_compatible,
@@ -205,21 +205,6 @@ def test_import_saelens_jumprelu(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ Hub
-class LocalHub:
-    """A Hub-like target on local disk implementing the two HfApi calls push_to_hub makes."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def create_repo(self, repo_id: str, private: bool, exist_ok: bool, repo_type: str) -> None:
-        (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
-
-    def upload_folder(self, repo_id: str, folder_path: str, path_in_repo, commit_message: str,
-                      repo_type: str) -> None:
-        dst = self.root / repo_id / (path_in_repo or "")
-        shutil.copytree(folder_path, dst, dirs_exist_ok=True)
-
-
 def test_push_to_local_hub_target_and_load_back(tmp_path: Path) -> None:
     sae = trained_like("batchtopk")
     url = push_to_hub(sae, "me/sae-test", api=LocalHub(tmp_path))

@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 

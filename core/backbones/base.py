@@ -34,8 +34,11 @@ class Preprocess:
     resample: int = Image.BICUBIC
     rescale: float = 1 / 255
 
-    def image_to_array(self, image: Image.Image) -> np.ndarray:
-        """One image -> float32 [3, H, W], normalised."""
+    def crop(self, image: Image.Image) -> Image.Image:
+        """The RGB crop the model sees: resize the short side, then centre-crop.
+
+        Heat-maps are drawn on this crop, so it is the one place that defines it.
+        """
         image = image.convert("RGB")
         if self.resize_shortest_edge:
             w, h = image.size
@@ -52,6 +55,11 @@ class Preprocess:
                 w, h = image.size
             left, top = (w - cw) // 2, (h - ch) // 2
             image = image.crop((left, top, left + cw, top + ch))
+        return image
+
+    def image_to_array(self, image: Image.Image) -> np.ndarray:
+        """One image -> float32 [3, H, W], normalised."""
+        image = self.crop(image)
         arr = np.asarray(image, dtype=np.float32) * self.rescale
         arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
