@@ -235,5 +235,5 @@ def test_from_pretrained_hub_id_resolves_offline_from_the_hub_cache(tmp_path: Pa
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     name, total = out.stdout.splitlines()[0].split()
-    assert name == sae.cfg.name and float(total) == pytest.approx(float(sae.W_enc.sum()), rel=1e-6)
+    assert name == sae.cfg.name and float(total) == pytest.approx(float(sae.W_enc.detach().sum()), rel=1e-6)
     assert "MISSING" in out.stdout and "me/not-there" in out.stdout
