@@ -21,6 +21,7 @@ STEP_MODULES = [
     "train.exemplars",
     "train.indices",
     "train.bundle",
+    "train.steer_eval",
 ]
 
 

@@ -1,0 +1,182 @@
+"""``python -m train steer-eval``: does editing a feature change what it should, and only that?
+
+For every image: the frozen segmentation head (the offline model's saliency decoder) gives a
+foreground mask; the target patches are the foreground ones. The feature is chosen
+automatically: the one with the largest activation summed over the target patches. It is
+suppressed (scaled to 0) on the target patches, through :func:`core.steering.steer`. Two controls
+get exactly the same token budget:
+
+- **random direction**: each edited token is moved by a random vector with the same norm as the
+  feature edit's change on that token;
+- **random feature**: a feature drawn at random among those active on the target patches, also
+  suppressed there.
+
+Reported per method: the mean absolute change of the head's probability inside the target region
+and outside it, and the fraction of target / other pixels whose mask (p > 0.5) flips; ratios of
+the chosen feature's target change to the controls'. Mean and standard deviation over images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.steering import Edit, cache_layer, edit_positions, steer
+
+
+@dataclass
+class ImageResult:
+    image_id: str
+    feature: int
+    random_feature: int
+    n_target: int
+    rows: dict  # method -> {"target": float, "other": float, "target_flip": float, "other_flip": float}
+
+
+def _region_change(before: torch.Tensor, after: torch.Tensor, region: torch.Tensor) -> dict:
+    """Mean |delta p| and mask flips inside ``region`` (bool [H, W]) and outside it."""
+    d = (after - before).abs()[0, 0]
+    flips = ((after > 0.5) != (before > 0.5))[0, 0]
+    inside, outside = region, ~region
+    return {
+        "target": float(d[inside].mean()) if inside.any() else 0.0,
+        "other": float(d[outside].mean()) if outside.any() else 0.0,
+        "target_flip": float(flips[inside].float().mean()) if inside.any() else 0.0,
+        "other_flip": float(flips[outside].float().mean()) if outside.any() else 0.0,
+    }
+
+
+@torch.inference_mode()
+def _random_direction_after(backbone, sae, cache, positions: list[int], delta: torch.Tensor,
+                            head, gen: torch.Generator) -> torch.Tensor:
+    """Head output when each edited token moves by a random vector of the edit's own norm."""
+    r = torch.randn(delta.shape, generator=gen, dtype=delta.dtype)
+    r = r / r.norm(dim=-1, keepdim=True).clamp_min(1e-12) * delta.norm(dim=-1, keepdim=True)
+    tokens = cache.tokens.clone()
+    tokens[:, positions] = cache.tokens[:, positions] + r
+    return head(backbone.run_from(cache.layer, tokens), cache.layout)
+
+
+def evaluate_image(backbone, sae, head, image, image_id: str, gen: torch.Generator,
+                   threshold: float = 0.5) -> ImageResult | None:
+    """One image; ``None`` when the head finds no foreground (or only foreground) patches."""
+    pixels = backbone.preprocess([image])
+    cache = cache_layer(backbone, sae, pixels)
+    base = steer(backbone, sae, cache, [], head=head)
+    prob = base.head_before
+    rows_, cols_ = cache.layout.grid
+    patch_fg = torch.nn.functional.adaptive_avg_pool2d(prob, (rows_, cols_))[0, 0] > threshold
+    n_target = int(patch_fg.sum())
+    if n_target == 0 or n_target == rows_ * cols_:
+        return None
+    patches = patch_fg.numpy()
+    region = torch.nn.functional.interpolate(patch_fg[None, None].float(), size=prob.shape[-2:],
+                                             mode="nearest")[0, 0].bool()
+    positions = edit_positions(cache.layout, patches)
+    codes = sae.encode(cache.tokens[:, positions])[0]  # [n_target, d_sae]
+    summed = codes.sum(0)
+    feature = int(summed.argmax())
+    active = torch.nonzero(summed > 0).flatten().tolist()
+    others = [f for f in active if f != feature] or [feature]
+    random_feature = int(others[int(torch.randint(len(others), (1,), generator=gen))])
+    chosen = steer(backbone, sae, cache, [Edit(feature, scale=0.0)], patches=patches, head=head)
+    delta = chosen.tokens_after[:, positions] - cache.tokens[:, positions]
+    rand_dir = _random_direction_after(backbone, sae, cache, positions, delta, head, gen)
+    rand_feat = steer(backbone, sae, cache, [Edit(random_feature, scale=0.0)], patches=patches, head=head)
+    rows = {
+        "chosen feature": _region_change(prob, chosen.head_after, region),
+        "random direction (same norm)": _region_change(prob, rand_dir, region),
+        "random active feature": _region_change(prob, rand_feat.head_after, region),
+    }
+    return ImageResult(image_id, feature, random_feature, n_target, rows)
+
+
+def summarize(results: list[ImageResult]) -> dict:
+    methods = list(results[0].rows)
+    table = {}
+    for m in methods:
+        table[m] = {k: (float(np.mean([r.rows[m][k] for r in results])),
+                        float(np.std([r.rows[m][k] for r in results])))
+                    for k in ("target", "other", "target_flip", "other_flip")}
+    chosen = np.array([r.rows["chosen feature"]["target"] for r in results])
+    ratios = {}
+    for m in methods[1:]:
+        ctrl = np.array([r.rows[m]["target"] for r in results])
+        ratios[m] = {"ratio_of_means": float(chosen.mean() / max(ctrl.mean(), 1e-12)),
+                     "median_per_image_ratio": float(np.median(chosen / np.maximum(ctrl, 1e-12)))}
+    return {"n_images": len(results), "table": table, "ratios": ratios}
+
+
+def markdown(summary: dict, title: str) -> str:
+    lines = [f"## Steering evaluation (`python -m train steer-eval`)\n", title + "\n",
+             "| intervention on the target (foreground) patches | change in target region | "
+             "change elsewhere | target mask flips | other mask flips |", "|---|---|---|---|---|"]
+    for m, v in summary["table"].items():
+        lines.append(f"| {m} | {v['target'][0]:.4f} ± {v['target'][1]:.4f} | "
+                     f"{v['other'][0]:.4f} ± {v['other'][1]:.4f} | {v['target_flip'][0]:.2%} | "
+                     f"{v['other_flip'][0]:.2%} |")
+    lines.append("")
+    for m, r in summary["ratios"].items():
+        lines.append(f"- chosen feature vs {m}: **{r['ratio_of_means']:.2f}x** the target change "
+                     f"(median per-image ratio {r['median_per_image_ratio']:.2f}x)")
+    lines.append(f"\nMean ± standard deviation over {summary['n_images']} images; changes are mean "
+                 "absolute differences of the head's foreground probability.")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "steer-eval", help="quantitative steering test against random controls",
+        description=__doc__.split("\n\n")[0] + " Suppresses the automatically chosen feature on "
+        "the foreground patches and compares with a same-norm random direction and a random "
+        "active feature.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--bundle", default=None, help="bundle (default: the offline default bundle)")
+    p.add_argument("--source", default="builtin:photos?views=2")
+    p.add_argument("--max-images", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write summary JSON here")
+    p.add_argument("--results-md", action="store_true", help="write the table to bench/RESULTS.md")
+    p.set_defaults(func=run, step="steer-eval")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from core.bundle import Bundle
+    from train.bundle import ensure_default_bundle
+    from train.sources import open_source
+
+    bundle = Bundle.load(args.bundle or ensure_default_bundle())
+    head = bundle.head
+    if head is None or getattr(head, "kind", "") != "segmentation":
+        raise ValueError(f"bundle {bundle.name} has no segmentation head to evaluate steering with")
+    backbone, sae = bundle.backbone, bundle.sae
+    gen = torch.Generator().manual_seed(args.seed)
+    source = open_source(args.source, max_images=args.max_images)
+    results = []
+    for image_id, image in tqdm(source, total=len(source), desc="steer-eval", unit="img"):
+        if isinstance(image, Exception):
+            continue
+        r = evaluate_image(backbone, sae, head, image, image_id, gen)
+        if r is not None:
+            results.append(r)
+    if not results:
+        raise ValueError("no image had both foreground and background patches")
+    summary = summarize(results)
+    title = (f"Bundle **{bundle.title}** (SAE {sae.cfg.name}), head: {head.name}; images "
+             f"`{args.source}` ({len(results)} with both foreground and background).")
+    print(markdown(summary, title))
+    if args.out:
+        Path(args.out).write_text(json.dumps({**summary, "per_image": [r.__dict__ for r in results]},
+                                             indent=2))
+    if args.results_md:
+        from bench.report import write_section
+
+        write_section("steer_eval", markdown(summary, title), summary)
+    return 0
