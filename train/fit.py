@@ -84,8 +84,6 @@ class _Member:
     sae: SAE
     opt: torch.optim.Adam
     since_fired: torch.Tensor  # tokens since each latent last fired
-    fire_count: torch.Tensor  # firings over the current frequency window
-    window_tokens: int = 0
     last: dict = field(default_factory=dict)
 
 
@@ -122,8 +120,7 @@ def _make_members(cfg: FitConfig, store, total_steps: int) -> list[_Member]:
         sae = SAE(sae_cfg, seed=cfg.seed + i).to(cfg.device)
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
         w = sae_cfg.d_sae
-        members.append(_Member(sae, opt, torch.zeros(w, dtype=torch.long),
-                               torch.zeros(w, dtype=torch.long)))
+        members.append(_Member(sae, opt, torch.zeros(w, dtype=torch.long)))
     return members
 
 
@@ -152,11 +149,9 @@ def _save_checkpoint(out: Path, members: list[_Member], step: int, tokens: int) 
             for key, val in st.items():
                 tensors[f"{i}/opt/{names[id(p)]}/{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
         tensors[f"{i}/since_fired"] = m.since_fired
-        tensors[f"{i}/fire_count"] = m.fire_count
     meta = {
         "step": step, "tokens": tokens,
         "configs": [m.sae.cfg.to_dict() for m in members],
-        "window_tokens": [m.window_tokens for m in members],
         "time": time.time(),
     }
     tmp = ck / "state.safetensors.tmp"
@@ -194,8 +189,6 @@ def _load_checkpoint(out: Path, members: list[_Member]) -> tuple[int, int] | Non
             if st:
                 m.opt.state[p] = {k: (v.to(p.device) if k != "step" else v) for k, v in st.items()}
         m.since_fired.copy_(tensors[f"{i}/since_fired"])
-        m.fire_count.copy_(tensors[f"{i}/fire_count"])
-        m.window_tokens = meta["window_tokens"][i]
     return int(meta["step"]), int(meta["tokens"])
 
 
@@ -221,8 +214,6 @@ def _step(m: _Member, x: torch.Tensor, step: int, total: int, cfg: FitConfig) ->
     fired = out.fired.cpu()
     m.since_fired += x.shape[0]
     m.since_fired[fired] = 0
-    m.fire_count += fired.long()  # batches in which each latent fired (cheap frequency proxy)
-    m.window_tokens += x.shape[0]
     m.last = {"loss": out.loss.item(), "mse": out.mse.item(), "fvu": out.fvu.item(),
               "l0": out.l0.item(), "aux": out.aux.item(), "sparsity": out.sparsity.item(),
               "lr": lr, "sparsity_coefficient": coef, "k": k,
@@ -245,10 +236,9 @@ def _truncate_log(path: Path, start: int) -> None:
 
 
 def _batches(store, cfg: FitConfig, skip: int) -> Iterator[torch.Tensor]:
-    it = store.iter_batches(cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed, loop=True)
-    for _ in range(skip):  # exact resume: the stream is deterministic for a seed
-        next(it)
-    return it
+    # exact resume: the stream is deterministic for a seed, so skip what was already consumed
+    return store.iter_batches(cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+                              loop=True, skip_batches=skip)
 
 
 def fit(cfg: FitConfig) -> list[Path]:
@@ -302,11 +292,11 @@ def fit(cfg: FitConfig) -> list[Path]:
         bar.close()
         log.close()
     _save_checkpoint(out, members, total, seen)
-    return _finish(cfg, store, members, names, out, seen)
+    return _finish(cfg, store, members, names, out, seen, total)
 
 
 def _finish(cfg: FitConfig, store, members: list[_Member], names: list[str], out: Path,
-            seen: int) -> list[Path]:
+            seen: int, total: int) -> list[Path]:
     from train.evaluate import evaluate_sae
     from train.plots import plot_feature_frequency, plot_fvu_vs_l0
 
@@ -317,7 +307,7 @@ def _finish(cfg: FitConfig, store, members: list[_Member], names: list[str], out
                                batch_size=cfg.batch_size, seed=cfg.seed + 1, progress=False)
         freq = metrics.pop("feature_frequency")
         m.sae.cfg.metrics = {**metrics, "train_tokens": seen,
-                             "train_dead_fraction": float((m.since_fired >= _dead_window(cfg, m.sae.cfg.hyperparameters["steps"])).float().mean())}
+                             "train_dead_fraction": float((m.since_fired >= _dead_window(cfg, total)).float().mean())}
         folder = save_sae(m.sae, out / name)
         folders.append(folder)
         rows.append({"name": name, **m.sae.cfg.metrics, "architecture": m.sae.cfg.architecture})
