@@ -95,6 +95,13 @@ def edit_positions(layout: TokenLayout, patches: Iterable[tuple[int, int]] | np.
     return positions
 
 
+def splice(tokens: torch.Tensor, positions: Sequence[int], new: torch.Tensor) -> torch.Tensor:
+    """Copy of ``tokens`` [B, T, D] whose ``positions`` are replaced by ``new`` [B, len, D]."""
+    out = tokens.clone()
+    out[:, list(positions)] = new.to(out.dtype)
+    return out
+
+
 def apply_edits(codes: torch.Tensor, edits: Sequence[Edit], sae: SAE) -> torch.Tensor:
     """Edited copy of dense codes [..., d_sae]."""
     out = codes.clone()
@@ -118,9 +125,7 @@ def steer(backbone, sae: SAE, cache: LayerCache, edits: Sequence[Edit],
     edited = apply_edits(codes, edits, sae)
     tokens = cache.tokens
     if edits:
-        delta = sae.decode(edited) - sae.decode(codes)
-        tokens = cache.tokens.clone()
-        tokens[:, positions] = x + delta.to(x.dtype)
+        tokens = splice(cache.tokens, positions, x + (sae.decode(edited) - sae.decode(codes)).to(x.dtype))
     if cache.base_final is None:
         cache.base_final = backbone.run_from(cache.layer, cache.tokens)
         if head is not None:

@@ -36,12 +36,8 @@ def _log(msg: str, progress: bool) -> None:
 def _preprocess_from_manifest(store):
     from core.backbones.base import Preprocess
 
-    d = dict(store.manifest.get("model", {}).get("preprocess") or {})
-    if not d:
-        return None
-    return Preprocess(crop_size=tuple(d["crop_size"]), resize_shortest_edge=d.get("resize_shortest_edge"),
-                      mean=tuple(d["mean"]), std=tuple(d["std"]), resample=int(d.get("resample", 3)),
-                      rescale=float(d.get("rescale", 1 / 255)))
+    d = store.manifest.get("model", {}).get("preprocess")
+    return Preprocess.from_dict(d) if d else None
 
 
 def _thumbnails(folder: Path, store, ex, size: int, progress: bool) -> int:

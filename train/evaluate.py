@@ -18,12 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 from tqdm.auto import tqdm
 
 from core.sae import SAE
+from core.steering import splice
 
 DENSE_THRESHOLD = 0.01
 
@@ -78,13 +79,6 @@ def evaluate_sae(sae: SAE, store, max_tokens: int = 200_000, batch_size: int = 4
         "dense_fraction": float((torch.from_numpy(freq) > DENSE_THRESHOLD).double().mean()),
         "feature_frequency": freq,
     }
-
-
-def splice(tokens: torch.Tensor, positions: Sequence[int], new: torch.Tensor) -> torch.Tensor:
-    """Copy of ``tokens`` [B, T, D] whose ``positions`` are replaced by ``new`` [B, len, D]."""
-    out = tokens.clone()
-    out[:, list(positions)] = new.to(out.dtype)
-    return out
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.steering import Edit, cache_layer, edit_positions, steer
+from core.steering import Edit, cache_layer, edit_positions, splice, steer
 
 
 @dataclass
@@ -57,8 +57,7 @@ def _random_direction_after(backbone, sae, cache, positions: list[int], delta: t
     """Head output when each edited token moves by a random vector of the edit's own norm."""
     r = torch.randn(delta.shape, generator=gen, dtype=delta.dtype)
     r = r / r.norm(dim=-1, keepdim=True).clamp_min(1e-12) * delta.norm(dim=-1, keepdim=True)
-    tokens = cache.tokens.clone()
-    tokens[:, positions] = cache.tokens[:, positions] + r
+    tokens = splice(cache.tokens, positions, cache.tokens[:, positions] + r)
     return head(backbone.run_from(cache.layer, tokens), cache.layout)
 
 
@@ -113,7 +112,7 @@ def summarize(results: list[ImageResult]) -> dict:
 
 
 def markdown(summary: dict, title: str) -> str:
-    lines = [f"## Steering evaluation (`python -m train steer-eval`)\n", title + "\n",
+    lines = ["## Steering evaluation (`python -m train steer-eval`)\n", title + "\n",
              "| intervention on the target (foreground) patches | change in target region | "
              "change elsewhere | target mask flips | other mask flips |", "|---|---|---|---|---|"]
     for m, v in summary["table"].items():

@@ -79,6 +79,13 @@ class Preprocess:
             "rescale": self.rescale,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        """Inverse of :meth:`to_dict` (manifests record the preprocessing this way)."""
+        return cls(crop_size=tuple(d["crop_size"]), resize_shortest_edge=d.get("resize_shortest_edge"),
+                   mean=tuple(d["mean"]), std=tuple(d["std"]), resample=int(d.get("resample", 3)),
+                   rescale=float(d.get("rescale", 1 / 255)))
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
