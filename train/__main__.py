@@ -22,6 +22,10 @@ STEP_MODULES = [
     "train.indices",
     "train.bundle",
     "train.steer_eval",
+    "train.probes",
+    "train.ood_eval",
+    "train.ontology",
+    "train.diffusion",
 ]
 
 
