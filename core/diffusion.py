@@ -14,8 +14,9 @@ classifier-free guidance stay those of the negative prompt, so guidance pushes *
 
 Feature naming is automatic: generate with a feature amplified and not (same seeds), score both
 against a vocabulary of attribute words with a CLIP model, and name the feature after the word
-whose score rises most. The evaluation repeats this on held-out seeds and prompts and reports the
-fraction of features whose amplification raises the score of their own name.
+whose score rises most relative to the rest of the vocabulary (:func:`relative`). The evaluation
+repeats this on held-out seeds and prompts and reports the fraction of features whose
+amplification raises the (relative, and raw) score of their own name.
 
 Everything runs offline on a tiny random StableDiffusion pipeline built from configs
 (:func:`tiny_pipeline`, :func:`save_tiny`): its images are noise, so figures on it measure the
@@ -696,21 +697,35 @@ def random_probes(probes: Sequence[Probe], seed: int = 0) -> list[Probe]:
     return out
 
 
+def relative(delta: torch.Tensor) -> torch.Tensor:
+    """Score changes relative to the vocabulary mean (last axis).
+
+    Why: a random or generic image change (contrast, noise) moves the CLIP scores of *all* words
+    together; what says that an image became more "striped" is striped rising against the other
+    attribute words, as in CLIP zero-shot classification (a softmax over the vocabulary).
+    """
+    return delta - delta.mean(-1, keepdim=True)
+
+
 def name_probes(pipe, scorer: ClipScorer, probes: Sequence[Probe], words: Sequence[str],
                 setting: Setting, progress: bool = True, desc: str = "name") -> list[dict]:
-    """Name each probe after the word whose CLIP score its push raises most (same seeds)."""
+    """Name each probe after the word whose CLIP score its push raises most relative to the
+    vocabulary (same prompts and seeds with and without the push)."""
     from tqdm.auto import tqdm
 
     words = list(words)
+    if len(words) < 2:
+        raise ValueError("naming needs a vocabulary of at least 2 words")
     prep = _prepare(pipe, scorer, words, setting)
     out = []
     for p in tqdm(probes, desc=desc, disable=not progress, dynamic_ncols=True):
-        delta = _score_push(pipe, scorer, words, prep, p.vector)
+        raw = _score_push(pipe, scorer, words, prep, p.vector)
+        delta = relative(raw)
         order = torch.argsort(delta, descending=True)
         best = int(order[0])
         out.append({"label": p.label, "feature": p.feature, "name": words[best],
-                    "delta": float(delta[best]),
-                    "margin": float(delta[best] - delta[order[1]]) if len(words) > 1 else 0.0,
+                    "delta": float(delta[best]), "delta_raw": float(raw[best]),
+                    "margin": float(delta[best] - delta[order[1]]),
                     "top": [[words[int(i)], round(float(delta[i]), 4)] for i in order[:5]]})
     return out
 
@@ -719,7 +734,8 @@ def evaluate_probes(pipe, scorer: ClipScorer, probes: Sequence[Probe], names: Se
                     words: Sequence[str], setting: Setting, progress: bool = True,
                     desc: str = "eval") -> dict:
     """On held-out prompts/seeds: does amplifying each probe raise the score of its name, and
-    does suppressing it (the negative push) lower it? Returns per-probe rows and fractions."""
+    does suppressing it (the negative push) lower it? Relative to the vocabulary (the headline)
+    and raw. Returns per-probe rows and fractions."""
     from tqdm.auto import tqdm
 
     words = list(words)
@@ -730,17 +746,19 @@ def evaluate_probes(pipe, scorer: ClipScorer, probes: Sequence[Probe], names: Se
     rows = []
     for p, name in tqdm(list(zip(probes, names)), desc=desc, disable=not progress, dynamic_ncols=True):
         j = words.index(name)
-        up = _score_push(pipe, scorer, words, prep, p.vector, +1.0)
-        down = _score_push(pipe, scorer, words, prep, p.vector, -1.0)
+        up_raw = _score_push(pipe, scorer, words, prep, p.vector, +1.0)
+        down_raw = _score_push(pipe, scorer, words, prep, p.vector, -1.0)
+        up, down = relative(up_raw), relative(down_raw)
         rows.append({"label": p.label, "feature": p.feature, "name": name,
                      "delta_amplify": float(up[j]), "delta_suppress": float(down[j]),
-                     "delta_amplify_vs_vocab": float(up[j] - up.mean()),
+                     "delta_amplify_raw": float(up_raw[j]), "delta_suppress_raw": float(down_raw[j]),
                      "rank_amplify": int((up > up[j]).sum()) + 1})
     return {"rows": rows, **summarize(rows, len(words))}
 
 
 def summarize(rows: Sequence[dict], n_words: int) -> dict:
-    """Fractions over probes (the headline: amplification raises the named word's score)."""
+    """Fractions over probes. Headline: amplification raises the named word's score relative to
+    the vocabulary; the raw-score fractions are reported beside it."""
     n = len(rows)
     if not n:
         return {"n": 0}
@@ -749,7 +767,8 @@ def summarize(rows: Sequence[dict], n_words: int) -> dict:
         "n": n,
         "fraction_amplify_raises": frac(lambda r: r["delta_amplify"] > 0),
         "fraction_suppress_lowers": frac(lambda r: r["delta_suppress"] < 0),
-        "fraction_raises_vs_vocab": frac(lambda r: r["delta_amplify_vs_vocab"] > 0),
+        "fraction_amplify_raises_raw": frac(lambda r: r["delta_amplify_raw"] > 0),
+        "fraction_suppress_lowers_raw": frac(lambda r: r["delta_suppress_raw"] < 0),
         "fraction_top1": frac(lambda r: r["rank_amplify"] == 1),
         "chance_top1": 1.0 / max(1, n_words),
         "mean_delta_amplify": float(np.mean([r["delta_amplify"] for r in rows])),
@@ -925,9 +944,18 @@ class Steerer:
                                 "embedding_change": float((steered - enc.embeds).norm())}
         name = self.art.names.get(f, {}).get("name")
         if name:
-            s = self.scorer.scores([before, after], [name])[:, 0]
-            info.update(name=name, score_before=float(s[0]), score_after=float(s[1]))
+            words = self.words if name in self.words else self.words + [name]
+            s = self.scorer.scores([before, after], words)
+            j = words.index(name)
+            rel = relative(s)[:, j]
+            info.update(name=name, score_before=float(s[0, j]), score_after=float(s[1, j]),
+                         relative_before=float(rel[0]), relative_after=float(rel[1]))
         return before, after, info
+
+    @property
+    def words(self) -> list[str]:
+        """The naming vocabulary (relative scores are measured against it)."""
+        return list((self.art.manifest.get("naming") or {}).get("words") or vocabulary())
 
 
 __all__ = [
@@ -937,6 +965,6 @@ __all__ = [
     "check_sae_fits", "Encoded", "encode_prompts", "check_prompt", "feature_vector",
     "steer_embeddings", "add_direction", "generate", "ClipScorer", "default_scorer",
     "feature_stats", "sample_features", "alive_features", "Setting", "Probe", "feature_probes",
-    "random_probes", "name_probes", "evaluate_probes", "summarize", "Artefact", "save_artefact",
+    "random_probes", "relative", "name_probes", "evaluate_probes", "summarize", "Artefact", "save_artefact",
     "load_artefact", "push_artefact", "Steerer", "image_size", "text_width",
 ]

@@ -7,10 +7,11 @@
     with the pipeline's text encoder, fit an SAE on the token outputs, save the artefact folder.
 ``python -m train diffusion-name --artefact ARTEFACT``
     name sampled features: generate with each amplified vs. not (same seeds) and pick the
-    vocabulary word whose CLIP score rises most.
+    vocabulary word whose CLIP score rises most (relative to the other words).
 ``python -m train diffusion-eval --artefact ARTEFACT``
     on held-out seeds and prompts, the fraction of named features whose amplification raises
-    the CLIP score of their name (and, as a control, the same for random directions).
+    the CLIP score of their name, relative to the vocabulary and raw (and, as a control, the
+    same for random directions of equal norm, named the same way).
 
 The SAE training loop reuses :func:`train.fit._step` (learning-rate schedule, k annealing, AuxK on
 dead latents, unit-norm decoder) on activations held in memory: a text corpus is small, and the
@@ -218,7 +219,8 @@ def run_name(args: argparse.Namespace) -> int:
     manifest = {**art.manifest, "naming": naming}
     D.save_artefact(out, art.sae, art.stats, manifest, names)
     for f, n in sorted(names.items()):
-        print(f"feature {f:>5}: {n['name']:<12} (CLIP score +{n['delta']:.3f}, margin {n['margin']:.3f})")
+        print(f"feature {f:>5}: {n['name']:<12} (relative CLIP score {n['delta']:+.3f}, "
+              f"raw {n['delta_raw']:+.3f}, margin {n['margin']:.3f})")
     print(f"named {len(names)} features -> {out / D.NAMES_FILE}")
     if args.push_to_hub:
         print(D.push_artefact(out, args.push_to_hub, private=args.private))
@@ -227,22 +229,23 @@ def run_name(args: argparse.Namespace) -> int:
 
 def eval_markdown(result: dict) -> str:
     """The evaluation as markdown: a summary table (features vs random control) and per feature."""
-    head = ("| directions | n | amplify raises named word | suppress lowers it | raises vs vocabulary "
-            "mean | named word top-1 (chance) | mean Δ score (amplify / suppress) |\n"
-            "|---|---|---|---|---|---|---|\n")
+    head = ("| directions | n | amplify raises named word (vs vocabulary) | suppress lowers it | "
+            "amplify raises raw CLIP score | suppress lowers raw | named word top-1 (chance) | "
+            "mean Δ relative score (amplify / suppress) |\n|---|---|---|---|---|---|---|---|\n")
     lines = []
     for label, s in (("SAE features", result["features"]), ("random directions (control)", result.get("control"))):
         if not s or not s.get("n"):
             continue
         lines.append(f"| {label} | {s['n']} | **{s['fraction_amplify_raises']:.0%}** | "
-                     f"{s['fraction_suppress_lowers']:.0%} | {s['fraction_raises_vs_vocab']:.0%} | "
+                     f"{s['fraction_suppress_lowers']:.0%} | {s['fraction_amplify_raises_raw']:.0%} | "
+                     f"{s['fraction_suppress_lowers_raw']:.0%} | "
                      f"{s['fraction_top1']:.0%} ({s['chance_top1']:.1%}) | "
                      f"{s['mean_delta_amplify']:+.3f} / {s['mean_delta_suppress']:+.3f} |")
-    per = ["", "| feature | name | Δ when naming | Δ held-out amplify | Δ held-out suppress |",
-           "|---|---|---|---|---|"]
+    per = ["", "| feature | name | Δ when naming | Δ held-out amplify | Δ held-out suppress | "
+           "Δ raw held-out amplify |", "|---|---|---|---|---|---|"]
     for r in result["features"]["rows"]:
         per.append(f"| {r['feature']} | {r['name']} | {r.get('delta_naming', float('nan')):+.3f} | "
-                   f"{r['delta_amplify']:+.3f} | {r['delta_suppress']:+.3f} |")
+                   f"{r['delta_amplify']:+.3f} | {r['delta_suppress']:+.3f} | {r['delta_amplify_raw']:+.3f} |")
     return head + "\n".join(lines) + "\n" + "\n".join(per) + "\n"
 
 
@@ -254,7 +257,7 @@ def evaluate_artefact(st: D.Steerer, art: D.Artefact, eval_setting: D.Setting, c
         raise ValueError(f"{art.path} has no feature names yet: run 'python -m train diffusion-name' first")
     naming = art.manifest.get("naming") or {}
     words = naming.get("words") or D.vocabulary()
-    strength = float(naming.get("strength", 4.0))
+    strength = float(naming.get("strength", 8.0))
     feats = sorted(art.names)
     probes = D.feature_probes(art.sae, art.stats, feats, strength)
     res = D.evaluate_probes(st.pipe, st.scorer, probes, [art.names[f]["name"] for f in feats],
@@ -383,7 +386,7 @@ def add_parser(sub) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--n-features", type=int, default=32, help="live features sampled at random")
     g.add_argument("--features", type=int, nargs="+", default=None, help="these feature ids instead")
-    p.add_argument("--strength", type=float, default=4.0,
+    p.add_argument("--strength", type=float, default=8.0,
                    help="amplification, in units of the feature's max activation on the corpus")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--objects", nargs="+", default=D.OBJECTS[:4],
