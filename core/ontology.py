@@ -3,7 +3,9 @@
 For an SAE over a labelled image set whose labels map to WordNet synsets:
 
 - each feature's **class distribution**: its per-image activation (max over patches) summed per
-  class, over the images where it fires, as shares of the total;
+  class, as shares of the total, over its ``top_k`` strongest images (default) or over every
+  image where it fires (``images="all"``; with max-pooling over hundreds of patches most
+  features fire a little on most images, so that distribution mostly mirrors class sizes);
 - its **top classes**: the smallest set of classes, largest share first, that holds ``coverage``
   of that mass (capped at ``max_top`` classes);
 - the **lowest common hypernym (LCH)** of those classes' synsets and its depth (``max_depth``,
@@ -213,19 +215,27 @@ def map_labels(label_names: Sequence[str], wn: WordNet | None = None,
 
 # ------------------------------------------------------------------------------ accumulation
 class ClassActivations:
-    """Per feature and class: activation mass and firing images; per class: images seen.
+    """Per feature and class: activation mass and firing images; per class: images seen; per
+    feature: its ``top_k`` strongest images and their labels (a running top-k).
 
     Feed it per-image feature activations (max over patches) with the images' label indices
-    (``-1`` = no label / excluded).
+    (``-1`` = no label / excluded). Why both sums and a top-k: a feature's max over hundreds of
+    patches is above zero on most images, so the sum over all images mostly measures class
+    sizes; its strongest images say what it is about.
     """
 
-    def __init__(self, n_features: int, n_classes: int):
-        if n_features < 1 or n_classes < 1:
-            raise OntologyError(f"need >= 1 feature and class, got {n_features}, {n_classes}")
-        self.n_features, self.n_classes = int(n_features), int(n_classes)
+    def __init__(self, n_features: int, n_classes: int, top_k: int = 32):
+        if n_features < 1 or n_classes < 1 or top_k < 1:
+            raise OntologyError(f"need >= 1 feature, class and top image, got {n_features}, "
+                                f"{n_classes}, {top_k}")
+        self.n_features, self.n_classes, self.top_k = int(n_features), int(n_classes), int(top_k)
         self.mass = torch.zeros(self.n_features, self.n_classes, dtype=torch.float64)
         self.fires = torch.zeros(self.n_features, self.n_classes, dtype=torch.long)
         self.images = torch.zeros(self.n_classes, dtype=torch.long)
+        self.top_values = torch.zeros(self.n_features, self.top_k)
+        self.top_labels = torch.full((self.n_features, self.top_k), -1, dtype=torch.long)
+        self.top_index = torch.full((self.n_features, self.top_k), -1, dtype=torch.long)
+        self.n_seen = 0  # images added so far: their order breaks ties in the top-k
         self.n_skipped = 0
 
     @torch.no_grad()
@@ -242,20 +252,53 @@ class ClassActivations:
         acts, labels = image_acts[keep].detach().cpu(), labels[keep]
         if not len(labels):
             return
+        acts = acts.float().clamp_min(0)
         self.images += torch.bincount(labels, minlength=self.n_classes)
-        self.mass.index_add_(1, labels, acts.t().double().clamp_min(0))
+        self.mass.index_add_(1, labels, acts.t().double())
         self.fires.index_add_(1, labels, (acts > 0).t().long())
+        # running top-k over (value, earlier image first) keys, so that ties and batch sizes
+        # never change the result: float bits of values >= 0 order like the values
+        order = torch.arange(self.n_seen, self.n_seen + len(labels))
+        self.n_seen += len(labels)
+        F = self.n_features
+        values = torch.cat([self.top_values, acts.t()], 1)
+        index = torch.cat([self.top_index, order.expand(F, -1)], 1)
+        labs = torch.cat([self.top_labels, labels.expand(F, -1)], 1)
+        key = (values.contiguous().view(torch.int32).long() << 32) | (0xFFFFFFFF - (index + 1))
+        idx = key.topk(self.top_k, dim=1, sorted=False).indices
+        self.top_values, self.top_labels = values.gather(1, idx), labs.gather(1, idx)
+        self.top_index = index.gather(1, idx)
+
+    def top_mass(self) -> torch.Tensor:
+        """``[F, C]`` activation summed per class over each feature's top-k firing images."""
+        out = torch.zeros(self.n_features, self.n_classes, dtype=torch.float64)
+        live = (self.top_values > 0) & (self.top_labels >= 0)
+        out.view(-1).index_add_(0, (torch.arange(self.n_features)[:, None] * self.n_classes
+                                    + self.top_labels.clamp_min(0))[live],
+                                self.top_values[live].double())
+        return out
 
     @classmethod
     def from_activations(cls, image_acts: np.ndarray | torch.Tensor, labels: Sequence[int],
-                         n_classes: int | None = None) -> "ClassActivations":
+                         n_classes: int | None = None, top_k: int = 32) -> "ClassActivations":
         """All at once, from a ``[n_images, F]`` matrix (tests, small sets)."""
         acts = torch.as_tensor(np.asarray(image_acts), dtype=torch.float32)
         labels = torch.as_tensor(labels, dtype=torch.long)
         n = int(n_classes if n_classes is not None else int(labels.max()) + 1)
-        acc = cls(acts.shape[1], n)
+        acc = cls(acts.shape[1], n, top_k=top_k)
         acc.update(acts, labels)
         return acc
+
+
+def median_class_size(labels: Sequence[int | None], exclude: Sequence[int] = ()) -> int:
+    """Median number of images per class (labels in ``exclude`` and ``None`` left out).
+
+    Why: the default number of top images per feature. A feature selective for one class can
+    then have a one-class top set; with more top images than a class has, it never could.
+    """
+    drop = set(exclude)
+    counts = Counter(int(l) for l in labels if l is not None and int(l) not in drop)
+    return max(1, int(np.median(list(counts.values())))) if counts else 1
 
 
 # ------------------------------------------------------------------------------ analysis
@@ -265,7 +308,7 @@ class FeatureOntology:
 
     feature: int
     n_images: int  # images where it fires (mapped classes only)
-    mass: float  # summed per-image activation
+    mass: float  # summed per-image activation over the images the distribution is taken on
     distribution: list[tuple[int, float]]  # (label index, share), largest first, shares > 0
     top_classes: list[int]
     top_share: float  # mass share held by the top classes
@@ -426,20 +469,23 @@ def lch_depth_baseline(wn: WordNet, class_synsets: Sequence[Synset], sizes: Sequ
 
 
 def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = None, *,
-            coverage: float = 0.8, max_top: int = 5, min_images: int = 3,
+            images: str = "top", coverage: float = 0.8, max_top: int = 5, min_images: int = 3,
             class_weighting: str = "none", baseline_draws: int = 20, seed: int = 0
             ) -> OntologyResult:
     """Place every feature that fires on at least ``min_images`` mapped images.
 
-    ``class_weighting="balanced"`` divides each class's mass by its number of images first (a
-    per-class mean), for label sets whose class sizes differ a lot; ``"none"`` (default) uses
-    the summed activation as is.
+    ``images="top"`` (default) takes the class distribution over each feature's ``acc.top_k``
+    strongest images, ``"all"`` over every image where it fires; both weight images by the
+    activation. ``class_weighting="balanced"`` divides each class's mass by its number of images
+    (a per-class mean), for label sets whose class sizes differ a lot.
     """
     wn = wn or load_wordnet()
     if not 0 < coverage <= 1:
         raise OntologyError(f"coverage must be in (0, 1], got {coverage}")
     if max_top < 1:
         raise OntologyError(f"max_top must be >= 1, got {max_top}")
+    if images not in ("top", "all"):
+        raise OntologyError(f"images must be 'top' or 'all', got {images!r}")
     if class_weighting not in ("none", "balanced"):
         raise OntologyError(f"class_weighting must be 'none' or 'balanced', got {class_weighting!r}")
     if acc.n_classes != len(mapping.label_names):
@@ -450,7 +496,7 @@ def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = N
         raise OntologyError("no label maps to a WordNet synset: give a label map (--label-map)")
     keep = torch.zeros(acc.n_classes, dtype=torch.bool)
     keep[mapped] = True
-    mass = acc.mass.clone()
+    mass = acc.top_mass() if images == "top" else acc.mass.clone()
     mass[:, ~keep] = 0
     if class_weighting == "balanced":
         mass = mass / acc.images.clamp_min(1).double()
@@ -472,11 +518,11 @@ def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = N
         dist = sorted(((int(c), float(shares[c])) for c in np.flatnonzero(shares > 0)),
                       key=lambda t: (-t[1], t[0]))
         features.append(FeatureOntology(
-            feature=int(f), n_images=int(fires[f]), mass=float(acc.mass[f, keep].sum()),
+            feature=int(f), n_images=int(fires[f]), mass=float(total[f]),
             distribution=dist, top_classes=top, top_share=float(shares[top].sum()), lch=lch,
             depth=lch[0].max_depth, min_depth=lch[0].min_depth))
         sizes.append(len(syn))
-    settings = {"coverage": coverage, "max_top": max_top, "min_images": min_images,
+    settings = {"images": images if images == "all" else f"top {acc.top_k}", "coverage": coverage, "max_top": max_top, "min_images": min_images,
                 "class_weighting": class_weighting, "depth": "max_depth (edges to entity.n.01 "
                 "on the longest path)", "activation": "per-image max over patch tokens"}
     class_syn = [mapping.synsets[c] for c in mapped]
@@ -503,8 +549,10 @@ def markdown(result: OntologyResult, max_rows: int = 40, title: str | None = Non
     lines.append(
         f"{s['n_features']} features: **{n} analysed** (fired on >= {result.settings['min_images']} "
         f"images of the {s['n_classes_mapped']} mapped classes), {s['n_rare']} too rare, "
-        f"{s['n_silent']} silent. Top classes cover {result.settings['coverage']:.0%} of a "
-        f"feature's activation mass (at most {result.settings['max_top']}).\n")
+        f"{s['n_silent']} silent. Class distributions over each feature's "
+        f"{'images where it fires' if result.settings['images'] == 'all' else result.settings['images'] + ' images'}"
+        f", activation-weighted; top classes cover {result.settings['coverage']:.0%} of that "
+        f"mass (at most {result.settings['max_top']}).\n")
     lines.append(
         f"- LCH below the root (`entity.n.01`): **{s['fraction_below_root']:.1%}** of features"
         + (f" (random class sets of the same sizes: {base['fraction_below_root']:.1%})" if base else "")
@@ -618,7 +666,7 @@ def plot_hierarchy(result: OntologyResult, path: str | os.PathLike, title: str |
     n_rows = max(1.0, max((y for _, y in pos.values()), default=0) + 1)
     max_d = max((x for x, _ in pos.values()), default=0)
     height = min(60.0, max(5.0, 0.26 * n_rows + 1.5))
-    width = min(30.0, max(10.0, 1.5 * (max_d + 1) + 4))
+    width = min(24.0, max(10.0, 1.2 * (max_d + 1) + 4))
     fig, ax = plt.subplots(figsize=(width, height))
     for p, c in h.edges:
         (x0, y0), (x1, y1) = pos[p], pos[c]
@@ -672,5 +720,5 @@ def plot_hierarchy(result: OntologyResult, path: str | os.PathLike, title: str |
 
 __all__ = ["BUILTIN_SYNSETS", "LabelMapping", "map_labels", "split_label", "load_label_map",
            "ClassActivations", "FeatureOntology", "Hierarchy", "OntologyResult", "OntologyError",
-           "analyze", "top_classes", "lch_depth_baseline", "markdown", "text_table",
+           "analyze", "top_classes", "median_class_size", "lch_depth_baseline", "markdown", "text_table",
            "plot_hierarchy", "FORMAT", "FORMAT_VERSION"]

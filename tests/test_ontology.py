@@ -24,6 +24,7 @@ from core.ontology import (
     analyze,
     map_labels,
     markdown,
+    median_class_size,
     plot_hierarchy,
     split_label,
     text_table,
@@ -142,7 +143,7 @@ def synthetic() -> tuple[np.ndarray, np.ndarray]:
     per = 20
     labels = np.repeat(np.arange(len(LABELS)), per)
     rng = np.random.default_rng(0)
-    n, F = len(labels), 10
+    n, F = len(labels), 11
     acts = np.zeros((n, F), np.float32)
 
     def fire(f: int, cls: int, scale: float = 1.0, count: int = per) -> None:
@@ -158,6 +159,10 @@ def synthetic() -> tuple[np.ndarray, np.ndarray]:
     fire(6, NONFACE)                                 # only an unmapped class: not analysed
     fire(7, CAT, count=2)                            # too rare
     fire(9, SANDAL, 1.2), fire(9, SNEAKER, 1.1), fire(9, COAT)  # two shoes and a coat
+    # strong on cats, weak on every other mapped class (as max-pooled features are)
+    for cls, value in [(CAT, 5.0), (HORSE, 0.6), (ONE, 0.55), (TWO, 0.5), (SANDAL, 0.5),
+                       (SNEAKER, 0.5), (COAT, 0.5)]:
+        acts[labels == cls, 10] = value
     return acts, labels
 
 
@@ -166,12 +171,13 @@ def test_known_answers_on_synthetic_activations(wn) -> None:
     acc = ClassActivations.from_activations(acts, labels, n_classes=len(LABELS))
     with pytest.warns(UserWarning, match="non-face"):
         mapping = map_labels(LABELS, wn)
-    res = analyze(acc, mapping, wn, coverage=0.8, max_top=5, min_images=3)
+    res = analyze(acc, mapping, wn, images="all", coverage=0.8, max_top=5, min_images=3)
     by = {f.feature: f for f in res.features}
-    assert sorted(by) == [0, 1, 2, 3, 4, 5, 9]
+    assert sorted(by) == [0, 1, 2, 3, 4, 5, 9, 10]
     lch = {f: by[f].lch[0].name for f in by}
     assert lch == {0: "domestic_cat.n.01", 1: "placental.n.01", 2: "digit.n.01", 3: "shoe.n.01",
-                   4: "one.n.01", 5: "entity.n.01", 9: "covering.n.02"}
+                   4: "one.n.01", 5: "entity.n.01", 9: "covering.n.02", 10: "entity.n.01"}
+    assert by[10].top_classes == [CAT, HORSE, ONE, TWO]  # the weak tail needs three more classes
     for f in by:
         assert by[f].depth == wn.synset(lch[f]).max_depth
     assert by[0].depth == 14 and by[5].depth == 0
@@ -180,7 +186,7 @@ def test_known_answers_on_synthetic_activations(wn) -> None:
     assert by[1].n_images == 40 and by[0].n_images == 20
     assert res.n_silent == 2 and res.n_rare == 1  # features 6 (unmapped only) + 8; feature 7
     s = res.summary()
-    assert s["n_analysed"] == 7 and s["fraction_below_root"] == pytest.approx(6 / 7)
+    assert s["n_analysed"] == 8 and s["fraction_below_root"] == pytest.approx(6 / 8)
     # coverage against an independent count over the induced hierarchy
     nodes = set()
     for c in mapping.mapped:
@@ -189,13 +195,26 @@ def test_known_answers_on_synthetic_activations(wn) -> None:
     covered = {wn.synset(n).offset for n in lch.values()}
     assert s["nodes_covered"] == len(covered) and s["node_coverage"] == pytest.approx(len(covered) / len(nodes))
     assert sum(v["nodes"] for v in s["coverage_by_depth"].values()) == len(nodes)
-    assert s["coverage_by_depth"]["0"] == {"nodes": 1, "covered": 1, "features": 1}
+    assert s["coverage_by_depth"]["0"] == {"nodes": 1, "covered": 1, "features": 2}
     # classes that are some feature's largest class: cat, one, sandal (3 of 7 mapped)
     assert s["class_top1_coverage"] == pytest.approx(3 / 7)
     assert s["class_top_set_coverage"] == pytest.approx(1.0)  # every mapped class is in a top set
     assert s["depth_histogram"] == {str(d): c for d, c in sorted(
         __import__("collections").Counter(f.depth for f in res.features).items())}
     assert s["baseline"]["mean_depth"] >= 0 and 0 <= s["baseline"]["fraction_below_root"] <= 1
+    # over each feature's 32 strongest images: the weak tails drop out
+    top = analyze(acc, mapping, wn, coverage=0.8, max_top=5, min_images=3)
+    assert top.settings["images"] == "top 32"
+    lch_top = {f.feature: f.lch[0].name for f in top.features}
+    assert lch_top == {**lch, 9: "shoe.n.01", 10: "domestic_cat.n.01"}
+    f9 = next(f for f in top.features if f.feature == 9)
+    assert f9.top_classes == [SANDAL, SNEAKER] and f9.n_images == 60  # fires on 60, top 32 used
+    want = torch.zeros(11, len(LABELS), dtype=torch.float64)
+    for f in range(11):  # brute force: the 32 largest activations of each feature, per class
+        order = np.argsort(-acts[:, f], kind="stable")[:32]
+        for i in order[acts[order, f] > 0]:
+            want[f, labels[i]] += float(acts[i, f])
+    assert torch.allclose(acc.top_mass(), want, rtol=1e-5)
 
 
 def test_cap_weighting_and_batches(wn) -> None:
@@ -208,7 +227,7 @@ def test_cap_weighting_and_batches(wn) -> None:
     acts[labels == CAT, 1] = 1.0
     acts[np.flatnonzero(labels == HORSE)[:2], 1] = 4.0
     acc = ClassActivations.from_activations(acts, labels, n_classes=len(LABELS))
-    res = analyze(acc, mapping, wn, coverage=0.8, max_top=3, min_images=1)
+    res = analyze(acc, mapping, wn, images="all", coverage=0.8, max_top=3, min_images=1)
     f0, f1 = res.features
     assert f0.top_classes == [CAT, HORSE, ONE] and f0.top_share == pytest.approx(0.5)
     assert f0.lch[0].name == "entity.n.01"
@@ -217,8 +236,9 @@ def test_cap_weighting_and_batches(wn) -> None:
     lab_w = np.array([CAT] * 30 + [HORSE] * 10)
     acc_w = ClassActivations.from_activations(
         np.where(lab_w == CAT, 1.0, 2.0)[:, None], lab_w, n_classes=len(LABELS))
-    unbal = analyze(acc_w, mapping, wn, coverage=0.5, min_images=1)
-    bal = analyze(acc_w, mapping, wn, coverage=0.5, min_images=1, class_weighting="balanced")
+    unbal = analyze(acc_w, mapping, wn, images="all", coverage=0.5, min_images=1)
+    bal = analyze(acc_w, mapping, wn, images="all", coverage=0.5, min_images=1,
+                  class_weighting="balanced")
     assert unbal.features[0].top_classes == [CAT]  # 30 of 50
     assert bal.features[0].top_classes == [HORSE]  # mean 2.0 vs 1.0
     # streaming in batches (with unlabelled images) equals all at once
@@ -229,10 +249,17 @@ def test_cap_weighting_and_batches(wn) -> None:
     acc2.update(torch.ones(3, 2), [-1, -1, -1])
     assert torch.allclose(acc2.mass, acc.mass) and torch.equal(acc2.fires, acc.fires)
     assert acc2.n_skipped == 3 and torch.equal(acc2.images, acc.images)
+    assert torch.equal(acc2.top_mass(), acc.top_mass())  # ties resolved the same in batches
     with pytest.raises(OntologyError, match="do not match"):
         acc2.update(torch.ones(3, 5), [0, 1, 2])
     with pytest.raises(OntologyError, match="coverage"):
         analyze(acc, mapping, wn, coverage=0)
+
+
+def test_median_class_size() -> None:
+    assert median_class_size([0, 0, 0, 1, 1, 2, None], exclude=[2]) == 2  # counts 3 and 2
+    assert median_class_size([0, 0, 0, 1, 1, 2, None]) == 2
+    assert median_class_size([None, None]) == 1
 
 
 def test_top_classes() -> None:
@@ -281,16 +308,16 @@ def test_reports_and_plot(wn, tmp_path) -> None:
         res = analyze(acc, map_labels(LABELS, wn), wn)
     md = markdown(res, title="synthetic")
     assert "## synthetic" in md and "`placental.n.01`" in md and "Excluded labels" in md
-    assert "7 analysed" in md and "| 0 | 1 | 1 | 1 |" in md
+    assert "8 analysed" in md and "| 0 | 1 | 1 | 1 |" in md  # top mode: only feature 5 at the root
     table = text_table(res)
-    assert "analysed 7 of 10 features" in table and "domestic_cat.n.01" in table
+    assert "analysed 8 of 11 features" in table and "domestic_cat.n.01" in table
     png = plot_hierarchy(res, tmp_path / "o.png", title="synthetic")
     with Image.open(png) as im:
         assert im.size[0] > 500 and im.size[1] > 300
         arr = np.asarray(im.convert("RGB"))
     assert (arr < 250).any(axis=2).mean() > 0.01  # something was drawn
     d = json.loads(json.dumps(res.to_dict()))
-    assert d["summary"]["n_analysed"] == 7 and len(d["features"]) == 7
+    assert d["summary"]["n_analysed"] == 8 and len(d["features"]) == 8
     assert {n["synset"] for n in d["nodes"] if n["features"]} == {f.lch[0].name for f in res.features}
 
 
@@ -329,6 +356,7 @@ def test_class_activations_match_dense_codes(tiny) -> None:
     store, sae = tiny["store"], tiny["sae"]
     acc, names = class_activations(sae, store, batch_images=7, progress=False)
     assert names == store.label_names and len(names) == 10 + 25
+    assert acc.top_k == median_class_size(store.labels) == 1  # 25 photo classes of 1 image
     with torch.no_grad():
         x = torch.stack([store.tokens(i, kinds="patch") for i in range(store.n_images)])
         image_max = sae.encode(x).amax(1)  # [n, F], dense codes, max over patches
@@ -339,6 +367,12 @@ def test_class_activations_match_dense_codes(tiny) -> None:
     assert torch.equal(acc.fires, torch.zeros(64, len(names), dtype=torch.long).index_add_(
         1, lab, (image_max > 0).t().long()))
     assert acc.images.tolist() == torch.bincount(lab, minlength=len(names)).tolist()
+    best = image_max.argmax(0)  # top-1 image of every feature (k = 1 here)
+    want_top = torch.zeros(64, len(names), dtype=torch.float64)
+    for f in range(64):
+        if image_max[best[f], f] > 0:
+            want_top[f, lab[best[f]]] = float(image_max[best[f], f])
+    assert torch.allclose(acc.top_mass(), want_top, rtol=1e-5, atol=1e-6)
 
 
 def test_cli_on_a_labelled_store(tiny) -> None:

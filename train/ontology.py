@@ -17,7 +17,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -28,6 +28,7 @@ from core.ontology import (
     analyze,
     load_label_map,
     map_labels,
+    median_class_size,
     markdown,
     plot_hierarchy,
     text_table,
@@ -72,8 +73,11 @@ def token_kinds(sae: SAE) -> list[str]:
 
 
 def class_activations(sae: SAE, store, batch_images: int = 16, progress: bool = True,
-                      max_images: int | None = None) -> tuple[ClassActivations, list[str]]:
-    """Stream ``store`` once through ``sae``: per-class activation mass and firing counts."""
+                      max_images: int | None = None, top_k: int | None = None,
+                      exclude: Sequence[int] = ()) -> tuple[ClassActivations, list[str]]:
+    """Stream ``store`` once through ``sae``: per-class activation mass, firing counts and each
+    feature's top-k images (default k: the median class size); images of the ``exclude``
+    labels (unmapped ones) are left out."""
     from tqdm.auto import tqdm
 
     from train.store import ActivationStore
@@ -85,9 +89,13 @@ def class_activations(sae: SAE, store, batch_images: int = 16, progress: bool = 
     if batch_images < 1:
         raise OntologyError(f"batch_images must be >= 1, got {batch_images}")
     sae.eval()
-    acc = ClassActivations(sae.cfg.d_sae, len(names))
-    lab = torch.tensor([-1 if l is None else int(l) for l in labels], dtype=torch.long)
     stop = store.n_images if max_images is None else min(int(max_images), store.n_images)
+    if top_k is None:
+        top_k = median_class_size(labels[:stop], exclude)
+    acc = ClassActivations(sae.cfg.d_sae, len(names), top_k=top_k)
+    drop = set(int(c) for c in exclude)
+    lab = torch.tensor([-1 if l is None or int(l) in drop else int(l) for l in labels],
+                       dtype=torch.long)
     device = sae.W_enc.device
     kinds = token_kinds(sae)
     with tqdm(total=stop, unit="img", desc="ontology", disable=not progress, dynamic_ncols=True,
@@ -134,6 +142,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="JSON {label: synset name | nXXXXXXXX id | null}, overrides the built-in map")
     p.add_argument("--first-sense", action="store_true",
                    help="map other labels that are WordNet lemmas to their most frequent sense")
+    p.add_argument("--images", choices=("top", "all"), default="top",
+                   help="class distribution over each feature's top-k images or all it fires on")
+    p.add_argument("--top-images", type=int, default=None,
+                   help="k for --images top (default: the median number of images per class)")
     p.add_argument("--coverage", type=float, default=0.8,
                    help="top classes: smallest set holding this share of a feature's mass")
     p.add_argument("--max-top", type=int, default=5, help="at most this many top classes")
@@ -179,13 +191,14 @@ def run(args: argparse.Namespace) -> int:
     for w in caught:
         print(f"[ontology] warning: {w.message}", file=sys.stderr)
     acc, _ = class_activations(sae, store, batch_images=args.batch_images,
-                               progress=args.progress, max_images=args.max_images)
-    result = analyze(acc, mapping, wn, coverage=args.coverage, max_top=args.max_top,
+                               progress=args.progress, max_images=args.max_images,
+                               top_k=args.top_images, exclude=sorted(mapping.unmapped))
+    result = analyze(acc, mapping, wn, images=args.images, coverage=args.coverage,
+                     max_top=args.max_top,
                      min_images=args.min_images, class_weighting=args.class_weighting)
     meta = {"store": str(store.path), "sae": args.sae, "bundle": args.bundle,
             "model_id": store.model_id, "layer": store.layer, "sae_name": sae.cfg.name,
-            "images_without_mapped_label": acc.n_skipped + int(
-                sum(n for c, n in enumerate(acc.images.tolist()) if c in mapping.unmapped))}
+            "images_without_mapped_label": acc.n_skipped}
     paths = save_outputs(result, out, title=title, meta=meta)
     print(text_table(result, max_rows=args.rows))
     print(f"[ontology] wrote {paths['json']}, {paths['markdown']}, {paths['plot']}",
