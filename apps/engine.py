@@ -1,10 +1,16 @@
 """The computation behind the apps, free of any UI code (unit-tested on its own).
 
-One :class:`Engine` per bundle holds the SAE, the backbone and the head. ``analyse(image)`` runs
+One :class:`Engine` per bundle holds the SAE, the backbone and its frozen heads (the backbone's
+own head and the bundle's probes, :attr:`core.bundle.Bundle.head_names`). ``analyse(image)`` runs
 the backbone up to the SAE's layer once, encodes the patch tokens and runs the unedited rest of
-the model and the head; the result is cached by image content, so a feature toggle only reruns
-blocks L+1.. and the head (:func:`core.steering.steer`). All model work is serialised by one lock:
-on a 2-core CPU two forwards at once are only slower.
+the model and the default head; the result is cached by image content, so a slider move only
+reruns blocks L+1.. and the head (:func:`core.steering.steer`). Other heads are read from the same
+cached final tokens on demand, so switching heads costs one head forward, not a backbone pass.
+All model work is serialised by one lock: on a 2-core CPU two forwards at once are only slower.
+
+Head outputs are numpy arrays of *probabilities* (every :class:`~core.heads.Head` returns them):
+``[C]`` for classification, ``[C, H, W]`` for multi-class segmentation, and ``[H, W]`` for a
+one-channel segmentation head (saliency), as the browser has always shown it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,8 +55,9 @@ class Analysis:
     patch_error: np.ndarray  # [rows, cols] relative reconstruction error per patch
     fvu: float  # fraction of variance unexplained on this image's patches
     l0: float
-    head_before: np.ndarray | None  # [H, W] saliency or [C] class probabilities
+    head_before: np.ndarray | None  # the default head's output (see module docstring)
     timings: dict = field(default_factory=dict)
+    heads_before: dict = field(default_factory=dict)  # head name -> unedited output
 
     @property
     def n_patches(self) -> int:
@@ -83,6 +90,7 @@ class SteerOutcome:
     token_change: float  # mean relative change of the edited tokens at layer L
     final_change: float  # mean relative change of the final patch tokens
     seconds: float
+    head: str = ""  # name of the head read out
 
     def feature_map_after(self, feature: int, grid: tuple[int, int]) -> np.ndarray:
         return self.codes_after[:, int(feature)].reshape(grid).numpy()
@@ -98,11 +106,14 @@ class Engine:
     """SAE + backbone + head of one bundle, with a small cache of analysed images."""
 
     def __init__(self, bundle: Bundle | str | None, max_cached: int = MAX_CACHED_IMAGES,
-                 view_scale: int = 2):
+                 view_scale: int = 2, head: str | None = None):
         self.bundle = adapter.load_bundle(bundle)
         self.sae = self.bundle.sae.eval()
         self.backbone = self.bundle.backbone
-        self.head = self.bundle.head
+        self.head_names: list[str] = list(self.bundle.head_names)
+        # the default head: the named one, else the bundle's own default (as the browser uses)
+        self.head = self.bundle.head if head is None else self.load_head(head)
+        self.default_head = self._name_of(self.head) if self.head is not None else None
         self.layer = self.backbone.resolve_layer(self.sae.cfg.layer if self.sae.cfg.layer is not None
                                                  else adapter.bundle_layer(self.bundle))
         if self.sae.cfg.layer is None:
@@ -128,6 +139,45 @@ class Engine:
     @property
     def head_name(self) -> str:
         return getattr(self.head, "name", "head") if self.head is not None else ""
+
+    # -- heads -------------------------------------------------------------------------------
+    def load_head(self, name: str):
+        """A head of this bundle by name; ``AppSetupError`` naming the choices if there is none."""
+        if name not in self.head_names:
+            raise adapter.AppSetupError(
+                f"bundle {self.bundle.name} has no head {name!r} (it has: "
+                f"{', '.join(self.head_names) or 'none'}); fit a probe with "
+                "python -m train probe --bundle ...")
+        return self.bundle.load_head(name)
+
+    def _name_of(self, head) -> str:
+        for n in self.head_names:  # the bundle's name for it (probes are named by the manifest)
+            if self.bundle._cache.get("heads", {}).get(n) is head:
+                return n
+        return getattr(head, "name", "head")
+
+    def get_head(self, name: str | None = None):
+        """``None`` -> the default head; else the named head (loaded once, cached by the bundle)."""
+        if name is None or name == self.default_head:
+            return self.head
+        return self.load_head(name)
+
+    def heads_of_kind(self, kind: str) -> list[str]:
+        """Names of the bundle's heads of one kind (``segmentation`` / ``classification``)."""
+        return [n for n in self.head_names if getattr(self.get_head(n), "kind", "segmentation") == kind]
+
+    def head_info(self, name: str | None = None) -> dict:
+        """What the UI says about a head: kind, class names, channels, held-out metrics."""
+        head = self.get_head(name)
+        if head is None:
+            return {}
+        kind = getattr(head, "kind", "segmentation")
+        classes = list(getattr(head, "class_names", []) or [])
+        if not classes:  # the backbone's own one-channel head (saliency)
+            classes = ["not salient", "salient"] if kind == "segmentation" else []
+        metrics = dict(getattr(head, "metrics", {}) or {})
+        return {"name": name or self.default_head, "kind": kind, "classes": classes,
+                "metrics": metrics, "binary": not getattr(head, "class_names", None)}
 
     def check_feature(self, feature) -> int:
         return self.sae.check_feature(feature)
@@ -177,13 +227,14 @@ class Engine:
             head_before = None
             if self.head is not None:
                 cache.base_head = self.head(cache.base_final, layout)
-                head_before = self._head_np(cache.base_head)
+                head_before = self._head_np(cache.base_head, self.head)
             t3 = time.perf_counter()
             view = adapter.model_view(image, self.backbone.preprocess, self.view_scale)
             an = Analysis(key=key, image=image, view=view, grid=tuple(layout.grid), cache=cache,
                           codes=codes.float().contiguous(),
                           patch_error=(err / ref).reshape(layout.grid).numpy(), fvu=fvu, l0=l0,
                           head_before=head_before,
+                          heads_before={} if head_before is None else {self.default_head: head_before},
                           timings={"forward_s": t1 - t0, "sae_s": t2 - t1, "head_s": t3 - t2,
                                    "total_s": time.perf_counter() - t0})
             self._cache[key] = an
@@ -191,11 +242,30 @@ class Engine:
                 self._cache.popitem(last=False)
             return an
 
-    def _head_np(self, out: torch.Tensor) -> np.ndarray:
+    def _head_np(self, out: torch.Tensor, head=None) -> np.ndarray:
+        """First image of a head's output as numpy probabilities (no second softmax: every
+        head returns probabilities); one-channel segmentation is squeezed to [H, W]."""
         out = out.detach().float()
-        if self.head_kind == "classification":
-            return torch.softmax(out[0], -1).numpy()
-        return out[0, 0].numpy() if out.dim() == 4 else out[0].numpy()
+        kind = getattr(head if head is not None else self.head, "kind", "segmentation")
+        if kind == "classification":
+            return out[0].numpy()
+        if out.dim() == 4:
+            return out[0, 0].numpy() if out.shape[1] == 1 else out[0].numpy()
+        return out[0].numpy()
+
+    @torch.inference_mode()
+    def head_before(self, an: Analysis, head: str | None = None) -> np.ndarray | None:
+        """The unedited output of ``head`` on an analysed image (computed once per head)."""
+        name = head or self.default_head
+        if name in an.heads_before:
+            return an.heads_before[name]
+        module = self.get_head(head)
+        if module is None:
+            return None
+        with self.lock:
+            out = self._head_np(module(an.cache.base_final, an.cache.layout), module)
+            an.heads_before[name] = out
+            return out
 
     # -- features ----------------------------------------------------------------------------
     def top_features(self, an: Analysis, selection: Iterable[tuple[int, int]] | None, n: int = 12
@@ -204,22 +274,38 @@ class Engine:
 
     # -- steering ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def steer(self, an: Analysis, edits: list[Edit], selection: Iterable[tuple[int, int]] | None
-              ) -> SteerOutcome:
-        """Apply ``edits`` on the selected patches (all patches when ``selection`` is empty)."""
+    def steer(self, an: Analysis, edits: Sequence[Edit], selection: Iterable[tuple[int, int]] | None,
+              head: str | None = None, kinds: str = "patch") -> SteerOutcome:
+        """Apply ``edits`` (any number, at most one per feature) on the selected patches (all
+        patches when ``selection`` is empty) and read ``head`` (default: the engine's head).
+
+        ``kinds="cls,patch"`` also edits the CLS token (what a classification probe reads).
+        No edits -> the head's unedited output, exactly.
+        """
+        edits = list(edits)
+        seen: set[int] = set()
         for e in edits:
-            self.check_feature(e.feature)
+            f = self.check_feature(e.feature)
+            if f in seen:  # two edits of one feature would compound in apply_edits
+                raise ValueError(f"feature {f} is edited twice; merge the edits into one")
+            seen.add(f)
         patches = sorted({(int(r), int(c)) for r, c in selection}) if selection else None
+        name = head or self.default_head
+        module = self.get_head(head)
         with self.lock:
             t0 = time.perf_counter()
-            res = steer(self.backbone, self.sae, an.cache, edits, patches=patches, head=self.head)
+            hb = self.head_before(an, head) if module is not None else None
+            res = steer(self.backbone, self.sae, an.cache, edits, patches=patches, kinds=kinds,
+                        head=None)
             layout = an.cache.layout
             pos_all = layout.indices([TokenKind.PATCH])
             codes_after = an.codes.clone()
             if edits:
                 first = pos_all[0]
+                is_patch = torch.tensor([p >= first for p in res.positions])
                 rows = torch.tensor([p - first for p in res.positions if p >= first])
-                codes_after[rows] = res.codes_after[0].float()
+                if len(rows):
+                    codes_after[rows] = res.codes_after[0][is_patch].float()
                 before = res.tokens_before[0, res.positions].float()
                 after = res.tokens_after[0, res.positions].float()
                 token_change = float(((after - before).norm(dim=-1)
@@ -229,9 +315,34 @@ class Engine:
                 final_change = float(((fa - fb).norm(dim=-1) / fb.norm(dim=-1).clamp_min(1e-12)).mean())
             else:
                 token_change = final_change = 0.0
-            head_after = None if res.head_after is None else self._head_np(res.head_after)
-            return SteerOutcome(list(edits), patches, codes_after, an.head_before, head_after,
-                                token_change, final_change, time.perf_counter() - t0)
+            head_after = hb
+            if module is not None and edits:
+                head_after = self._head_np(module(res.final_after, layout), module)
+            return SteerOutcome(list(edits), patches, codes_after, hb, head_after,
+                                token_change, final_change, time.perf_counter() - t0, name or "")
 
 
-__all__ = ["Analysis", "Engine", "SessionExpired", "SteerOutcome", "image_key"]
+def slider_edits(values: Mapping[int, float], mode: str = "scale",
+                 reference: Mapping[int, float] | None = None, neutral: float = 1.0) -> list[Edit]:
+    """Feature sliders -> edits, one per feature; a slider at ``neutral`` is no edit at all.
+
+    ``mode="scale"``: multiply the feature by the slider (0 = suppress, 1 = unchanged, >1 =
+    amplify). ``mode="set"``: set it on every edited token to slider x ``reference[feature]``
+    (its mean activation over the chosen patches, or its typical activation where it is silent
+    there), which also *adds* the feature where it did not fire.
+    """
+    if mode not in ("scale", "set"):
+        raise ValueError(f"unknown edit mode {mode!r}; use 'scale' or 'set'")
+    out = []
+    for f, v in values.items():
+        if v is None or float(v) == neutral:
+            continue
+        if mode == "scale":
+            out.append(Edit(int(f), scale=float(v)))
+        else:
+            ref = float((reference or {}).get(int(f), 1.0))
+            out.append(Edit(int(f), value=float(v) * ref))
+    return out
+
+
+__all__ = ["Analysis", "Engine", "SessionExpired", "SteerOutcome", "image_key", "slider_edits"]
