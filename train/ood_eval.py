@@ -1,0 +1,454 @@
+"""``python -m train ood-eval`` / ``ood-fit``: out-of-distribution detection with SAE codes.
+
+``ood-eval`` answers "do SAE codes flag images the model was not shown, and as well as the usual
+baselines?": for each in-distribution set it extracts layer-L activations (:func:`train.extract`,
+resumable and cached under ``--work``), fits an SAE on the in-distribution training images
+(:func:`train.fit`) or takes ``--bundle``'s, fits every scorer of :mod:`core.ood` on those images
+(a random fifth held out for calibration), and scores held-out in-distribution images against each
+OOD set. One table (every method x every OOD set: AUROC, FPR@95, and their means) is printed and
+saved as JSON + markdown (``--results-md``: into bench/RESULTS.md).
+
+Splits: an in-distribution source gives its first ``--n-train`` images for fitting and the next
+``--n-test`` for testing; an OOD-only source gives its first ``--n-test`` images; a source that is
+in-distribution in one configuration and OOD in another is tested on its held-out images.
+
+``ood-fit`` adds an ``ood/`` component (calibrated SAE and raw-embedding scorers) to a bundle from
+the activation store it was built on; the offline default bundles get one automatically
+(:func:`ensure_default_ood`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.ood import FAMILIES, ImageSummary, OODSuite, auroc, default_scorers, fpr_at_tpr, summarize
+
+DEFAULT_MODEL = "offline:dinov2-s-saliency"
+
+
+def _log(msg: str, progress: bool = True) -> None:
+    if progress:
+        print(f"[ood] {msg}", file=sys.stderr, flush=True)
+
+
+def slug(spec: str) -> str:
+    """A file-name-safe short name of a source spec (``builtin:photos?views=8`` -> ``photos-views-8``)."""
+    s = spec.split(":", 1)[-1] if spec.startswith(("builtin:", "hf:")) else Path(spec).name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", s).strip("-")[:60] or "source"
+
+
+# ------------------------------------------------------------------------------ data
+@dataclass
+class ImageSet:
+    """A slice of a source extracted to an activation store (layer L, all token kinds)."""
+
+    spec: str
+    start: int
+    n: int
+    store: Path
+
+
+def extract_set(backbone, spec: str, start: int, n: int, work: Path, layer: int,
+                progress: bool = True, batch_size: int = 16) -> ImageSet:
+    """Images ``start .. start + n`` of ``spec`` -> a store of every token of layer ``layer``.
+
+    All token kinds are kept so that the rest of the model (blocks L+1.., final norm) can be run
+    on the stored tokens for the final CLS token: one backbone pass serves every baseline.
+    """
+    from train.extract import extract
+    from train.sources import open_source
+
+    source = open_source(spec, start=start, max_images=n)
+    if len(source) == 0:
+        raise ValueError(f"source {spec!r} has no images from index {start} (it has "
+                         f"{len(open_source(spec))}); use a smaller --n-train/--n-test")
+    L = backbone.resolve_layer(layer)
+    path = work / "acts" / f"{slug(spec)}-s{start}-n{len(source)}-L{L}"
+    extract(backbone, source, path, layers=[L], kinds="all", batch_size=batch_size,
+            progress=progress)
+    return ImageSet(spec, start, len(source), path)
+
+
+@torch.inference_mode()
+def store_summary(store_path: Path, sae, backbone=None, *, with_cls: bool = True,
+                  batch_images: int = 16, max_images: int | None = None,
+                  progress: bool = True, desc: str = "") -> ImageSummary:
+    """Summaries (:func:`core.ood.summarize`) of every image of an activation store.
+
+    With ``with_cls`` and a store holding all token kinds, blocks L+1.. of ``backbone`` run on the
+    stored tokens to give the final (normalised) CLS token for the CLS baselines and the probe.
+    """
+    from tqdm.auto import tqdm
+
+    from core.tokens import TokenKind
+    from train.store import ActivationStore
+
+    store = ActivationStore(store_path)
+    layout = store.layout
+    stored = layout.kinds_of(store.kinds)  # the kind of every stored token, in order
+    patch_pos = [i for i, kind in enumerate(stored) if kind == TokenKind.PATCH]
+    if not patch_pos:
+        raise ValueError(f"activation store {store_path} holds no patch tokens")
+    full = len(stored) == layout.n_tokens  # every token: the rest of the model can run on them
+    want_cls = with_cls and backbone is not None and full and layout.n_cls > 0
+    n = store.n_images if max_images is None else min(store.n_images, max_images)
+    if n == 0:
+        raise ValueError(f"activation store {store_path} holds no images")
+    labels, ids = store.labels[:n], store.image_ids[:n]
+    parts = []
+    bar = tqdm(total=n, desc=desc or f"scoring {Path(store_path).name}", unit="img",
+               disable=not progress, dynamic_ncols=True)
+    for first, toks in store.iter_images(batch_images, kinds=None, stop=n):
+        patches = toks[:, patch_pos[0]:patch_pos[-1] + 1]  # patches are contiguous, last
+        cls = None
+        if want_cls:
+            final = backbone.run_from(store.layer, toks.to(backbone.device, backbone.dtype)).float()
+            cls = layout.select(final, [TokenKind.CLS])[:, 0].cpu()
+        parts.append(summarize(sae, patches, final_cls=cls, labels=labels[first:first + len(toks)],
+                               label_names=store.label_names,
+                               ids=ids[first:first + len(toks)]))
+        bar.update(len(toks))
+    bar.close()
+    return ImageSummary.concat(parts)
+
+
+def fit_sae_on(store_path: Path, work: Path, *, expansion: float, k: int, epochs: float,
+               progress: bool = True):
+    """A TopK SAE fitted on the in-distribution training store (cached: a rerun resumes at the end)."""
+    from core.sae_io import from_pretrained
+    from train.fit import FitConfig, SAESpec, fit
+    from train.store import ActivationStore
+
+    store = ActivationStore(store_path)
+    out = work / "saes" / f"{Path(store_path).name}-topk-x{expansion:g}-k{k}-e{epochs:g}"
+    folders = fit(FitConfig(store=str(store_path), out=str(out),
+                            saes=[SAESpec("topk", expansion, k=k)],
+                            tokens=int(epochs * store.n_tokens), batch_size=2048, lr=4e-4,
+                            progress=progress, plots=False))
+    return from_pretrained(folders[0]).eval()
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate_config(suite: OODSuite, in_test: ImageSummary, ood: dict[str, ImageSummary]) -> dict:
+    """AUROC and FPR@95 of every method against every OOD set, with means over the sets."""
+    in_scores = suite.scores(in_test)
+    out_scores = {name: suite.scores(s) for name, s in ood.items()}
+    rows = {}
+    for m in in_scores:
+        cells = {}
+        for name in ood:
+            if m not in out_scores[name]:
+                continue
+            cells[name] = {"auroc": auroc(in_scores[m], out_scores[name][m]),
+                           "fpr95": fpr_at_tpr(in_scores[m], out_scores[name][m], suite.tpr)}
+        if not cells:
+            continue
+        rows[m] = {"label": suite.label(m), "family": suite.family(m), "sets": cells,
+                   "mean_auroc": float(np.mean([c["auroc"] for c in cells.values()])),
+                   "mean_fpr95": float(np.mean([c["fpr95"] for c in cells.values()]))}
+    return rows
+
+
+def verdict(rows: dict, tol: float = 0.005) -> dict:
+    """Best SAE score vs best raw-embedding baseline by mean AUROC."""
+    def best(fam):
+        c = [(v["mean_auroc"], m) for m, v in rows.items() if v["family"] == fam]
+        return max(c) if c else None
+
+    s, r = best("sae"), best("raw")
+    if s is None or r is None:
+        return {}
+    diff = s[0] - r[0]
+    word = "beats" if diff > tol else ("matches" if diff >= -tol else "falls short of")
+    return {"best_sae": s[1], "best_sae_auroc": s[0], "best_raw": r[1], "best_raw_auroc": r[0],
+            "difference": diff, "outcome": word}
+
+
+def markdown_table(cfg: dict) -> str:
+    sets = cfg["ood_sets"]
+    rows = cfg["rows"]
+    best = {fam: max((v["mean_auroc"] for v in rows.values() if v["family"] == fam), default=None)
+            for fam in FAMILIES}
+    head = "| method | " + " | ".join(f"{s} AUROC / FPR@95" for s in sets) + \
+        " | **mean AUROC** | **mean FPR@95** |"
+    lines = [head, "|---" * (len(sets) + 3) + "|"]
+    for m, v in rows.items():
+        cells = [f"{v['sets'][s]['auroc']:.3f} / {v['sets'][s]['fpr95']:.3f}" if s in v["sets"]
+                 else "–" for s in sets]
+        mean = f"{v['mean_auroc']:.3f}"
+        if best.get(v["family"]) is not None and v["mean_auroc"] == best[v["family"]]:
+            mean = f"**{mean}**"
+        lines.append(f"| {v['family']}: {v['label']} | " + " | ".join(cells)
+                     + f" | {mean} | {v['mean_fpr95']:.3f} |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    out = ["## OOD detection with SAE codes (`python -m train ood-eval`)\n",
+           f"Model `{result['model']}`, layer {result['layer']}; "
+           f"{result['n_train']} in-distribution training images per configuration (a random "
+           f"{result['cal_fraction']:.0%} of them held out for calibration), {result['n_test']} "
+           "held-out test images per set. AUROC: higher is better; FPR@95: fraction of OOD "
+           "images accepted at the threshold that keeps 95% of in-distribution test images, "
+           "lower is better. Bold: best mean AUROC per family (SAE / raw / probe)."]
+    for cfg in result["configs"]:
+        out.append(f"\n### In-distribution: `{cfg['in']}`\n")
+        out.append(f"SAE: {cfg['sae']}.\n")
+        out.append(markdown_table(cfg))
+        v = cfg.get("verdict") or {}
+        if v:
+            out.append(f"\nBest SAE score **{cfg['rows'][v['best_sae']]['label']}** "
+                       f"(mean AUROC {v['best_sae_auroc']:.3f}) **{v['outcome']}** the best raw "
+                       f"baseline **{cfg['rows'][v['best_raw']]['label']}** "
+                       f"({v['best_raw_auroc']:.3f}; difference {v['difference']:+.3f}).")
+        for name, why in cfg.get("skipped", {}).items():
+            out.append(f"\n_Skipped {name}: {why}_")
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------ bundles
+def fit_bundle_ood(bundle_path: str | Path, store_path: str | Path, *, max_images: int = 2000,
+                   k: int = 5, progress: bool = True) -> Path:
+    """Fit and calibrate the SAE and raw (layer-token) scorers of a bundle on its activation
+    store; store them as the bundle's ``ood/`` component."""
+    from core.bundle import Bundle, update_manifest
+    from train.store import ActivationStore
+
+    bundle = Bundle.load(bundle_path, verify=False)
+    store = ActivationStore(store_path)
+    sae = bundle.sae.eval()
+    model_id = bundle.model.get("model_id")
+    if model_id and store.model_id != model_id:
+        raise ValueError(f"store {store_path} holds activations of {store.model_id!r}, but bundle "
+                         f"{bundle.name} uses {model_id!r}")
+    if sae.cfg.layer is not None and store.layer != sae.cfg.layer:
+        raise ValueError(f"store {store_path} holds layer {store.layer}, but the SAE of bundle "
+                         f"{bundle.name} reads layer {sae.cfg.layer}")
+    if store.d_model != sae.cfg.d_in:
+        raise ValueError(f"store width {store.d_model} does not match the SAE's {sae.cfg.d_in}")
+    t0 = time.perf_counter()
+    summary = store_summary(Path(store_path), sae, None, with_cls=False, max_images=max_images,
+                            progress=progress, desc=f"ood calibration {bundle.name}")
+    scorers = default_scorers(("sae", "raw"), k=k, raw_fields=("raw_mean",))
+    suite = OODSuite.fit(scorers, summary, meta={
+        "source": (store.manifest.get("source") or {}).get("spec"), "n_images": len(summary),
+        "layer": store.layer, "model_id": store.model_id, "sae": sae.cfg.name,
+        "fit_seconds": round(time.perf_counter() - t0, 1)})
+    folder = bundle.path / "ood"
+    shutil.rmtree(folder, ignore_errors=True)
+    suite.save(folder)
+    entry = {"path": "ood", "scores": suite.names, "n_fit": suite.meta["n_fit"],
+             "n_calibration": suite.meta["n_calibration"], "source": suite.meta["source"]}
+
+    def change(info: dict) -> None:
+        info.setdefault("components", {})["ood"] = "ood"
+        info["ood"] = entry
+
+    update_manifest(bundle.path, change)
+    return folder
+
+
+def ensure_default_ood(bundle_paths, progress: bool = True) -> None:
+    """Give every offline default bundle an ``ood/`` component (fitted once on its store)."""
+    from core.bundle import Bundle
+    from train.bundle import default_bundle_dir
+
+    for p in bundle_paths:
+        b = Bundle.load(p, verify=False)
+        if b.has("ood"):
+            continue
+        store = default_bundle_dir() / "acts" / f"layer_{int(b.manifest['layer']):02d}"
+        _log(f"OOD calibration for {b.name} (once)", progress)
+        fit_bundle_ood(p, store, progress=progress)
+
+
+# ------------------------------------------------------------------------------ CLI
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "ood-eval", help="OOD detection with SAE codes vs raw-embedding and probe baselines",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help=f"backbone (default: the --bundle's, else {DEFAULT_MODEL})")
+    p.add_argument("--layer", type=int, default=None,
+                   help="layer L (default: the --bundle SAE's layer, else 10)")
+    p.add_argument("--bundle", default=None,
+                   help="use this bundle's SAE instead of fitting one per in-distribution set")
+    p.add_argument("--in", dest="in_sets", nargs="+", required=True,
+                   help="in-distribution source(s); each is one configuration, with every other "
+                   "--in and --out source as OOD")
+    p.add_argument("--out", dest="out_sets", nargs="*", default=[],
+                   help="OOD-only sources")
+    p.add_argument("--n-train", type=int, default=500, help="in-distribution training images")
+    p.add_argument("--n-test", type=int, default=200, help="test images per set")
+    p.add_argument("--methods", nargs="+", choices=FAMILIES, default=list(FAMILIES),
+                   help="scorer families")
+    p.add_argument("--knn-k", type=int, default=5, help="k of the k-NN scores")
+    p.add_argument("--expansion", type=float, default=8.0, help="SAE width / d_model")
+    p.add_argument("--k", type=int, default=32, help="SAE active latents (TopK)")
+    p.add_argument("--epochs", type=float, default=3.0, help="SAE training passes")
+    p.add_argument("--cal-fraction", type=float, default=0.2,
+                   help="share of training images held out to calibrate thresholds")
+    p.add_argument("--work", default="runs/ood",
+                   help="folder for activation stores, SAEs, results.json and results.md")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--results-md", action="store_true", help="write the table to bench/RESULTS.md")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=run, step="ood-eval")
+
+    f = sub.add_parser(
+        "ood-fit", help="add calibrated OOD scorers (ood/) to a bundle from its activation store",
+        description="Fit the SAE-based and raw-embedding OOD scorers on a bundle's activation "
+        "store, calibrate them on a held-out fifth, and store them as the bundle's ood/ component "
+        "(the browser's OOD panel reads it).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    f.add_argument("--bundle", required=True)
+    f.add_argument("--store", required=True, help="the activation store the bundle was built on")
+    f.add_argument("--max-images", type=int, default=2000)
+    f.add_argument("--knn-k", type=int, default=5)
+    f.add_argument("--no-progress", dest="progress", action="store_false")
+    f.set_defaults(func=run_fit, step="ood-fit")
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from train.cli_util import announce_config
+
+    announce_config(args, None)
+    folder = fit_bundle_ood(args.bundle, args.store, max_images=args.max_images, k=args.knn_k,
+                            progress=args.progress)
+    suite = OODSuite.load(folder)
+    for n in suite.names:
+        print(f"{n}: 95%-TPR threshold {suite.threshold(n):.4g}")
+    print(folder)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.backbones import load_backbone
+    from train.cli_util import announce_config
+
+    work = Path(args.work)
+    if args.n_train < 10 or args.n_test < 2:
+        raise ValueError("--n-train must be >= 10 and --n-test >= 2")
+    if len(args.in_sets) + len(args.out_sets) < 2:
+        raise ValueError("nothing to compare: give at least one --out source (or two --in sources)")
+    bundle = sae = None
+    if args.bundle:
+        from core.bundle import Bundle
+
+        bundle = Bundle.load(args.bundle)
+        b_model = bundle.model.get("model_id")
+        if args.model and b_model and args.model != b_model:
+            raise ValueError(f"mismatched models: bundle {bundle.name} was built on {b_model!r}, "
+                             f"not --model {args.model!r}")
+        sae = bundle.sae.eval()
+        args.model = args.model or b_model
+        if args.layer is not None and sae.cfg.layer is not None and args.layer != sae.cfg.layer \
+                and load_backbone(args.model).resolve_layer(args.layer) != sae.cfg.layer:
+            raise ValueError(f"mismatched layers: the SAE of bundle {bundle.name} reads layer "
+                             f"{sae.cfg.layer}, not --layer {args.layer}")
+        args.layer = sae.cfg.layer if args.layer is None else args.layer
+    args.model = args.model or DEFAULT_MODEL
+    args.layer = 10 if args.layer is None else args.layer
+    announce_config(args, work)
+    t0 = time.perf_counter()
+    backbone = load_backbone(args.model)
+    layer = backbone.resolve_layer(args.layer)
+    if sae is not None and sae.cfg.d_in != backbone.d_model:
+        raise ValueError(f"mismatched models: the SAE reads {sae.cfg.d_in}-d activations, "
+                         f"{args.model} has width {backbone.d_model}")
+    prog = args.progress
+
+    from train.sources import open_source
+
+    # -- extraction: every slice once, shared by the configurations
+    train_sets, test_sets = {}, {}
+    all_specs = list(dict.fromkeys(args.in_sets + args.out_sets))
+    for spec in all_specs:
+        n_avail = len(open_source(spec))
+        if n_avail == 0:
+            raise ValueError(f"source {spec!r} is empty")
+        if spec in args.in_sets:
+            n_train = min(args.n_train, n_avail - min(args.n_test, n_avail // 2))
+            if n_train < 10:
+                raise ValueError(f"in-distribution source {spec!r} has only {n_avail} images: "
+                                 "too few to fit and test on")
+            if n_train < args.n_train:
+                _log(f"{spec}: only {n_avail} images, fitting on {n_train}", prog)
+            _log(f"extracting {spec} (training images)", prog)
+            train_sets[spec] = extract_set(backbone, spec, 0, n_train, work, layer, prog,
+                                           args.batch_size)
+            start = n_train
+        else:
+            start = 0
+        _log(f"extracting {spec} (test images)", prog)
+        test_sets[spec] = extract_set(backbone, spec, start, args.n_test, work, layer, prog,
+                                      args.batch_size)
+
+    # -- raw summaries (SAE-independent) are cached per store; SAE parts per configuration
+    configs = []
+    for in_spec in args.in_sets:
+        _log(f"configuration: in-distribution {in_spec}", prog)
+        cfg_sae = sae
+        if cfg_sae is None:
+            cfg_sae = fit_sae_on(train_sets[in_spec].store, work, expansion=args.expansion,
+                                 k=args.k, epochs=args.epochs, progress=prog)
+            sae_desc = (f"TopK k={args.k}, {cfg_sae.cfg.d_sae} latents, fitted on the "
+                        f"{train_sets[in_spec].n} training images ({args.epochs:g} epochs; FVU "
+                        f"{cfg_sae.cfg.metrics.get('fvu', float('nan')):.3f})")
+        else:
+            sae_desc = f"from bundle {bundle.name} ({cfg_sae.cfg.name})"
+        train = store_summary(train_sets[in_spec].store, cfg_sae, backbone, progress=prog,
+                              desc=f"{slug(in_spec)} train")
+        scorers = default_scorers(args.methods, k=args.knn_k)
+        suite = OODSuite.fit(scorers, train, cal_fraction=args.cal_fraction,
+                             meta={"in": in_spec})
+        for name, why in suite.skipped.items():
+            _log(f"skipping {name}: {why}", True)
+        in_test = store_summary(test_sets[in_spec].store, cfg_sae, backbone, progress=prog,
+                                desc=f"{slug(in_spec)} test")
+        ood = {}
+        for spec in all_specs:
+            if spec == in_spec:
+                continue
+            ood[slug(spec)] = store_summary(test_sets[spec].store, cfg_sae, backbone,
+                                            progress=prog, desc=f"{slug(spec)} test")
+        rows = evaluate_config(suite, in_test, ood)
+        cfg = {"in": in_spec, "ood_sets": list(ood), "ood_specs": [s for s in all_specs if s != in_spec],
+               "sae": sae_desc, "n_train": len(train), "n_test_in": len(in_test),
+               "n_test_ood": {k: len(v) for k, v in ood.items()}, "rows": rows,
+               "skipped": suite.skipped, "thresholds": {n: suite.threshold(n) for n in suite.calibration}}
+        cfg["verdict"] = verdict(rows)
+        configs.append(cfg)
+    result = {"model": args.model, "layer": layer, "n_train": args.n_train, "n_test": args.n_test,
+              "cal_fraction": args.cal_fraction, "knn_k": args.knn_k, "configs": configs,
+              "seconds": round(time.perf_counter() - t0, 1)}
+    md = markdown(result)
+    print(md)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "results.json").write_text(json.dumps(result, indent=2))
+    (work / "results.md").write_text(md + "\n")
+    print(f"\nsaved {work / 'results.json'} and {work / 'results.md'} "
+          f"({result['seconds']:.0f} s)", file=sys.stderr)
+    if args.results_md:
+        from bench.report import write_section
+
+        cmd = ("python -m train ood-eval --model " + args.model + f" --layer {args.layer} --in "
+               + " ".join(args.in_sets) + (" --out " + " ".join(args.out_sets) if args.out_sets else "")
+               + f" --n-train {args.n_train} --n-test {args.n_test} --results-md")
+        write_section("ood", md + f"\n\nCommand: `{cmd}` ({result['seconds']:.0f} s).", result)
+    return 0
+
+
+__all__ = ["ImageSet", "add_parser", "ensure_default_ood", "evaluate_config", "extract_set",
+           "fit_bundle_ood", "fit_sae_on", "markdown", "run", "run_fit", "store_summary", "verdict"]
