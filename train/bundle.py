@@ -177,6 +177,9 @@ def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Pat
         from train.probes import ensure_default_probes
 
         ensure_default_probes(paths, progress=progress)  # bundles cached before probes existed
+        from train.ood_eval import ensure_default_ood
+
+        ensure_default_ood(paths, progress=progress)
         return paths  # type: ignore[return-value]
     from core.backbones import OFFLINE_MODEL_ID, load_backbone
     from train.extract import extract
@@ -201,6 +204,9 @@ def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Pat
     from train.probes import ensure_default_probes
 
     ensure_default_probes(paths, progress=progress)
+    from train.ood_eval import ensure_default_ood
+
+    ensure_default_ood(paths, progress=progress)
     done.write_text(json.dumps({"built_in_s": time.perf_counter() - t0, "version": DEFAULT_VERSION}))
     _log(f"default bundles ready in {time.perf_counter() - t0:.0f}s", progress)
     return paths  # type: ignore[return-value]
