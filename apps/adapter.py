@@ -452,8 +452,59 @@ def top_features_for_patches(codes: torch.Tensor, mask: np.ndarray | None, n: in
     return [(int(i), float(v), int(fired[i])) for i, v in zip(idx, vals)]
 
 
+# ------------------------------------------------------------------------------ probe examples
+def probe_examples(source_spec: str | None, task: str, n: int = 6, start: int = 0,
+                   n_used: int = 0) -> list[tuple[str, str]]:
+    """Images of a probe's own data set that the probe was *not* fitted on, saved once as PNG
+    files (gradio examples need files): ``[(path, caption)]``, caption = the true label(s).
+
+    Indices start at ``max(start, n_used)`` (``n_used``: images the probe's fit used, held-out
+    ones included), spread evenly to the end of the source. ``[]`` when the source cannot be
+    opened (e.g. an ``hf:`` set while offline): the apps then show photos only.
+    """
+    if not source_spec:
+        return []
+    from core.paths import cache_dir
+
+    try:
+        if task == "segmentation":
+            from train.seg_sources import open_segmentation_source as opener
+        else:
+            from train.sources import open_source as opener
+        src = opener(source_spec)
+        first = max(int(start), int(n_used))
+        if first >= len(src):
+            return []
+        idx = np.unique(np.linspace(first, len(src) - 1, n).round().astype(int)).tolist()
+        import hashlib
+
+        tag = hashlib.sha1(source_spec.encode()).hexdigest()[:10]
+        folder = cache_dir("app_examples", f"{task}-{tag}")
+        out = []
+        for i in idx:
+            path = folder / f"{i:05d}.png"
+            if task == "segmentation":
+                m = src.mask(i)
+                names = list(src.class_names)
+                present = [names[c] for c in np.unique(m) if 0 <= c < len(names)
+                           and str(names[c]).lower() != "background"]
+                caption = "contains " + ", ".join(present) if present else "no objects"
+            else:
+                caption = f"true class {src.label_names[int(src.label(i))]}" \
+                    if getattr(src, "has_labels", False) else src.image_id(i)
+            if not path.is_file():
+                tmp = path.with_suffix(".tmp.png")
+                src.load(i).convert("RGB").save(tmp, "PNG")
+                os.replace(tmp, path)
+            out.append((str(path), caption))
+        return out
+    except Exception as err:  # no data set here: the apps fall back to photos
+        log.info("no held-out examples from %s (%s)", source_spec, err)
+        return []
+
+
 __all__ = ["AppSetupError", "FeatureStats", "bundle_layer", "bundle_title", "colormap",
            "cross_matches", "default_bundle_path", "default_pair_paths", "exemplars", "load_bundle",
-           "model_view", "related_features", "render_heatmap", "render_map", "stats", "with_colorbar",
+           "model_view", "probe_examples", "related_features", "render_heatmap", "render_map", "stats", "with_colorbar",
            "thumbnail", "top_exemplars", "top_features_for_patches", "ENV_BUNDLE", "ENV_LEFT",
            "ENV_RIGHT"]

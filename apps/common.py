@@ -456,6 +456,19 @@ def error_box(message: str) -> str:
     return f'<div class="sae-error">⚠️ {html.escape(message)}</div>'
 
 
+# the steering apps (apps/segment.py, apps/classify.py): class legend, callouts, slider rows
+STEER_CSS = """
+.seg-legend { display: flex; flex-wrap: wrap; gap: 4px 10px; font-size: .85em; margin: .2em 0 .4em; }
+.seg-chip { display: inline-flex; align-items: center; gap: 4px; white-space: nowrap; }
+.seg-swatch { width: 12px; height: 12px; border-radius: 3px; display: inline-block;
+              border: 1px solid rgba(0,0,0,.25); }
+.seg-share { opacity: .7; }
+.steer-callout { border-radius: 6px; padding: .5em .8em; margin: .3em 0; font-size: 1.05em; }
+.steer-callout.changed { background: #fff7ed; border: 1px solid #fdba74; color: #9a3412; }
+.steer-callout.same { background: #f1f5f9; border: 1px solid #cbd5e1; color: #334155; }
+.steer-slot { align-items: center !important; }
+"""
+
 HEAD_LABELS = {"saliency": "saliency"}
 
 THEME = gr.themes.Soft(
@@ -476,7 +489,7 @@ CSS = """
 footer { display: none !important; }
 .cmp-side { padding: .4em .6em; border-left: 4px solid var(--color-accent); }
 .cmp-tag { font-size: .75em; letter-spacing: .08em; opacity: .7; }
-""" + PICKER_CSS
+""" + PICKER_CSS + STEER_CSS
 
 
 def free_port(host: str = "127.0.0.1") -> int:

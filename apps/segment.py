@@ -1,0 +1,156 @@
+"""Segmentation steering: ``python apps/segment.py [--bundle PATH_OR_HUB_ID] [--head NAME] [--port N]
+[--host H] [--share]``.
+
+Upload an image (or pick a held-out digit scene or a photo), see the frozen segmentation head's
+prediction, click or drag patches, get the SAE features that fire there, and move a slider per
+feature to suppress or amplify it on those patches (or everywhere). The new segmentation appears
+with the pixels whose class changed highlighted, and the share of such pixels.
+
+Without ``--bundle`` it runs on the offline default bundle (DINOv2-S saliency fine-tune, layer 10)
+whose heads are the ``digit-scenes`` probe (background + digits 0-9) and the model's own saliency
+map (read as two classes). ``build_app(bundle)`` returns the ``gr.Blocks`` for the Space and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python apps/segment.py`: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from apps import adapter, panels
+from apps.common import launch
+from apps.engine import Analysis, Engine, SteerOutcome
+from apps.steerapp import SteerTask, build_steer_app
+
+import gradio as gr  # noqa: E402
+
+HELP = """
+**What you are looking at.** A frozen *segmentation head* reads the vision transformer's final
+tokens and gives every pixel a class (step ①, right: the prediction, colours in the legend). A
+*sparse autoencoder* (SAE) rewrites one layer's patch tokens as a sum of a few *features*; here you
+change features and watch the head's answer change, with nothing retrained.
+
+1. **Image and head** — upload a picture or click an example: the digit scenes are held-out images
+   of the data set the `digit-scenes` probe was fitted on (it never saw them), the photos are out of
+   its domain. The head's held-out quality is shown under its name; a head is only as telling as
+   it is accurate.
+2. **Select patches** — click a patch to toggle it, or press and drag a rectangle (a drag that
+   starts on a selected patch removes the rectangle). With nothing selected, the whole image counts.
+3. **Candidate features** — the features that fire most on the selection; the five strongest are
+   put on the sliders. Click another card to put it on a free slider (or type a feature id into a
+   slot and press Enter).
+4. **Steer** — a slider scales its feature on the chosen patches: 0 switches it off, 1 leaves it
+   alone, 5 makes it five times stronger. The edited tokens are the SAE reconstruction with the
+   edited codes *plus the SAE's error term*, so all sliders at 1 give exactly the original output.
+   Then the rest of the model and the head run again (only the layers after the SAE's).
+
+**Reading the result.** *After the edits*: the new prediction. *Changed pixels*: pixels whose
+predicted class changed, in the colour of their new class with a pink outline; everything else is
+grey. The line above gives the share of changed pixels and the largest class moves (before → after).
+"""
+
+
+class SegmentTask(SteerTask):
+    """Segmentation overlays before/after, a legend, and the pixels whose class changed."""
+
+    kind = "segmentation"
+    title = "Segmentation steering"
+    before_title = "Segmentation (unedited)"
+    help = HELP
+
+    def examples_from(self, source: str) -> int:
+        return 250 if "digit-scenes" in source else 0  # the probe used the first 200 of 300
+
+    def before_panel(self) -> list:
+        img = gr.Image(show_label=False, interactive=False, format="png", height=300,
+                       elem_id="seg-before", buttons=[])
+        legend = gr.HTML(elem_id="legend-before")
+        return [img, legend]
+
+    def after_panel(self) -> list:
+        with gr.Row():
+            after = gr.Image(label="Segmentation after the edits", interactive=False, format="png",
+                             height=320, elem_id="seg-after", buttons=[])
+            changed = gr.Image(label="Changed pixels (new class colour, pink outline)",
+                               interactive=False, format="png", height=320,
+                               elem_id="seg-changed", buttons=[])
+        legend = gr.HTML(elem_id="legend-after")
+        return [after, changed, legend]
+
+    def _names(self, head: str) -> list[str]:
+        return [str(c) for c in self.eng.head_info(head)["classes"]]
+
+    def render_before(self, an: Analysis, head: str, before: np.ndarray) -> tuple:
+        names = self._names(head)
+        probs = panels.as_class_probs(before)
+        frac = np.bincount(panels.class_map(probs).ravel(), minlength=len(names)) / probs[0].size
+        return (panels.segmentation_overlay(an.view, probs, names),
+                panels.legend_html(names, frac, only_present=len(names) > 12))
+
+    def render_after(self, an: Analysis, head: str, out: SteerOutcome) -> tuple[tuple, str]:
+        names = self._names(head)
+        pb, pa = panels.as_class_probs(out.head_before), panels.as_class_probs(out.head_after)
+        after = panels.segmentation_overlay(an.view, pa, names)
+        changed, info = panels.class_change_overlay(an.view, pb, pa, names)
+        if out.patches:
+            from apps.common import outline_patches
+
+            after = outline_patches(after, an.grid, out.patches)
+        moves = ", ".join(f"{names[a]} → {names[b]} {v:.1%}" for a, b, v in info["transitions"])
+        summary = (f"**{info['changed_fraction']:.1%}** of pixels changed class "
+                   f"({info['n_changed']:,} of {info['n_pixels']:,})"
+                   + (f"; largest moves: {moves}" if moves else "")
+                   + f". Largest change of a class probability: {info['max_prob_change']:.3f}.")
+        legend = panels.legend_html(names, info["fraction_before"], info["fraction_after"],
+                                    only_present=len(names) > 12)
+        return (after, changed, legend), summary
+
+
+def build_app(bundle=None, *, head: str | None = None, engine: Engine | None = None,
+              examples: bool = True, warm_up: bool = False, title: str | None = None) -> gr.Blocks:
+    """The segmentation steering app for ``bundle`` (path, Hub id, Bundle, None = default)."""
+    return build_steer_app(SegmentTask, bundle, head=head, engine=engine, examples=examples,
+                           warm_up=warm_up, title=title)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python apps/segment.py",
+        description="Segmentation steering: select patches, suppress or amplify SAE features "
+        "there, and see the frozen segmentation head's prediction change. Prints the local URL.")
+    p.add_argument("--bundle", default=os.environ.get(adapter.ENV_BUNDLE) or None,
+                   help="bundle folder or Hub id (default: the offline default bundle, built once)")
+    p.add_argument("--head", default=os.environ.get("SAESCOPE_HEAD") or None,
+                   help="segmentation head to start with (default: the one with most classes)")
+    p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument("--no-examples", dest="examples", action="store_false",
+                   help="hide the example images")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        print("loading bundle" + (f" {args.bundle}" if args.bundle else " (offline default)") + " …",
+              flush=True)
+        demo = build_app(args.bundle, head=args.head, examples=args.examples, warm_up=True)
+    except adapter.AppSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    launch(demo, args.host, args.port, args.share, name="segmentation steering")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
