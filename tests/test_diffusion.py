@@ -21,6 +21,16 @@ from core.sae import SAE, SAEConfig, ShapeMismatch
 from core.steering import Edit
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread: on a busy 2-core machine OpenMP spinning made a
+    tiny-pipeline generation 10-30x slower with two."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(pipeline folder, pipeline, scorer, SAE, stats): the SAE is briefly trained on real
