@@ -124,11 +124,14 @@ def feature_choices(art, query: str = "", limit: int = MAX_CHOICES) -> list[str]
 
     named = sorted(art.names)
     rest = [f for f in D.alive_features(art.stats) if f not in art.names]
-    q = (query or "").strip().lower().lstrip("#")
+    q = (query or "").strip().lower().lstrip("#").strip()
+    order = named + rest
+    if q.isdigit() and int(q) in set(order):  # an exact id goes first
+        order = [int(q)] + [f for f in order if f != int(q)]
     out = []
-    for f in named + rest:
+    for f in order:
         label = art.label(f)
-        if not q or q in label.lower() or q == str(f):
+        if not q or q in label.lower():
             out.append(label)
         if len(out) >= limit:
             break
