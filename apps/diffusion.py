@@ -280,11 +280,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is fastest for the tiny demo on a busy small machine)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
         print("loading " + (args.artefact or "the tiny offline demo") + " …", flush=True)
