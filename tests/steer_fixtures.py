@@ -1,0 +1,53 @@
+"""Bundles with probes for the steering-app tests (imported explicitly, like conftest_apps).
+
+- :func:`tiny_probe_bundle`: the tiny random DINOv2 bundle of :mod:`conftest_apps` plus a
+  ``digit-scenes`` segmentation probe and a ``digits`` classification probe fitted on a few dozen
+  images through the real :func:`train.probes.fit_probe` (seconds). Enough for every code path.
+- :func:`offline_probe_bundle`: the real offline DINOv2-S at layer 10 (conftest_apps'
+  ``offline_bundle``) with the same two probes fitted on real features (about a minute on 2
+  cores), for the real-browser tests: the head it steers is the model's own, as in the default
+  bundles.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from conftest_apps import offline_bundle, tiny_bundle
+
+SCENES = "builtin:digit-scenes?n=300"
+DIGITS = "builtin:digits?size=112&resample=nearest"
+
+
+def add_probes(bundle: Path, n_scenes: int = 40, n_digits: int = 60) -> Path:
+    """Fit the two probes on ``bundle``'s backbone and store them in it."""
+    from core.bundle import Bundle
+    from train.probes import add_probe_to_bundle, fit_probe
+    from train.seg_sources import open_segmentation_source
+    from train.sources import open_source
+
+    backbone = Bundle.load(bundle, verify=False).backbone
+    seg, _, _ = fit_probe(backbone, open_segmentation_source(SCENES, max_images=n_scenes),
+                          "segmentation", name="digit-scenes", progress=False)
+    add_probe_to_bundle(bundle, seg)
+    cls, _, _ = fit_probe(backbone, open_source(DIGITS, max_images=n_digits), "classification",
+                          name="digits", progress=False)
+    add_probe_to_bundle(bundle, cls)
+    return bundle
+
+
+def tiny_probe_bundle(root: Path) -> Path:
+    return add_probes(tiny_bundle(root, "tiny-probes"), n_scenes=24, n_digits=40)
+
+
+def offline_probe_bundle(tmp_path_factory) -> Path:
+    """One per test session, shared by the segment and classify browser tests."""
+    root = tmp_path_factory.getbasetemp() / "apps-steer-bundles"
+    root.mkdir(exist_ok=True)
+    path = root / "offline-l10-probes"
+    if not (path / "probes" / "digits.json").is_file():
+        shutil.rmtree(path, ignore_errors=True)
+        offline_bundle(root, layer=-2, n_images=16, name=path.name, train_steps=40)
+        add_probes(path)
+    return path
