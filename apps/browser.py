@@ -38,11 +38,14 @@ from apps.common import (
     picker_html,
     PICKER_JS,
     error_box,
+    fmt_freq,
     stats_markdown,
     try_upload,
 )
 from apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
+from core.ood import SAE_COMBINED, FeatureContribution, OODSuite, ScoreReport, score_tokens
 from core.steering import Edit
+from core.tokens import TokenKind
 
 import gradio as gr  # noqa: E402  (after apps.common, which switches off analytics)
 
@@ -92,6 +95,46 @@ def edits_markdown(edits: dict, scope: str, n_sel: int) -> str:
     where = "all patches" if scope == SCOPES[1] or n_sel == 0 else f"the {n_sel} selected patches"
     items = ", ".join(f"**#{f}** {'off' if s == 0 else f'× {s:g}'}" for f, s in sorted(edits.items()))
     return f"Active edits on {where}: {items}"
+
+
+N_OOD = 6
+NO_OOD = ("_This bundle has no `ood/` component, so there is no in-distribution reference to "
+          "score images against. Add one from the activation store the bundle was built on: "
+          "`python -m train ood-fit --bundle BUNDLE --store STORE`._")
+
+
+def load_ood(bundle) -> tuple[OODSuite | None, str]:
+    """The bundle's calibrated OOD scorers, or ``None`` and the message to show instead."""
+    if not bundle.has("ood"):
+        return None, NO_OOD
+    try:
+        return OODSuite.load(bundle.component_path("ood")), ""
+    except (OSError, ValueError, KeyError) as err:
+        return None, f"_The bundle's OOD calibration cannot be read ({html.escape(str(err))})._"
+
+
+def ood_markdown(reports: list[ScoreReport], suite: OODSuite,
+                 contributions: list[FeatureContribution]) -> str:
+    """Verdict (from the combined SAE score when there is one) and every score's percentile."""
+    if not reports:
+        return "_No OOD score applies to this image._"
+    main = next((r for r in reports if r.name == SAE_COMBINED), reports[0])
+    word = "Out of distribution" if main.is_ood else "In distribution"
+    lines = [f"#### {'⚠️ ' if main.is_ood else '✅ '}{word}",
+             f"By {main.label}: this image scores higher than **{main.percentile:.0f}%** of "
+             f"held-out in-distribution images (it is called OOD above the threshold that keeps "
+             f"{suite.tpr:.0%} of them, {main.threshold:.3g}).", "",
+             "| score | value | in-distribution percentile | verdict at 95% TPR |", "|---|---|---|---|"]
+    for r in reports:
+        lines.append(f"| {html.escape(r.label)} | {r.score:.4g} | {r.percentile:.0f}% | "
+                     f"{'**OOD**' if r.is_ood else 'in'} (> {r.threshold:.3g}) |")
+    meta = suite.meta
+    lines.append(f"\n<span class='sae-note'>Reference: {meta.get('n_calibration', '?')} held-out "
+                 f"images of `{meta.get('source', '?')}` (scorers fitted on "
+                 f"{meta.get('n_fit', '?')}). Higher = less like the training data.</span>")
+    if not contributions:
+        lines.append("\n_No active feature is rarer than usual on this image._")
+    return "\n".join(lines)
 
 
 def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = True,
@@ -274,6 +317,28 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         return (edits, gr.update(value=True), gr.update(value=1.0),
                 *steer_panels(an, f, edits, scope, sel))
 
+    ood_suite, ood_note = load_ood(b)
+
+    def on_ood(key):
+        """OOD scores of the analysed image and the features that make it surprising."""
+        if ood_suite is None:
+            return ood_note, [], []
+        if not key:
+            return "_Upload an image to see how far it is from the bundle's dataset._", [], []
+        an = _analysis(key)
+        pos = an.cache.layout.indices([TokenKind.PATCH])
+        with eng.lock:
+            reports, summary = score_tokens(ood_suite, eng.sae, an.cache.tokens[0, pos].float())
+        contribs = ood_suite.explain(summary.code_mean[0], N_OOD) if summary.code_mean is not None \
+            else []
+        cards = []
+        for c in contribs:
+            tiles = [t for t, _ in panels.exemplar_tiles(b, pre, c.feature, 5, panels.TILE)]
+            card = panels.feature_card(an.view, an.feature_map(c.feature), tiles, c.feature,
+                                       c.contribution)
+            cards.append((card, f"#{c.feature} · +{c.contribution:.2f} · {fmt_freq(c.frequency)}"))
+        return ood_markdown(reports, ood_suite, contribs), cards, [c.feature for c in contribs]
+
     def pick_from(items, evt: gr.SelectData):
         i = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not items or i is None or i >= len(items):
@@ -421,6 +486,25 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
                         elem_classes="sae-note")
         if eng.head is None:
             gr.Markdown("_This bundle has no frozen head: steering shows the feature maps only._")
+        with gr.Tabs(elem_id="extra-tabs"):
+            with gr.Tab("⑥ Out of distribution?", elem_id="ood-tab"):
+                gr.Markdown("Is your image like the images this SAE was trained on? Scores from the "
+                            "SAE (reconstruction error, rare features, distance to the nearest "
+                            "training images in code space) and from the raw layer tokens, read "
+                            "against held-out in-distribution images.", elem_classes="sae-note")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=5, min_width=320):
+                        ood_md = gr.Markdown(ood_note or "_Upload an image to see how far it is "
+                                             "from the bundle's dataset._", elem_id="ood-scores")
+                    with gr.Column(scale=5, min_width=300):
+                        gr.Markdown("**Features that drive the score** — the active features that "
+                                    "are rarest in the dataset, weighted by how strongly they fire "
+                                    "on your image. Caption: id · contribution to the rare-feature "
+                                    "score · how often it fires in the dataset. Click to open.",
+                                    elem_classes="sae-note")
+                        ood_gallery = gr.Gallery(show_label=False, columns=3, height=380,
+                                                 allow_preview=False, format="jpeg",
+                                                 elem_id="ood-features", object_fit="contain")
 
         # ------------------------------------------------------------------ wiring
         steer_out = [edits_md, heat_before, heat_after, head_before, head_after, head_diff, effect_md]
@@ -474,6 +558,11 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         scope.input(on_steer, steer_in, steer_all_out, api_visibility="private", **model)
         reset_btn.click(on_reset, [key, sel_text, feature, scope],
                         [edits, steer_on, scale, *steer_out], api_name="reset", **model)
+
+        ood_feats = gr.State([])
+        key.change(on_ood, key, [ood_md, ood_gallery, ood_feats], api_name="ood", **model)
+        ood_gallery.select(pick_from, ood_feats, feature, api_visibility="private").then(
+            feature_outputs, feat_inputs, feat_out, api_visibility="private", **model)
 
         demo.load(feature_outputs, [feature, key, sel_text, edits, scope], feat_out,
                   api_visibility="private")

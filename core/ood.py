@@ -565,7 +565,8 @@ class OODSuite:
         w = rare.weights(m)
         typical = float(np.median(self.calibration["sae_rare"]))
         contrib = w * (rare.surprisal - typical)
-        active = np.nonzero((m > 0) & (contrib > 0))[0]
+        tol = 1e-9 * max(1.0, abs(typical))  # surprisal equal to the typical score: not a driver
+        active = np.nonzero((m > 0) & (contrib > tol * w))[0]
         order = active[np.argsort(-contrib[active], kind="stable")][:top]
         return [FeatureContribution(int(j), float(contrib[j]), float(m[j]), float(rare.frequency[j]),
                                     float(rare.surprisal[j])) for j in order]
