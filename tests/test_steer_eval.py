@@ -46,3 +46,24 @@ def test_steer_eval_refuses_bundles_without_a_segmentation_head(tmp_path: Path) 
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "no segmentation head" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_region_change_is_total_variation_for_multi_class_heads() -> None:
+    import torch
+
+    from train.steer_eval import _region_change, foreground
+
+    before = torch.zeros(1, 3, 2, 2)
+    before[0, 0] = 1.0  # all background
+    after = before.clone()
+    after[0, :, 0, 0] = torch.tensor([0.2, 0.8, 0.0])  # one pixel becomes class 1
+    region = torch.tensor([[True, False], [False, False]])
+    r = _region_change(before, after, region)
+    assert r["target"] == pytest.approx(0.8) and r["other"] == 0.0
+    assert r["target_flip"] == 1.0 and r["other_flip"] == 0.0
+    assert torch.allclose(foreground(after)[0, 0], torch.tensor([[0.8, 0.0], [0.0, 0.0]]))
+    # a one-channel head: the change is |delta p| and flips are threshold crossings
+    p0, p1 = torch.full((1, 1, 2, 2), 0.4), torch.full((1, 1, 2, 2), 0.7)
+    r = _region_change(p0, p1, region)
+    assert r["target"] == pytest.approx(0.3) and r["target_flip"] == 1.0
+    assert torch.equal(foreground(p1), p1)

@@ -38,10 +38,22 @@ class ImageResult:
     rows: dict  # method -> {"target": float, "other": float, "target_flip": float, "other_flip": float}
 
 
+def _as_distribution(prob: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] class probabilities; a 1-channel head gives p(foreground) -> (1 - p, p)."""
+    return torch.cat([1 - prob, prob], 1) if prob.shape[1] == 1 else prob
+
+
+def foreground(prob: torch.Tensor, background: int = 0) -> torch.Tensor:
+    """[B, 1, H, W] probability of "not background" (the saliency itself for a 1-channel head)."""
+    return prob if prob.shape[1] == 1 else 1 - prob[:, background:background + 1]
+
+
 def _region_change(before: torch.Tensor, after: torch.Tensor, region: torch.Tensor) -> dict:
-    """Mean |delta p| and mask flips inside ``region`` (bool [H, W]) and outside it."""
-    d = (after - before).abs()[0, 0]
-    flips = ((after > 0.5) != (before > 0.5))[0, 0]
+    """Per-pixel total-variation change of the class distribution (= |delta p| for a 1-channel
+    head) and class flips (argmax changes), inside ``region`` (bool [H, W]) and outside it."""
+    b, a = _as_distribution(before), _as_distribution(after)
+    d = 0.5 * (a - b).abs().sum(1)[0]
+    flips = (a.argmax(1) != b.argmax(1))[0]
     inside, outside = region, ~region
     return {
         "target": float(d[inside].mean()) if inside.any() else 0.0,
@@ -62,14 +74,18 @@ def _random_direction_after(backbone, sae, cache, positions: list[int], delta: t
 
 
 def evaluate_image(backbone, sae, head, image, image_id: str, gen: torch.Generator,
-                   threshold: float = 0.5) -> ImageResult | None:
-    """One image; ``None`` when the head finds no foreground (or only foreground) patches."""
+                   threshold: float = 0.5, background: int = 0) -> ImageResult | None:
+    """One image; ``None`` when the head finds no foreground (or only foreground) patches.
+
+    The target is the patches the head calls foreground (saliency > ``threshold``, or for a
+    multi-class head, probability of not being class ``background`` > ``threshold``)."""
     pixels = backbone.preprocess([image])
     cache = cache_layer(backbone, sae, pixels)
     base = steer(backbone, sae, cache, [], head=head)
     prob = base.head_before
     rows_, cols_ = cache.layout.grid
-    patch_fg = torch.nn.functional.adaptive_avg_pool2d(prob, (rows_, cols_))[0, 0] > threshold
+    fg = foreground(prob, background)
+    patch_fg = torch.nn.functional.adaptive_avg_pool2d(fg, (rows_, cols_))[0, 0] > threshold
     n_target = int(patch_fg.sum())
     if n_target == 0 or n_target == rows_ * cols_:
         return None
@@ -124,7 +140,9 @@ def markdown(summary: dict, title: str) -> str:
         lines.append(f"- chosen feature vs {m}: **{r['ratio_of_means']:.2f}x** the target change "
                      f"(median per-image ratio {r['median_per_image_ratio']:.2f}x)")
     lines.append(f"\nMean ± standard deviation over {summary['n_images']} images; changes are mean "
-                 "absolute differences of the head's foreground probability.")
+                 "absolute differences of the head's foreground probability (for a multi-class head, "
+                 "the total-variation change of the per-pixel class distribution; flips are "
+                 "changes of the predicted class).")
     return "\n".join(lines)
 
 
@@ -136,7 +154,14 @@ def add_parser(sub) -> None:
         "the foreground patches and compares with a same-norm random direction and a random "
         "active feature.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--bundle", default=None, help="bundle (default: the offline default bundle)")
-    p.add_argument("--source", default="builtin:photos?views=2")
+    p.add_argument("--head", default=None,
+                   help="segmentation head of the bundle (default: its first, e.g. saliency; or a "
+                   "segmentation probe such as digit-scenes)")
+    p.add_argument("--background", default="background",
+                   help="multi-class heads: the class whose complement is the target region")
+    p.add_argument("--source", default=None,
+                   help="images (default: builtin:photos?views=2, or held-out digit scenes for "
+                   "the digit-scenes probe)")
     p.add_argument("--max-images", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write summary JSON here")
@@ -144,32 +169,59 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run, step="steer-eval")
 
 
+def _open_images(spec: str, max_images: int):
+    """An image source; segmentation specs (digit scenes, masks folders) work too."""
+    from train.seg_sources import SEG_BUILTINS, open_segmentation_source
+    from train.sources import open_source
+
+    if spec.startswith("builtin:") and spec[8:].split("?")[0] in SEG_BUILTINS:
+        return open_segmentation_source(spec, max_images=max_images)
+    return open_source(spec, max_images=max_images)
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from core.bundle import Bundle
     from train.bundle import ensure_default_bundle
-    from train.sources import open_source
 
     bundle = Bundle.load(args.bundle or ensure_default_bundle())
-    head = bundle.head
-    if head is None or getattr(head, "kind", "") != "segmentation":
+    seg_heads = [n for n in bundle.head_names
+                 if bundle.load_head(n).kind == "segmentation"] if bundle.head_names else []
+    if not seg_heads:
         raise ValueError(f"bundle {bundle.name} has no segmentation head to evaluate steering with")
+    name = args.head or seg_heads[0]
+    if name not in bundle.head_names:
+        raise ValueError(f"bundle {bundle.name} has no head {name!r} (it has: "
+                         f"{', '.join(bundle.head_names)})")
+    head = bundle.load_head(name)
+    if head.kind != "segmentation":
+        raise ValueError(f"head {name!r} is a {head.kind} head; steer-eval needs a segmentation "
+                         f"head ({', '.join(seg_heads)})")
+    background = 0
+    classes = getattr(head, "class_names", None)
+    if classes and len(classes) > 1:
+        if args.background not in classes:
+            raise ValueError(f"head {name!r} has no class {args.background!r} (classes: "
+                             f"{', '.join(classes)}); pass --background")
+        background = classes.index(args.background)
+    spec = args.source or ("builtin:digit-scenes?seed=1" if name == "digit-scenes"
+                           else "builtin:photos?views=2")
     backbone, sae = bundle.backbone, bundle.sae
     gen = torch.Generator().manual_seed(args.seed)
-    source = open_source(args.source, max_images=args.max_images)
+    source = _open_images(spec, args.max_images)
     results = []
     for image_id, image in tqdm(source, total=len(source), desc="steer-eval", unit="img"):
         if isinstance(image, Exception):
             continue
-        r = evaluate_image(backbone, sae, head, image, image_id, gen)
+        r = evaluate_image(backbone, sae, head, image, image_id, gen, background=background)
         if r is not None:
             results.append(r)
     if not results:
         raise ValueError("no image had both foreground and background patches")
     summary = summarize(results)
     title = (f"Bundle **{bundle.title}** (SAE {sae.cfg.name}), head: {head.name}; images "
-             f"`{args.source}` ({len(results)} with both foreground and background).")
+             f"`{spec}` ({len(results)} with both foreground and background).")
     print(markdown(summary, title))
     if args.out:
         Path(args.out).write_text(json.dumps({**summary, "per_image": [r.__dict__ for r in results]},
@@ -177,5 +229,6 @@ def run(args: argparse.Namespace) -> int:
     if args.results_md:
         from bench.report import write_section
 
-        write_section("steer_eval", markdown(summary, title), summary)
+        section = "steer_eval" if name == "saliency" else f"steer_eval_{name}"
+        write_section(section, markdown(summary, title), summary)
     return 0
