@@ -413,11 +413,12 @@ class OntologyResult:
 
     def to_dict(self) -> dict[str, Any]:
         names = self.mapping.label_names
+        counts = self.lch_counts
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": self.settings,
                 "summary": self.summary(), "labels": self.mapping.to_dict(),
                 "class_images": {names[c]: n for c, n in enumerate(self.class_images)},
                 "nodes": [{"synset": s.name, "id": s.id, "depth": s.max_depth,
-                           "min_depth": s.min_depth, "features": self.lch_counts.get(o, 0),
+                           "min_depth": s.min_depth, "features": counts.get(o, 0),
                            "labels": [names[c] for c in self.hierarchy.classes.get(o, [])]}
                           for o, s in sorted(self.hierarchy.nodes.items(),
                                              key=lambda kv: (kv[1].max_depth, kv[1].name))],
@@ -477,7 +478,9 @@ def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = N
     ``images="top"`` (default) takes the class distribution over each feature's ``acc.top_k``
     strongest images, ``"all"`` over every image where it fires; both weight images by the
     activation. ``class_weighting="balanced"`` divides each class's mass by its number of images
-    (a per-class mean), for label sets whose class sizes differ a lot.
+    (a per-class mean), for label sets whose class sizes differ a lot. Unmapped classes count for
+    nothing; give their images label -1 when accumulating (``train.ontology`` does) so that they
+    do not take top-k slots either.
     """
     wn = wn or load_wordnet()
     if not 0 < coverage <= 1:
@@ -507,6 +510,7 @@ def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = N
     n_rare = int(((fires > 0) & (fires < min_images)).sum())
     shares_all = (mass / total.clamp_min(1e-30)[:, None]).numpy()
     sizes: list[int] = []
+    lch_cache: dict[tuple[int, ...], list[Synset]] = {}  # many features share a top set
     for f in torch.nonzero(fires >= max(1, min_images))[:, 0].tolist():
         if float(total[f]) <= 0:
             n_silent += 1
@@ -514,7 +518,10 @@ def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = N
         shares = shares_all[f]
         top = top_classes(shares, coverage, max_top)
         syn = sorted({mapping.synsets[c] for c in top}, key=lambda s: s.offset)
-        lch = wn.lowest_common_hypernyms(syn)
+        key = tuple(s.offset for s in syn)
+        if key not in lch_cache:
+            lch_cache[key] = wn.lowest_common_hypernyms(syn)
+        lch = lch_cache[key]
         dist = sorted(((int(c), float(shares[c])) for c in np.flatnonzero(shares > 0)),
                       key=lambda t: (-t[1], t[0]))
         features.append(FeatureOntology(
@@ -537,52 +544,72 @@ def _short(name: str, n: int = 28) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
-def markdown(result: OntologyResult, max_rows: int = 40, title: str | None = None) -> str:
-    """A report: summary, depth histogram with coverage, most-used nodes, and the features."""
+def display_label(label: str) -> str:
+    """``builtin:fashion-mnist:Ankle boot`` -> ``fashion-mnist:Ankle boot`` (for tables)."""
+    kind, bare = split_label(label)
+    return f"{kind.removeprefix('builtin:')}:{bare}" if kind and label.startswith(kind) else label
+
+
+def markdown(result: OntologyResult, max_rows: int = 40, title: str | None = None,
+             summary: bool = True) -> str:
+    """A report: summary (unless ``summary=False``), depth histogram with coverage, most-used
+    nodes, and the features."""
     s = result.summary()
-    names = result.mapping.label_names
     lines = [f"## {title}\n" if title else ""]
-    n = s["n_analysed"]
-    if not n:
+    if not s["n_analysed"]:
         return "\n".join(lines + ["No feature fired on enough mapped images to be analysed."])
+    if summary:
+        lines += _summary_lines(result, s)
+    lines += _tables(result, s, max_rows)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(result: OntologyResult, s: dict) -> list[str]:
     base = s["baseline"] or {}
-    lines.append(
-        f"{s['n_features']} features: **{n} analysed** (fired on >= {result.settings['min_images']} "
-        f"images of the {s['n_classes_mapped']} mapped classes), {s['n_rare']} too rare, "
-        f"{s['n_silent']} silent. Class distributions over each feature's "
-        f"{'images where it fires' if result.settings['images'] == 'all' else result.settings['images'] + ' images'}"
-        f", activation-weighted; top classes cover {result.settings['coverage']:.0%} of that "
-        f"mass (at most {result.settings['max_top']}).\n")
-    lines.append(
+    st = result.settings
+    over = "images where it fires" if st["images"] == "all" else st["images"] + " images"
+    return [
+        f"{s['n_features']} features: **{s['n_analysed']} analysed** (fired on >= "
+        f"{st['min_images']} images of the {s['n_classes_mapped']} mapped classes), "
+        f"{s['n_rare']} too rare, {s['n_silent']} silent. Class distributions over each "
+        f"feature's {over}, activation-weighted; top classes cover {st['coverage']:.0%} of that "
+        f"mass (at most {st['max_top']}).\n",
         f"- LCH below the root (`entity.n.01`): **{s['fraction_below_root']:.1%}** of features"
-        + (f" (random class sets of the same sizes: {base['fraction_below_root']:.1%})" if base else "")
-        + f"\n- mean LCH depth **{s['mean_depth']:.2f}** (median {s['median_depth']:g})"
-        + (f"; random class sets: {base['mean_depth']:.2f}" if base else "")
-        + f"\n- features whose top classes share one synset: {s['fraction_single_synset']:.1%}"
+        + (f" (random class sets of the same sizes: {base['fraction_below_root']:.1%})" if base else ""),
+        f"- mean LCH depth **{s['mean_depth']:.2f}** (median {s['median_depth']:g})"
+        + (f"; random class sets: {base['mean_depth']:.2f}" if base else ""),
+        f"- features whose top classes share one synset: {s['fraction_single_synset']:.1%}"
         + (f"; mean LCH depth of the others {s['mean_depth_multi']:.2f}"
-           if s["mean_depth_multi"] is not None else "")
-        + f"\n- hierarchy nodes that are some feature's LCH: **{s['nodes_covered']} of "
-        f"{s['hierarchy_nodes']} ({s['node_coverage']:.1%})**"
-        + f"\n- classes that are some feature's top class: {s['class_top1_coverage']:.1%}; in some "
-        f"feature's top set: {s['class_top_set_coverage']:.1%}\n")
+           if s["mean_depth_multi"] is not None else ""),
+        f"- hierarchy nodes that are some feature's LCH: **{s['nodes_covered']} of "
+        f"{s['hierarchy_nodes']} ({s['node_coverage']:.1%})**",
+        f"- classes that are some feature's top class: {s['class_top1_coverage']:.1%}; in some "
+        f"feature's top set: {s['class_top_set_coverage']:.1%}\n",
+    ]
+
+
+def _tables(result: OntologyResult, s: dict, max_rows: int) -> list[str]:
+    names = result.mapping.label_names
+    lines: list[str] = []
     if result.mapping.unmapped:
         lines.append("Excluded labels (no synset): " + ", ".join(
             f"`{names[i]}`" for i in sorted(result.mapping.unmapped)) + "\n")
     lines += ["| depth | nodes | covered | features with their LCH here |", "|---:|---:|---:|---:|"]
     for d, v in s["coverage_by_depth"].items():
         lines.append(f"| {d} | {v['nodes']} | {v['covered']} | {v['features']} |")
-    counts = result.lch_counts.most_common(12)
     lines += ["", "| LCH node | depth | features | gloss |", "|---|---:|---:|---|"]
-    for o, c in counts:
+    for o, c in result.lch_counts.most_common(12):
         syn = result.hierarchy.nodes[o]
         lines.append(f"| `{syn.name}` | {syn.max_depth} | {c} | {_short(syn.gloss, 70)} |")
     rows = sorted(result.features, key=lambda f: -f.mass)[:max_rows]
-    lines += ["", f"Features by activation mass (first {len(rows)} of {n}):", "",
+    lines += ["", f"Features by activation mass (first {len(rows)} of {s['n_analysed']}):", "",
               "| feature | images | top classes (share) | LCH | depth |", "|---:|---:|---|---|---:|"]
     for f in rows:
-        tops = ", ".join(f"{_short(names[c], 24)} {dict(f.distribution)[c]:.0%}" for c in f.top_classes)
+        shares = dict(f.distribution)
+        tops = ", ".join(f"{_short(display_label(names[c]), 32)} {shares[c]:.0%}"
+                         for c in f.top_classes)
         lines.append(f"| {f.feature} | {f.n_images} | {tops} | `{f.lch[0].name}` | {f.depth} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def text_table(result: OntologyResult, max_rows: int = 25) -> str:
@@ -593,7 +620,8 @@ def text_table(result: OntologyResult, max_rows: int = 25) -> str:
     names = result.mapping.label_names
     out = [f"{'feature':>7}  {'imgs':>5}  {'depth':>5}  {'LCH':<28}  top classes"]
     for f in sorted(result.features, key=lambda f: -f.mass)[:max_rows]:
-        tops = ", ".join(f"{names[c]} {dict(f.distribution)[c]:.0%}" for c in f.top_classes)
+        shares = dict(f.distribution)
+        tops = ", ".join(f"{display_label(names[c])} {shares[c]:.0%}" for c in f.top_classes)
         out.append(f"{f.feature:>7}  {f.n_images:>5}  {f.depth:>5}  {_short(f.lch[0].name):<28}  "
                    f"{tops}")
     base = s["baseline"] or {}
@@ -720,5 +748,5 @@ def plot_hierarchy(result: OntologyResult, path: str | os.PathLike, title: str |
 
 __all__ = ["BUILTIN_SYNSETS", "LabelMapping", "map_labels", "split_label", "load_label_map",
            "ClassActivations", "FeatureOntology", "Hierarchy", "OntologyResult", "OntologyError",
-           "analyze", "top_classes", "median_class_size", "lch_depth_baseline", "markdown", "text_table",
+           "analyze", "top_classes", "median_class_size", "display_label", "lch_depth_baseline", "markdown", "text_table",
            "plot_hierarchy", "FORMAT", "FORMAT_VERSION"]

@@ -390,6 +390,7 @@ def test_cli_on_a_labelled_store(tiny) -> None:
     assert {m["synset"] for m in data["labels"]["mapped"]} >= {"domestic_cat.n.01", "zero.n.02"}
     assert f"analysed {s['n_analysed']} of 64 features" in r.stdout
     assert (out / "ontology.md").read_text().count("|") > 20
+    assert data["meta"]["images_without_mapped_label"] == 0
     with Image.open(out / "ontology.png") as im:
         assert im.format == "PNG"
     # the same numbers in process
@@ -402,7 +403,7 @@ def test_cli_on_a_labelled_store(tiny) -> None:
     assert [f["lch"] for f in data["features"]] == [[x.name for x in f.lch] for f in res.features]
 
 
-def test_cli_with_a_bundle_and_clear_errors(tiny) -> None:
+def test_cli_with_a_bundle_and_clear_errors(tiny, capsys) -> None:
     import sys as _sys
 
     _sys.path.insert(0, str(ROOT / "tests"))
@@ -418,15 +419,30 @@ def test_cli_with_a_bundle_and_clear_errors(tiny) -> None:
                        env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads((root / "bout" / "ontology.json").read_text())["meta"]["bundle"] == str(bundle)
-    # an unlabelled store: one clear line, exit code 2
+    # a user map that excludes a class: warned about, its images left out, listed in the JSON
+    (root / "map.json").write_text(json.dumps({"builtin:digits:0": None, "7": "n02121808"}))
+    r = subprocess.run([sys.executable, "-m", "train", "ontology", "--sae", str(root / "sae"),
+                        "--store", str(store.path), "--out", str(root / "mout"), "--no-progress",
+                        "--label-map", str(root / "map.json")],
+                       env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "warning: 1 of 35 labels do not map" in r.stderr and "'builtin:digits:0'" in r.stderr
+    data = json.loads((root / "mout" / "ontology.json").read_text())
+    assert data["labels"]["unmapped"] == [{"label": 0, "name": "builtin:digits:0",
+                                           "reason": "excluded by the label map"}]
+    assert data["meta"]["images_without_mapped_label"] == store.labels.count(0) > 0
+    assert data["summary"]["n_images"] == store.n_images - store.labels.count(0)
+    assert {"label": 7, "name": "builtin:digits:7", "synset": "domestic_cat.n.01",
+            "id": "n02121808", "how": "user"} in data["labels"]["mapped"]
+    # an unlabelled store: one clear line, exit code 2 (in process: the same entry point)
+    from train.__main__ import main
+
     plain = extract(tiny["backbone"], ListSource(synthetic_items(3)), root / "plain", layers=[-1],
                     progress=False)[0]
-    r = subprocess.run([sys.executable, "-m", "train", "ontology", "--sae", str(root / "sae"),
-                        "--store", str(plain), "--out", str(root / "x")], env=ENV, cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "has no image labels" in r.stderr
+    assert main(["ontology", "--sae", str(root / "sae"), "--store", str(plain),
+                 "--out", str(root / "x")]) == 2
+    assert "has no image labels" in capsys.readouterr().err
     # WordNet missing: names the package
-    r = subprocess.run([sys.executable, "-m", "train", "ontology", "--sae", str(root / "sae"),
-                        "--store", str(store.path), "--wordnet-dir", str(root)], env=ENV, cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "wordnet-base" in r.stderr
+    assert main(["ontology", "--sae", str(root / "sae"), "--store", str(store.path),
+                 "--wordnet-dir", str(root)]) == 2
+    assert "wordnet-base" in capsys.readouterr().err
