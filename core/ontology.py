@@ -720,7 +720,8 @@ def plot_hierarchy(result: OntologyResult, path: str | os.PathLike, title: str |
         if o in h.classes:
             labs = ", ".join(_short(names[i].split(":")[-1], 18) for i in h.classes[o])
             text = f"{labs} ({syn.name})" + (f" [{int(c)}]" if c else "")
-            ax.annotate(text, (x, y), xytext=(6, 0), textcoords="offset points", va="center",
+            pad = 6 + (np.sqrt(30 + 60 * np.sqrt(c)) / 2 if c else 4)  # clear of the marker
+            ax.annotate(text, (x, y), xytext=(pad, 0), textcoords="offset points", va="center",
                         fontsize=fs, zorder=5)
         elif c:
             ax.annotate(f"{syn.name} [{int(c)}]", (x, y), xytext=(0, 6), textcoords="offset points",
