@@ -116,7 +116,7 @@ def head_markdown(eng: Engine, name: str) -> str:
     src = (info.get("metrics") or {}).get("source")
     return (f"**{html.escape(name)}**: {info['kind']} head, {len(classes)} classes ({html.escape(shown)})."
             f" {panels.metrics_line(info)}"
-            + (f" Fitted on {html.escape(str(src).split('?')[0])}." if src else ""))
+            + (f"; fitted on {html.escape(str(src).split('?')[0])}." if src else "."))
 
 
 def build_steer_app(task_cls: type[SteerTask], bundle=None, *, head: str | None = None,
@@ -397,7 +397,7 @@ def build_steer_app(task_cls: type[SteerTask], bundle=None, *, head: str | None 
                     "small tiles: its top dataset images. Caption: id · mean activation · share of "
                     "patches where it fires. The top five are on the sliders below; click a card to "
                     "put it on a free slider.", elem_classes="sae-note")
-        gallery = gr.Gallery(show_label=False, columns=5, height=560, allow_preview=False,
+        gallery = gr.Gallery(show_label=False, columns=5, height=480, allow_preview=False,
                              format="jpeg", elem_id="candidates", object_fit="contain")
         gr.Markdown("### ④ Steer: suppress or amplify features", elem_classes="sae-section")
         with gr.Row(equal_height=False):

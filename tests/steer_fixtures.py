@@ -3,18 +3,16 @@
 - :func:`tiny_probe_bundle`: the tiny random DINOv2 bundle of :mod:`conftest_apps` plus a
   ``digit-scenes`` segmentation probe and a ``digits`` classification probe fitted on a few dozen
   images through the real :func:`train.probes.fit_probe` (seconds). Enough for every code path.
-- :func:`offline_probe_bundle`: the real offline DINOv2-S at layer 10 (conftest_apps'
-  ``offline_bundle``) with the same two probes fitted on real features (about a minute on 2
-  cores), for the real-browser tests: the head it steers is the model's own, as in the default
-  bundles.
+
+The real-browser tests use the offline default bundle instead (real DINOv2-S with the same two
+probes, built once per machine): fitting probes on a fresh offline bundle costs minutes on 2 cores.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from conftest_apps import offline_bundle, tiny_bundle
+from conftest_apps import tiny_bundle
 
 SCENES = "builtin:digit-scenes?n=300"
 DIGITS = "builtin:digits?size=112&resample=nearest"
@@ -40,14 +38,3 @@ def add_probes(bundle: Path, n_scenes: int = 40, n_digits: int = 60) -> Path:
 def tiny_probe_bundle(root: Path) -> Path:
     return add_probes(tiny_bundle(root, "tiny-probes"), n_scenes=24, n_digits=40)
 
-
-def offline_probe_bundle(tmp_path_factory) -> Path:
-    """One per test session, shared by the segment and classify browser tests."""
-    root = tmp_path_factory.getbasetemp() / "apps-steer-bundles"
-    root.mkdir(exist_ok=True)
-    path = root / "offline-l10-probes"
-    if not (path / "probes" / "digits.json").is_file():
-        shutil.rmtree(path, ignore_errors=True)
-        offline_bundle(root, layer=-2, n_images=16, name=path.name, train_steps=40)
-        add_probes(path)
-    return path
