@@ -221,7 +221,7 @@ def fit_bundle_ood(bundle_path: str | Path, store_path: str | Path, *, max_image
                    k: int = 5, progress: bool = True) -> Path:
     """Fit and calibrate the SAE and raw (layer-token) scorers of a bundle on its activation
     store; store them as the bundle's ``ood/`` component."""
-    from core.bundle import Bundle, update_manifest
+    from core.bundle import Bundle
     from train.store import ActivationStore
 
     bundle = Bundle.load(bundle_path, verify=False)
@@ -244,17 +244,24 @@ def fit_bundle_ood(bundle_path: str | Path, store_path: str | Path, *, max_image
         "source": (store.manifest.get("source") or {}).get("spec"), "n_images": len(summary),
         "layer": store.layer, "model_id": store.model_id, "sae": sae.cfg.name,
         "fit_seconds": round(time.perf_counter() - t0, 1)})
-    folder = bundle.path / "ood"
+    return add_ood_to_bundle(bundle.path, suite)
+
+
+def add_ood_to_bundle(bundle_path: str | Path, suite: OODSuite) -> Path:
+    """Store a fitted suite as the bundle's ``ood/`` component (replacing an older one)."""
+    from core.bundle import update_manifest
+
+    folder = Path(bundle_path) / "ood"
     shutil.rmtree(folder, ignore_errors=True)
     suite.save(folder)
-    entry = {"path": "ood", "scores": suite.names, "n_fit": suite.meta["n_fit"],
-             "n_calibration": suite.meta["n_calibration"], "source": suite.meta["source"]}
+    entry = {"path": "ood", "scores": suite.names, "n_fit": suite.meta.get("n_fit"),
+             "n_calibration": suite.meta.get("n_calibration"), "source": suite.meta.get("source")}
 
     def change(info: dict) -> None:
         info.setdefault("components", {})["ood"] = "ood"
         info["ood"] = entry
 
-    update_manifest(bundle.path, change)
+    update_manifest(bundle_path, change)
     return folder
 
 
@@ -450,5 +457,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["ImageSet", "add_parser", "ensure_default_ood", "evaluate_config", "extract_set",
+__all__ = ["ImageSet", "add_ood_to_bundle", "add_parser", "ensure_default_ood", "evaluate_config", "extract_set",
            "fit_bundle_ood", "fit_sae_on", "markdown", "run", "run_fit", "store_summary", "verdict"]
