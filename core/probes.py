@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.heads import Head, patch_grid, register_head
+from core.heads import Head, register_head
 from core.tokens import TokenKind, TokenLayout
 
 POOLINGS = ("cls", "mean", "cls+mean")

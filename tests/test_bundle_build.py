@@ -15,6 +15,7 @@ import torch
 
 from core.bundle import Bundle, BundleError, push_bundle
 from tests.hub_target import LocalHub
+from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
@@ -23,18 +24,12 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two layers of a tiny random DINOv2 over digits+photos, one TopK SAE each."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    from core.backbones import load_backbone
     from train.extract import extract
     from train.fit import FitConfig, SAESpec, fit
     from train.sources import open_source
 
     root = tmp_path_factory.mktemp("bundle")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                             intermediate_size=64, image_size=56, patch_size=14)).save_pretrained(root / "m")
-    bb = load_backbone(str(root / "m"))
+    bb = tiny_dinov2(root / "m")
     stores = extract(bb, open_source("builtin:photos?views=2+builtin:digits?max_images=30"),
                      root / "acts", layers=[1, 2], progress=False)
     saes = [fit(FitConfig(store=str(s), out=str(root / f"sae{i}"), saes=[SAESpec("topk", 4, k=4)],

@@ -26,6 +26,7 @@ from train.exemplars import (
     histogram_edges,
 )
 from train.store import ActivationStore
+from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -35,18 +36,11 @@ N_IMAGES = 100
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A tiny random DINOv2 and a real store of it (CLS + patches) over 100 sklearn digits."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    from core.backbones import load_backbone
     from train.extract import extract
     from train.sources import open_source
 
     root = tmp_path_factory.mktemp("exemplars")
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                       intermediate_size=64, image_size=56, patch_size=14)
-    Dinov2Model(cfg).save_pretrained(root / "model")
-    backbone = load_backbone(str(root / "model"))
+    backbone = tiny_dinov2(root / "model")
     path = extract(backbone, open_source("builtin:digits"), root / "acts", layers=[-2],
                    kinds="cls,patch", max_images=N_IMAGES, progress=False)[0]
     return {"root": root, "backbone": backbone, "store": ActivationStore(path)}

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.sae_io import from_pretrained
+from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -23,18 +24,11 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_TH
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory) -> Path:
     """A real store: a tiny random DINOv2 run over the sklearn digits by the real extractor."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    from core.backbones import load_backbone
     from train.extract import extract
     from train.sources import open_source
 
     root = tmp_path_factory.mktemp("fitstore")
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                       intermediate_size=64, image_size=56, patch_size=14)
-    Dinov2Model(cfg).save_pretrained(root / "model")
-    backbone = load_backbone(str(root / "model"))
+    backbone = tiny_dinov2(root / "model")
     return extract(backbone, open_source("builtin:digits"), root / "acts", layers=[-2],
                    max_images=160, progress=False)[0]
 

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from core.index import (INDEX_TYPES, IndexFileError, VectorIndex, patch_id, read_sidecar,
                         recall_at_k, sidecar_path, split_patch_id)
 from core.sae import SAE, SAEConfig
+from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -181,18 +182,11 @@ def test_cross_feature_matches_needs_one_activation_space():
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict[str, Path]:
     """Two layers (0 and 2) of a tiny random DINOv2 over 60 digits, by the real extractor."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    from core.backbones import load_backbone
     from train.extract import extract
     from train.sources import open_source
 
     root = tmp_path_factory.mktemp("indexstores")
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                       intermediate_size=64, image_size=56, patch_size=14)
-    Dinov2Model(cfg).save_pretrained(root / "model")
-    backbone = load_backbone(str(root / "model"))
+    backbone = tiny_dinov2(root / "model")
     l0, l2 = extract(backbone, open_source("builtin:digits"), root / "acts", layers=[0, 2],
                      max_images=60, progress=False)
     return {"root": root, "l0": l0, "l2": l2}

@@ -19,22 +19,16 @@ from core.search import (
     search_by_example,
     top_features_for_patches,
 )
+from tests.tiny_models import tiny_dinov2
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A tiny random DINOv2 backbone, a small TopK SAE for its layer -2, a digit image."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    from core.backbones import load_backbone
     from train.sources import open_source
 
     root = tmp_path_factory.mktemp("search")
-    torch.manual_seed(0)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                       intermediate_size=64, image_size=56, patch_size=14)
-    Dinov2Model(cfg).save_pretrained(root / "model")
-    backbone = load_backbone(str(root / "model"))
+    backbone = tiny_dinov2(root / "model")
     source = open_source("builtin:digits", max_images=24)
     sae = make_sae(backbone)
     pixels = backbone.preprocess([source.load(i) for i in range(8)])

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import Dinov2Config, Dinov2Model
-
-from core.backbones import load_backbone
 from core.sae import SAE, SAEConfig
 from core.steering import Edit, cache_layer, edit_positions, steer
+from tests.tiny_models import tiny_dinov2
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("steer")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
-                             intermediate_size=64, image_size=56, patch_size=14)).save_pretrained(root)
-    bb = load_backbone(str(root))
+    bb = tiny_dinov2(root)
     pixels = torch.randn(2, 3, 56, 56)
     sae = SAE(SAEConfig(d_in=32, d_sae=128, architecture="topk", k=8, layer=1, model_id=bb.model_id))
     out = bb.forward_layers(pixels, [1])
