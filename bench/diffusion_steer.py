@@ -85,6 +85,7 @@ def run_pipeline(spec: str, label: str, args: argparse.Namespace, *, steps: int,
     return {"pipeline": label, "spec": spec, "rows": rows, "examples": examples,
             "sae": {"name": sae.cfg.name, **metrics, "live": len(D.alive_features(stats))},
             "corpus_prompts": len(prompts), "token_norm_mean": token_norm,
+            "threads": torch.get_num_threads(),
             "seconds": {"encode": t_enc, "fit": t_fit, "name_and_eval": time.perf_counter() - t1},
             "settings": {"naming": vars(name_set), "eval": vars(eval_set), "words": len(words)}}
 
@@ -102,6 +103,8 @@ def real_loadable(spec: str) -> str | None:
 
 def markdown(results: list[dict], skipped: dict[str, str], args: argparse.Namespace) -> str:
     lines = [
+        "## Diffusion steering through a text-encoder SAE (`python -m bench.diffusion_steer`)",
+        "",
         "Does amplifying an automatically named text-encoder SAE feature raise the CLIP score of its "
         "name on held-out prompts and seeds? Per pipeline: a TopK SAE on the text encoder's token "
         "outputs (built-in corpus), features sampled at random among live ones, named on "
@@ -127,7 +130,7 @@ def markdown(results: list[dict], skipped: dict[str, str], args: argparse.Namesp
         s = res["sae"]
         lines += ["", f"**{res['pipeline']}**: SAE {s['name']} (FVU {s['fvu']:.3f}, L0 {s['l0']:.1f}, "
                   f"{s['live']} live features) on {res['corpus_prompts']} prompts; mean token norm "
-                  f"{res['token_norm_mean']:.2f}. Time: encode {res['seconds']['encode']:.0f} s, fit "
+                  f"{res['token_norm_mean']:.2f}. Time ({res['threads']} torch thread(s)): encode {res['seconds']['encode']:.0f} s, fit "
                   f"{res['seconds']['fit']:.0f} s, naming + evaluation {res['seconds']['name_and_eval']:.0f} s."]
         if res["examples"]:
             lines.append("Examples (middle strength): " + ", ".join(

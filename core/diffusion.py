@@ -321,7 +321,6 @@ def load_pipeline(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dty
     check_pipeline(pipe, str(spec))
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    pipe.saescope_spec = path
     return pipe
 
 

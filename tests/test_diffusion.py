@@ -212,3 +212,18 @@ def test_naming_and_evaluation_run_end_to_end(tiny) -> None:
     assert res["n"] == 2 and 0.0 <= res["fraction_amplify_raises"] <= 1.0
     assert res["fraction_amplify_raises"] == np.mean([r["delta_amplify"] > 0 for r in res["rows"]])
     assert all(r["delta_amplify"] != 0 for r in res["rows"])  # the push really changed the images
+
+
+def test_push_to_a_hub_target_and_load_back(tiny, tmp_path) -> None:
+    from tests.hub_target import LocalHub
+
+    folder, _, _, sae, stats = tiny
+    art = D.save_artefact(tmp_path / "art", sae, stats, {"pipeline": str(folder), "scorer": None},
+                          {0: {"name": "blue", "delta": 0.1}})
+    url = D.push_artefact(art, "me/text-sae", api=LocalHub(tmp_path / "hub"))
+    assert url.endswith("me/text-sae")
+    back = D.load_artefact(tmp_path / "hub" / "me" / "text-sae")
+    assert back.names == {0: {"name": "blue", "delta": 0.1}} and back.pipeline == str(folder)
+    (art / D.NAMES_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="feature_names.json is missing"):
+        D.push_artefact(art, "me/broken", api=LocalHub(tmp_path / "hub"))

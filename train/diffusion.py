@@ -163,15 +163,15 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ name / eval
-def _load(args: argparse.Namespace):
+def _artefact(args: argparse.Namespace) -> D.Artefact:
+    """The artefact, with the pipeline/scorer overrides of the command line applied."""
     _threads(args)
     art = D.load_artefact(args.artefact)
     if getattr(args, "pipeline", None):
         art.manifest["pipeline"] = str(args.pipeline)
     if getattr(args, "scorer", None):
         art.manifest["scorer"] = str(args.scorer)
-    steerer = D.Steerer(art, device=args.device)
-    return art, steerer
+    return art
 
 
 def _words(args: argparse.Namespace) -> list[str]:
@@ -212,9 +212,10 @@ def _out_folder(args: argparse.Namespace, art: D.Artefact) -> Path:
 
 
 def run_name(args: argparse.Namespace) -> int:
-    art, st = _load(args)
+    art = _artefact(args)
     out = _out_folder(args, art)
     announce_config(args, out, "diffusion_name_config.json")
+    st = D.Steerer(art, device=args.device)
     words = _words(args)
     feats = _features(art, args.features, args.n_features, args.seed)
     setting = _setting(args.name_prompts, args.objects, args.seeds, args)
@@ -287,21 +288,23 @@ def evaluate_artefact(st: D.Steerer, art: D.Artefact, eval_setting: D.Setting, c
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    art, st = _load(args)
+    art = _artefact(args)
     out = _out_folder(args, art)
-    announce_config(args, out, "diffusion_eval_config.json")
+    if not art.names:
+        raise ValueError(f"{art.path} has no feature names yet: run 'python -m train diffusion-name' first")
     naming = art.manifest.get("naming") or {}
     overlap = set(args.seeds) & set(naming.get("seeds", []))
     if overlap and not args.allow_seen_seeds:
         raise ValueError(f"seeds {sorted(overlap)} were used for naming; held-out evaluation needs "
                          "other seeds (or pass --allow-seen-seeds)")
-    for k in ("steps", "guidance", "negative_prompt", "positions"):  # same image recipe as naming
-        if k in naming and getattr(args, k if k != "steps" else "steps_gen") is None:
-            setattr(args, k if k != "steps" else "steps_gen", naming[k])
-    args.steps_gen = args.steps_gen or 4
-    args.guidance = 5.0 if args.guidance is None else args.guidance
-    args.negative_prompt = args.negative_prompt or ""
-    args.positions = args.positions or "all"
+    recipe = {"steps_gen": naming.get("steps", 4), "guidance": naming.get("guidance", 5.0),
+              "negative_prompt": naming.get("negative_prompt", ""),
+              "positions": naming.get("positions", "all")}
+    for attr, default in recipe.items():  # unless overridden: the same image recipe as naming
+        if getattr(args, attr) is None:
+            setattr(args, attr, default)
+    announce_config(args, out, "diffusion_eval_config.json")
+    st = D.Steerer(art, device=args.device)
     setting = _setting(args.eval_prompts, args.objects, args.seeds, args)
     result = evaluate_artefact(st, art, setting, control=args.control, progress=args.progress,
                                seed=args.seed)
@@ -311,7 +314,8 @@ def run_eval(args: argparse.Namespace) -> int:
     (out / "eval.md").write_text(md)
     print(md)
     f = result["features"]
-    print(f"fraction of features whose amplification raises the CLIP score of their name: "
+    print(f"fraction of features whose amplification raises the CLIP score of their name "
+          f"(relative to the vocabulary): "
           f"{f['fraction_amplify_raises']:.3f} ({f['n']} features)"
           + (f"; random-direction control: {result['control']['fraction_amplify_raises']:.3f}"
              if "control" in result else ""))
