@@ -38,7 +38,6 @@ from apps.common import (
     picker_html,
     PICKER_JS,
     error_box,
-    fmt_freq,
     stats_markdown,
     try_upload,
 )
@@ -336,7 +335,8 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
             tiles = [t for t, _ in panels.exemplar_tiles(b, pre, c.feature, 5, panels.TILE)]
             card = panels.feature_card(an.view, an.feature_map(c.feature), tiles, c.feature,
                                        c.contribution)
-            cards.append((card, f"#{c.feature} · +{c.contribution:.2f} · {fmt_freq(c.frequency)}"))
+            freq = f"{c.frequency:.1%}" if c.frequency >= 1e-3 else f"1/{1 / c.frequency:,.0f}"
+            cards.append((card, f"#{c.feature} · +{c.contribution:.2f} · {freq}"))
         return ood_markdown(reports, ood_suite, contribs), cards, [c.feature for c in contribs]
 
     def pick_from(items, evt: gr.SelectData):
@@ -500,7 +500,8 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
                         gr.Markdown("**Features that drive the score** — the active features that "
                                     "are rarest in the dataset, weighted by how strongly they fire "
                                     "on your image. Caption: id · contribution to the rare-feature "
-                                    "score · how often it fires in the dataset. Click to open.",
+                                    "score · share of dataset patches where it fires. Click to "
+                                    "open.",
                                     elem_classes="sae-note")
                         ood_gallery = gr.Gallery(show_label=False, columns=3, height=380,
                                                  allow_preview=False, format="jpeg",
