@@ -75,17 +75,20 @@ def test_fit_name_eval_chain(tiny_folder: Path, tmp_path: Path) -> None:
     assert named.manifest["naming"]["seeds"] == [0, 1] and named.manifest["naming"]["steps"] == 2
     assert out.stdout.count("feature ") >= 3 and "named 3 features" in out.stdout
 
-    # evaluation by Hub id: the artefact in the Hub cache layout, resolved offline
+    # evaluation by Hub ids: the artefact and the pipeline in the Hub cache layout, offline
     cache = tmp_path / "hub"
     commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / "models--me--tiny-steer"
-    shutil.copytree(art, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
+    for repo_name, src in (("me--tiny-steer", art), ("me--tiny-pipe", tiny_folder)):
+        repo = cache / f"models--{repo_name}"
+        shutil.copytree(src, repo / "snapshots" / commit)
+        (repo / "refs").mkdir(parents=True)
+        (repo / "refs" / "main").write_text(commit)
     ev = tmp_path / "eval"
-    out = run_cli(["diffusion-eval", "--artefact", "me/tiny-steer", "--out", str(ev), "--seeds", "100",
+    out = run_cli(["diffusion-eval", "--artefact", "me/tiny-steer", "--pipeline", "me/tiny-pipe",
+                   "--scorer", str(tiny_folder / D.SCORER_DIR), "--out", str(ev), "--seeds", "100",
                    "101", "--objects", "dog", "--threads", "1", "--no-progress"], tmp_path,
                   env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    assert json.loads((ev / "diffusion_eval_config.json").read_text())["pipeline"] == "me/tiny-pipe"
     result = json.loads((ev / "eval.json").read_text())
     feats = result["features"]
     assert feats["n"] == 3 and result["control"]["n"] == 3
