@@ -10,6 +10,7 @@ probes, built once per machine): fitting probes on a fresh offline bundle costs 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from conftest_apps import tiny_bundle
@@ -35,6 +36,13 @@ def add_probes(bundle: Path, n_scenes: int = 40, n_digits: int = 60) -> Path:
     return bundle
 
 
-def tiny_probe_bundle(root: Path) -> Path:
-    return add_probes(tiny_bundle(root, "tiny-probes"), n_scenes=24, n_digits=40)
+def tiny_probe_bundle(tmp_path_factory) -> Path:
+    """Built once per test session (shared by the unit and the Spaces tests)."""
+    root = tmp_path_factory.getbasetemp() / "apps-steer-tiny"
+    path = root / "tiny-probes"
+    if not (path / "probes" / "digits.json").is_file():
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        add_probes(tiny_bundle(root, "tiny-probes"), n_scenes=24, n_digits=40)
+    return path
 

@@ -26,7 +26,7 @@ from core.steering import Edit  # noqa: E402
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return tiny_probe_bundle(tmp_path_factory.mktemp("steer-tiny"))
+    return tiny_probe_bundle(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

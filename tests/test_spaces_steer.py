@@ -19,7 +19,7 @@ SPACES = {"segment": "apps.segment", "classify": "apps.classify"}
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    return tiny_probe_bundle(tmp_path_factory.mktemp("spaces-steer"))
+    return tiny_probe_bundle(tmp_path_factory)
 
 
 @pytest.mark.parametrize("space", sorted(SPACES))
