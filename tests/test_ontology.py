@@ -31,6 +31,7 @@ from core.ontology import (
     top_classes,
 )
 from core.wordnet import available, load
+from tests.tiny_models import tiny_dinov2
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="WordNet 3.0 not installed: apt-get install wordnet-base (or set "
@@ -325,20 +326,13 @@ def test_reports_and_plot(wn, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A tiny random DINOv2, a labelled store (40 digits + the 25 photos) and a random TopK SAE."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    from core.backbones import load_backbone
     from core.sae import SAE, SAEConfig
     from core.sae_io import save_sae
     from train.extract import extract
     from train.store import ActivationStore
 
     root = tmp_path_factory.mktemp("ontology")
-    torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, image_size=56, patch_size=14)
-                ).save_pretrained(root / "model")
-    bb = load_backbone(str(root / "model"))
+    bb = tiny_dinov2(root / "model", layers=2)
     spec = "builtin:digits?max_images=40+builtin:photos?views=1"
     store = ActivationStore(extract(bb, spec, root / "acts", layers=[-1], kinds="cls,patch",
                                     progress=False)[0])
@@ -404,10 +398,7 @@ def test_cli_on_a_labelled_store(tiny) -> None:
 
 
 def test_cli_with_a_bundle_and_clear_errors(tiny, capsys) -> None:
-    import sys as _sys
-
-    _sys.path.insert(0, str(ROOT / "tests"))
-    from conftest_apps import build_bundle, synthetic_items
+    from tests.conftest_apps import build_bundle, synthetic_items
     from train.extract import extract
     from train.sources import ListSource
 
