@@ -67,6 +67,7 @@ def test_ood_eval_tables_files_and_skipped_probe(tiny: Path) -> None:
         for row in cfg["rows"].values():
             for cell in row["sets"].values():
                 assert 0 <= cell["auroc"] <= 1 and 0 <= cell["fpr95"] <= 1
+            assert 0 <= row["test_tpr_at_calibrated"] <= 1
     # binarised digits against faces are far apart even for a random model's SAE
     assert digits["rows"][digits["verdict"]["best_sae"]]["mean_auroc"] > 0.8
     assert digits["verdict"]["outcome"] in ("beats", "matches", "falls short of")

@@ -3,7 +3,8 @@
 ``ood-eval`` answers "do SAE codes flag images the model was not shown, and as well as the usual
 baselines?": for each in-distribution set it extracts layer-L activations (:func:`train.extract`,
 resumable and cached under ``--work``), fits an SAE on the in-distribution training images
-(:func:`train.fit`) or takes ``--bundle``'s, fits every scorer of :mod:`core.ood` on those images
+(:func:`train.fit`; on every stored token, CLS included, since the store keeps all of them for
+the final-CLS baselines) or takes ``--bundle``'s, fits every scorer of :mod:`core.ood` on those images
 (a random fifth held out for calibration), and scores held-out in-distribution images against each
 OOD set. One table (every method x every OOD set: AUROC, FPR@95, and their means) is printed and
 saved as JSON + markdown (``--results-md``: into bench/RESULTS.md).
@@ -155,7 +156,9 @@ def evaluate_config(suite: OODSuite, in_test: ImageSummary, ood: dict[str, Image
             continue
         rows[m] = {"label": suite.label(m), "family": suite.family(m), "sets": cells,
                    "mean_auroc": float(np.mean([c["auroc"] for c in cells.values()])),
-                   "mean_fpr95": float(np.mean([c["fpr95"] for c in cells.values()]))}
+                   "mean_fpr95": float(np.mean([c["fpr95"] for c in cells.values()])),
+                   # how well the calibration split's 95%-TPR threshold holds on unseen images
+                   "test_tpr_at_calibrated": float(np.mean(in_scores[m] <= suite.threshold(m)))}
     return rows
 
 
@@ -180,8 +183,8 @@ def markdown_table(cfg: dict) -> str:
     best = {fam: max((v["mean_auroc"] for v in rows.values() if v["family"] == fam), default=None)
             for fam in FAMILIES}
     head = "| method | " + " | ".join(f"{s} AUROC / FPR@95" for s in sets) + \
-        " | **mean AUROC** | **mean FPR@95** |"
-    lines = [head, "|---" * (len(sets) + 3) + "|"]
+        " | **mean AUROC** | **mean FPR@95** | in-dist kept at calibrated threshold |"
+    lines = [head, "|---" * (len(sets) + 4) + "|"]
     for m, v in rows.items():
         cells = [f"{v['sets'][s]['auroc']:.3f} / {v['sets'][s]['fpr95']:.3f}" if s in v["sets"]
                  else "–" for s in sets]
@@ -189,7 +192,7 @@ def markdown_table(cfg: dict) -> str:
         if best.get(v["family"]) is not None and v["mean_auroc"] == best[v["family"]]:
             mean = f"**{mean}**"
         lines.append(f"| {v['family']}: {v['label']} | " + " | ".join(cells)
-                     + f" | {mean} | {v['mean_fpr95']:.3f} |")
+                     + f" | {mean} | {v['mean_fpr95']:.3f} | {v['test_tpr_at_calibrated']:.1%} |")
     return "\n".join(lines)
 
 
@@ -200,7 +203,9 @@ def markdown(result: dict) -> str:
            f"{result['cal_fraction']:.0%} of them held out for calibration), {result['n_test']} "
            "held-out test images per set. AUROC: higher is better; FPR@95: fraction of OOD "
            "images accepted at the threshold that keeps 95% of in-distribution test images, "
-           "lower is better. Bold: best mean AUROC per family (SAE / raw / probe)."]
+           "lower is better. Bold: best mean AUROC per family (SAE / raw / probe). Last column: "
+           "share of in-distribution test images below the 95%-TPR threshold set on the "
+           "calibration split (what the browser's verdict uses; 95% when calibration holds)."]
     for cfg in result["configs"]:
         out.append(f"\n### In-distribution: `{cfg['in']}`\n")
         out.append(f"SAE: {cfg['sae']}.\n")
@@ -210,7 +215,8 @@ def markdown(result: dict) -> str:
             out.append(f"\nBest SAE score **{cfg['rows'][v['best_sae']]['label']}** "
                        f"(mean AUROC {v['best_sae_auroc']:.3f}) **{v['outcome']}** the best raw "
                        f"baseline **{cfg['rows'][v['best_raw']]['label']}** "
-                       f"({v['best_raw_auroc']:.3f}; difference {v['difference']:+.3f}).")
+                       f"({v['best_raw_auroc']:.3f}; difference {v['difference']:+.3f}; "
+                       "'matches' = within ±0.005).")
         for name, why in cfg.get("skipped", {}).items():
             out.append(f"\n_Skipped {name}: {why}_")
     return "\n".join(out)
@@ -276,7 +282,10 @@ def ensure_default_ood(bundle_paths, progress: bool = True) -> None:
             continue
         store = default_bundle_dir() / "acts" / f"layer_{int(b.manifest['layer']):02d}"
         _log(f"OOD calibration for {b.name} (once)", progress)
-        fit_bundle_ood(p, store, progress=progress)
+        try:
+            fit_bundle_ood(p, store, progress=progress)
+        except (ValueError, OSError) as err:  # e.g. the store was deleted: the apps still work
+            _log(f"no OOD calibration for {b.name}: {err}", True)
 
 
 # ------------------------------------------------------------------------------ CLI
