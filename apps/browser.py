@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import random
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python apps/browser.py`: make the repo importable
@@ -28,16 +26,18 @@ from apps import adapter, panels
 from apps.common import (
     FeatureScatter,
     SafeImage,
+    app_parser,
     describe_selection,
     example_images,
     format_selection,
     histogram_image,
-    launch,
+    loading_line,
     outline_patches,
     parse_selection,
     picker_html,
     PICKER_JS,
     error_box,
+    serve,
     stats_markdown,
     try_upload,
 )
@@ -575,33 +575,17 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python apps/browser.py",
-        description="Feature browser: upload an image, select patches, see and steer the SAE "
+    p = app_parser(
+        "python apps/browser.py",
+        "Feature browser: upload an image, select patches, see and steer the SAE "
         "features that fire there. Prints the local URL when it is ready.")
-    p.add_argument("--bundle", default=os.environ.get(adapter.ENV_BUNDLE) or None,
-                   help="bundle folder or Hub id (default: the offline default bundle, built once)")
-    p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
-    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    p.add_argument("--no-examples", dest="examples", action="store_false",
-                   help="hide the example images")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        print("loading bundle" + (f" {args.bundle}" if args.bundle else " (offline default)") + " …",
-              flush=True)
-        demo = build_app(args.bundle, examples=args.examples, warm_up=True)
-    except adapter.AppSetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    launch(demo, args.host, args.port, args.share, name="feature browser")
-    return 0
+    return serve(lambda: build_app(args.bundle, examples=args.examples, warm_up=True),
+                 args, "feature browser", loading_line(args.bundle))
 
 
 if __name__ == "__main__":

@@ -520,7 +520,52 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, sh
     return app, local_url
 
 
-__all__ = ["SafeImage", "read_upload", "try_upload", "upload_message", "example_images", "parse_selection",
+def app_parser(prog: str, description: str, bundle: bool = True):
+    """The command line every app shares: ``[--bundle] --host --port --share --no-examples``."""
+    import argparse
+
+    from apps.adapter import ENV_BUNDLE
+
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    if bundle:
+        p.add_argument("--bundle", default=os.environ.get(ENV_BUNDLE) or None,
+                       help="bundle folder or Hub id (default: the offline default bundle, built once)")
+    p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument("--no-examples", dest="examples", action="store_false",
+                   help="hide the example images")
+    return p
+
+
+def serve(build, args, name: str, loading: str | None = None) -> int:
+    """Build an app with ``build()`` (warm), print how long that took, launch it, print the URL.
+
+    A bundle that cannot be loaded is one ``error:`` line and exit status 2, not a traceback.
+    """
+    import sys
+    import time
+
+    from apps.adapter import AppSetupError
+
+    t0 = time.perf_counter()
+    try:
+        if loading:
+            print(loading, flush=True)
+        demo = build()
+    except AppSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    launch(demo, args.host, args.port, args.share, name=name)
+    return 0
+
+
+def loading_line(bundle: str | None) -> str:
+    return "loading bundle" + (f" {bundle}" if bundle else " (offline default)") + " …"
+
+
+__all__ = ["app_parser", "serve", "loading_line", "SafeImage", "read_upload", "try_upload", "upload_message", "example_images", "parse_selection",
            "format_selection", "describe_selection", "picker_html", "PICKER_JS", "PICKER_CSS",
            "outline_patches", "histogram_image", "FeatureScatter", "stats_markdown", "fmt_freq",
            "error_box", "THEME", "CSS", "launch", "free_port", "to_data_url"]

@@ -29,7 +29,8 @@ from apps.common import (
     describe_selection,
     example_images,
     format_selection,
-    launch,
+    app_parser,
+    serve,
     parse_selection,
     picker_html,
     error_box,
@@ -358,36 +359,24 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python apps/compare.py",
-        description="Compare two SAEs on the same image and patches, side by side (default: CLIP "
-        "ViT-B/16 vs DINOv2 ViT-B/14 online; offline: two layers of the offline DINOv2-S).")
+    p = app_parser(
+        "python apps/compare.py",
+        "Compare two SAEs on the same image and patches, side by side (default: CLIP "
+        "ViT-B/16 vs DINOv2 ViT-B/14 online; offline: two layers of the offline DINOv2-S).",
+        bundle=False)
     p.add_argument("--left", default=os.environ.get(adapter.ENV_LEFT) or None,
                    help="left bundle (folder or Hub id)")
     p.add_argument("--right", default=os.environ.get(adapter.ENV_RIGHT) or None,
                    help="right bundle (folder or Hub id)")
     p.add_argument("--offline", action="store_true",
                    help="skip the online defaults: two layers of the offline model")
-    p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
-    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    p.add_argument("--no-examples", dest="examples", action="store_false",
-                   help="hide the example images")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        demo = build_app(args.left, args.right, offline=args.offline, examples=args.examples,
-                         warm_up=True)
-    except adapter.AppSetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    launch(demo, args.host, args.port, args.share, name="comparison")
-    return 0
+    return serve(lambda: build_app(args.left, args.right, offline=args.offline,
+                                   examples=args.examples, warm_up=True), args, "comparison")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python apps/segment.py`: make the repo importable
@@ -24,8 +23,8 @@ if __package__ in (None, ""):  # `python apps/segment.py`: make the repo importa
 
 import numpy as np
 
-from apps import adapter, panels
-from apps.common import launch
+from apps import panels
+from apps.common import app_parser, loading_line, serve
 from apps.engine import Analysis, Engine, SteerOutcome
 from apps.steerapp import SteerTask, build_steer_app
 
@@ -121,35 +120,19 @@ def build_app(bundle=None, *, head: str | None = None, engine: Engine | None = N
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python apps/segment.py",
-        description="Segmentation steering: select patches, suppress or amplify SAE features "
+    p = app_parser(
+        "python apps/segment.py",
+        "Segmentation steering: select patches, suppress or amplify SAE features "
         "there, and see the frozen segmentation head's prediction change. Prints the local URL.")
-    p.add_argument("--bundle", default=os.environ.get(adapter.ENV_BUNDLE) or None,
-                   help="bundle folder or Hub id (default: the offline default bundle, built once)")
     p.add_argument("--head", default=os.environ.get("SAESCOPE_HEAD") or None,
                    help="segmentation head to start with (default: the one with most classes)")
-    p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
-    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    p.add_argument("--no-examples", dest="examples", action="store_false",
-                   help="hide the example images")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        print("loading bundle" + (f" {args.bundle}" if args.bundle else " (offline default)") + " …",
-              flush=True)
-        demo = build_app(args.bundle, head=args.head, examples=args.examples, warm_up=True)
-    except adapter.AppSetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    launch(demo, args.host, args.port, args.share, name="segmentation steering")
-    return 0
+    return serve(lambda: build_app(args.bundle, head=args.head, examples=args.examples, warm_up=True),
+                 args, "segmentation steering", loading_line(args.bundle))
 
 
 if __name__ == "__main__":
