@@ -54,8 +54,9 @@ def test_ood_eval_tables_files_and_skipped_probe(tiny: Path) -> None:
     digits, folder = result["configs"]
     assert digits["in"] == "builtin:digits" and digits["ood_sets"] == ["shapes", "lfw"]
     assert folder["ood_sets"] == ["digits", "lfw"]
-    assert digits["n_train"] == 30 and digits["n_test_in"] == 12
-    assert folder["n_train"] == 28  # 40 images: 28 to fit on, 12 held out for the test
+    assert (digits["n_fit"], digits["n_calibration"], digits["n_test_in"]) == (24, 6, 12)
+    # 40 images: 12 held out for the test, of the other 28 a fifth calibrates
+    assert (folder["n_fit"], folder["n_calibration"]) == (22, 6)
     methods = ["sae_recon", "sae_rare", "sae_knn", "sae_combined", "raw_maha_layer",
                "raw_knn_layer", "raw_maha_cls", "raw_knn_cls", "probe_msp", "probe_energy"]
     assert list(digits["rows"]) == methods
@@ -77,14 +78,14 @@ def test_ood_eval_tables_files_and_skipped_probe(tiny: Path) -> None:
 
 
 def test_ood_eval_errors_are_one_line(tiny: Path) -> None:
-    res = train_cli("ood-eval", "--model", str(tiny / "model"), "--in", "builtin:digits")
-    assert res.returncode == 2 and "nothing to compare" in res.stderr
-    res = train_cli("ood-eval", "--model", str(tiny / "model"), "--layer", "1",
-                    "--in", "builtin:digits", "--out", "builtin:lfw?start=5000",
-                    "--work", str(tiny / "err"), "--no-progress")
-    assert res.returncode == 2 and "is empty" in res.stderr
-    for r in (res,):
-        assert "Traceback" not in r.stderr
+    alone = train_cli("ood-eval", "--model", str(tiny / "model"), "--in", "builtin:digits")
+    assert alone.returncode == 2 and "nothing to compare" in alone.stderr
+    empty = train_cli("ood-eval", "--model", str(tiny / "model"), "--layer", "1",
+                      "--in", "builtin:digits", "--out", "builtin:lfw?start=5000",
+                      "--work", str(tiny / "err"), "--no-progress")
+    assert empty.returncode == 2 and "is empty" in empty.stderr
+    for r in (alone, empty):
+        assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:")
 
 
 @pytest.fixture(scope="module")

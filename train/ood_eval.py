@@ -2,15 +2,16 @@
 
 ``ood-eval`` answers "do SAE codes flag images the model was not shown, and as well as the usual
 baselines?": for each in-distribution set it extracts layer-L activations (:func:`train.extract`,
-resumable and cached under ``--work``), fits an SAE on the in-distribution training images
+resumable and cached under ``--work``), fits an SAE on the in-distribution fitting images
 (:func:`train.fit`; on every stored token, CLS included, since the store keeps all of them for
-the final-CLS baselines) or takes ``--bundle``'s, fits every scorer of :mod:`core.ood` on those images
-(a random fifth held out for calibration), and scores held-out in-distribution images against each
-OOD set. One table (every method x every OOD set: AUROC, FPR@95, and their means) is printed and
+the final-CLS baselines) or takes ``--bundle``'s, fits every scorer of :mod:`core.ood` on those
+images, calibrates them on later training images the SAE never saw, and scores held-out
+in-distribution images against each OOD set. One table (every method x every OOD set: AUROC, FPR@95, and their means) is printed and
 saved as JSON + markdown (``--results-md``: into bench/RESULTS.md).
 
-Splits: an in-distribution source gives its first ``--n-train`` images for fitting and the next
-``--n-test`` for testing; an OOD-only source gives its first ``--n-test`` images; a source that is
+Splits: an in-distribution source gives its first ``--n-train`` images (the last
+``--cal-fraction`` of them for calibration, the rest for fitting) and the next ``--n-test`` for
+testing; an OOD-only source gives its first ``--n-test`` images; a source that is
 in-distribution in one configuration and OOD in another is tested on its held-out images.
 
 ``ood-fit`` adds an ``ood/`` component (calibrated SAE and raw-embedding scorers) to a bundle from
@@ -189,7 +190,7 @@ def markdown_table(cfg: dict) -> str:
         cells = [f"{v['sets'][s]['auroc']:.3f} / {v['sets'][s]['fpr95']:.3f}" if s in v["sets"]
                  else "–" for s in sets]
         mean = f"{v['mean_auroc']:.3f}"
-        if best.get(v["family"]) is not None and v["mean_auroc"] == best[v["family"]]:
+        if best.get(v["family"]) is not None and mean == f"{best[v['family']]:.3f}":
             mean = f"**{mean}**"
         lines.append(f"| {v['family']}: {v['label']} | " + " | ".join(cells)
                      + f" | {mean} | {v['mean_fpr95']:.3f} | {v['test_tpr_at_calibrated']:.1%} |")
@@ -199,8 +200,10 @@ def markdown_table(cfg: dict) -> str:
 def markdown(result: dict) -> str:
     out = ["## OOD detection with SAE codes (`python -m train ood-eval`)\n",
            f"Model `{result['model']}`, layer {result['layer']}; "
-           f"{result['n_train']} in-distribution training images per configuration (a random "
-           f"{result['cal_fraction']:.0%} of them held out for calibration), {result['n_test']} "
+           f"{result['n_train']} in-distribution training images per configuration: the SAE and "
+           f"the scorers are fitted on the first {1 - result['cal_fraction']:.0%}, the last "
+           f"{result['cal_fraction']:.0%} (unseen by the SAE) calibrate the thresholds; "
+           f"{result['n_test']} "
            "held-out test images per set. AUROC: higher is better; FPR@95: fraction of OOD "
            "images accepted at the threshold that keeps 95% of in-distribution test images, "
            "lower is better. Bold: best mean AUROC per family (SAE / raw / probe). Last column: "
@@ -226,7 +229,12 @@ def markdown(result: dict) -> str:
 def fit_bundle_ood(bundle_path: str | Path, store_path: str | Path, *, max_images: int = 2000,
                    k: int = 5, progress: bool = True) -> Path:
     """Fit and calibrate the SAE and raw (layer-token) scorers of a bundle on its activation
-    store; store them as the bundle's ``ood/`` component."""
+    store; store them as the bundle's ``ood/`` component.
+
+    A random fifth of the store calibrates; the bundle's SAE was trained on the whole store, so
+    its calibration images are not unseen and the thresholds lean low (the verdict errs towards
+    "OOD"). Calibrating on images the SAE never saw needs a store of them (``OODSuite.fit``).
+    """
     from core.bundle import Bundle
     from train.store import ActivationStore
 
@@ -314,7 +322,8 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=int, default=32, help="SAE active latents (TopK)")
     p.add_argument("--epochs", type=float, default=3.0, help="SAE training passes")
     p.add_argument("--cal-fraction", type=float, default=0.2,
-                   help="share of training images held out to calibrate thresholds")
+                   help="share of the training images (the last ones) held out from the SAE and "
+                   "the scorers to calibrate thresholds and percentiles")
     p.add_argument("--work", default="runs/ood",
                    help="folder for activation stores, SAEs, results.json and results.md")
     p.add_argument("--batch-size", type=int, default=16)
@@ -388,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
     from train.sources import open_source
 
     # -- extraction: every slice once, shared by the configurations
-    train_sets, test_sets = {}, {}
+    fit_sets, cal_sets, test_sets = {}, {}, {}
     all_specs = list(dict.fromkeys(args.in_sets + args.out_sets))
     for spec in all_specs:
         n_avail = len(open_source(spec))
@@ -401,9 +410,14 @@ def run(args: argparse.Namespace) -> int:
                                  "too few to fit and test on")
             if n_train < args.n_train:
                 _log(f"{spec}: only {n_avail} images, fitting on {n_train}", prog)
-            _log(f"extracting {spec} (training images)", prog)
-            train_sets[spec] = extract_set(backbone, spec, 0, n_train, work, layer, prog,
-                                           args.batch_size)
+            # the calibration images come after the fitting images: the SAE never sees them,
+            # so thresholds and percentiles are those of unseen in-distribution images
+            n_cal = max(2, int(round(args.cal_fraction * n_train)))
+            _log(f"extracting {spec} (training and calibration images)", prog)
+            fit_sets[spec] = extract_set(backbone, spec, 0, n_train - n_cal, work, layer, prog,
+                                         args.batch_size)
+            cal_sets[spec] = extract_set(backbone, spec, n_train - n_cal, n_cal, work, layer, prog,
+                                         args.batch_size)
             start = n_train
         else:
             start = 0
@@ -417,18 +431,19 @@ def run(args: argparse.Namespace) -> int:
         _log(f"configuration: in-distribution {in_spec}", prog)
         cfg_sae = sae
         if cfg_sae is None:
-            cfg_sae = fit_sae_on(train_sets[in_spec].store, work, expansion=args.expansion,
+            cfg_sae = fit_sae_on(fit_sets[in_spec].store, work, expansion=args.expansion,
                                  k=args.k, epochs=args.epochs, progress=prog)
             sae_desc = (f"TopK k={args.k}, {cfg_sae.cfg.d_sae} latents, fitted on the "
-                        f"{train_sets[in_spec].n} training images ({args.epochs:g} epochs; FVU "
+                        f"{fit_sets[in_spec].n} fitting images ({args.epochs:g} epochs; FVU "
                         f"{cfg_sae.cfg.metrics.get('fvu', float('nan')):.3f})")
         else:
             sae_desc = f"from bundle {bundle.name} ({cfg_sae.cfg.name})"
-        train = store_summary(train_sets[in_spec].store, cfg_sae, backbone, progress=prog,
-                              desc=f"{slug(in_spec)} train")
+        train = store_summary(fit_sets[in_spec].store, cfg_sae, backbone, progress=prog,
+                              desc=f"{slug(in_spec)} fit")
+        cal = store_summary(cal_sets[in_spec].store, cfg_sae, backbone, progress=prog,
+                            desc=f"{slug(in_spec)} calibration")
         scorers = default_scorers(args.methods, k=args.knn_k)
-        suite = OODSuite.fit(scorers, train, cal_fraction=args.cal_fraction,
-                             meta={"in": in_spec})
+        suite = OODSuite.fit(scorers, train, cal, meta={"in": in_spec})
         for name, why in suite.skipped.items():
             _log(f"skipping {name}: {why}", True)
         in_test = store_summary(test_sets[in_spec].store, cfg_sae, backbone, progress=prog,
@@ -441,7 +456,8 @@ def run(args: argparse.Namespace) -> int:
                                             progress=prog, desc=f"{slug(spec)} test")
         rows = evaluate_config(suite, in_test, ood)
         cfg = {"in": in_spec, "ood_sets": list(ood), "ood_specs": [s for s in all_specs if s != in_spec],
-               "sae": sae_desc, "n_train": len(train), "n_test_in": len(in_test),
+               "sae": sae_desc, "n_fit": len(train), "n_calibration": len(cal),
+               "n_test_in": len(in_test),
                "n_test_ood": {k: len(v) for k, v in ood.items()}, "rows": rows,
                "skipped": suite.skipped, "thresholds": {n: suite.threshold(n) for n in suite.calibration}}
         cfg["verdict"] = verdict(rows)
