@@ -125,7 +125,7 @@ def ood_markdown(reports: list[ScoreReport], suite: OODSuite,
              f"{suite.tpr:.0%} of them, {main.threshold:.3g}).", "",
              "| score | value | in-distribution percentile | verdict at 95% TPR |", "|---|---|---|---|"]
     for r in reports:
-        lines.append(f"| {html.escape(r.label)} | {r.score:.4g} | {r.percentile:.0f}% | "
+        lines.append(f"| {html.escape(r.label)} | {r.score:.3g} | {r.percentile:.0f}% | "
                      f"{'**OOD**' if r.is_ood else 'in'} (> {r.threshold:.3g}) |")
     meta = suite.meta
     lines.append(f"\n<span class='sae-note'>Reference: {meta.get('n_calibration', '?')} held-out "
