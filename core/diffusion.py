@@ -26,19 +26,19 @@ folder) load through :func:`load_pipeline` when the network allows.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from core import __version__
+from core.bundle import sha256
 from core.sae import SAE, ShapeMismatch
 from core.steering import Edit, apply_edits
 
@@ -776,14 +776,6 @@ def summarize(rows: Sequence[dict], n_words: int) -> dict:
 
 
 # ------------------------------------------------------------------------------ artefact
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -837,7 +829,7 @@ def save_artefact(folder: str | os.PathLike, sae: SAE, stats: dict, manifest: di
     for rel in [f"{SAE_DIR}/config.json", f"{SAE_DIR}/sae.safetensors", STATS_FILE] + (
             [NAMES_FILE] if (folder / NAMES_FILE).is_file() else []):
         p = folder / rel
-        files[rel] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        files[rel] = {"bytes": p.stat().st_size, "sha256": sha256(p)}
     manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
                 "library_version": __version__, "files": files,
                 "names": NAMES_FILE if NAMES_FILE in files else None}
@@ -883,7 +875,7 @@ def load_artefact(spec: str | os.PathLike, revision: str | None = None,
         p = folder / rel
         if not p.is_file():
             raise FileNotFoundError(f"{folder}: {rel} is missing (partial download?)")
-        if verify and (p.stat().st_size != info["bytes"] or _sha256(p) != info["sha256"]):
+        if verify and (p.stat().st_size != info["bytes"] or sha256(p) != info["sha256"]):
             raise ValueError(f"{folder}: {rel} does not match its checksum in {MANIFEST}")
     sae = load_sae_folder(folder / SAE_DIR)
     stats = json.loads((folder / STATS_FILE).read_text())
