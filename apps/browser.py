@@ -24,19 +24,21 @@ import numpy as np
 
 from apps import adapter, panels
 from apps.common import (
-    FeatureScatter,
-    SafeImage,
     app_parser,
     describe_selection,
+    error_box,
     example_images,
-    format_selection,
+    FeatureScatter,
     histogram_image,
     loading_line,
     outline_patches,
     parse_selection,
+    patch_picker_controls,
+    picked_selection,
+    picker_all,
+    picker_cleared,
     picker_html,
-    PICKER_JS,
-    error_box,
+    SafeImage,
     serve,
     stats_markdown,
     try_upload,
@@ -282,16 +284,13 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         return (describe_selection(sel, an.grid), cards, feats, *steer)
 
     def on_pick(evt: gr.EventData):
-        return getattr(evt, "selection", "") or ""
+        return picked_selection(evt)
 
     def on_clear(key):
-        an = _analysis(key)
-        return picker_html(an.view, an.grid, ()), ""
+        return picker_cleared(_analysis(key))
 
     def on_all(key):
-        an = _analysis(key)
-        sel = parse_selection("all", an.grid)
-        return picker_html(an.view, an.grid, sel), format_selection(sel)
+        return picker_all(_analysis(key))
 
     def on_steer(key, sel_text, feature, on, scale, scope, edits):
         an = _analysis(key)
@@ -401,13 +400,7 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
                                      elem_id="recon-error", buttons=[])
             with gr.Column(scale=4, min_width=260):
                 gr.Markdown("### ② Select patches")
-                picker = gr.HTML(picker_html(None, None), js_on_load=PICKER_JS,
-                                 apply_default_css=False, elem_id="picker")
-                sel_text = gr.Textbox(visible=False, elem_id="selection")
-                with gr.Row():
-                    clear_btn = gr.Button("Clear selection", size="sm", elem_id="clear-sel")
-                    all_btn = gr.Button("Select all", size="sm", elem_id="select-all")
-                sel_info = gr.Markdown(elem_id="sel-info")
+                picker, sel_text, clear_btn, all_btn, sel_info = patch_picker_controls()
             with gr.Column(scale=5, min_width=300):
                 gr.Markdown("### ③ Top features of the selection")
                 gr.Markdown("Big tile: where the feature fires on your image; small tiles: its top "

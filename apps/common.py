@@ -520,6 +520,36 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, sh
     return app, local_url
 
 
+def patch_picker_controls() -> tuple:
+    """The patch picker, its hidden selection text, Clear / Select-all buttons and info line,
+    created in the current Gradio layout context (the elem_ids are what PICKER_JS and the browser
+    tests use). Returns ``(picker, sel_text, clear_btn, all_btn, sel_info)``."""
+    picker = gr.HTML(picker_html(None, None), js_on_load=PICKER_JS, apply_default_css=False,
+                     elem_id="picker")
+    sel_text = gr.Textbox(visible=False, elem_id="selection")
+    with gr.Row():
+        clear_btn = gr.Button("Clear selection", size="sm", elem_id="clear-sel")
+        all_btn = gr.Button("Select all", size="sm", elem_id="select-all")
+    sel_info = gr.Markdown(elem_id="sel-info")
+    return picker, sel_text, clear_btn, all_btn, sel_info
+
+
+def picked_selection(evt) -> str:
+    """The selection text a picker event carries (``"r,c;r,c"``, empty when none)."""
+    return getattr(evt, "selection", "") or ""
+
+
+def picker_cleared(an) -> tuple[str, str]:
+    """Picker HTML and selection text with nothing selected, for analysed image ``an``."""
+    return picker_html(an.view, an.grid, ()), ""
+
+
+def picker_all(an) -> tuple[str, str]:
+    """Picker HTML and selection text with every patch of ``an`` selected."""
+    sel = parse_selection("all", an.grid)
+    return picker_html(an.view, an.grid, sel), format_selection(sel)
+
+
 def app_parser(prog: str, description: str, bundle: bool = True):
     """The command line every app shares: ``[--bundle] --host --port --share --no-examples``."""
     import argparse
@@ -565,7 +595,8 @@ def loading_line(bundle: str | None) -> str:
     return "loading bundle" + (f" {bundle}" if bundle else " (offline default)") + " …"
 
 
-__all__ = ["app_parser", "serve", "loading_line", "SafeImage", "read_upload", "try_upload", "upload_message", "example_images", "parse_selection",
+__all__ = ["patch_picker_controls", "picked_selection", "picker_cleared", "picker_all",
+           "app_parser", "serve", "loading_line", "SafeImage", "read_upload", "try_upload", "upload_message", "example_images", "parse_selection",
            "format_selection", "describe_selection", "picker_html", "PICKER_JS", "PICKER_CSS",
            "outline_patches", "histogram_image", "FeatureScatter", "stats_markdown", "fmt_freq",
            "error_box", "THEME", "CSS", "launch", "free_port", "to_data_url"]

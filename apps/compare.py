@@ -24,18 +24,20 @@ if __package__ in (None, ""):  # `python apps/compare.py`: make the repo importa
 
 from apps import adapter, panels
 from apps.common import (
-    PICKER_JS,
-    SafeImage,
-    describe_selection,
-    example_images,
-    format_selection,
     app_parser,
-    serve,
-    parse_selection,
-    picker_html,
+    describe_selection,
     error_box,
-    stats_markdown,
+    example_images,
     outline_patches,
+    parse_selection,
+    patch_picker_controls,
+    picked_selection,
+    picker_all,
+    picker_cleared,
+    picker_html,
+    SafeImage,
+    serve,
+    stats_markdown,
     try_upload,
 )
 from apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
@@ -227,16 +229,13 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
         return info, lc, lf, rc, rf
 
     def on_pick(evt: gr.EventData):
-        return getattr(evt, "selection", "") or ""
+        return picked_selection(evt)
 
     def on_clear(lk):
-        la = _an(L, lk)
-        return picker_html(la.view, la.grid, ()), ""
+        return picker_cleared(_an(L, lk))
 
     def on_all(lk):
-        la = _an(L, lk)
-        sel = parse_selection("all", la.grid)
-        return picker_html(la.view, la.grid, sel), format_selection(sel)
+        return picker_all(_an(L, lk))
 
     def pick_from(items, evt: gr.SelectData):
         i = evt.index if isinstance(evt.index, int) else evt.index[0]
@@ -274,13 +273,7 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=4, min_width=260):
                 gr.Markdown("### ② Select patches (left model's grid)")
-                picker = gr.HTML(picker_html(None, None), js_on_load=PICKER_JS,
-                                 apply_default_css=False, elem_id="picker")
-                sel_text = gr.Textbox(visible=False, elem_id="selection")
-                with gr.Row():
-                    clear_btn = gr.Button("Clear selection", size="sm", elem_id="clear-sel")
-                    all_btn = gr.Button("Select all", size="sm", elem_id="select-all")
-                sel_info = gr.Markdown(elem_id="sel-info")
+                picker, sel_text, clear_btn, all_btn, sel_info = patch_picker_controls()
         gr.Markdown("### ③ Top features of the selection, side by side")
         with gr.Row(equal_height=False):
             with gr.Column(min_width=320):

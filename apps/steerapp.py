@@ -21,14 +21,16 @@ import numpy as np
 
 from apps import adapter, panels
 from apps.common import (
-    PICKER_JS,
-    SafeImage,
     describe_selection,
     error_box,
     example_images,
-    format_selection,
     parse_selection,
+    patch_picker_controls,
+    picked_selection,
+    picker_all,
+    picker_cleared,
     picker_html,
+    SafeImage,
     try_upload,
 )
 from apps.engine import MODEL_CONCURRENCY, Analysis, Engine, SessionExpired, SteerOutcome, slider_edits
@@ -338,16 +340,13 @@ def build_steer_app(task_cls: type[SteerTask], bundle=None, *, head: str | None 
         return slot_updates(ids, vals)
 
     def on_pick(evt: gr.EventData):
-        return getattr(evt, "selection", "") or ""
+        return picked_selection(evt)
 
     def on_clear(key):
-        an = _analysis(key)
-        return picker_html(an.view, an.grid, ()), ""
+        return picker_cleared(_analysis(key))
 
     def on_all(key):
-        an = _analysis(key)
-        sel = parse_selection("all", an.grid)
-        return picker_html(an.view, an.grid, sel), format_selection(sel)
+        return picker_all(_analysis(key))
 
     # ------------------------------------------------------------------ layout
     n_live = int((st.frequency > 0).sum()) if st is not None else None
@@ -381,13 +380,7 @@ def build_steer_app(task_cls: type[SteerTask], bundle=None, *, head: str | None 
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=4, min_width=260):
                 gr.Markdown("### ② Select patches")
-                picker = gr.HTML(picker_html(None, None), js_on_load=PICKER_JS,
-                                 apply_default_css=False, elem_id="picker")
-                sel_text = gr.Textbox(visible=False, elem_id="selection")
-                with gr.Row():
-                    clear_btn = gr.Button("Clear selection", size="sm", elem_id="clear-sel")
-                    all_btn = gr.Button("Select all", size="sm", elem_id="select-all")
-                sel_info = gr.Markdown(elem_id="sel-info")
+                picker, sel_text, clear_btn, all_btn, sel_info = patch_picker_controls()
             with gr.Column(scale=4, min_width=260):
                 gr.Markdown(f"### {task.before_title}")
                 task._before = task.before_panel()
