@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import chromium
 from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,21 +87,13 @@ def client_session(url: str, images: list[Path], toggles: int, out_dir: Path,
 
 
 def browser_timings(url: str, images: list[Path], reps: int = 3) -> dict | None:
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).exists():
+    if not chromium.available():
         return None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return None
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    from playwright.sync_api import sync_playwright
+
     up, tog = [], []
     with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
-                                                   args=args, viewport={"width": 1440, "height": 1000})
-        ctx.set_default_timeout(120_000)
-        page = ctx.new_page()
+        page = chromium.new_page(p, profile)
         for i in range(reps):
             page.goto(url)  # a fresh visit per upload
             page.wait_for_selector("#picker .pp-empty")
@@ -138,7 +131,7 @@ def browser_timings(url: str, images: list[Path], reps: int = 3) -> dict | None:
                     " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
                     arg=old_edits)
                 tog.append(time.perf_counter() - t)
-        ctx.close()
+        page.context.close()
     return {"upload": summary(up), "toggle": summary(tog), "raw": {"upload": up, "toggle": tog}}
 
 

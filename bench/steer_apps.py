@@ -23,9 +23,9 @@ import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from bench.app_latency import summary
+from bench import chromium
 from bench.report import write_section
 
 TARGET_S = 1.0
@@ -57,21 +57,13 @@ def client_moves(url: str, images: list[str], head: str, moves: int) -> tuple[li
 
 def browser_moves(url: str, caption: str, panel: str, moves: int, reps: int) -> list[float] | None:
     """Slider set -> edits line updated and the edited panel's images loaded, in Chromium."""
-    chromium = "/usr/bin/chromium"
-    if not Path(chromium).exists():
+    if not chromium.available():
         return None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return None
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    from playwright.sync_api import sync_playwright
+
     out: list[float] = []
     with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        ctx = p.chromium.launch_persistent_context(profile, executable_path=chromium, headless=True,
-                                                   args=args, viewport={"width": 1440, "height": 1000})
-        ctx.set_default_timeout(120_000)
-        page = ctx.new_page()
+        page = chromium.new_page(p, profile)
         for rep in range(reps):
             page.goto(url)
             page.wait_for_selector("#picker .pp-empty")
@@ -96,7 +88,7 @@ def browser_moves(url: str, caption: str, panel: str, moves: int, reps: int) -> 
                     " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
                     arg=[old, panel])
                 out.append(time.perf_counter() - t)
-        ctx.close()
+        page.context.close()
     return out
 
 
