@@ -8,8 +8,6 @@ and the unsteered negative embeddings, and naming/evaluation run end to end.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,16 +17,10 @@ from PIL import Image
 from core import diffusion as D
 from core.sae import SAE, SAEConfig, ShapeMismatch
 from core.steering import Edit
+from tests.tiny_models import single_torch_thread
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: on a busy 2-core machine OpenMP spinning made a
-    tiny-pipeline generation 10-30x slower with two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
 
 
 @pytest.fixture(scope="module")

@@ -18,18 +18,12 @@ import pytest
 import torch
 
 from core import diffusion as D
+from tests.tiny_models import single_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread: on a busy 2-core machine OpenMP spinning made a
-    tiny-pipeline generation 10-30x slower with two."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
 
 
 @pytest.fixture(scope="module")

@@ -22,3 +22,13 @@ def tiny_dinov2(folder: Path, seed: int = 0, layers: int = 3, width: int = 32,
                              intermediate_size=2 * width, image_size=image_size,
                              patch_size=14)).save_pretrained(folder)
     return load_backbone(str(folder))
+
+
+def single_torch_thread():
+    """Tiny models run fastest on one thread: on a busy 2-core machine OpenMP spinning made a
+    tiny-pipeline generation 10-30x slower with two. A module makes it a fixture with
+    ``one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
