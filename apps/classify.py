@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import sys
 from pathlib import Path
 
@@ -25,9 +24,9 @@ if __package__ in (None, ""):  # `python apps/classify.py`: make the repo import
 import numpy as np
 
 from apps import panels
-from apps.common import app_parser, loading_line, serve
 from apps.engine import Analysis, Engine, SteerOutcome
-from apps.steerapp import SCOPE_CLS, SCOPES, SteerTask, build_steer_app
+from apps.steerapp import (SCOPE_CLS, SCOPES, SteerTask, build_steer_app, steer_app_main,
+                           steer_app_parser)
 
 import gradio as gr  # noqa: E402
 
@@ -133,19 +132,15 @@ def build_app(bundle=None, *, head: str | None = None, engine: Engine | None = N
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = app_parser(
-        "python apps/classify.py",
+    return steer_app_parser(
+        ClassifyTask, "python apps/classify.py",
         "Classification steering: select patches, suppress or amplify SAE features "
-        "there, and see a frozen probe's class probabilities change. Prints the local URL.")
-    p.add_argument("--head", default=os.environ.get("SAESCOPE_HEAD") or None,
-                   help="classification head to start with (default: the one with most classes)")
-    return p.parse_args(argv)
+        "there, and see a frozen probe's class probabilities change. Prints the local URL.",
+    ).parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    return serve(lambda: build_app(args.bundle, head=args.head, examples=args.examples, warm_up=True),
-                 args, "classification steering", loading_line(args.bundle))
+    return steer_app_main(ClassifyTask, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ map (read as two classes). ``build_app(bundle)`` returns the ``gr.Blocks`` for t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,9 +23,8 @@ if __package__ in (None, ""):  # `python apps/segment.py`: make the repo importa
 import numpy as np
 
 from apps import panels
-from apps.common import app_parser, loading_line, serve
 from apps.engine import Analysis, Engine, SteerOutcome
-from apps.steerapp import SteerTask, build_steer_app
+from apps.steerapp import SteerTask, build_steer_app, steer_app_main, steer_app_parser
 
 import gradio as gr  # noqa: E402
 
@@ -120,19 +118,15 @@ def build_app(bundle=None, *, head: str | None = None, engine: Engine | None = N
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = app_parser(
-        "python apps/segment.py",
+    return steer_app_parser(
+        SegmentTask, "python apps/segment.py",
         "Segmentation steering: select patches, suppress or amplify SAE features "
-        "there, and see the frozen segmentation head's prediction change. Prints the local URL.")
-    p.add_argument("--head", default=os.environ.get("SAESCOPE_HEAD") or None,
-                   help="segmentation head to start with (default: the one with most classes)")
-    return p.parse_args(argv)
+        "there, and see the frozen segmentation head's prediction change. Prints the local URL.",
+    ).parse_args(argv)
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    return serve(lambda: build_app(args.bundle, head=args.head, examples=args.examples, warm_up=True),
-                 args, "segmentation steering", loading_line(args.bundle))
+    return steer_app_main(SegmentTask, parse_args(argv))
 
 
 if __name__ == "__main__":

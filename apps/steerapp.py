@@ -21,6 +21,9 @@ import numpy as np
 
 from apps import adapter, panels
 from apps.common import (
+    app_parser,
+    loading_line,
+    serve,
     describe_selection,
     error_box,
     example_images,
@@ -467,3 +470,20 @@ def _slot_label(feature: int | None) -> str:
 
 __all__ = ["MODES", "N_CANDIDATES", "N_SLOTS", "SCOPES", "SCOPE_CLS", "SteerTask",
            "build_steer_app", "head_choices", "head_markdown"]
+
+
+def steer_app_parser(task: type, prog: str, description: str):
+    """The command line of a steering app: the shared options plus ``--head``."""
+    import os
+
+    p = app_parser(prog, description)
+    p.add_argument("--head", default=os.environ.get("SAESCOPE_HEAD") or None,
+                   help=f"{task.kind} head to start with (default: the one with most classes)")
+    return p
+
+
+def steer_app_main(task: type, args) -> int:
+    """Build ``task``'s app (warm) from parsed arguments and serve it."""
+    return serve(lambda: build_steer_app(task, args.bundle, head=args.head, examples=args.examples,
+                                         warm_up=True),
+                 args, task.title.lower(), loading_line(args.bundle))
