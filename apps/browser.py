@@ -27,9 +27,9 @@ from apps.common import (
     app_parser,
     describe_selection,
     error_box,
-    example_images,
     FeatureScatter,
     histogram_image,
+    image_upload,
     loading_line,
     outline_patches,
     parse_selection,
@@ -38,7 +38,6 @@ from apps.common import (
     picker_all,
     picker_cleared,
     picker_html,
-    SafeImage,
     serve,
     stats_markdown,
     try_upload,
@@ -388,12 +387,7 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=260):
                 gr.Markdown("### ① Your image")
-                upload = SafeImage(label="Upload an image", type="filepath",
-                                   sources=["upload", "clipboard"], height=300, elem_id="upload")
-                if examples:
-                    ex_files = example_images()
-                    if ex_files:
-                        gr.Examples(ex_files, inputs=upload, label="Examples", examples_per_page=6)
+                upload = image_upload(300, examples)
                 status = gr.Markdown(elem_id="status")
                 recon_img = gr.Image(label="SAE reconstruction error per patch (bright = poorly "
                                      "explained)", interactive=False, format="png", height=200,

@@ -520,6 +520,17 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, sh
     return app, local_url
 
 
+def image_upload(height: int, examples: bool = True):
+    """The safe upload box with the example photos under it (in the current layout context)."""
+    upload = SafeImage(label="Upload an image", type="filepath", sources=["upload", "clipboard"],
+                       height=height, elem_id="upload")
+    if examples:
+        ex_files = example_images()
+        if ex_files:
+            gr.Examples(ex_files, inputs=upload, label="Examples", examples_per_page=6)
+    return upload
+
+
 def patch_picker_controls() -> tuple:
     """The patch picker, its hidden selection text, Clear / Select-all buttons and info line,
     created in the current Gradio layout context (the elem_ids are what PICKER_JS and the browser
@@ -595,7 +606,7 @@ def loading_line(bundle: str | None) -> str:
     return "loading bundle" + (f" {bundle}" if bundle else " (offline default)") + " …"
 
 
-__all__ = ["patch_picker_controls", "picked_selection", "picker_cleared", "picker_all",
+__all__ = ["image_upload", "patch_picker_controls", "picked_selection", "picker_cleared", "picker_all",
            "app_parser", "serve", "loading_line", "SafeImage", "read_upload", "try_upload", "upload_message", "example_images", "parse_selection",
            "format_selection", "describe_selection", "picker_html", "PICKER_JS", "PICKER_CSS",
            "outline_patches", "histogram_image", "FeatureScatter", "stats_markdown", "fmt_freq",

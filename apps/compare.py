@@ -27,7 +27,7 @@ from apps.common import (
     app_parser,
     describe_selection,
     error_box,
-    example_images,
+    image_upload,
     outline_patches,
     parse_selection,
     patch_picker_controls,
@@ -35,7 +35,6 @@ from apps.common import (
     picker_all,
     picker_cleared,
     picker_html,
-    SafeImage,
     serve,
     stats_markdown,
     try_upload,
@@ -264,12 +263,7 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
         with gr.Row(equal_height=False):
             with gr.Column(scale=4, min_width=260):
                 gr.Markdown("### ① Your image")
-                upload = SafeImage(label="Upload an image", type="filepath",
-                                   sources=["upload", "clipboard"], height=280, elem_id="upload")
-                if examples:
-                    ex_files = example_images()
-                    if ex_files:
-                        gr.Examples(ex_files, inputs=upload, label="Examples", examples_per_page=6)
+                upload = image_upload(280, examples)
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=4, min_width=260):
                 gr.Markdown("### ② Select patches (left model's grid)")
