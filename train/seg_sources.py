@@ -19,6 +19,7 @@ label. Specs understood by :func:`open_segmentation_source`:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -174,8 +175,7 @@ class HFSegmentationSource(HFSource, SegmentationSource):
             raw = value.get("bytes") or value.get("path")
             if raw is None:
                 raise ImageError(f"{name}: the dataset row holds no mask")
-            with Image.open(raw if isinstance(raw, str) else __import__("io").BytesIO(raw)) as im:
-                arr = np.asarray(im if im.mode in ("L", "I", "P", "I;16") else im.convert("L"))
+            arr = _read_mask_image(raw if isinstance(raw, str) else io.BytesIO(raw), name)
         else:
             arr = np.asarray(value)
         return _normalise_mask(arr, self.ignore_label, self.reduce_labels, name)
@@ -220,16 +220,20 @@ class MaskFolderSource(SegmentationSource):
     def mask(self, index: int) -> np.ndarray:
         self._check(index)
         path = self.masks[self.files[index].stem]
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im if im.mode in ("L", "I", "P", "I;16") else im.convert("L"))
-        except (OSError, ValueError) as err:
-            raise ImageError(f"{path}: unreadable mask ({err})") from err
-        return _normalise_mask(arr, self.ignore_label, False, str(path))
+        return _normalise_mask(_read_mask_image(path, str(path)), self.ignore_label, False, str(path))
 
     def finalise_classes(self, n_seen: int) -> None:
         if not self.class_names:
             self.class_names = [f"class {i}" for i in range(n_seen)]
+
+
+def _read_mask_image(src, name: str) -> np.ndarray:
+    """A label image (path or file object) as an array of class indices, palette kept as is."""
+    try:
+        with Image.open(src) as im:
+            return np.asarray(im if im.mode in ("L", "I", "P", "I;16") else im.convert("L"))
+    except (OSError, ValueError) as err:
+        raise ImageError(f"{name}: unreadable mask ({err})") from err
 
 
 def _normalise_mask(arr: np.ndarray, ignore_label: int | None, reduce_labels: bool,
