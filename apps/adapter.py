@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.bundle import Bundle, BundleError
+from saescope.core.bundle import Bundle, BundleError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def load_bundle(spec: str | os.PathLike | Bundle | None, verify: bool = True) ->
 def default_bundle_path() -> Path:
     """The offline default bundle (built once and cached by ``train.bundle``)."""
     try:
-        from train.bundle import ensure_default_bundle
+        from saescope.train.bundle import ensure_default_bundle
     except ImportError as err:
         raise AppSetupError(
             "no bundle given and this saescope cannot build the offline default bundle "
@@ -64,7 +64,7 @@ def default_bundle_path() -> Path:
 def default_pair_paths() -> tuple[Path, Path]:
     """Two offline bundles (two layers of the offline model) for the comparison app."""
     try:
-        from train.bundle import ensure_default_pair
+        from saescope.train.bundle import ensure_default_pair
     except ImportError as err:
         raise AppSetupError(
             "no bundles given and this saescope cannot build the offline default pair "
@@ -107,7 +107,7 @@ def exemplars(bundle: Bundle):
             log.warning("bundle %s: exemplars unreadable (%s)", bundle.name, err)
     if ex is None and bundle.has("exemplars"):
         try:
-            from train.exemplars import Exemplars
+            from saescope.train.exemplars import Exemplars
 
             ex = Exemplars.load(bundle.component_path("exemplars"))
         except Exception as err:
@@ -301,7 +301,7 @@ def crop_box(size: tuple[int, int], preprocess) -> tuple[float, float, float, fl
     """The box ``(left, top, right, bottom)`` of an image of ``size`` (w, h), in its own pixels,
     that ``preprocess`` (resize the short side, centre-crop) turns into the model input."""
     try:
-        from core.heatmap import crop_box as _crop_box
+        from saescope.core.heatmap import crop_box as _crop_box
 
         return tuple(float(v) for v in _crop_box(size, preprocess))  # type: ignore[return-value]
     except ImportError:
@@ -322,7 +322,7 @@ def model_view(image: Image.Image, preprocess, scale: int = 2) -> Image.Image:
     model's input size, cut from the original pixels so it stays sharp."""
     ch, cw = preprocess.crop_size
     try:
-        from core.heatmap import crop_for_preprocess
+        from saescope.core.heatmap import crop_for_preprocess
 
         view = crop_for_preprocess(image, preprocess)
         return view.resize((cw * scale, ch * scale), Image.BICUBIC)
@@ -414,7 +414,7 @@ def with_colorbar(image: Image.Image, vmax: float, vmin: float = 0.0, cmap: str 
                   label: str | None = "activation") -> Image.Image:
     """``image`` with a vertical colour bar on its right (the library's, when present)."""
     try:
-        from core.heatmap import colorbar
+        from saescope.core.heatmap import colorbar
     except ImportError:
         return image
     bar = colorbar(image.height, vmin, vmax if vmax > vmin else vmin + 1.0, cmap, label)
@@ -464,13 +464,13 @@ def probe_examples(source_spec: str | None, task: str, n: int = 6, start: int = 
     """
     if not source_spec:
         return []
-    from core.paths import cache_dir
+    from saescope.core.paths import cache_dir
 
     try:
         if task == "segmentation":
-            from train.seg_sources import open_segmentation_source as opener
+            from saescope.train.seg_sources import open_segmentation_source as opener
         else:
-            from train.sources import open_source as opener
+            from saescope.train.sources import open_source as opener
         src = opener(source_spec)
         first = max(int(start), int(n_used))
         if first >= len(src):

@@ -1,4 +1,4 @@
-"""Feature browser: ``python apps/browser.py [--bundle HUB_ID_OR_PATH] [--port N] [--host H] [--share]``.
+"""Feature browser: ``saescope-browser [--bundle HUB_ID_OR_PATH] [--port N] [--host H] [--share]``.
 
 Upload an image (or pick an example), select patches on its grid, see the SAE features that fire
 there with their exemplars, browse any feature (by id, at random, or by frequency and activation),
@@ -17,13 +17,10 @@ import random
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python apps/browser.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from apps import adapter, panels
-from apps.common import (
+from saescope.apps import adapter, panels
+from saescope.apps.common import (
     app_parser,
     describe_selection,
     error_box,
@@ -42,10 +39,10 @@ from apps.common import (
     stats_markdown,
     try_upload,
 )
-from apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
-from core.ood import SAE_COMBINED, FeatureContribution, OODSuite, ScoreReport, score_tokens
-from core.steering import Edit
-from core.tokens import TokenKind
+from saescope.apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
+from saescope.core.ood import SAE_COMBINED, FeatureContribution, OODSuite, ScoreReport, score_tokens
+from saescope.core.steering import Edit
+from saescope.core.tokens import TokenKind
 
 import gradio as gr  # noqa: E402  (after apps.common, which switches off analytics)
 
@@ -100,7 +97,7 @@ def edits_markdown(edits: dict, scope: str, n_sel: int) -> str:
 N_OOD = 6
 NO_OOD = ("_This bundle has no `ood/` component, so there is no in-distribution reference to "
           "score images against. Add one from the activation store the bundle was built on: "
-          "`python -m train ood-fit --bundle BUNDLE --store STORE`._")
+          "`saescope ood-fit --bundle BUNDLE --store STORE`._")
 
 
 def load_ood(bundle) -> tuple[OODSuite | None, str]:
@@ -563,7 +560,7 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = app_parser(
-        "python apps/browser.py",
+        "saescope-browser",
         "Feature browser: upload an image, select patches, see and steer the SAE "
         "features that fire there. Prints the local URL when it is ready.")
     return p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Classification steering: ``python apps/classify.py [--bundle PATH_OR_HUB_ID] [--head NAME]
+"""Classification steering: ``saescope-classify [--bundle PATH_OR_HUB_ID] [--head NAME]
 [--port N] [--host H] [--share]``.
 
 Upload an image (or pick a held-out digit or a photo), see the frozen classification probe's class
@@ -18,14 +18,11 @@ import html
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python apps/classify.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from apps import panels
-from apps.engine import Analysis, Engine, SteerOutcome
-from apps.steerapp import (SCOPE_CLS, SCOPES, SteerTask, build_steer_app, steer_app_main,
+from saescope.apps import panels
+from saescope.apps.engine import Analysis, Engine, SteerOutcome
+from saescope.apps.steerapp import (SCOPE_CLS, SCOPES, SteerTask, build_steer_app, steer_app_main,
                            steer_app_parser)
 
 import gradio as gr  # noqa: E402
@@ -133,7 +130,7 @@ def build_app(bundle=None, *, head: str | None = None, engine: Engine | None = N
 
 def parse_args(argv=None) -> argparse.Namespace:
     return steer_app_parser(
-        ClassifyTask, "python apps/classify.py",
+        ClassifyTask, "saescope-classify",
         "Classification steering: select patches, suppress or amplify SAE features "
         "there, and see a frozen probe's class probabilities change. Prints the local URL.",
     ).parse_args(argv)

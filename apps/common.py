@@ -25,7 +25,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
 
-from core.images import ImageError, load_image  # noqa: E402
+from saescope.core.images import ImageError, load_image  # noqa: E402
 
 APP_MAX_PIXELS = 40_000_000  # decompression-bomb cap for uploads (about 7300 x 5500)
 APP_MIN_SIDE = 16
@@ -120,7 +120,7 @@ def upload_message(err: Exception) -> str:
 def example_images(names: Iterable[str] = ("chelsea", "astronaut", "coffee", "rocket",
                                           "motorcycle_left")) -> list[str]:
     """The packaged scikit-image photos saved once as JPEG files (gradio examples need files)."""
-    from core.paths import cache_dir
+    from saescope.core.paths import cache_dir
 
     folder = cache_dir("app_examples")
     out = []
@@ -565,7 +565,7 @@ def app_parser(prog: str, description: str, bundle: bool = True):
     """The command line every app shares: ``[--bundle] --host --port --share --no-examples``."""
     import argparse
 
-    from apps.adapter import ENV_BUNDLE
+    from saescope.apps.adapter import ENV_BUNDLE
 
     p = argparse.ArgumentParser(prog=prog, description=description)
     if bundle:
@@ -587,7 +587,7 @@ def serve(build, args, name: str, loading: str | None = None) -> int:
     import sys
     import time
 
-    from apps.adapter import AppSetupError
+    from saescope.apps.adapter import AppSetupError
 
     t0 = time.perf_counter()
     try:

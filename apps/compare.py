@@ -1,4 +1,4 @@
-"""Compare two SAEs on the same image: ``python apps/compare.py [--left BUNDLE] [--right BUNDLE]``.
+"""Compare two SAEs on the same image: ``saescope-compare [--left BUNDLE] [--right BUNDLE]``.
 
 The same image and selected patches go through two models' SAEs side by side: each side shows its
 top features with exemplars; open a feature on one side to see the best-matching features on the
@@ -19,11 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python apps/compare.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from apps import adapter, panels
-from apps.common import (
+from saescope.apps import adapter, panels
+from saescope.apps.common import (
     app_parser,
     describe_selection,
     error_box,
@@ -39,7 +36,7 @@ from apps.common import (
     stats_markdown,
     try_upload,
 )
-from apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
+from saescope.apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
 
 import gradio as gr  # noqa: E402
 
@@ -347,7 +344,7 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = app_parser(
-        "python apps/compare.py",
+        "saescope-compare",
         "Compare two SAEs on the same image and patches, side by side (default: CLIP "
         "ViT-B/16 vs DINOv2 ViT-B/14 online; offline: two layers of the offline DINOv2-S).",
         bundle=False)

@@ -1,4 +1,4 @@
-"""Diffusion steering app: ``python apps/diffusion.py [--artefact PATH_OR_HUB_ID] [--port N] [--host H]``.
+"""Diffusion steering app: ``saescope-diffusion [--artefact PATH_OR_HUB_ID] [--port N] [--host H]``.
 
 Type a prompt, pick a named SAE feature of the pipeline's text encoder, set a strength (negative
 suppresses, positive amplifies) and generate: the unsteered and the steered image side by side
@@ -18,12 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python apps/diffusion.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from PIL import Image
 
-from apps.common import error_box, launch
+from saescope.apps.common import error_box, launch
 
 import gradio as gr  # noqa: E402  (after apps.common, which switches off analytics)
 
@@ -57,13 +54,13 @@ def build_demo_artefact(folder: str | os.PathLike, n_features: int = 12, seed: i
     """A tiny random pipeline + SAE + automatically named features, built offline.
 
     Small settings (a subset of the built-in corpus, a short fit, 2 prompts x 2 seeds x 2 steps
-    for naming) so it takes seconds; the real thing is ``python -m train diffusion-fit/-name``.
+    for naming) so it takes seconds; the real thing is ``saescope diffusion-fit/-name``.
     """
     import shutil
     import tempfile
 
-    from core import diffusion as D
-    from train.diffusion import collect_activations, corpus_prompts, fit_text_sae, sae_metrics
+    from saescope.core import diffusion as D
+    from saescope.train.diffusion import collect_activations, corpus_prompts, fit_text_sae, sae_metrics
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +104,7 @@ def build_demo_artefact(folder: str | os.PathLike, n_features: int = 12, seed: i
 
 def demo_artefact() -> Path:
     """The tiny demo artefact under the saescope cache, built on first use."""
-    from core.paths import cache_dir
+    from saescope.core.paths import cache_dir
 
     folder = cache_dir("diffusion") / f"demo-v{DEMO_VERSION}"
     if not (folder / "artefact" / "diffusion.json").is_file():
@@ -120,7 +117,7 @@ def demo_artefact() -> Path:
 def feature_choices(art, query: str = "", limit: int = MAX_CHOICES) -> list[str]:
     """Picker entries ``#id · name``: named features first, then the other live ones; ``query``
     keeps those whose id or name contains it."""
-    from core import diffusion as D
+    from saescope.core import diffusion as D
 
     named = sorted(art.names)
     rest = [f for f in D.alive_features(art.stats) if f not in art.names]
@@ -166,7 +163,7 @@ def scores_markdown(info: dict) -> str:
     head = (f"**Feature #{f}**, strength {info['strength']:+g} "
             f"(prompt embeddings moved by {info['embedding_change']:.3g} in norm).")
     if "name" not in info:
-        return head + "\n\nThis feature has no name yet (name it with `python -m train diffusion-name`)."
+        return head + "\n\nThis feature has no name yet (name it with `saescope diffusion-name`)."
     name = html.escape(info["name"])
     d = info["score_after"] - info["score_before"]
     dr = info["relative_after"] - info["relative_before"]
@@ -182,7 +179,7 @@ def scores_markdown(info: dict) -> str:
 def build_app(artefact=None, *, steerer=None, device: str = "cpu", title: str | None = None) -> gr.Blocks:
     """The steering app for ``artefact`` (folder, Hub id, loaded Artefact, or None for the tiny
     offline demo)."""
-    from core import diffusion as D
+    from saescope.core import diffusion as D
 
     if steerer is None:
         art = artefact if isinstance(artefact, D.Artefact) else D.load_artefact(artefact or demo_artefact())
@@ -270,11 +267,11 @@ def build_app(artefact=None, *, steerer=None, device: str = "cpu", title: str | 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python apps/diffusion.py",
+        prog="saescope-diffusion",
         description="Diffusion steering: generate with an SAE feature of the text encoder "
         "amplified or suppressed, next to the unsteered image. Prints the local URL when ready.")
     p.add_argument("--artefact", default=os.environ.get(ENV_ARTEFACT) or None,
-                   help="artefact folder or Hub id from 'python -m train diffusion-fit' "
+                   help="artefact folder or Hub id from 'saescope diffusion-fit' "
                    "(default: a tiny random offline demo, built once)")
     p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")

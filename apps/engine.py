@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from apps import adapter
-from core.bundle import Bundle
-from core.steering import Edit, LayerCache, cache_layer, steer
-from core.tokens import TokenKind
+from saescope.apps import adapter
+from saescope.core.bundle import Bundle
+from saescope.core.steering import Edit, LayerCache, cache_layer, steer
+from saescope.core.tokens import TokenKind
 
 MAX_CACHED_IMAGES = 24
 # Requests served at once: the model itself runs one at a time (Engine.lock), so a second slot
@@ -147,7 +147,7 @@ class Engine:
             raise adapter.AppSetupError(
                 f"bundle {self.bundle.name} has no head {name!r} (it has: "
                 f"{', '.join(self.head_names) or 'none'}); fit a probe with "
-                "python -m train probe --bundle ...")
+                "saescope probe --bundle ...")
         return self.bundle.load_head(name)
 
     def _name_of(self, head) -> str:

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from apps import adapter
+from saescope.apps import adapter
 
 TILE = 112  # exemplar tile size in cards and galleries
 GALLERY_TILE = 176
@@ -326,7 +326,7 @@ def probability_bars(before: np.ndarray, after: np.ndarray | None, names: Sequen
     for s in ("top", "right"):
         ax.spines[s].set_visible(False)
     fig.tight_layout()
-    from apps.common import _fig_to_image
+    from saescope.apps.common import _fig_to_image
 
     return _fig_to_image(fig)
 

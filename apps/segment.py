@@ -1,4 +1,4 @@
-"""Segmentation steering: ``python apps/segment.py [--bundle PATH_OR_HUB_ID] [--head NAME] [--port N]
+"""Segmentation steering: ``saescope-segment [--bundle PATH_OR_HUB_ID] [--head NAME] [--port N]
 [--host H] [--share]``.
 
 Upload an image (or pick a held-out digit scene or a photo), see the frozen segmentation head's
@@ -17,14 +17,11 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python apps/segment.py`: make the repo importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import numpy as np
 
-from apps import panels
-from apps.engine import Analysis, Engine, SteerOutcome
-from apps.steerapp import SteerTask, build_steer_app, steer_app_main, steer_app_parser
+from saescope.apps import panels
+from saescope.apps.engine import Analysis, Engine, SteerOutcome
+from saescope.apps.steerapp import SteerTask, build_steer_app, steer_app_main, steer_app_parser
 
 import gradio as gr  # noqa: E402
 
@@ -97,7 +94,7 @@ class SegmentTask(SteerTask):
         after = panels.segmentation_overlay(an.view, pa, names)
         changed, info = panels.class_change_overlay(an.view, pb, pa, names)
         if out.patches:
-            from apps.common import outline_patches
+            from saescope.apps.common import outline_patches
 
             after = outline_patches(after, an.grid, out.patches)
         moves = ", ".join(f"{names[a]} → {names[b]} {v:.1%}" for a, b, v in info["transitions"])
@@ -119,7 +116,7 @@ def build_app(bundle=None, *, head: str | None = None, engine: Engine | None = N
 
 def parse_args(argv=None) -> argparse.Namespace:
     return steer_app_parser(
-        SegmentTask, "python apps/segment.py",
+        SegmentTask, "saescope-segment",
         "Segmentation steering: select patches, suppress or amplify SAE features "
         "there, and see the frozen segmentation head's prediction change. Prints the local URL.",
     ).parse_args(argv)

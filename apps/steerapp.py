@@ -19,8 +19,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from apps import adapter, panels
-from apps.common import (
+from saescope.apps import adapter, panels
+from saescope.apps.common import (
     app_parser,
     loading_line,
     serve,
@@ -36,7 +36,7 @@ from apps.common import (
     SafeImage,
     try_upload,
 )
-from apps.engine import MODEL_CONCURRENCY, Analysis, Engine, SessionExpired, SteerOutcome, slider_edits
+from saescope.apps.engine import MODEL_CONCURRENCY, Analysis, Engine, SessionExpired, SteerOutcome, slider_edits
 
 import gradio as gr  # noqa: E402  (after apps.common, which switches off analytics)
 
@@ -134,7 +134,7 @@ def build_steer_app(task_cls: type[SteerTask], bundle=None, *, head: str | None 
     if not choices:
         raise adapter.AppSetupError(
             f"bundle {eng.bundle.name} has no {task.kind} head (it has: "
-            f"{', '.join(eng.head_names) or 'none'}); fit one with python -m train probe "
+            f"{', '.join(eng.head_names) or 'none'}); fit one with saescope probe "
             f"--bundle {eng.bundle.path} --task {task.kind}")
     names = [n for _, n in choices]
     if head is not None and head not in names:

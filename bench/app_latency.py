@@ -52,7 +52,7 @@ def summary(xs: list[float]) -> dict:
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """n distinct 224 px photos (random crops of the packaged photos), saved as JPEG."""
-    from train.sources import open_source
+    from saescope.train.sources import open_source
 
     src = open_source(f"builtin:photos?views={n + 2}&seed={seed + 7}&size=224")
     paths = []
@@ -147,9 +147,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    from apps import adapter
-    from apps.browser import build_app
-    from apps.common import free_port, launch
+    from saescope.apps import adapter
+    from saescope.apps.browser import build_app
+    from saescope.apps.common import free_port, launch
 
     t0 = time.perf_counter()
     try:
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
             # server-side compute floor: backbone + SAE + head, and one toggle's rerun
             from PIL import Image
 
-            from core.steering import Edit
+            from saescope.core.steering import Edit
 
             floor_up, floor_tog = [], []
             for path in imgs[-5:]:

@@ -2,7 +2,7 @@
 
     python -m bench.default_bundle
 
-Runs ``python -m train default-bundle`` in a fresh, empty ``SAESCOPE_CACHE`` (so the ONNX model
+Runs ``saescope default-bundle`` in a fresh, empty ``SAESCOPE_CACHE`` (so the ONNX model
 conversion, extraction, two SAE trainings, exemplars, indices, thumbnails and cross-layer
 matches are all included), then a second process that loads the cached bundle with full
 checksum verification plus the backbone and head, as an app start does. Targets: build under
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = sorted(starts)[1]
     print(f"build from an empty cache: {build:.0f} s; cached start (median of 3): {start:.1f} s")
     md = ["## Offline default bundles (`python -m bench.default_bundle`)\n",
-          "`python -m train default-bundle` in an empty cache: ONNX conversion of the offline "
+          "`saescope default-bundle` in an empty cache: ONNX conversion of the offline "
           "DINOv2-S, extraction of layers 6 and 10 over 420 packaged photos and digits, two TopK "
           "SAEs (8x, k=32, 3 epochs), exemplars, FAISS indices, thumbnails, cross-layer matches.\n",
           "| measurement | seconds | target |", "|---|---|---|",

@@ -42,8 +42,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def run_pipeline(spec: str, label: str, args: argparse.Namespace, *, steps: int, guidance: float,
                  scorer: str | None = None, max_prompts: int | None = None) -> dict:
     """Fit, name and evaluate on one pipeline; returns the rows of the table and timings."""
-    from core import diffusion as D
-    from train.diffusion import collect_activations, corpus_prompts, fit_text_sae, sae_metrics
+    from saescope.core import diffusion as D
+    from saescope.train.diffusion import collect_activations, corpus_prompts, fit_text_sae, sae_metrics
 
     t0 = time.perf_counter()
     pipe = D.load_pipeline(spec, args.device)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-write", dest="write", action="store_false")
     args = p.parse_args(argv)
 
-    from core import diffusion as D
+    from saescope.core import diffusion as D
 
     threads = torch.get_num_threads()
     results, skipped = [], {}

@@ -45,7 +45,7 @@ def _time(fn) -> tuple[float, float]:
 
 
 def _make_sae(store, arch: str, expansion: float, k: int, relu_l0: int):
-    from core.sae import SAE, SAEConfig
+    from saescope.core.sae import SAE, SAEConfig
 
     d = store.d_model
     cfg = SAEConfig(d_in=d, d_sae=int(d * expansion), architecture=arch,
@@ -63,10 +63,10 @@ def _make_sae(store, arch: str, expansion: float, k: int, relu_l0: int):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from core.backbones import load_backbone
-    from train.exemplars import build_exemplars
-    from train.extract import extract
-    from train.store import ActivationStore
+    from saescope.core.backbones import load_backbone
+    from saescope.train.exemplars import build_exemplars
+    from saescope.train.extract import extract
+    from saescope.train.store import ActivationStore
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

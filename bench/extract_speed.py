@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _PEAK_RSS = """
 import resource, sys, json
-from core.backbones import load_backbone
-from train.extract import extract
-from train.sources import open_source
+from saescope.core.backbones import load_backbone
+from saescope.train.extract import extract
+from saescope.train.sources import open_source
 bb = load_backbone('offline:dinov2-s-saliency')
 extract(bb, open_source(sys.argv[1]), sys.argv[2], layers=[int(sys.argv[3])], progress=False,
         max_images=int(sys.argv[4]), shard_images=int(sys.argv[5]))
@@ -51,10 +51,10 @@ def peak_rss(source: str, layer: int, n: int, shard_images: int, out: Path) -> f
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from core.backbones import load_backbone
-    from train.extract import extract
-    from train.sources import open_source
-    from train.store import ActivationStore
+    from saescope.core.backbones import load_backbone
+    from saescope.train.extract import extract
+    from saescope.train.sources import open_source
+    from saescope.train.store import ActivationStore
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=64)

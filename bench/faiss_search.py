@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from core.index import VectorIndex, recall_from_ids, set_threads
+from saescope.core.index import VectorIndex, recall_from_ids, set_threads
 
 D = 384
 TARGET_P95_MS = 20.0
@@ -63,7 +63,7 @@ def clustered(n: int, d: int = D, n_centres: int = 2000, rank: int = 16, seed: i
 
 def from_store(path: str, n: int, seed: int = 0, noise: float = 0.05) -> np.ndarray:
     """``n`` vectors tiled from a store's tokens with relative Gaussian noise (real geometry)."""
-    from train.store import ActivationStore
+    from saescope.train.store import ActivationStore
 
     store = ActivationStore(path)
     base = store.sample(min(n, 200_000), seed=12345).numpy()

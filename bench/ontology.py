@@ -4,7 +4,7 @@
 
 A labelled packaged mix (the photos with augmented views, sklearn digits, Fashion-MNIST test
 images) is extracted at layer 10 of ``offline:dinov2-s-saliency``, a TopK SAE is fitted on it
-(``train.fit``), and ``python -m train ontology``'s analysis places every feature on the lowest
+(``train.fit``), and ``saescope ontology``'s analysis places every feature on the lowest
 common hypernym of its top classes. Reported: features analysed, fraction whose LCH is below the
 root (against random class sets of the same sizes), the LCH depth distribution, hierarchy and
 class coverage, and how many features stay within one of the three datasets.
@@ -26,21 +26,21 @@ from bench.report import BENCH_DIR, write_section
 
 def dataset_of(label: str) -> str:
     """``builtin:digits:7`` -> ``builtin:digits``."""
-    from core.ontology import split_label
+    from saescope.core.ontology import split_label
 
     return split_label(label)[0] or "?"
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from core.backbones import load_backbone
-    from core.ontology import analyze, map_labels, markdown
-    from core.sae_io import from_pretrained
-    from core.wordnet import load as load_wordnet
-    from train.extract import extract
-    from train.fit import FitConfig, SAESpec, fit
-    from train.ontology import class_activations, save_outputs, text_table
-    from train.sources import open_source
-    from train.store import ActivationStore
+    from saescope.core.backbones import load_backbone
+    from saescope.core.ontology import analyze, map_labels, markdown
+    from saescope.core.sae_io import from_pretrained
+    from saescope.core.wordnet import load as load_wordnet
+    from saescope.train.extract import extract
+    from saescope.train.fit import FitConfig, SAESpec, fit
+    from saescope.train.ontology import class_activations, save_outputs, text_table
+    from saescope.train.sources import open_source
+    from saescope.train.store import ActivationStore
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

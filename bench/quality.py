@@ -30,13 +30,13 @@ def interpolate_at_l0(rows: list[dict], l0: float) -> tuple[float | None, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from core.backbones import load_backbone
-    from train.evaluate import evaluate_sae
-    from train.extract import extract
-    from train.fit import FitConfig, SAESpec, fit
-    from train.sources import open_source
-    from train.store import ActivationStore
-    from core.sae_io import from_pretrained
+    from saescope.core.backbones import load_backbone
+    from saescope.train.evaluate import evaluate_sae
+    from saescope.train.extract import extract
+    from saescope.train.fit import FitConfig, SAESpec, fit
+    from saescope.train.sources import open_source
+    from saescope.train.store import ActivationStore
+    from saescope.core.sae_io import from_pretrained
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/bench_quality")

@@ -6,7 +6,7 @@
 machine; FAISS at 1M vectors, about 6 min and 8 GiB of memory; the ontology and OOD runs, which
 extract and fit on the real offline model, about 5-8 min each).
 
-The evaluations that are ``python -m train`` steps (steer-eval, ood-eval) run as those steps with
+The evaluations that are ``saescope`` steps (steer-eval, ood-eval) run as those steps with
 ``--results-md``, so the table in RESULTS.md is exactly what the command prints.
 """
 
@@ -36,13 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"bench.{name}")
         module.main([])
         print(f"<== bench.{name} ({time.perf_counter() - t:.0f} s)", flush=True)
-    from train.__main__ import main as train_main
+    from saescope.train.__main__ import main as train_main
 
     for step in STEPS_FAST + ([] if args.quick else STEPS_LONG):
-        print(f"==> python -m train {' '.join(step)} --results-md", flush=True)
+        print(f"==> saescope {' '.join(step)} --results-md", flush=True)
         t = time.perf_counter()
         if train_main([*step, "--results-md"]) != 0:
-            raise SystemExit(f"python -m train {' '.join(step)} failed")
+            raise SystemExit(f"saescope {' '.join(step)} failed")
         print(f"<== {step[0]} ({time.perf_counter() - t:.0f} s)", flush=True)
     print("results: bench/RESULTS.md")
     return 0

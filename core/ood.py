@@ -276,7 +276,7 @@ class KNNDistance(Scorer):
         self.index = None
 
     def fit(self, train: ImageSummary) -> "KNNDistance":
-        from core.index import VectorIndex
+        from saescope.core.index import VectorIndex
 
         x = train.field(self.field_name)
         if len(x) < self.k:
@@ -297,7 +297,7 @@ class KNNDistance(Scorer):
         return {}, {"field": self.field_name, "k": self.k, "index": f"{self.name}.faiss"}
 
     def load_state(self, tensors, meta, folder):
-        from core.index import VectorIndex
+        from saescope.core.index import VectorIndex
 
         self.index = VectorIndex.load(folder / meta["index"])
 
@@ -375,7 +375,7 @@ class ProbeScore(Scorer):
         self.report = None
 
     def fit(self, train: ImageSummary) -> "ProbeScore":
-        from core.probes import fit_linear_probe
+        from saescope.core.probes import fit_linear_probe
 
         y = train.labels
         if y is None or train.label_names is None or len(np.unique(y[y >= 0])) < 2:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import __version__
+from saescope import __version__
 
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka")
 K_SPARSE = ("topk", "batchtopk", "matryoshka")

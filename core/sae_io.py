@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.sae import SAE, SAEConfig, ShapeMismatch
+from saescope.core.sae import SAE, SAEConfig, ShapeMismatch
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "sae.safetensors"

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.sae import SAE, ShapeMismatch
-from core.sae_io import check_compatible
-from core.tokens import TokenKind, TokenLayout, parse_kinds
+from saescope.core.sae import SAE, ShapeMismatch
+from saescope.core.sae_io import check_compatible
+from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
 
 Patches = Union[Sequence[tuple[int, int]], np.ndarray, torch.Tensor, None]
 

@@ -18,8 +18,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from core.sae import SAE
-from core.tokens import TokenKind, TokenLayout, parse_kinds
+from saescope.core.sae import SAE
+from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def cache_layer(backbone, sae: SAE, pixels: torch.Tensor) -> LayerCache:
         raise ValueError("this SAE does not record its layer, so it cannot be spliced in")
     layer = backbone.resolve_layer(sae.cfg.layer)
     if backbone.d_model != sae.cfg.d_in:
-        from core.sae import ShapeMismatch
+        from saescope.core.sae import ShapeMismatch
 
         raise ShapeMismatch(f"SAE width {sae.cfg.d_in} does not match backbone width {backbone.d_model}")
     out = backbone.forward_layers(pixels, [layer])

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------ bundles
 def _photo_items(n: int) -> list[tuple[str, Image.Image]]:
     """Up to n real packaged photos (scikit-image), as (id, image)."""
-    from train.sources import open_source
+    from saescope.train.sources import open_source
 
     src = open_source("builtin:photos?views=2")
     return [(src.image_id(i), src.load(i)) for i in range(min(n, len(src)))]
@@ -44,12 +44,12 @@ def build_bundle(folder: Path, model_id: str, layer: int, *, items: list[tuple[s
     The SAE is random except for its normalisation and decoder bias (from real activations of
     ``items``), optionally refined by a few Adam steps, so features fire in structured places.
     """
-    from core.backbones import load_backbone
-    from core.bundle import pack_thumbnails, write_manifest
-    from core.sae import SAE, SAEConfig
-    from core.sae_io import save_sae
-    from train.exemplars import build_exemplars_from_images
-    from train.sources import ListSource
+    from saescope.core.backbones import load_backbone
+    from saescope.core.bundle import pack_thumbnails, write_manifest
+    from saescope.core.sae import SAE, SAEConfig
+    from saescope.core.sae_io import save_sae
+    from saescope.train.exemplars import build_exemplars_from_images
+    from saescope.train.sources import ListSource
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def tiny_bundle(root: Path, name: str = "tiny", layer: int = 0, seed: int = 0) -
 
 def offline_bundle(root: Path, layer: int = -2, n_images: int = 24, name: str | None = None,
                    train_steps: int = 60) -> Path:
-    from core.backbones import load_backbone
+    from saescope.core.backbones import load_backbone
 
     bb = load_backbone("offline")
     L = bb.resolve_layer(layer)
@@ -191,7 +191,7 @@ class Served:
     """An app launched in this process on a free localhost port (closed by ``close``)."""
 
     def __init__(self, demo, port: int | None = None):
-        from apps.common import launch
+        from saescope.apps.common import launch
 
         self.demo = demo
         self.port = port or free_port()

@@ -17,11 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from train.sources import SubsetSource  # noqa: E402
+from saescope.train.sources import SubsetSource
 
 
 def make_tiny_model(path: Path, registers: int = 0, crop: int = 56, seed: int = 0) -> Path:
@@ -80,9 +76,9 @@ def run_extract(model: str, images: str, out: str, delay: float = 0.0, shard_ima
     """The extraction every process of the kill test runs (same settings, one torch thread)."""
     import torch
 
-    from core.backbones import load_backbone
-    from train.extract import extract
-    from train.sources import open_source
+    from saescope.core.backbones import load_backbone
+    from saescope.train.extract import extract
+    from saescope.train.sources import open_source
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same kernels in every process, whatever the load

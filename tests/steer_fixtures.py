@@ -21,10 +21,10 @@ DIGITS = "builtin:digits?size=112&resample=nearest"
 
 def add_probes(bundle: Path, n_scenes: int = 40, n_digits: int = 60) -> Path:
     """Fit the two probes on ``bundle``'s backbone and store them in it."""
-    from core.bundle import Bundle
-    from train.probes import add_probe_to_bundle, fit_probe
-    from train.seg_sources import open_segmentation_source
-    from train.sources import open_source
+    from saescope.core.bundle import Bundle
+    from saescope.train.probes import add_probe_to_bundle, fit_probe
+    from saescope.train.seg_sources import open_segmentation_source
+    from saescope.train.sources import open_source
 
     backbone = Bundle.load(bundle, verify=False).backbone
     seg, _, _ = fit_probe(backbone, open_segmentation_source(SCENES, max_images=n_scenes),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_apps import (  # noqa: E402
     CHROMIUM,
@@ -81,7 +80,7 @@ def page(browser_page):
 
 
 def photo_file(tmp_path: Path, index: int = 1) -> Path:
-    from train.sources import open_source
+    from saescope.train.sources import open_source
 
     path = tmp_path / f"photo{index}.jpg"
     open_source("builtin:photos?views=1").load(index).save(path, "JPEG", quality=90)
@@ -128,7 +127,7 @@ def shot(page, name: str) -> Path:
 # ------------------------------------------------------------------------------ feature browser
 @pytest.fixture(scope="module")
 def browser_app(tmp_path_factory):
-    from apps.browser import build_app
+    from saescope.apps.browser import build_app
 
     served = Served(build_app(str(bundle_at(tmp_path_factory, -2)), warm_up=True))
     yield served
@@ -232,7 +231,7 @@ def test_browser_feature_search_and_related(browser_app, page) -> None:
 # ------------------------------------------------------------------------------ comparison
 @pytest.fixture(scope="module")
 def compare_app(tmp_path_factory):
-    from apps.compare import build_app
+    from saescope.apps.compare import build_app
 
     left, right = bundle_at(tmp_path_factory, 6), bundle_at(tmp_path_factory, -2)
     served = Served(build_app(str(left), str(right)))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_apps import CHROMIUM, Served, awkward_files, wait_for  # noqa: E402
 from test_apps_browser import browser_page, click_cell, drag, image_bytes, page, shot, upload  # noqa: E402,F401
@@ -32,7 +31,7 @@ def probe_bundle() -> Path:
     """The offline default bundle (layer 10 of the real DINOv2-S saliency fine-tune) with its
     digit probes: what the apps show by default. Built once per machine and cached (the probes
     test builds it too); fitting probes on a fresh bundle here would cost minutes on 2 cores."""
-    from train.bundle import ensure_default_bundle
+    from saescope.train.bundle import ensure_default_bundle
 
     return Path(ensure_default_bundle(progress=False))
 
@@ -49,7 +48,7 @@ def pick_example(page, caption_start: str) -> None:
 # ------------------------------------------------------------------------------ segmentation
 @pytest.fixture(scope="module")
 def segment_app(probe_bundle):
-    from apps.segment import build_app
+    from saescope.apps.segment import build_app
 
     served = Served(build_app(str(probe_bundle), warm_up=True))
     yield served
@@ -118,7 +117,7 @@ def test_segment_bad_upload_then_photo(segment_app, page, tmp_path) -> None:
 # ------------------------------------------------------------------------------ classification
 @pytest.fixture(scope="module")
 def classify_app(probe_bundle):
-    from apps.classify import build_app
+    from saescope.apps.classify import build_app
 
     served = Served(build_app(str(probe_bundle), warm_up=True))
     yield served

@@ -14,14 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_apps import Served, awkward_files  # noqa: E402
 from steer_fixtures import tiny_probe_bundle  # noqa: E402
 
-from apps import adapter, panels  # noqa: E402
-from apps.engine import Engine, slider_edits  # noqa: E402
-from core.steering import Edit  # noqa: E402
+from saescope.apps import adapter, panels  # noqa: E402
+from saescope.apps.engine import Engine, slider_edits  # noqa: E402
+from saescope.core.steering import Edit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,7 @@ def engine(bundle) -> Engine:
 
 
 def scene(index: int = 260) -> Image.Image:
-    from train.seg_sources import open_segmentation_source
+    from saescope.train.seg_sources import open_segmentation_source
 
     return open_segmentation_source("builtin:digit-scenes?n=300").load(index)
 
@@ -174,7 +173,7 @@ def slots(ids=(None,) * N, vals=(1.0,) * N) -> list:
 def test_segment_app_api(bundle, tmp_path) -> None:
     from gradio_client import Client, handle_file
 
-    from apps.segment import build_app
+    from saescope.apps.segment import build_app
 
     demo = build_app(str(bundle), examples=False)
     assert demo.default_head == "digit-scenes"
@@ -215,14 +214,14 @@ def test_segment_app_api(bundle, tmp_path) -> None:
 def test_classify_app_api_and_bad_uploads(bundle, tmp_path) -> None:
     from gradio_client import Client, handle_file
 
-    from apps.classify import build_app
+    from saescope.apps.classify import build_app
 
     demo = build_app(str(bundle), examples=False)
     assert demo.default_head == "digits"
     served = Served(demo)
     try:
         client = Client(served.url, verbose=False, download_files=str(tmp_path))
-        from train.sources import open_source
+        from saescope.train.sources import open_source
 
         path = tmp_path / "digit.png"
         open_source("builtin:digits?size=112").load(1600).save(path)
@@ -251,7 +250,7 @@ def test_classify_app_api_and_bad_uploads(bundle, tmp_path) -> None:
 def test_app_without_a_probe_of_that_kind_says_what_to_do(tmp_path) -> None:
     from conftest_apps import tiny_bundle
 
-    from apps.classify import build_app
+    from saescope.apps.classify import build_app
 
     with pytest.raises(adapter.AppSetupError, match="no classification head.*train probe"):
         build_app(str(tiny_bundle(tmp_path, "no-probes")), examples=False)

@@ -15,14 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gradio as gr  # noqa: E402
 
 from conftest_apps import BAD, GOOD, Served, awkward_files, offline_bundle, tiny_bundle  # noqa: E402
 
-from apps import adapter, panels  # noqa: E402
-from apps.common import (  # noqa: E402
+from saescope.apps import adapter, panels  # noqa: E402
+from saescope.apps.common import (  # noqa: E402
     FeatureScatter,
     SafeImage,
     format_selection,
@@ -31,9 +30,9 @@ from apps.common import (  # noqa: E402
     picker_html,
     read_upload,
 )
-from apps.engine import Engine, SessionExpired  # noqa: E402
-from core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: E402
-from core.steering import Edit  # noqa: E402
+from saescope.apps.engine import Engine, SessionExpired  # noqa: E402
+from saescope.core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: E402
+from saescope.core.steering import Edit  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,7 @@ def test_no_upload_and_pasted_data_urls() -> None:
         read_upload(None)
     from gradio.data_classes import ImageData
 
-    from apps.common import to_data_url
+    from saescope.apps.common import to_data_url
 
     comp = SafeImage(type="filepath", render=False)
     raw = comp.preprocess(ImageData(url=to_data_url(photo(), "PNG")))
@@ -187,7 +186,7 @@ def test_adapter_reads_stats_exemplars_and_related_features(tiny) -> None:
 def test_cross_matches_fall_back_to_correlation_on_the_image() -> None:
     class FakeBundle:
         def __init__(self, d_sae, model, layer):
-            from core.sae import SAE, SAEConfig
+            from saescope.core.sae import SAE, SAEConfig
 
             self.sae = SAE(SAEConfig(d_in=8, d_sae=d_sae, k=2))
             self.model = {"model_id": model, "layer": layer}
@@ -252,7 +251,7 @@ def test_scatter_picks_the_feature_under_the_click() -> None:
 # ------------------------------------------------------------------------------ the app via gradio_client
 @pytest.fixture(scope="module")
 def served(tiny):
-    from apps.browser import build_app
+    from saescope.apps.browser import build_app
 
     s = Served(build_app(str(tiny), examples=False))
     yield s
@@ -322,7 +321,7 @@ def offline(tmp_path_factory) -> Path:
 def test_offline_bundle_steering_moves_the_saliency_head(offline) -> None:
     eng = Engine(str(offline))
     assert eng.head is not None and eng.head_kind == "segmentation"
-    from train.sources import open_source
+    from saescope.train.sources import open_source
 
     img = open_source("builtin:photos?views=1").load(0)
     an = eng.analyse(img)

@@ -17,10 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.backbones import load_backbone
-from core.backbones.base import CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from core.backbones.hf import preprocess_from_dict
-from core.layers import LayerOutOfRange
+from saescope.core.backbones import load_backbone
+from saescope.core.backbones.base import CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from saescope.core.backbones.hf import preprocess_from_dict
+from saescope.core.layers import LayerOutOfRange
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=28, patch_size=14)
 
@@ -210,7 +210,7 @@ class _FakeVisual(torch.nn.Module):
 
 
 def test_open_clip_backbone_on_a_fake_tower():
-    from core.backbones.openclip import OpenClipBackbone, parse_open_clip_id
+    from saescope.core.backbones.openclip import OpenClipBackbone, parse_open_clip_id
 
     visual = _FakeVisual().eval()
     bb = OpenClipBackbone(visual, "open_clip:fake").eval().requires_grad_(False)
@@ -232,7 +232,7 @@ def test_open_clip_real_model():
         pytest.skip("open_clip backend needs torchvision, which cannot be imported here")
     pytest.importorskip("torchvision", reason="torchvision is installed but does not import")
     open_clip = pytest.importorskip("open_clip", reason="open_clip_torch is not installed")
-    from core.backbones.openclip import OpenClipBackbone
+    from saescope.core.backbones.openclip import OpenClipBackbone
 
     model = open_clip.create_model("ViT-B-32", pretrained=None)  # random weights, no download
     visual = model.visual.eval().requires_grad_(False)

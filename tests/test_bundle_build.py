@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.bundle import Bundle, BundleError, push_bundle
+from saescope.core.bundle import Bundle, BundleError, push_bundle
 from tests.hub_target import LocalHub
 from tests.tiny_models import tiny_dinov2
 
@@ -24,9 +24,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two layers of a tiny random DINOv2 over digits+photos, one TopK SAE each."""
-    from train.extract import extract
-    from train.fit import FitConfig, SAESpec, fit
-    from train.sources import open_source
+    from saescope.train.extract import extract
+    from saescope.train.fit import FitConfig, SAESpec, fit
+    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("bundle")
     bb = tiny_dinov2(root / "m")
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
 
 
 def test_build_bundle_contents_and_loading(trained, tmp_path: Path) -> None:
-    from train.bundle import build_bundle
+    from saescope.train.bundle import build_bundle
 
     root, stores, saes = trained
     out = build_bundle(saes[0], stores[0], tmp_path / "b0", k=8, progress=False)
@@ -66,7 +66,7 @@ def test_build_bundle_contents_and_loading(trained, tmp_path: Path) -> None:
 
 
 def test_matches_push_and_load_back_by_hub_id_offline(trained, tmp_path: Path) -> None:
-    from train.bundle import add_matches, build_bundle
+    from saescope.train.bundle import add_matches, build_bundle
 
     root, stores, saes = trained
     b0 = build_bundle(saes[0], stores[0], tmp_path / "layer1", k=4, progress=False)
@@ -95,7 +95,7 @@ def test_matches_push_and_load_back_by_hub_id_offline(trained, tmp_path: Path) -
 
 
 def test_corrupted_or_truncated_bundle_file_is_named(trained, tmp_path: Path) -> None:
-    from train.bundle import build_bundle
+    from saescope.train.bundle import build_bundle
 
     root, stores, saes = trained
     out = build_bundle(saes[0], stores[0], tmp_path / "b", k=4, progress=False)
@@ -107,12 +107,12 @@ def test_corrupted_or_truncated_bundle_file_is_named(trained, tmp_path: Path) ->
 
 def test_bundle_cli(trained, tmp_path: Path) -> None:
     root, stores, saes = trained
-    res = subprocess.run([sys.executable, "-m", "train", "bundle", "--sae", str(saes[0]), "--store",
+    res = subprocess.run([sys.executable, "-m", "saescope.train", "bundle", "--sae", str(saes[0]), "--store",
                           str(stores[0]), "--out", str(tmp_path / "cli"), "--k", "4"],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "cli" / "bundle.json").read_text())["name"] == "cli"
-    again = subprocess.run([sys.executable, "-m", "train", "bundle", "--sae", str(saes[0]), "--store",
+    again = subprocess.run([sys.executable, "-m", "saescope.train", "bundle", "--sae", str(saes[0]), "--store",
                             str(stores[0]), "--out", str(tmp_path / "cli")],
                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.bundle import (
+from saescope.core.bundle import (
     Bundle,
     BundleError,
     Thumbnails,
@@ -21,8 +21,8 @@ from core.bundle import (
     verify_bundle,
     write_manifest,
 )
-from core.sae import SAE, SAEConfig
-from core.sae_io import save_sae
+from saescope.core.sae import SAE, SAEConfig
+from saescope.core.sae_io import save_sae
 
 ROOT = Path(__file__).resolve().parents[1]
 

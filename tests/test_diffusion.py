@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core import diffusion as D
-from core.sae import SAE, SAEConfig, ShapeMismatch
-from core.steering import Edit
+from saescope.core import diffusion as D
+from saescope.core.sae import SAE, SAEConfig, ShapeMismatch
+from saescope.core.steering import Edit
 from tests.tiny_models import single_torch_thread
 
 
@@ -27,7 +27,7 @@ one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
 def tiny(tmp_path_factory):
     """(pipeline folder, pipeline, scorer, SAE, stats): the SAE is briefly trained on real
     text-encoder outputs so that its features fire."""
-    from train.diffusion import collect_activations, corpus_prompts, fit_text_sae
+    from saescope.train.diffusion import collect_activations, corpus_prompts, fit_text_sae
 
     folder = D.save_tiny(tmp_path_factory.mktemp("diffusion") / "tiny")
     pipe = D.load_pipeline(folder)

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_apps import CHROMIUM, CHROMIUM_ARGS, ROOT, Served  # noqa: E402
 
@@ -32,7 +31,7 @@ TIMEOUT = 120_000  # ms: a busy 2-core CI machine is slow, a real hang still fai
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory):
     """A private saescope cache holding the tiny demo artefact (built by the app's own code)."""
-    from apps.diffusion import demo_artefact
+    from saescope.apps.diffusion import demo_artefact
 
     mp = pytest.MonkeyPatch()
     mp.setenv("SAESCOPE_CACHE", str(tmp_path_factory.mktemp("diffusion-app-cache")))
@@ -72,8 +71,8 @@ def test_space_folder_is_complete() -> None:
 def test_space_serves_the_artefact_from_the_environment(demo_cache, monkeypatch, tmp_path) -> None:
     from gradio_client import Client
 
-    from apps.diffusion import feature_choices
-    from core import diffusion as D
+    from saescope.apps.diffusion import feature_choices
+    from saescope.core import diffusion as D
 
     monkeypatch.setenv("SAESCOPE_DIFFUSION_ARTEFACT", str(demo_cache))
     spec = importlib.util.spec_from_file_location("space_diffusion_app", ROOT / "spaces" / "diffusion" / "app.py")
@@ -111,7 +110,7 @@ def test_app_in_a_real_browser(demo_cache, tmp_path) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run the real-browser tests")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from apps.diffusion import build_app
+    from saescope.apps.diffusion import build_app
 
     served = Served(build_app(None))  # no artefact: the tiny offline demo (cached above)
     art = served.demo.steerer.art

@@ -1,4 +1,4 @@
-"""``python -m train diffusion-fit / diffusion-name / diffusion-eval`` on a tiny random pipeline.
+"""``saescope diffusion-fit / diffusion-name / diffusion-eval`` on a tiny random pipeline.
 
 The happy path runs as real subprocesses (the evaluation loads the artefact by Hub id, offline,
 from a Hub-cache layout); bad input is checked in-process through ``train.__main__.main``: exit
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import diffusion as D
+from saescope.core import diffusion as D
 from tests.tiny_models import single_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,14 +33,14 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    out = subprocess.run([sys.executable, "-m", "train", *args], cwd=cwd, env=env,
+    out = subprocess.run([sys.executable, "-m", "saescope.train", *args], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-3000:]}"
     return out
 
 
 def in_process(argv: list[str], capsys) -> tuple[int, str]:
-    from train.__main__ import main
+    from saescope.train.__main__ import main
 
     code = main(argv)
     return code, capsys.readouterr().err
@@ -93,8 +93,8 @@ def test_fit_name_eval_chain(tiny_folder: Path, tmp_path: Path) -> None:
 
 
 def test_bad_input_gives_one_clear_line(tiny_folder: Path, tmp_path: Path, capsys) -> None:
-    from core.sae import SAE, SAEConfig
-    from train.diffusion import collect_activations, fit_text_sae
+    from saescope.core.sae import SAE, SAEConfig
+    from saescope.train.diffusion import collect_activations, fit_text_sae
 
     pipe = D.load_pipeline(tiny_folder)
     acts = collect_activations(pipe, D.builtin_corpus()[:40], progress=False)

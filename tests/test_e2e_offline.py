@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.sae_io import from_pretrained
+from saescope.core.sae_io import from_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_run_pipeline_on_the_offline_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "train", "run", "--out", str(out),
+    cmd = [sys.executable, "-m", "saescope.train", "run", "--out", str(out),
            "--source", "builtin:photos?views=2", "--eval-source", "builtin:photos?views=1&max_images=6",
            "--expansion", "2", "--k", "16", "--epochs", "4", "--batch-size", "1024", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.sae import SAE, SAEConfig
-from core.sae_io import save_sae
-from train.exemplars import (
+from saescope.core.sae import SAE, SAEConfig
+from saescope.core.sae_io import save_sae
+from saescope.train.exemplars import (
     EXEMPLARS_FILE,
     META_FILE,
     STATS_FILE,
@@ -25,7 +25,7 @@ from train.exemplars import (
     build_exemplars_from_images,
     histogram_edges,
 )
-from train.store import ActivationStore
+from saescope.train.store import ActivationStore
 from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +36,8 @@ N_IMAGES = 100
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A tiny random DINOv2 and a real store of it (CLS + patches) over 100 sklearn digits."""
-    from train.extract import extract
-    from train.sources import open_source
+    from saescope.train.extract import extract
+    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("exemplars")
     backbone = tiny_dinov2(root / "model")
@@ -139,7 +139,7 @@ def test_k_larger_than_firing_images_leaves_empty_slots(tiny: dict) -> None:
 
 def test_images_path_equals_store_path(tiny: dict, tmp_path: Path) -> None:
     """Straight from images (backbone forward) = from a float32 store of the same images."""
-    from train.extract import extract
+    from saescope.train.extract import extract
 
     backbone, spec = tiny["backbone"], tiny["store"].manifest["source"]["spec"]
     path = extract(backbone, spec, tmp_path / "acts32", layers=[-2], dtype="float32",
@@ -159,7 +159,7 @@ def test_images_path_equals_store_path(tiny: dict, tmp_path: Path) -> None:
 
 
 def test_ids_and_images_reload(tiny: dict) -> None:
-    from train.sources import open_source
+    from saescope.train.sources import open_source
 
     store = tiny["store"]
     ex = build_exemplars(make_sae(store), store, k=3, batch_images=16, progress=False)
@@ -244,7 +244,7 @@ def test_memory_does_not_grow_with_store_size(tiny: dict) -> None:
 def test_cli(tiny: dict, tmp_path: Path, capsys) -> None:
     store = tiny["store"]
     save_sae(make_sae(store), tmp_path / "sae")
-    res = subprocess.run([sys.executable, "-m", "train", "exemplars",
+    res = subprocess.run([sys.executable, "-m", "saescope.train", "exemplars",
                           "--sae", str(tmp_path / "sae"), "--store", str(store.path),
                           "--out", str(tmp_path / "ex"), "--k", "3", "--map-dtype", "uint8"],
                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
@@ -255,7 +255,7 @@ def test_cli(tiny: dict, tmp_path: Path, capsys) -> None:
     assert ex.k == 3 and ex.meta["sae"]["path"] == str(tmp_path / "sae")
     assert (tmp_path / "ex" / "exemplars_config.json").is_file()
     # a user error: one clear line and exit status 2 (in-process: a second interpreter is slow)
-    from train.__main__ import main
+    from saescope.train.__main__ import main
 
     save_sae(make_sae(store, layer=0), tmp_path / "bad")
     code = main(["exemplars", "--sae", str(tmp_path / "bad"), "--store", str(store.path),

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import load_backbone
-from train.extract import _to_numpy, extract
-from train.sources import ListSource, open_source
-from train.store import MANIFEST, ActivationStore, StoreError
+from saescope.core.backbones import load_backbone
+from saescope.train.extract import _to_numpy, extract
+from saescope.train.sources import ListSource, open_source
+from saescope.train.store import MANIFEST, ActivationStore, StoreError
 
-sys.path.insert(0, str(Path(__file__).parent))
 from helpers_extract_kill import make_image_folder, make_tiny_model, run_extract  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,7 +207,7 @@ def test_sigkill_and_resume_is_byte_identical(tiny, tmp_path):
 
 def test_cli_help_and_run(tiny, tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    helptext = subprocess.run([sys.executable, "-m", "train", "extract", "--help"], cwd=ROOT,
+    helptext = subprocess.run([sys.executable, "-m", "saescope.train", "extract", "--help"], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=120)
     assert helptext.returncode == 0
     for opt in ("--model", "--source", "--layer", "--kinds", "--out", "--shard-images",
@@ -216,7 +215,7 @@ def test_cli_help_and_run(tiny, tmp_path, capsys):
         assert opt in helptext.stdout
     assert "offline:dinov2-s-saliency" in helptext.stdout
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "train", "extract", "--model", str(tiny), "--source",
+    cmd = [sys.executable, "-m", "saescope.train", "extract", "--model", str(tiny), "--source",
            "builtin:digits?size=28", "--max-images", "9", "--layer", "0", "--layer", "-1",
            "--kinds", "cls,patch", "--out", str(out), "--shard-images", "4", "--no-progress"]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -226,7 +225,7 @@ def test_cli_help_and_run(tiny, tmp_path, capsys):
     for layer in (0, 2):
         st = ActivationStore(out / f"layer_{layer:02d}")
         assert st.n_images == 9 and st.tokens_per_image == 17 and st.complete
-    from train.__main__ import main  # a user error is one clear line and exit code 2
+    from saescope.train.__main__ import main  # a user error is one clear line and exit code 2
 
     assert main(cmd[3:] + ["--dtype", "float32"]) == 2
     assert "error: cannot resume" in capsys.readouterr().err

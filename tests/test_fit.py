@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.sae_io import from_pretrained
+from saescope.core.sae_io import from_pretrained
 from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +24,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_TH
 @pytest.fixture(scope="module")
 def tiny_store(tmp_path_factory) -> Path:
     """A real store: a tiny random DINOv2 run over the sklearn digits by the real extractor."""
-    from train.extract import extract
-    from train.sources import open_source
+    from saescope.train.extract import extract
+    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("fitstore")
     backbone = tiny_dinov2(root / "model")
@@ -34,13 +34,13 @@ def tiny_store(tmp_path_factory) -> Path:
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, env=ENV,
+    return subprocess.run([sys.executable, "-m", "saescope.train", *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def test_sweep_trains_every_member_and_records_provenance(tiny_store: Path, tmp_path: Path) -> None:
-    from train.fit import FitConfig, SAESpec, fit
-    from train.store import ActivationStore
+    from saescope.train.fit import FitConfig, SAESpec, fit
+    from saescope.train.store import ActivationStore
 
     store = ActivationStore(tiny_store)
     specs = [SAESpec("topk", 4, k=4), SAESpec("topk", 4, k=8), SAESpec("relu", 4, None, 3e-3)]
@@ -69,7 +69,7 @@ def test_sweep_trains_every_member_and_records_provenance(tiny_store: Path, tmp_
 
 
 def test_training_reduces_loss(tiny_store: Path, tmp_path: Path) -> None:
-    from train.fit import FitConfig, SAESpec, fit
+    from saescope.train.fit import FitConfig, SAESpec, fit
 
     fit(FitConfig(store=str(tiny_store), out=str(tmp_path), saes=[SAESpec("topk", 4, k=4)],
                   batch_size=256, tokens=30_000, progress=False, plots=False, log_every=1))
@@ -90,7 +90,7 @@ def test_fit_killed_with_sigkill_resumes_to_identical_weights(tiny_store: Path, 
     clean = run_cli(*args, "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "train", *args, "--out", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "saescope.train", *args, "--out", str(out),
                              "--checkpoint-every", "0"], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = out / "checkpoint" / "state.json"
@@ -118,14 +118,14 @@ def test_fit_killed_with_sigkill_resumes_to_identical_weights(tiny_store: Path, 
 def test_cli_help_for_every_step(capsys) -> None:
     top = run_cli("--help")  # the real entry point, as a subprocess
     assert top.returncode == 0
-    from train.__main__ import main
+    from saescope.train.__main__ import main
 
     for step in ("extract", "fit", "evaluate", "import", "push", "run"):
         assert step in top.stdout
         with pytest.raises(SystemExit) as exit_info:  # per-step help in-process (saves ~3 s each)
             main([step, "--help"])
         assert exit_info.value.code == 0
-        assert "usage: python -m train " + step in capsys.readouterr().out, step
+        assert "usage: saescope " + step in capsys.readouterr().out, step
 
 
 def test_cli_fit_and_evaluate_write_config_and_metrics(tiny_store: Path, tmp_path: Path) -> None:
@@ -148,8 +148,8 @@ def test_cli_clear_errors(tiny_store: Path, tmp_path: Path) -> None:
     out = run_cli("fit", "--store", str(empty), "--out", str(tmp_path / "o"))
     assert out.returncode == 2 and "no manifest.json" in out.stderr and "Traceback" not in out.stderr
     # an SAE whose width does not match the store
-    from core.sae import SAE, SAEConfig
-    from core.sae_io import save_sae
+    from saescope.core.sae import SAE, SAEConfig
+    from saescope.core.sae_io import save_sae
 
     save_sae(SAE(SAEConfig(d_in=48, d_sae=96, k=4)), tmp_path / "wide")
     out = run_cli("evaluate", "--sae", str(tmp_path / "wide"), "--store", str(tiny_store))
@@ -157,7 +157,7 @@ def test_cli_clear_errors(tiny_store: Path, tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_different_sweep(tiny_store: Path, tmp_path: Path) -> None:
-    from train.fit import FitConfig, SAESpec, fit
+    from saescope.train.fit import FitConfig, SAESpec, fit
 
     base = dict(store=str(tiny_store), out=str(tmp_path), batch_size=256, tokens=3000,
                 progress=False, plots=False)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from core.heatmap import (
+from saescope.core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from saescope.core.heatmap import (
     colormap_lut,
     crop_box,
     crop_for_preprocess,

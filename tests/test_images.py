@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.images import ImageError, array_to_image, load_image
+from saescope.core.images import ImageError, array_to_image, load_image
 
 
 def _png_bytes(image: Image.Image) -> bytes:

@@ -14,9 +14,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.index import (INDEX_TYPES, IndexFileError, VectorIndex, patch_id, read_sidecar,
+from saescope.core.index import (INDEX_TYPES, IndexFileError, VectorIndex, patch_id, read_sidecar,
                         recall_at_k, sidecar_path, split_patch_id)
-from core.sae import SAE, SAEConfig
+from saescope.core.sae import SAE, SAEConfig
 from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_each_type_finds_the_exact_top10(built, data, index_type):
 
 
 def test_auto_choice_by_size():
-    from core.index import choose_index_type
+    from saescope.core.index import choose_index_type
 
     assert choose_index_type(10_000, 384) == "flat"
     assert choose_index_type(1_000_000, 384) == "ivf"
@@ -146,7 +146,7 @@ def _sae(d_in: int, d_sae: int, seed: int, **cfg) -> SAE:
 
 
 def test_feature_index_returns_itself_then_planted_duplicate():
-    from train.indices import feature_index, related_features
+    from saescope.train.indices import feature_index, related_features
 
     sae = _sae(32, 256, seed=0)
     with torch.no_grad():
@@ -161,7 +161,7 @@ def test_feature_index_returns_itself_then_planted_duplicate():
 
 
 def test_cross_feature_matches_needs_one_activation_space():
-    from train.indices import cross_feature_matches
+    from saescope.train.indices import cross_feature_matches
 
     a, b = _sae(32, 64, seed=0, model_id="m"), _sae(32, 96, seed=1, model_id="m")
     with torch.no_grad():
@@ -182,8 +182,8 @@ def test_cross_feature_matches_needs_one_activation_space():
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory) -> dict[str, Path]:
     """Two layers (0 and 2) of a tiny random DINOv2 over 60 digits, by the real extractor."""
-    from train.extract import extract
-    from train.sources import open_source
+    from saescope.train.extract import extract
+    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("indexstores")
     backbone = tiny_dinov2(root / "model")
@@ -201,7 +201,7 @@ def _store_sae(store, d_sae: int, seed: int) -> SAE:
 def _mapped_store(src, out: Path, m: np.ndarray, keep: np.ndarray, extra_ids: list[str]) -> Path:
     """A "second model": store ``src``'s tokens times ``m`` (another width), images ``keep`` in
     that order, plus images no other store has."""
-    from train.store import StoreWriter, new_manifest
+    from saescope.train.store import StoreWriter, new_manifest
 
     model = {"model_id": "test/linear-map", "revision": None, "d_model": int(m.shape[1])}
     manifest = new_manifest(model=model, layer=0, layer_requested=0, kinds="patch",
@@ -219,8 +219,8 @@ def _mapped_store(src, out: Path, m: np.ndarray, keep: np.ndarray, extra_ids: li
 
 
 def test_activation_correlation_finds_a_planted_pair_across_models(stores, tmp_path):
-    from train.indices import Matches, activation_correlation, pair_images
-    from train.store import ActivationStore
+    from saescope.train.indices import Matches, activation_correlation, pair_images
+    from saescope.train.store import ActivationStore
 
     a_store = ActivationStore(stores["l0"])
     rng = np.random.default_rng(0)
@@ -265,8 +265,8 @@ def test_activation_correlation_finds_a_planted_pair_across_models(stores, tmp_p
 
 
 def test_activation_correlation_needs_shared_images(stores, tmp_path):
-    from train.indices import activation_correlation
-    from train.store import ActivationStore
+    from saescope.train.indices import activation_correlation
+    from saescope.train.store import ActivationStore
 
     a_store = ActivationStore(stores["l0"])
     b_store = ActivationStore(_mapped_store(a_store, tmp_path / "b", np.eye(32, dtype=np.float32),
@@ -278,8 +278,8 @@ def test_activation_correlation_needs_shared_images(stores, tmp_path):
 
 
 def test_patch_index_over_a_store(stores):
-    from train.indices import patch_index, patch_query, patch_vectors
-    from train.store import ActivationStore
+    from saescope.train.indices import patch_index, patch_query, patch_vectors
+    from saescope.train.store import ActivationStore
 
     store = ActivationStore(stores["l2"])
     sae = _store_sae(store, 64, seed=0)
@@ -299,15 +299,15 @@ def test_patch_index_over_a_store(stores):
 
 
 def test_cli_index(stores, tmp_path, capsys):
-    from core.sae_io import save_sae
-    from train.indices import Matches
-    from train.store import ActivationStore
+    from saescope.core.sae_io import save_sae
+    from saescope.train.indices import Matches
+    from saescope.train.store import ActivationStore
 
     s0, s2 = ActivationStore(stores["l0"]), ActivationStore(stores["l2"])
     save_sae(_store_sae(s0, 64, seed=0), tmp_path / "sae0")
     save_sae(_store_sae(s2, 96, seed=1), tmp_path / "sae2")
     out = tmp_path / "bundle"
-    cmd = [sys.executable, "-m", "train", "index", "--sae", str(tmp_path / "sae0"), "--store",
+    cmd = [sys.executable, "-m", "saescope.train", "index", "--sae", str(tmp_path / "sae0"), "--store",
            str(stores["l0"]), "--out", str(out), "--other-sae", str(tmp_path / "sae2"),
            "--other-store", str(stores["l2"]), "--k", "5", "--no-progress", "--threads", "1"]
     run = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -325,7 +325,7 @@ def test_cli_index(stores, tmp_path, capsys):
     assert m.meta["mode"] == "patch" and m.meta["n_images"] == 60
     d = Matches.load(out / "decoder_matches.safetensors")  # same model: decoder cosine too
     assert d.method == "decoder_cosine"
-    from train.__main__ import main  # a user error is one clear line and exit code 2
+    from saescope.train.__main__ import main  # a user error is one clear line and exit code 2
 
     assert main(cmd[3:10] + ["--other-sae", str(tmp_path / "sae2")]) == 2
     assert "go together" in capsys.readouterr().err

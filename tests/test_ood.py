@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.ood import (
+from saescope.core.ood import (
     SAE_COMBINED,
     ImageSummary,
     KNNDistance,
@@ -27,7 +27,7 @@ from core.ood import (
     summarize,
     tpr_threshold,
 )
-from core.sae import SAE, SAEConfig
+from saescope.core.sae import SAE, SAEConfig
 
 # integer-valued scores make ties common, the hard case for rank statistics
 tied = st.lists(st.integers(-5, 5).map(float), min_size=1, max_size=40)

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_apps import CHROMIUM, CHROMIUM_ARGS, ROOT, Served, synthetic_items, tiny_bundle  # noqa: E402
 
 
 def add_ood_from_images(bundle_path: Path, items) -> None:
     """Fit and store the bundle's OOD scorers on images run through its backbone (no store)."""
-    from core.bundle import Bundle
-    from core.ood import OODSuite, default_scorers, summarize
-    from train.ood_eval import add_ood_to_bundle
+    from saescope.core.bundle import Bundle
+    from saescope.core.ood import OODSuite, default_scorers, summarize
+    from saescope.train.ood_eval import add_ood_to_bundle
 
     b = Bundle.load(bundle_path, verify=False)
     bb, sae = b.backbone, b.sae.eval()
@@ -44,9 +43,9 @@ def bundles(tmp_path_factory):
 def test_load_ood_and_markdown(bundles) -> None:
     import torch
 
-    from apps.browser import NO_OOD, load_ood, ood_markdown
-    from core.bundle import Bundle
-    from core.ood import SAE_COMBINED, score_tokens
+    from saescope.apps.browser import NO_OOD, load_ood, ood_markdown
+    from saescope.core.bundle import Bundle
+    from saescope.core.ood import SAE_COMBINED, score_tokens
 
     plain, with_ood = (Bundle.load(p) for p in bundles)
     assert load_ood(plain) == (None, NO_OOD) and "ood-fit" in NO_OOD
@@ -76,8 +75,8 @@ def test_browser_ood_tab(bundles, tmp_path) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from apps.browser import build_app
-    from train.sources import open_source
+    from saescope.apps.browser import build_app
+    from saescope.train.sources import open_source
 
     plain, with_ood = bundles
     photo = tmp_path / "photo.jpg"

@@ -1,4 +1,4 @@
-"""``python -m train ood-eval`` / ``ood-fit`` as a user runs them (subprocess), on a tiny random
+"""``saescope ood-eval`` / ``ood-fit`` as a user runs them (subprocess), on a tiny random
 DINOv2: tables and files, skipped baselines, one-line errors, and a bundle's ood/ component."""
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def train_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train", *args], cwd=ROOT, env=ENV,
+    return subprocess.run([sys.executable, "-m", "saescope.train", *args], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -91,11 +90,11 @@ def test_ood_eval_errors_are_one_line(tiny: Path) -> None:
 @pytest.fixture(scope="module")
 def bundle_with_store(tiny: Path):
     """A bundle (layer 1) built from a real store of the tiny model, plus a layer-2 store."""
-    from core.backbones import load_backbone
-    from train.bundle import build_bundle
-    from train.extract import extract
-    from train.fit import FitConfig, SAESpec, fit
-    from train.sources import open_source
+    from saescope.core.backbones import load_backbone
+    from saescope.train.bundle import build_bundle
+    from saescope.train.extract import extract
+    from saescope.train.fit import FitConfig, SAESpec, fit
+    from saescope.train.sources import open_source
 
     bb = load_backbone(str(tiny / "model"))
     stores = extract(bb, open_source("builtin:photos?views=2+builtin:digits?max_images=30"),
@@ -107,8 +106,8 @@ def bundle_with_store(tiny: Path):
 
 
 def test_ood_fit_adds_a_verified_component_and_eval_uses_the_bundle(tiny, bundle_with_store) -> None:
-    from core.bundle import Bundle
-    from core.ood import OODSuite
+    from saescope.core.bundle import Bundle
+    from saescope.core.ood import OODSuite
 
     bundle, stores = bundle_with_store
     bad = train_cli("ood-fit", "--bundle", str(bundle), "--store", str(stores[0]))

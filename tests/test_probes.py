@@ -13,9 +13,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.heads import HeadError, SaliencyHead, load_head
-from core.probes import LinearProbe, fit_linear_probe, majority_patch_labels, split_by_group
-from core.tokens import TokenLayout
+from saescope.core.heads import HeadError, SaliencyHead, load_head
+from saescope.core.probes import LinearProbe, fit_linear_probe, majority_patch_labels, split_by_group
+from saescope.core.tokens import TokenLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def tiny_model(tmp_path_factory):
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train", "probe", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "saescope.train", "probe", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -168,11 +168,11 @@ def test_cli_errors_are_one_line(tiny_model, tmp_path):
 
 
 def test_probe_in_a_bundle_steers(tmp_path):
-    from core.bundle import Bundle
-    from core.steering import Edit, cache_layer, steer
+    from saescope.core.bundle import Bundle
+    from saescope.core.steering import Edit, cache_layer, steer
     from tests.conftest_apps import tiny_bundle
-    from train.probes import add_probe_to_bundle, fit_probe
-    from train.sources import open_source
+    from saescope.train.probes import add_probe_to_bundle, fit_probe
+    from saescope.train.sources import open_source
 
     path = tiny_bundle(tmp_path)
     bundle = Bundle.load(path)
@@ -201,8 +201,8 @@ def test_probe_in_a_bundle_steers(tmp_path):
 def test_default_bundles_carry_real_probes_with_held_out_accuracy():
     """The offline default bundles ship probes fitted on the real DINOv2-S, with the held-out
     accuracy they reached recorded (and far above chance)."""
-    from core.bundle import Bundle
-    from train.bundle import ensure_default_pair
+    from saescope.core.bundle import Bundle
+    from saescope.train.bundle import ensure_default_pair
 
     for path in ensure_default_pair():
         bundle = Bundle.load(path, verify=False)

@@ -9,8 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.sae import ARCHITECTURES, SAE, SAEConfig, ShapeMismatch, default_matryoshka_prefixes
-from train.schedules import k_at, lr_at, sparsity_at
+from saescope.core.sae import ARCHITECTURES, SAE, SAEConfig, ShapeMismatch, default_matryoshka_prefixes
+from saescope.train.schedules import k_at, lr_at, sparsity_at
 
 FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -198,7 +198,7 @@ def test_wrong_width_and_unknown_feature_errors() -> None:
 
 
 def test_sparse_decode_matches_embedding_bag_values_and_gradients() -> None:
-    from core.sae import sparse_decode
+    from saescope.core.sae import sparse_decode
 
     g = torch.Generator().manual_seed(0)
     idx = torch.randint(0, 50, (64, 4), generator=g)

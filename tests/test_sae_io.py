@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from core.sae import ARCHITECTURES, SAE, SAEConfig, ShapeMismatch
+from saescope.core.sae import ARCHITECTURES, SAE, SAEConfig, ShapeMismatch
 from tests.hub_target import LocalHub
-from core.sae_io import (
+from saescope.core.sae_io import (
     CheckpointError,
     check_compatible,
     from_pretrained,

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.sae import SAE, SAEConfig, ShapeMismatch
-from core.search import (
+from saescope.core.sae import SAE, SAEConfig, ShapeMismatch
+from saescope.core.search import (
     PatchSelectionError,
     feature_map,
     patch_codes,
@@ -25,7 +25,7 @@ from tests.tiny_models import tiny_dinov2
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     """A tiny random DINOv2 backbone, a small TopK SAE for its layer -2, a digit image."""
-    from train.sources import open_source
+    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("search")
     backbone = tiny_dinov2(root / "model")
@@ -120,7 +120,7 @@ def test_incompatible_sae_is_refused(tiny: dict) -> None:
 
 
 def test_search_by_example_returns_exemplars(tiny: dict, tmp_path: Path) -> None:
-    from train.exemplars import build_exemplars_from_images
+    from saescope.train.exemplars import build_exemplars_from_images
 
     bb, sae = tiny["backbone"], tiny["sae"]
     ex = build_exemplars_from_images(sae, bb, tiny["source"], k=4, batch_images=12,
@@ -148,13 +148,13 @@ def test_end_to_end_on_the_offline_model(tmp_path: Path) -> None:
     """Real DINOv2-S: extract, fit a TopK SAE, exemplars, then search by example on the cat."""
     from skimage import data
 
-    from core.backbones import load_backbone
-    from core.heatmap import crop_for_preprocess, exemplar_grid, render_heatmap
-    from core.sae_io import from_pretrained
-    from train.exemplars import Exemplars, build_exemplars
-    from train.extract import extract
-    from train.fit import FitConfig, SAESpec, fit
-    from train.store import ActivationStore
+    from saescope.core.backbones import load_backbone
+    from saescope.core.heatmap import crop_for_preprocess, exemplar_grid, render_heatmap
+    from saescope.core.sae_io import from_pretrained
+    from saescope.train.exemplars import Exemplars, build_exemplars
+    from saescope.train.extract import extract
+    from saescope.train.fit import FitConfig, SAESpec, fit
+    from saescope.train.store import ActivationStore
 
     bb = load_backbone("offline:dinov2-s-saliency")
     store_path = extract(bb, "builtin:photos?views=4", tmp_path / "acts", layers=[-2],

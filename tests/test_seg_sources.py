@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from core.backbones.base import Preprocess
-from train.seg_sources import IGNORE, MaskFolderSource, open_segmentation_source
+from saescope.core.backbones.base import Preprocess
+from saescope.train.seg_sources import IGNORE, MaskFolderSource, open_segmentation_source
 
 
 def test_digit_scenes_are_deterministic_and_labels_follow_the_ink():
@@ -82,7 +82,7 @@ def test_mask_folder_source(tmp_path):
     mask = src.mask(1)
     assert mask[0, 0] == IGNORE and mask[20, 5] == 1 and mask[5, 5] == 0
     (tmp_path / "masks" / "im2.png").write_bytes(b"garbage")
-    from core.images import ImageError
+    from saescope.core.images import ImageError
 
     with pytest.raises(ImageError, match="unreadable mask"):
         src.mask(2)

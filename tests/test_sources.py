@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.images import ImageError
-from train.sources import (FolderSource, HFSource, ImageSource, ListSource, PhotosSource,
+from saescope.core.images import ImageError
+from saescope.train.sources import (FolderSource, HFSource, ImageSource, ListSource, PhotosSource,
                            open_source)
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_apps import ROOT, Served, free_port, tiny_bundle  # noqa: E402
 
-SPACES = {"browser": "apps.browser", "compare": "apps.compare"}
+SPACES = {"browser": "saescope.apps.browser", "compare": "saescope.apps.compare"}
 
 
 def front_matter(readme: Path) -> dict[str, str]:

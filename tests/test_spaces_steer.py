@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_apps import ROOT, Served  # noqa: E402
 from steer_fixtures import tiny_probe_bundle  # noqa: E402
 from test_spaces import _load_space, front_matter  # noqa: E402
 
-SPACES = {"segment": "apps.segment", "classify": "apps.classify"}
+SPACES = {"segment": "saescope.apps.segment", "classify": "saescope.apps.classify"}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def test_steer_space_builds_and_serves(space, head, kind, bundle, monkeypatch, t
 
 
 def test_space_refuses_a_head_of_the_wrong_kind(bundle, monkeypatch) -> None:
-    from apps.adapter import AppSetupError
+    from saescope.apps.adapter import AppSetupError
 
     with pytest.raises(AppSetupError, match="not a segmentation head"):
         _load_space("segment", monkeypatch, {"SAESCOPE_BUNDLE": str(bundle), "SAESCOPE_HEAD": "digits"})

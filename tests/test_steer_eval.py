@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest_apps import offline_bundle  # noqa: E402
 
@@ -21,7 +20,7 @@ def test_steer_eval_chosen_feature_beats_controls(tmp_path: Path) -> None:
     bundle = offline_bundle(tmp_path, layer=-2, n_images=24)
     out = tmp_path / "steer.json"
     res = subprocess.run(
-        [sys.executable, "-m", "train", "steer-eval", "--bundle", str(bundle), "--max-images", "10",
+        [sys.executable, "-m", "saescope.train", "steer-eval", "--bundle", str(bundle), "--max-images", "10",
          "--out", str(out)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
         capture_output=True, text=True, timeout=600)
@@ -41,7 +40,7 @@ def test_steer_eval_refuses_bundles_without_a_segmentation_head(tmp_path: Path) 
     from conftest_apps import tiny_bundle
 
     bundle = tiny_bundle(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "train", "steer-eval", "--bundle", str(bundle)],
+    res = subprocess.run([sys.executable, "-m", "saescope.train", "steer-eval", "--bundle", str(bundle)],
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "no segmentation head" in res.stderr
@@ -51,7 +50,7 @@ def test_steer_eval_refuses_bundles_without_a_segmentation_head(tmp_path: Path) 
 def test_region_change_is_total_variation_for_multi_class_heads() -> None:
     import torch
 
-    from train.steer_eval import _region_change, foreground
+    from saescope.train.steer_eval import _region_change, foreground
 
     before = torch.zeros(1, 3, 2, 2)
     before[0, 0] = 1.0  # all background

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from core.sae import SAE, SAEConfig
-from core.steering import Edit, cache_layer, edit_positions, steer
+from saescope.core.sae import SAE, SAEConfig
+from saescope.core.steering import Edit, cache_layer, edit_positions, steer
 from tests.tiny_models import tiny_dinov2
 
 

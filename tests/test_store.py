@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.tokens import TokenLayout
-from train.store import (MANIFEST, ActivationStore, StoreError, StoreWriter, new_manifest,
+from saescope.core.tokens import TokenLayout
+from saescope.train.store import (MANIFEST, ActivationStore, StoreError, StoreWriter, new_manifest,
                          shard_file)
 
 MODEL = {"model_id": "test/model", "revision": "abc", "d_model": 4, "n_layers": 3,

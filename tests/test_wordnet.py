@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.wordnet import ROOT_OFFSET, WordNet, WordNetError, WordNetMissing, available, load
+from saescope.core.wordnet import ROOT_OFFSET, WordNet, WordNetError, WordNetMissing, available, load
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="WordNet 3.0 not installed: apt-get install wordnet-base (or set "

@@ -15,7 +15,7 @@ def tiny_dinov2(folder: Path, seed: int = 0, layers: int = 3, width: int = 32,
     """Save a random ``Dinov2Model`` to ``folder`` and load it as a saescope backbone."""
     from transformers import Dinov2Config, Dinov2Model
 
-    from core.backbones import load_backbone
+    from saescope.core.backbones import load_backbone
 
     torch.manual_seed(seed)
     Dinov2Model(Dinov2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,

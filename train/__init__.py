@@ -1,4 +1,4 @@
 """saescope training pipeline: activation extraction, SAE training, evaluation, Hub upload.
 
-Run ``python -m train --help`` for the command-line steps.
+Run ``saescope --help`` for the command-line steps.
 """

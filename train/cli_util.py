@@ -1,4 +1,4 @@
-"""Helpers shared by the ``python -m train`` steps: resolved-config printing and saving."""
+"""Helpers shared by the ``saescope`` steps: resolved-config printing and saving."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core import __version__
+from saescope import __version__
 
 
 def jsonable(value: Any) -> Any:

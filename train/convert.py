@@ -1,4 +1,4 @@
-"""``python -m train import``: turn a saev checkpoint or an SAELens folder into a native SAE folder.
+"""``saescope import``: turn a saev checkpoint or an SAELens folder into a native SAE folder.
 
 Why a separate step: published checkpoints lack provenance and normalisation constants; this step
 adds them once (model id, layer, and — from an activation store — the input scale the SAE was
@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.sae_io import import_saelens, import_saev, save_sae
-from train.cli_util import announce_config
+from saescope.core.sae_io import import_saelens, import_saev, save_sae
+from saescope.train.cli_util import announce_config
 
 
 def add_parser(sub) -> None:
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.tokens import parse_kinds
+    from saescope.core.tokens import parse_kinds
 
     announce_config(args, args.out)
     src = Path(args.checkpoint)
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         sample = None
         if args.normalize_from_store:
-            from train.store import ActivationStore
+            from saescope.train.store import ActivationStore
 
             store = ActivationStore(args.normalize_from_store)
             sample = store.sample(args.sample_tokens, seed=0).float()
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         sae.cfg.layer_requested = args.layer
         sae.cfg.layer = args.layer
         if args.model:
-            from core.backbones import load_backbone
+            from saescope.core.backbones import load_backbone
 
             sae.cfg.layer = load_backbone(args.model, args.revision).resolve_layer(args.layer)
     sae.cfg.token_kinds = [k.value for k in parse_kinds(args.kinds)]

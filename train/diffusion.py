@@ -1,14 +1,14 @@
 """Diffusion steering steps: an SAE on a diffusion pipeline's CLIP text encoder, named and tested.
 
-``python -m train diffusion-tiny --out F``
+``saescope diffusion-tiny --out F``
     save a tiny random StableDiffusion pipeline (+ a tiny CLIP scorer) to a folder (offline).
-``python -m train diffusion-fit --pipeline SPEC --out ARTEFACT``
+``saescope diffusion-fit --pipeline SPEC --out ARTEFACT``
     encode a prompt corpus (built-in templated attribute/object prompts, plus ``--prompts FILE``)
     with the pipeline's text encoder, fit an SAE on the token outputs, save the artefact folder.
-``python -m train diffusion-name --artefact ARTEFACT``
+``saescope diffusion-name --artefact ARTEFACT``
     name sampled features: generate with each amplified vs. not (same seeds) and pick the
     vocabulary word whose CLIP score rises most (relative to the other words).
-``python -m train diffusion-eval --artefact ARTEFACT``
+``saescope diffusion-eval --artefact ARTEFACT``
     on held-out seeds and prompts, the fraction of named features whose amplification raises
     the CLIP score of their name, relative to the vocabulary and raw (and, as a control, the
     same for random directions of equal norm, named the same way).
@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from core import diffusion as D
-from core.sae import K_SPARSE, SAE
-from train.cli_util import announce_config
+from saescope.core import diffusion as D
+from saescope.core.sae import K_SPARSE, SAE
+from saescope.train.cli_util import announce_config
 
 
 # ------------------------------------------------------------------------------ fit
@@ -68,7 +68,7 @@ def fit_text_sae(acts: torch.Tensor, arch: str = "topk", expansion: float = 4.0,
                  l1: float = 3e-3, steps: int = 1000, batch_size: int = 1024, lr: float = 1e-3,
                  seed: int = 0, progress: bool = True, **provenance) -> SAE:
     """Train one SAE on in-memory activations with the step of ``train.fit``."""
-    from train.fit import FitConfig, SAESpec, _Member, _step
+    from saescope.train.fit import FitConfig, SAESpec, _Member, _step
 
     if len(acts) < 2:
         raise ValueError(f"need at least 2 activation vectors to fit an SAE, got {len(acts)}")
@@ -264,7 +264,7 @@ def evaluate_artefact(st: D.Steerer, art: D.Artefact, eval_setting: D.Setting, c
     """Held-out evaluation of the artefact's names, plus the random-direction control named and
     evaluated with exactly the same settings and push norms."""
     if not art.names:
-        raise ValueError(f"{art.path} has no feature names yet: run 'python -m train diffusion-name' first")
+        raise ValueError(f"{art.path} has no feature names yet: run 'saescope diffusion-name' first")
     naming = art.manifest.get("naming") or {}
     words = naming.get("words") or D.vocabulary()
     strength = float(naming.get("strength", 8.0))
@@ -291,7 +291,7 @@ def run_eval(args: argparse.Namespace) -> int:
     art = _artefact(args)
     out = _out_folder(args, art)
     if not art.names:
-        raise ValueError(f"{art.path} has no feature names yet: run 'python -m train diffusion-name' first")
+        raise ValueError(f"{art.path} has no feature names yet: run 'saescope diffusion-name' first")
     naming = art.manifest.get("naming") or {}
     overlap = set(args.seeds) & set(naming.get("seeds", []))
     if overlap and not args.allow_seen_seeds:

@@ -23,8 +23,8 @@ from typing import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from core.sae import SAE
-from core.steering import splice
+from saescope.core.sae import SAE
+from saescope.core.steering import splice
 
 DENSE_THRESHOLD = 0.01
 
@@ -36,7 +36,7 @@ def evaluate_sae(sae: SAE, store, max_tokens: int = 200_000, batch_size: int = 4
     sae.eval()
     d, w = sae.cfg.d_in, sae.cfg.d_sae
     if store.d_model != d:
-        from core.sae import ShapeMismatch
+        from saescope.core.sae import ShapeMismatch
 
         raise ShapeMismatch(f"store has width {store.d_model}, the SAE expects {d}")
     n = 0
@@ -150,9 +150,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.sae_io import check_compatible, from_pretrained
-    from train.cli_util import announce_config
-    from train.store import ActivationStore
+    from saescope.core.sae_io import check_compatible, from_pretrained
+    from saescope.train.cli_util import announce_config
+    from saescope.train.store import ActivationStore
 
     store = ActivationStore(args.store)
     sae = from_pretrained(args.sae)
@@ -162,9 +162,9 @@ def run(args: argparse.Namespace) -> int:
     metrics = evaluate_sae(sae, store, args.max_tokens, args.batch_size)
     metrics.pop("feature_frequency")
     if args.source:
-        from core.backbones import load_backbone
-        from core.heads import load_head_for
-        from train.sources import open_source
+        from saescope.core.backbones import load_backbone
+        from saescope.core.heads import load_head_for
+        from saescope.train.sources import open_source
 
         backbone = load_backbone(sae.cfg.model_id, sae.cfg.model_revision)
         head = load_head_for(backbone)

@@ -1,4 +1,4 @@
-"""Feature exemplars and feature statistics in one streaming pass: ``python -m train exemplars``.
+"""Feature exemplars and feature statistics in one streaming pass: ``saescope exemplars``.
 
 For every SAE feature: the top-k images ranked by the feature's *maximum patch activation* in the
 image, each with its per-patch activation map, plus firing frequency, mean activation (over all
@@ -52,10 +52,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from core import __version__
-from core.sae import SAE, Codes
-from core.sae_io import check_compatible
-from core.tokens import TokenKind, TokenLayout, parse_kinds
+from saescope import __version__
+from saescope.core.sae import SAE, Codes
+from saescope.core.sae_io import check_compatible
+from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
 
 FORMAT = "saescope.exemplars"
 FORMAT_VERSION = 1
@@ -343,7 +343,7 @@ class Exemplars:
     def open_source(self):
         """The image source the indices refer to (as recorded), opened once and cached."""
         if self._source is None:
-            from train.sources import open_source
+            from saescope.train.sources import open_source
 
             src = self.meta.get("source") or {}
             if not src.get("spec"):
@@ -500,7 +500,7 @@ def build_exemplars(sae: SAE, store, k: int = DEFAULT_K, batch_images: int = 32,
     ``store`` is an :class:`~train.store.ActivationStore` or its path; ``max_images`` limits the
     pass to the first images (quick looks).
     """
-    from train.store import ActivationStore
+    from saescope.train.store import ActivationStore
 
     _check_batch(batch_images)
     if not isinstance(store, ActivationStore):
@@ -526,7 +526,7 @@ def build_exemplars(sae: SAE, store, k: int = DEFAULT_K, batch_images: int = 32,
 def _image_batches(source, preprocess, batch_images: int, stop: int
                    ) -> Iterator[tuple[list[int], list[str], torch.Tensor]]:
     """(source indices, ids, pixels) batches; unreadable images are skipped."""
-    from core.images import ImageError
+    from saescope.core.images import ImageError
 
     idx: list[int] = []
     ids: list[str] = []
@@ -560,7 +560,7 @@ def build_exemplars_from_images(sae: SAE, backbone, source, k: int = DEFAULT_K,
 
     Image indices are source indices (unreadable images are skipped, never fatal).
     """
-    from train.sources import ImageSource, open_source
+    from saescope.train.sources import ImageSource, open_source
 
     _check_batch(batch_images)
     if not isinstance(source, ImageSource):
@@ -626,8 +626,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.sae_io import from_pretrained
-    from train.cli_util import announce_config
+    from saescope.core.sae_io import from_pretrained
+    from saescope.train.cli_util import announce_config
 
     announce_config(args, args.out)
     sae = from_pretrained(args.sae)
@@ -635,7 +635,7 @@ def run(args: argparse.Namespace) -> int:
         ex = build_exemplars(sae, args.store, k=args.k, batch_images=args.batch_images,
                              progress=args.progress, max_images=args.max_images)
     else:
-        from core.backbones import load_backbone
+        from saescope.core.backbones import load_backbone
 
         model = args.model or sae.cfg.model_id
         if not model:

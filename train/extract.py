@@ -1,4 +1,4 @@
-"""``python -m train extract``: images -> backbone tokens at layer L -> activation store(s).
+"""``saescope extract``: images -> backbone tokens at layer L -> activation store(s).
 
 Three stages overlap so the model never waits: loader threads decode and preprocess the next
 batches, the main thread runs the forward pass, a writer thread writes and checksums the previous
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.images import ImageError
-from core.tokens import TokenKind, TokenLayout, parse_kinds
-from train.sources import ImageSource, open_source
-from train.store import (
+from saescope.core.images import ImageError
+from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
+from saescope.train.sources import ImageSource, open_source
+from saescope.train.store import (
     DTYPES,
     MANIFEST,
     StoreError,
@@ -472,12 +472,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from train.cli_util import announce_config
+    from saescope.train.cli_util import announce_config
 
     if args.layer is None:
         args.layer = [-2]
     announce_config(args, args.out)
-    from core.backbones import load_backbone
+    from saescope.core.backbones import load_backbone
 
     backbone = load_backbone(args.model, revision=args.revision, device=args.device)
     source = open_source(args.source, max_images=args.max_images)

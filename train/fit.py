@@ -24,10 +24,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from core.sae import K_SPARSE, SAE, SAEConfig
-from core.sae_io import save_sae
-from train.cli_util import announce_config
-from train.schedules import k_at, lr_at, sparsity_at
+from saescope.core.sae import K_SPARSE, SAE, SAEConfig
+from saescope.core.sae_io import save_sae
+from saescope.train.cli_util import announce_config
+from saescope.train.schedules import k_at, lr_at, sparsity_at
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -88,7 +88,7 @@ class _Member:
 
 
 def _open_store(path: str):
-    from train.store import ActivationStore
+    from saescope.train.store import ActivationStore
 
     return ActivationStore(path)
 
@@ -297,8 +297,8 @@ def fit(cfg: FitConfig) -> list[Path]:
 
 def _finish(cfg: FitConfig, store, members: list[_Member], names: list[str], out: Path,
             seen: int, total: int) -> list[Path]:
-    from train.evaluate import evaluate_sae
-    from train.plots import plot_feature_frequency, plot_fvu_vs_l0
+    from saescope.train.evaluate import evaluate_sae
+    from saescope.train.plots import plot_feature_frequency, plot_fvu_vs_l0
 
     folders, rows = [], []
     for name, m in zip(names, members):

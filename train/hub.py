@@ -1,10 +1,10 @@
-"""``python -m train push``: upload a trained SAE folder to the Hugging Face Hub."""
+"""``saescope push``: upload a trained SAE folder to the Hugging Face Hub."""
 
 from __future__ import annotations
 
 import argparse
 
-from core.sae_io import from_pretrained, push_to_hub
+from saescope.core.sae_io import from_pretrained, push_to_hub
 
 
 def add_parser(sub) -> None:

@@ -1,4 +1,4 @@
-"""Search indices and feature matches for the apps: ``python -m train index``.
+"""Search indices and feature matches for the apps: ``saescope index``.
 
 Three things are built from an SAE and its activation store:
 
@@ -51,10 +51,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from core.index import (DEFAULT_TARGET_RECALL, INDEX_TYPES, IndexBuilder, VectorIndex,
+from saescope.core.index import (DEFAULT_TARGET_RECALL, INDEX_TYPES, IndexBuilder, VectorIndex,
                         l2_normalize, patch_id)
-from core.sae import SAE, ShapeMismatch
-from train.store import ActivationStore, StoreError
+from saescope.core.sae import SAE, ShapeMismatch
+from saescope.train.store import ActivationStore, StoreError
 
 PATCHES_FILE = "patches.faiss"
 PATCH_IMAGES_FILE = "patches.images.json"
@@ -463,8 +463,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.sae_io import from_pretrained
-    from train.cli_util import announce_config
+    from saescope.core.sae_io import from_pretrained
+    from saescope.train.cli_util import announce_config
 
     if (args.other_sae is None) != (args.other_store is None):
         raise ValueError("--other-sae and --other-store go together")

@@ -1,4 +1,4 @@
-"""Ontology analysis of SAE features with WordNet: ``python -m train ontology``.
+"""Ontology analysis of SAE features with WordNet: ``saescope ontology``.
 
 One streaming pass over a labelled activation store through the SAE gives, per image, each
 feature's maximum over patch tokens; these are summed per class (:class:`ClassActivations`), then
@@ -6,8 +6,8 @@ feature's maximum over patch tokens; these are summed per class (:class:`ClassAc
 classes. Outputs: ``ontology.json`` (everything), ``ontology.md`` (tables) and ``ontology.png``
 (features on the hierarchy induced by the label synsets).
 
-    python -m train ontology --bundle runs/bundle --store runs/acts --out runs/ontology
-    python -m train ontology --sae runs/saes/topk-k32-x16 --store runs/acts --label-map map.json
+    saescope ontology --bundle runs/bundle --store runs/acts --out runs/ontology
+    saescope ontology --sae runs/saes/topk-k32-x16 --store runs/acts --label-map map.json
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from core.ontology import (
+from saescope.core.ontology import (
     ClassActivations,
     OntologyError,
     OntologyResult,
@@ -33,9 +33,9 @@ from core.ontology import (
     plot_hierarchy,
     text_table,
 )
-from core.sae import SAE
-from core.tokens import TokenKind, parse_kinds
-from train.exemplars import check_sae_store, codes_to_coo
+from saescope.core.sae import SAE
+from saescope.core.tokens import TokenKind, parse_kinds
+from saescope.train.exemplars import check_sae_store, codes_to_coo
 
 
 def labelled(store) -> tuple[list[str], list[int | None]]:
@@ -80,7 +80,7 @@ def class_activations(sae: SAE, store, batch_images: int = 16, progress: bool = 
     labels (unmapped ones) are left out."""
     from tqdm.auto import tqdm
 
-    from train.store import ActivationStore
+    from saescope.train.store import ActivationStore
 
     if not isinstance(store, ActivationStore):
         store = ActivationStore(store)
@@ -164,16 +164,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.sae_io import from_pretrained
-    from core.wordnet import load as load_wordnet
-    from train.cli_util import announce_config
-    from train.store import ActivationStore
+    from saescope.core.sae_io import from_pretrained
+    from saescope.core.wordnet import load as load_wordnet
+    from saescope.train.cli_util import announce_config
+    from saescope.train.store import ActivationStore
 
     wn = load_wordnet(args.wordnet_dir)  # fail early, before the pass, when WordNet is missing
     store = ActivationStore(args.store)
     labelled(store)
     if args.bundle:
-        from core.bundle import Bundle
+        from saescope.core.bundle import Bundle
 
         bundle = Bundle.load(args.bundle)
         sae, title = bundle.sae, bundle.title

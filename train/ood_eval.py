@@ -1,4 +1,4 @@
-"""``python -m train ood-eval`` / ``ood-fit``: out-of-distribution detection with SAE codes.
+"""``saescope ood-eval`` / ``ood-fit``: out-of-distribution detection with SAE codes.
 
 ``ood-eval`` answers "do SAE codes flag images the model was not shown, and as well as the usual
 baselines?": for each in-distribution set it extracts layer-L activations (:func:`train.extract`,
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.ood import FAMILIES, ImageSummary, OODSuite, auroc, default_scorers, fpr_at_tpr, summarize
+from saescope.core.ood import FAMILIES, ImageSummary, OODSuite, auroc, default_scorers, fpr_at_tpr, summarize
 
 DEFAULT_MODEL = "offline:dinov2-s-saliency"
 
@@ -67,8 +67,8 @@ def extract_set(backbone, spec: str, start: int, n: int, work: Path, layer: int,
     All token kinds are kept so that the rest of the model (blocks L+1.., final norm) can be run
     on the stored tokens for the final CLS token: one backbone pass serves every baseline.
     """
-    from train.extract import extract
-    from train.sources import open_source
+    from saescope.train.extract import extract
+    from saescope.train.sources import open_source
 
     source = open_source(spec, start=start, max_images=n)
     if len(source) == 0:
@@ -92,8 +92,8 @@ def store_summary(store_path: Path, sae, backbone=None, *, with_cls: bool = True
     """
     from tqdm.auto import tqdm
 
-    from core.tokens import TokenKind
-    from train.store import ActivationStore
+    from saescope.core.tokens import TokenKind
+    from saescope.train.store import ActivationStore
 
     store = ActivationStore(store_path)
     layout = store.layout
@@ -127,9 +127,9 @@ def store_summary(store_path: Path, sae, backbone=None, *, with_cls: bool = True
 def fit_sae_on(store_path: Path, work: Path, *, expansion: float, k: int, epochs: float,
                progress: bool = True):
     """A TopK SAE fitted on the in-distribution training store (cached: a rerun resumes at the end)."""
-    from core.sae_io import from_pretrained
-    from train.fit import FitConfig, SAESpec, fit
-    from train.store import ActivationStore
+    from saescope.core.sae_io import from_pretrained
+    from saescope.train.fit import FitConfig, SAESpec, fit
+    from saescope.train.store import ActivationStore
 
     store = ActivationStore(store_path)
     out = work / "saes" / f"{Path(store_path).name}-topk-x{expansion:g}-k{k}-e{epochs:g}"
@@ -198,7 +198,7 @@ def markdown_table(cfg: dict) -> str:
 
 
 def markdown(result: dict) -> str:
-    out = ["## OOD detection with SAE codes (`python -m train ood-eval`)\n",
+    out = ["## OOD detection with SAE codes (`saescope ood-eval`)\n",
            f"Model `{result['model']}`, layer {result['layer']}; "
            f"{result['n_train']} in-distribution training images per configuration: the SAE and "
            f"the scorers are fitted on the first {1 - result['cal_fraction']:.0%}, the last "
@@ -235,8 +235,8 @@ def fit_bundle_ood(bundle_path: str | Path, store_path: str | Path, *, max_image
     its calibration images are not unseen and the thresholds lean low (the verdict errs towards
     "OOD"). Calibrating on images the SAE never saw needs a store of them (``OODSuite.fit``).
     """
-    from core.bundle import Bundle
-    from train.store import ActivationStore
+    from saescope.core.bundle import Bundle
+    from saescope.train.store import ActivationStore
 
     bundle = Bundle.load(bundle_path, verify=False)
     store = ActivationStore(store_path)
@@ -263,7 +263,7 @@ def fit_bundle_ood(bundle_path: str | Path, store_path: str | Path, *, max_image
 
 def add_ood_to_bundle(bundle_path: str | Path, suite: OODSuite) -> Path:
     """Store a fitted suite as the bundle's ``ood/`` component (replacing an older one)."""
-    from core.bundle import update_manifest
+    from saescope.core.bundle import update_manifest
 
     folder = Path(bundle_path) / "ood"
     shutil.rmtree(folder, ignore_errors=True)
@@ -281,8 +281,8 @@ def add_ood_to_bundle(bundle_path: str | Path, suite: OODSuite) -> Path:
 
 def ensure_default_ood(bundle_paths, progress: bool = True) -> None:
     """Give every offline default bundle an ``ood/`` component (fitted once on its store)."""
-    from core.bundle import Bundle
-    from train.bundle import default_bundle_dir
+    from saescope.core.bundle import Bundle
+    from saescope.train.bundle import default_bundle_dir
 
     for p in bundle_paths:
         b = Bundle.load(p, verify=False)
@@ -346,7 +346,7 @@ def add_parser(sub) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from train.cli_util import announce_config
+    from saescope.train.cli_util import announce_config
 
     announce_config(args, None)
     folder = fit_bundle_ood(args.bundle, args.store, max_images=args.max_images, k=args.knn_k,
@@ -359,8 +359,8 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.backbones import load_backbone
-    from train.cli_util import announce_config
+    from saescope.core.backbones import load_backbone
+    from saescope.train.cli_util import announce_config
 
     work = Path(args.work)
     if args.n_train < 10 or args.n_test < 2:
@@ -369,7 +369,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("nothing to compare: give at least one --out source (or two --in sources)")
     bundle = sae = None
     if args.bundle:
-        from core.bundle import Bundle
+        from saescope.core.bundle import Bundle
 
         bundle = Bundle.load(args.bundle)
         b_model = bundle.model.get("model_id")
@@ -394,7 +394,7 @@ def run(args: argparse.Namespace) -> int:
                          f"{args.model} has width {backbone.d_model}")
     prog = args.progress
 
-    from train.sources import open_source
+    from saescope.train.sources import open_source
 
     # -- extraction: every slice once, shared by the configurations
     fit_sets, cal_sets, test_sets = {}, {}, {}
@@ -475,7 +475,7 @@ def run(args: argparse.Namespace) -> int:
     if args.results_md:
         from bench.report import write_section
 
-        cmd = ("python -m train ood-eval --model " + args.model + f" --layer {args.layer} --in "
+        cmd = ("saescope ood-eval --model " + args.model + f" --layer {args.layer} --in "
                + " ".join(args.in_sets) + (" --out " + " ".join(args.out_sets) if args.out_sets else "")
                + f" --n-train {args.n_train} --n-test {args.n_test} --results-md")
         write_section("ood", md + f"\n\nCommand: `{cmd}` ({result['seconds']:.0f} s).", result)

@@ -1,4 +1,4 @@
-"""``python -m train run``: the default end-to-end training run (extract -> fit -> evaluate).
+"""``saescope run``: the default end-to-end training run (extract -> fit -> evaluate).
 
 With no options it trains a TopK SAE on the real offline DINOv2-S (saliency fine-tune) over the
 packaged photos, offline, in a few minutes on a laptop CPU, and reports reconstruction, sparsity
@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from train.cli_util import announce_config
+from saescope.train.cli_util import announce_config
 
 
 def add_parser(sub) -> None:
@@ -45,12 +45,12 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.backbones import load_backbone
-    from train.evaluate import downstream_recovery
-    from train.extract import extract
-    from train.fit import FitConfig, fit, specs_from_args
-    from train.sources import open_source
-    from train.store import ActivationStore
+    from saescope.core.backbones import load_backbone
+    from saescope.train.evaluate import downstream_recovery
+    from saescope.train.extract import extract
+    from saescope.train.fit import FitConfig, fit, specs_from_args
+    from saescope.train.sources import open_source
+    from saescope.train.store import ActivationStore
 
     out = Path(args.out)
     announce_config(args, out)
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     report = {"store": str(store_path), "saes": []}
     head = _head_or_none(backbone)
     images = [im for _, im in open_source(args.eval_source) if not isinstance(im, Exception)]
-    from core.sae_io import from_pretrained
+    from saescope.core.sae_io import from_pretrained
 
     for folder in folders:
         sae = from_pretrained(folder)
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _head_or_none(backbone):
     """The backbone's frozen head when it has one (the offline model's saliency decoder)."""
-    from core.heads import load_head_for
+    from saescope.core.heads import load_head_for
 
     try:
         return load_head_for(backbone)

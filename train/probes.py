@@ -1,4 +1,4 @@
-"""``python -m train probe``: fit linear probes on a frozen backbone and store them in a bundle.
+"""``saescope probe``: fit linear probes on a frozen backbone and store them in a bundle.
 
 The probes are the frozen task heads that steering is tested against (``apps/classify.py``,
 ``apps/segment.py``, ``steer-eval``): edit an SAE feature at layer L, run blocks L+1.. and read
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.probes import LinearProbe, ProbeReport, fit_linear_probe, majority_patch_labels, pool_tokens
+from saescope.core.probes import LinearProbe, ProbeReport, fit_linear_probe, majority_patch_labels, pool_tokens
 
 DEFAULT_SOURCES = {"classification": "builtin:digits", "segmentation": "builtin:digit-scenes"}
 DEFAULT_MAX_IMAGES = {"classification": 600, "segmentation": 300}
@@ -50,7 +50,7 @@ class ProbeData:
 
 def _batches(source, batch_size: int, skipped: list[dict]):
     """Yield lists of (index, id, image) with unreadable images skipped and listed."""
-    from core.images import ImageError
+    from saescope.core.images import ImageError
 
     batch = []
     for i in range(len(source)):
@@ -148,7 +148,7 @@ def fit_probe(backbone, source, task: str, *, name: str, pooling: str = "cls",
     """Collect features over ``source`` and fit a probe; returns it with its held-out report."""
     t0 = time.perf_counter()
     data = collect(backbone, source, task, pooling=pooling, batch_size=batch_size, progress=progress)
-    from core.probes import split_by_group
+    from saescope.core.probes import split_by_group
 
     test_rows = split_by_group(data.groups, test_fraction, seed)  # whole images held out
     probe, report = fit_linear_probe(
@@ -167,7 +167,7 @@ def fit_probe(backbone, source, task: str, *, name: str, pooling: str = "cls",
 # ------------------------------------------------------------------------------ bundles
 def add_probe_to_bundle(bundle_path: str | Path, probe: LinearProbe) -> Path:
     """Store ``probe`` as ``probes/<name>.*`` in a bundle and list it in the manifest."""
-    from core.bundle import Bundle, update_manifest
+    from saescope.core.bundle import Bundle, update_manifest
 
     bundle = Bundle.load(bundle_path, verify=False)
     model_id = bundle.model.get("model_id")
@@ -193,10 +193,10 @@ DEFAULT_PROBES = (  # (name, task, source, max images) fitted into the offline d
 
 def ensure_default_probes(bundle_paths, progress: bool = True) -> None:
     """Fit the offline default probes once and add them to every default bundle missing them."""
-    from core.backbones import OFFLINE_MODEL_ID, load_backbone
-    from core.bundle import Bundle
-    from train.seg_sources import open_segmentation_source
-    from train.sources import open_source
+    from saescope.core.backbones import OFFLINE_MODEL_ID, load_backbone
+    from saescope.core.bundle import Bundle
+    from saescope.train.seg_sources import open_segmentation_source
+    from saescope.train.sources import open_source
 
     missing = [(name, task, spec, n) for name, task, spec, n in DEFAULT_PROBES
                if any(name not in Bundle.load(p, verify=False).probe_names for p in bundle_paths)]
@@ -248,11 +248,11 @@ def _default_name(spec: str, task: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.backbones import load_backbone
-    from core.bundle import Bundle
-    from train.cli_util import announce_config
-    from train.seg_sources import open_segmentation_source
-    from train.sources import open_source
+    from saescope.core.backbones import load_backbone
+    from saescope.core.bundle import Bundle
+    from saescope.train.cli_util import announce_config
+    from saescope.train.seg_sources import open_segmentation_source
+    from saescope.train.sources import open_source
 
     if (args.bundle is None) == (args.model is None):
         raise ValueError("give exactly one of --bundle (store the probe in it) or --model (with --out)")

@@ -28,8 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from core.images import ImageError, load_image
-from train.sources import (IMAGE_EXTENSIONS, ArraySource, HFSource, ImageSource, SubsetSource,
+from saescope.core.images import ImageError, load_image
+from saescope.train.sources import (IMAGE_EXTENSIONS, ArraySource, HFSource, ImageSource, SubsetSource,
                            _parse_params, digits_source, fashion_mnist_source)
 
 IGNORE = -1

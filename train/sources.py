@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 from PIL import Image
 
-from core.images import ImageError, ImageInput, array_to_image, load_image
+from saescope.core.images import ImageError, ImageInput, array_to_image, load_image
 
 Loaded = Union[Image.Image, ImageError]
 

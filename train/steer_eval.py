@@ -1,4 +1,4 @@
-"""``python -m train steer-eval``: does editing a feature change what it should, and only that?
+"""``saescope steer-eval``: does editing a feature change what it should, and only that?
 
 For every image: the frozen segmentation head (the offline model's saliency decoder) gives a
 foreground mask; the target patches are the foreground ones. The feature is chosen
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.steering import Edit, cache_layer, edit_positions, splice, steer
+from saescope.core.steering import Edit, cache_layer, edit_positions, splice, steer
 
 
 @dataclass
@@ -128,7 +128,7 @@ def summarize(results: list[ImageResult]) -> dict:
 
 
 def markdown(summary: dict, title: str) -> str:
-    lines = ["## Steering evaluation (`python -m train steer-eval`)\n", title + "\n",
+    lines = ["## Steering evaluation (`saescope steer-eval`)\n", title + "\n",
              "| intervention on the target (foreground) patches | change in target region | "
              "change elsewhere | target mask flips | other mask flips |", "|---|---|---|---|---|"]
     for m, v in summary["table"].items():
@@ -171,8 +171,8 @@ def add_parser(sub) -> None:
 
 def _open_images(spec: str, max_images: int):
     """An image source; segmentation specs (digit scenes, masks folders) work too."""
-    from train.seg_sources import SEG_BUILTINS, open_segmentation_source
-    from train.sources import open_source
+    from saescope.train.seg_sources import SEG_BUILTINS, open_segmentation_source
+    from saescope.train.sources import open_source
 
     if spec.startswith("builtin:") and spec[8:].split("?")[0] in SEG_BUILTINS:
         return open_segmentation_source(spec, max_images=max_images)
@@ -182,8 +182,8 @@ def _open_images(spec: str, max_images: int):
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from core.bundle import Bundle
-    from train.bundle import ensure_default_bundle
+    from saescope.core.bundle import Bundle
+    from saescope.train.bundle import ensure_default_bundle
 
     bundle = Bundle.load(args.bundle or ensure_default_bundle())
     seg_heads = [n for n in bundle.head_names

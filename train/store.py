@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from core.tokens import TokenKind, TokenLayout, parse_kinds
+from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
 
 FORMAT = "saescope.activation_store"
 FORMAT_VERSION = 1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from core.backbones.base import Backbone, BackboneOutput, Preprocess
+from saescope.core.backbones.base import Backbone, BackboneOutput, Preprocess
 
 OFFLINE_MODEL_ID = "offline:dinov2-s-saliency"
 OFFLINE_ALIASES = ("offline", OFFLINE_MODEL_ID)
@@ -31,15 +31,15 @@ def load_backbone(
       DINOv2-with-registers / ViT checkpoint.
     """
     if model_id in OFFLINE_ALIASES:
-        from core.backbones.offline import load_offline_backbone
+        from saescope.core.backbones.offline import load_offline_backbone
 
         backbone: Backbone = load_offline_backbone(device=device, dtype=dtype)
     elif model_id.startswith(OPEN_CLIP_PREFIXES):
-        from core.backbones.openclip import load_open_clip_backbone
+        from saescope.core.backbones.openclip import load_open_clip_backbone
 
         backbone = load_open_clip_backbone(model_id, revision=revision, device=device, dtype=dtype)
     else:
-        from core.backbones.hf import load_hf_backbone
+        from saescope.core.backbones.hf import load_hf_backbone
 
         backbone = load_hf_backbone(model_id, revision=revision, device=device, dtype=dtype)
     return backbone.eval().requires_grad_(False)

