@@ -1,0 +1,64 @@
+"""Every saescope artefact format, its name and version, in one table, with one manifest check.
+
+Why one table: a reader must refuse a file written by a newer saescope (or a file of another
+kind) with a clear message rather than misread it, and the rule for that is the same for every
+artefact. Bump a format's version here when its files change incompatibly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Format:
+    """A versioned artefact format: ``name`` goes in the manifest's ``format`` field."""
+
+    name: str
+    version: int
+    kind: str  # in plain words, for error messages ("bundle", "activation-store", ...)
+
+    def header(self) -> dict[str, Any]:
+        """The ``format`` / ``format_version`` fields a writer puts in its manifest."""
+        return {"format": self.name, "format_version": self.version}
+
+    def check(self, info: Mapping[str, Any], where: Any, *, error: type[Exception] = ValueError,
+              check_name: bool = True, default_version: int | None = None) -> int:
+        """Refuse ``info`` if it is another format or from a newer saescope; return its version.
+
+        ``where`` names the file or folder in the message. ``default_version`` is assumed when
+        the manifest has no version field (formats that predate the field).
+        """
+        if check_name and info.get("format") != self.name:
+            raise error(f"{where} is not a saescope {self.kind} (format={info.get('format')!r}, "
+                        f"expected {self.name!r})")
+        raw = info.get("format_version", default_version)
+        try:
+            version = int(raw)
+        except (TypeError, ValueError):
+            raise error(f"{where}: unknown {self.kind} format version {raw!r}") from None
+        if version > self.version:
+            raise error(f"{where}: unknown {self.kind} format version {version}, newer than this "
+                        f"saescope reads ({self.version}); upgrade saescope")
+        if version < 1:
+            raise error(f"{where}: unknown {self.kind} format version {version}")
+        return version
+
+
+SAE = Format("saescope-sae", 1, "SAE")
+BUNDLE = Format("saescope-bundle", 1, "bundle")
+ACTIVATION_STORE = Format("saescope.activation_store", 1, "activation-store")
+EXEMPLARS = Format("saescope.exemplars", 1, "exemplars")
+VECTOR_INDEX = Format("saescope.vector_index", 1, "vector index")
+FEATURE_MATCHES = Format("saescope.feature_matches", 1, "feature matches")
+PATCH_IMAGES = Format("saescope.patch_images", 1, "patch-image table")
+OOD = Format("saescope.ood", 1, "OOD calibration")
+ONTOLOGY = Format("saescope.ontology", 1, "ontology report")
+DIFFUSION_STEERING = Format("saescope.diffusion_steering", 1, "diffusion steering artefact")
+OFFLINE_MODEL = Format("saescope.offline_model", 1, "converted offline model")
+
+ALL = [SAE, BUNDLE, ACTIVATION_STORE, EXEMPLARS, VECTOR_INDEX, FEATURE_MATCHES, PATCH_IMAGES, OOD,
+       ONTOLOGY, DIFFUSION_STEERING, OFFLINE_MODEL]
+
+__all__ = ["Format", "ALL", *[f for f in dir() if f.isupper() and f != "ALL"]]
