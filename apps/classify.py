@@ -16,16 +16,20 @@ from __future__ import annotations
 import argparse
 import html
 import sys
-from pathlib import Path
 
+import gradio as gr
 import numpy as np
 
 from saescope.apps import panels
 from saescope.apps.engine import Analysis, Engine, SteerOutcome
-from saescope.apps.steerapp import (SCOPE_CLS, SCOPES, SteerTask, build_steer_app, steer_app_main,
-                           steer_app_parser)
-
-import gradio as gr  # noqa: E402
+from saescope.apps.steerapp import (
+    SCOPE_CLS,
+    SCOPES,
+    SteerTask,
+    build_steer_app,
+    steer_app_main,
+    steer_app_parser,
+)
 
 N_ROWS = 10  # classes listed in the table (all of them when there are at most this many)
 

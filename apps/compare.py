@@ -17,32 +17,32 @@ import html
 import os
 import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass
+
+import gradio as gr
 
 from saescope.apps import adapter, panels
-from saescope.apps.common import (
-    app_parser,
+from saescope.apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
+from saescope.apps.launch import app_parser, serve
+from saescope.apps.picker import (
     describe_selection,
-    error_box,
-    image_upload,
+    on_pick,
     outline_patches,
     parse_selection,
     patch_picker_controls,
-    picked_selection,
+    pick_from,
     picker_all,
     picker_cleared,
     picker_html,
-    serve,
-    stats_markdown,
-    try_upload,
 )
-from saescope.apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
-
-import gradio as gr  # noqa: E402
+from saescope.apps.text import error_box, stats_markdown
+from saescope.apps.uploads import image_upload, try_upload
+from saescope.core.heatmap import crop_box, render_spotlight
 
 N_TOP = 6
 N_EXEMPLARS = 8
 N_MATCHES = 6
+MODEL = dict(concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY)  # events that run it
 
 HELP = """
 **Two SAEs, one image.** The left and right columns are two sparse autoencoders, each trained on
@@ -93,7 +93,7 @@ class Side:
         self.stats = engine.stats
 
     def box(self, an) -> tuple:
-        return adapter.crop_box(an.image.size, self.pre)
+        return crop_box(an.image.size, self.pre)
 
     def cards(self, an, sel):
         feats = self.eng.top_features(an, sel, N_TOP)
@@ -110,31 +110,27 @@ class Side:
         ex = panels.exemplar_tiles(self.bundle, self.pre, f, N_EXEMPLARS)
         heat = None
         if an is not None:
-            heat = adapter.render_heatmap(an.view, an.feature_map(f))
+            heat = render_spotlight(an.view, an.feature_map(f))
             if sel:
                 heat = outline_patches(heat, an.grid, sel)
         return md, ex, heat
 
 
-def build_app(left=None, right=None, *, offline: bool = False, examples: bool = True,
-              warm_up: bool = False) -> gr.Blocks:
-    """Side-by-side comparison of two bundles (paths, Hub ids or Bundles; None: defaults)."""
-    left, right, mode = resolve_defaults(left, right, offline)
-    lb, rb = adapter.load_bundle(left), adapter.load_bundle(right)
-    adapter.share_backbone(lb, rb)
-    L, R = Side(Engine(lb), "left"), Side(Engine(rb), "right")
-    if warm_up:
-        L.eng.warm_up()
-        R.eng.warm_up()
-    sides = {"left": L, "right": R}
+class Comparison:
+    """The two sides of the page and its event handlers (method names are the events' API
+    names, so keep them stable)."""
 
-    def _an(side: Side, key):
+    def __init__(self, left: Side, right: Side):
+        self.L, self.R = left, right
+        self.sides = {"left": left, "right": right}
+
+    def _an(self, side: Side, key):
         try:
             return side.eng.get(key)
         except SessionExpired as err:
             raise gr.Error(str(err), title="No image") from None
 
-    def _feature(side: Side, feature) -> int:
+    def _feature(self, side: Side, feature) -> int:
         try:
             if feature is None or float(feature) != int(float(feature)):
                 raise ValueError(f"feature id must be a whole number, got {feature}")
@@ -143,13 +139,14 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
             raise gr.Error(f"{side.eng.title}: {err}", title="Unknown feature",
                            print_exception=False) from None
 
-    def selections(lk, rk, sel_text):
-        la, ra = _an(L, lk), _an(R, rk)
+    def selections(self, lk, rk, sel_text):
+        L, R = self.L, self.R
+        la, ra = self._an(L, lk), self._an(R, rk)
         ls = parse_selection(sel_text, la.grid)
         rs = adapter.map_selection(ls, la.grid, L.box(la), ra.grid, R.box(ra))
         return la, ra, ls, rs
 
-    def matches(src: Side, dst: Side, f: int, sa=None, da=None):
+    def matches(self, src: Side, dst: Side, f: int, sa=None, da=None):
         codes_a = codes_b = None
         if sa is not None and da is not None:
             codes_a = sa.codes
@@ -169,24 +166,26 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
                  f"{src.name} #{f} — _{how}_")
         return label, items, [g for g, _ in pairs]
 
-    def open_feature(side_name, feature, lk, rk, sel_text):
-        src = sides[side_name]
+    def open_feature(self, side_name, feature, lk, rk, sel_text):
+        L, R = self.L, self.R
+        src = self.sides[side_name]
         dst = R if src is L else L
-        f = _feature(src, feature)
+        f = self._feature(src, feature)
         sa = da = None
         ssel = ()
         if lk and rk:
             try:
-                la, ra, ls, rs = selections(lk, rk, sel_text)
+                la, ra, ls, rs = self.selections(lk, rk, sel_text)
                 sa, da = (la, ra) if src is L else (ra, la)
                 ssel = ls if src is L else rs
             except gr.Error:
                 pass
         md, ex, heat = src.feature(f, sa, ssel)
-        label, items, ids = matches(src, dst, f, sa, da)
+        label, items, ids = self.matches(src, dst, f, sa, da)
         return f, md, ex, heat, label, items, ids
 
-    def on_image(upload):
+    def on_image(self, upload):
+        L, R = self.L, self.R
         if upload is None:  # cleared (keeps an error message from a refused upload visible)
             return (gr.update(), None, None, gr.update(), picker_html(None, None), "", "", [], [],
                     [], [])
@@ -205,138 +204,191 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
         return (gr.update(), la.key, ra.key, status, picker_html(la.view, la.grid, ()), "",
                 describe_selection(set(), la.grid), lc, lf, rc, rf)
 
-    def open_tops(lk, rk, lf, rf):
+    def open_tops(self, lk, rk, lf, rf):
         """After an upload: open each side's strongest feature, with its matches."""
         outs = []
         for name, feats in (("left", lf), ("right", rf)):
             if lk and rk and feats:
-                outs.extend(open_feature(name, feats[0], lk, rk, ""))
+                outs.extend(self.open_feature(name, feats[0], lk, rk, ""))
             else:
                 outs.extend([gr.update()] * 7)
         return tuple(outs)
 
-    def on_select(lk, rk, sel_text):
-        la, ra, ls, rs = selections(lk, rk, sel_text)
-        lc, lf = L.cards(la, ls)
-        rc, rf = R.cards(ra, rs)
+    def on_select(self, lk, rk, sel_text):
+        la, ra, ls, rs = self.selections(lk, rk, sel_text)
+        lc, lf = self.L.cards(la, ls)
+        rc, rf = self.R.cards(ra, rs)
         info = describe_selection(ls, la.grid)
         if ls:
             info += f" On the right model's grid: {len(rs)} of {ra.n_patches} patches."
         return info, lc, lf, rc, rf
 
-    def on_pick(evt: gr.EventData):
-        return picked_selection(evt)
+    def on_clear(self, lk):
+        return picker_cleared(self._an(self.L, lk))
 
-    def on_clear(lk):
-        return picker_cleared(_an(L, lk))
+    def on_all(self, lk):
+        return picker_all(self._an(self.L, lk))
 
-    def on_all(lk):
-        return picker_all(_an(L, lk))
 
-    def pick_from(items, evt: gr.SelectData):
-        i = evt.index if isinstance(evt.index, int) else evt.index[0]
-        if not items or i is None or i >= len(items):
-            raise gr.Error("That item is no longer shown; try again.")
-        return int(items[i])
+# ------------------------------------------------------------------------------ layout
+@dataclass
+class FeaturePanel:
+    """④ one side's feature: id, statistics, heat-map, exemplars and matches on the other side."""
 
-    # ------------------------------------------------------------------ layout
-    def side_header(side: Side) -> str:
-        b = side.bundle
-        sub = (f"{b.model.get('display_name') or b.model.get('model_id', '')} · layer {side.eng.layer} · "
-               f"{side.eng.sae.cfg.name}, {side.eng.d_sae:,} features")
-        return (f"<div class='cmp-side'><div class='cmp-tag'>{side.name.upper()}</div>"
-                f"<b>{html.escape(side.eng.title)}</b><br><span class='sae-note'>{html.escape(sub)}</span></div>")
+    num: gr.Number
+    btn: gr.Button
+    md: gr.Markdown
+    heat: gr.Image
+    ex: gr.Gallery
+    mlabel: gr.Markdown
+    mgal: gr.Gallery
+    ids: gr.State  # the side's top features (its gallery above)
+    match_ids: gr.State
+    name_state: gr.State
+    top: gr.Gallery
 
+    @property
+    def outputs(self) -> list:
+        return [self.num, self.md, self.ex, self.heat, self.mlabel, self.mgal, self.match_ids]
+
+
+@dataclass
+class Page:
+    lkey: gr.State
+    rkey: gr.State
+    lfeats: gr.State
+    rfeats: gr.State
+    upload: gr.Image
+    status: gr.Markdown
+    picker: gr.HTML
+    sel_text: gr.Textbox
+    clear_btn: gr.Button
+    all_btn: gr.Button
+    sel_info: gr.Markdown
+    ltop: gr.Gallery
+    rtop: gr.Gallery
+    left: FeaturePanel | None = None
+    right: FeaturePanel | None = None
+
+
+def side_header(side: Side) -> str:
+    b = side.bundle
+    sub = (f"{b.model.get('display_name') or b.model.get('model_id', '')} · layer {side.eng.layer} · "
+           f"{side.eng.sae.cfg.name}, {side.eng.d_sae:,} features")
+    return (f"<div class='cmp-side'><div class='cmp-tag'>{side.name.upper()}</div>"
+            f"<b>{html.escape(side.eng.title)}</b><br><span class='sae-note'>{html.escape(sub)}</span></div>")
+
+
+def _feature_panel(side: Side, ids_state, match_state, name_state, top) -> FeaturePanel:
+    with gr.Column(min_width=320):
+        with gr.Row():
+            num = gr.Number(label=f"{side.name.capitalize()} feature id", precision=0,
+                            value=0, minimum=0, maximum=side.eng.d_sae - 1,
+                            elem_id=f"{side.name}-feature", scale=3)
+            btn = gr.Button("Show", size="sm", variant="primary", scale=1, min_width=60)
+        with gr.Row(equal_height=False):
+            md = gr.Markdown()
+            heat = gr.Image(show_label=False, interactive=False, format="jpeg",
+                            height=200, buttons=[], elem_id=f"{side.name}-heat")
+        ex = gr.Gallery(show_label=False, columns=4, height=300, allow_preview=True,
+                        format="jpeg", elem_id=f"{side.name}-exemplars", object_fit="contain")
+        mlabel = gr.Markdown()
+        mgal = gr.Gallery(show_label=False, columns=3, height=300, allow_preview=False,
+                          format="jpeg", elem_id=f"{side.name}-matches", object_fit="contain")
+    return FeaturePanel(num, btn, md, heat, ex, mlabel, mgal, ids_state, match_state, name_state,
+                        top)
+
+
+def _layout(c: Comparison, mode: str | None, examples: bool) -> Page:
+    """The page, top to bottom, in the current Blocks context."""
+    L, R = c.L, c.R
+    lkey, rkey = gr.State(None), gr.State(None)
+    lfeats, rfeats, lmatch_ids, rmatch_ids = gr.State([]), gr.State([]), gr.State([]), gr.State([])
+    left_name, right_name = gr.State("left"), gr.State("right")
     note = (" — offline default: two layers of one model" if mode == "offline" else "")
-    with gr.Blocks(title=f"saescope · {L.eng.title} vs {R.eng.title}", analytics_enabled=False) as demo:
-        lkey, rkey = gr.State(None), gr.State(None)
-        lfeats, rfeats, lmatch_ids, rmatch_ids = gr.State([]), gr.State([]), gr.State([]), gr.State([])
-        left_name, right_name = gr.State("left"), gr.State("right")
-        gr.HTML(f"<div class='sae-header'><h1>Compare two SAEs</h1><p class='sae-sub'>"
-                f"<b>{html.escape(L.eng.title)}</b> vs <b>{html.escape(R.eng.title)}</b>"
-                f"{html.escape(note)}</p></div>")
-        with gr.Accordion("How to read this page", open=False):
-            gr.Markdown(HELP)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=4, min_width=260):
-                gr.Markdown("### ① Your image")
-                upload = image_upload(280, examples)
-                status = gr.Markdown(elem_id="status")
-            with gr.Column(scale=4, min_width=260):
-                gr.Markdown("### ② Select patches (left model's grid)")
-                picker, sel_text, clear_btn, all_btn, sel_info = patch_picker_controls()
-        gr.Markdown("### ③ Top features of the selection, side by side")
-        with gr.Row(equal_height=False):
-            with gr.Column(min_width=320):
-                gr.HTML(side_header(L))
-                ltop = gr.Gallery(show_label=False, columns=3, height=440, allow_preview=False,
-                                  format="jpeg", elem_id="left-top", object_fit="contain")
-            with gr.Column(min_width=320):
-                gr.HTML(side_header(R))
-                rtop = gr.Gallery(show_label=False, columns=3, height=440, allow_preview=False,
-                                  format="jpeg", elem_id="right-top", object_fit="contain")
-        gr.Markdown("### ④ A feature and its best matches on the other side")
-        with gr.Row(equal_height=False):
-            panels_out = {}
-            for side, ids_state, match_state in ((L, lfeats, lmatch_ids), (R, rfeats, rmatch_ids)):
-                with gr.Column(min_width=320):
-                    with gr.Row():
-                        num = gr.Number(label=f"{side.name.capitalize()} feature id", precision=0,
-                                        value=0, minimum=0, maximum=side.eng.d_sae - 1,
-                                        elem_id=f"{side.name}-feature", scale=3)
-                        btn = gr.Button("Show", size="sm", variant="primary", scale=1,
-                                        min_width=60)
-                    with gr.Row(equal_height=False):
-                        md = gr.Markdown()
-                        heat = gr.Image(show_label=False, interactive=False, format="jpeg",
-                                        height=200, buttons=[], elem_id=f"{side.name}-heat")
-                    ex = gr.Gallery(show_label=False, columns=4, height=300, allow_preview=True,
-                                    format="jpeg", elem_id=f"{side.name}-exemplars",
-                                    object_fit="contain")
-                    mlabel = gr.Markdown()
-                    mgal = gr.Gallery(show_label=False, columns=3, height=300, allow_preview=False,
-                                      format="jpeg", elem_id=f"{side.name}-matches",
-                                      object_fit="contain")
-                    panels_out[side.name] = dict(num=num, btn=btn, md=md, heat=heat, ex=ex,
-                                                 mlabel=mlabel, mgal=mgal, ids=ids_state,
-                                                 match_ids=match_state)
+    gr.HTML(f"<div class='sae-header'><h1>Compare two SAEs</h1><p class='sae-sub'>"
+            f"<b>{html.escape(L.eng.title)}</b> vs <b>{html.escape(R.eng.title)}</b>"
+            f"{html.escape(note)}</p></div>")
+    with gr.Accordion("How to read this page", open=False):
+        gr.Markdown(HELP)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=260):
+            gr.Markdown("### ① Your image")
+            upload = image_upload(280, examples)
+            status = gr.Markdown(elem_id="status")
+        with gr.Column(scale=4, min_width=260):
+            gr.Markdown("### ② Select patches (left model's grid)")
+            picker, sel_text, clear_btn, all_btn, sel_info = patch_picker_controls()
+    gr.Markdown("### ③ Top features of the selection, side by side")
+    with gr.Row(equal_height=False):
+        with gr.Column(min_width=320):
+            gr.HTML(side_header(L))
+            ltop = gr.Gallery(show_label=False, columns=3, height=440, allow_preview=False,
+                              format="jpeg", elem_id="left-top", object_fit="contain")
+        with gr.Column(min_width=320):
+            gr.HTML(side_header(R))
+            rtop = gr.Gallery(show_label=False, columns=3, height=440, allow_preview=False,
+                              format="jpeg", elem_id="right-top", object_fit="contain")
+    page = Page(lkey, rkey, lfeats, rfeats, upload, status, picker, sel_text, clear_btn, all_btn,
+                sel_info, ltop, rtop)
+    gr.Markdown("### ④ A feature and its best matches on the other side")
+    with gr.Row(equal_height=False):
+        page.left = _feature_panel(L, lfeats, lmatch_ids, left_name, ltop)
+        page.right = _feature_panel(R, rfeats, rmatch_ids, right_name, rtop)
+    return page
 
-        # ------------------------------------------------------------------ wiring
-        model = dict(concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY)
-        P, Q = panels_out["left"], panels_out["right"]
-        P_outs = [P["num"], P["md"], P["ex"], P["heat"], P["mlabel"], P["mgal"], P["match_ids"]]
-        Q_outs = [Q["num"], Q["md"], Q["ex"], Q["heat"], Q["mlabel"], Q["mgal"], Q["match_ids"]]
-        upload.change(on_image, upload, [upload, lkey, rkey, status, picker, sel_text, sel_info,
-                                          ltop, lfeats, rtop, rfeats], api_name="analyse", **model
-                      ).then(open_tops, [lkey, rkey, lfeats, rfeats], P_outs + Q_outs,
-                             api_visibility="private", **model)
-        sel_in = [lkey, rkey, sel_text]
-        sel_out = [sel_info, ltop, lfeats, rtop, rfeats]
-        picker.pick(on_pick, None, sel_text, api_visibility="private", queue=False).then(
-            on_select, sel_in, sel_out, api_visibility="private", **model)
-        select_api = gr.Button(visible=False)
-        select_api.click(on_select, sel_in, sel_out, api_name="select", **model)
-        clear_btn.click(on_clear, lkey, [picker, sel_text], api_visibility="private").then(
-            on_select, sel_in, sel_out, api_visibility="private", **model)
-        all_btn.click(on_all, lkey, [picker, sel_text], api_visibility="private").then(
-            on_select, sel_in, sel_out, api_visibility="private", **model)
-        for name, pan, other, name_state in (("left", P, Q, left_name), ("right", Q, P, right_name)):
-            outs = [pan["num"], pan["md"], pan["ex"], pan["heat"], pan["mlabel"], pan["mgal"],
-                    pan["match_ids"]]
-            f_in = [name_state, pan["num"], lkey, rkey, sel_text]
-            pan["btn"].click(open_feature, f_in, outs, api_name=f"feature_{name}", **model)
-            pan["num"].submit(open_feature, f_in, outs, api_visibility="private", **model)
-            top = ltop if name == "left" else rtop
-            top.select(pick_from, pan["ids"], pan["num"], api_visibility="private").then(
-                open_feature, f_in, outs, api_visibility="private", **model)
-            # a click on a match opens that feature on the other side
-            other_name_state = right_name if name == "left" else left_name
-            o_outs = [other["num"], other["md"], other["ex"], other["heat"], other["mlabel"],
-                      other["mgal"], other["match_ids"]]
-            pan["mgal"].select(pick_from, pan["match_ids"], other["num"],
-                               api_visibility="private").then(
-                open_feature, [other_name_state, other["num"], lkey, rkey, sel_text], o_outs,
-                api_visibility="private", **model)
+
+# ------------------------------------------------------------------------------ wiring
+def _wire_image(c: Comparison, p: Page) -> None:
+    """Upload -> both analyses and top features; picker, Clear, Select all -> top features."""
+    P, Q = p.left, p.right
+    p.upload.change(c.on_image, p.upload,
+                    [p.upload, p.lkey, p.rkey, p.status, p.picker, p.sel_text, p.sel_info,
+                     p.ltop, p.lfeats, p.rtop, p.rfeats], api_name="analyse", **MODEL
+                    ).then(c.open_tops, [p.lkey, p.rkey, p.lfeats, p.rfeats],
+                           P.outputs + Q.outputs, api_visibility="private", **MODEL)
+    sel_in = [p.lkey, p.rkey, p.sel_text]
+    sel_out = [p.sel_info, p.ltop, p.lfeats, p.rtop, p.rfeats]
+    p.picker.pick(on_pick, None, p.sel_text, api_visibility="private", queue=False).then(
+        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
+    select_api = gr.Button(visible=False)
+    select_api.click(c.on_select, sel_in, sel_out, api_name="select", **MODEL)
+    p.clear_btn.click(c.on_clear, p.lkey, [p.picker, p.sel_text], api_visibility="private").then(
+        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
+    p.all_btn.click(c.on_all, p.lkey, [p.picker, p.sel_text], api_visibility="private").then(
+        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
+
+
+def _wire_side(c: Comparison, p: Page, name: str, pan: FeaturePanel, other: FeaturePanel) -> None:
+    """Show / Enter / a click on a top card -> this side's feature; a click on a match -> that
+    feature on the other side."""
+    f_in = [pan.name_state, pan.num, p.lkey, p.rkey, p.sel_text]
+    pan.btn.click(c.open_feature, f_in, pan.outputs, api_name=f"feature_{name}", **MODEL)
+    pan.num.submit(c.open_feature, f_in, pan.outputs, api_visibility="private", **MODEL)
+    pan.top.select(pick_from, pan.ids, pan.num, api_visibility="private").then(
+        c.open_feature, f_in, pan.outputs, api_visibility="private", **MODEL)
+    # a click on a match opens that feature on the other side
+    pan.mgal.select(pick_from, pan.match_ids, other.num, api_visibility="private").then(
+        c.open_feature, [other.name_state, other.num, p.lkey, p.rkey, p.sel_text], other.outputs,
+        api_visibility="private", **MODEL)
+
+
+def build_app(left=None, right=None, *, offline: bool = False, examples: bool = True,
+              warm_up: bool = False) -> gr.Blocks:
+    """Side-by-side comparison of two bundles (paths, Hub ids or Bundles; None: defaults)."""
+    left, right, mode = resolve_defaults(left, right, offline)
+    lb, rb = adapter.load_bundle(left), adapter.load_bundle(right)
+    adapter.share_backbone(lb, rb)
+    L, R = Side(Engine(lb), "left"), Side(Engine(rb), "right")
+    if warm_up:
+        L.eng.warm_up()
+        R.eng.warm_up()
+    c = Comparison(L, R)
+    with gr.Blocks(title=f"saescope · {L.eng.title} vs {R.eng.title}", analytics_enabled=False) as demo:
+        p = _layout(c, mode, examples)
+        _wire_image(c, p)
+        _wire_side(c, p, "left", p.left, p.right)
+        _wire_side(c, p, "right", p.right, p.left)
     demo.engines = (L.eng, R.eng)
     demo.compare_mode = mode
     return demo

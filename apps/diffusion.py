@@ -18,11 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+import gradio as gr
 from PIL import Image
 
-from saescope.apps.common import error_box, launch
-
-import gradio as gr  # noqa: E402  (after apps.common, which switches off analytics)
+from saescope.apps.launch import launch
+from saescope.apps.text import error_box
 
 ENV_ARTEFACT = "SAESCOPE_DIFFUSION_ARTEFACT"
 DEMO_VERSION = 1
@@ -60,7 +60,12 @@ def build_demo_artefact(folder: str | os.PathLike, n_features: int = 12, seed: i
     import tempfile
 
     from saescope.core import diffusion as D
-    from saescope.train.diffusion import collect_activations, corpus_prompts, fit_text_sae, sae_metrics
+    from saescope.train.diffusion import (
+        collect_activations,
+        corpus_prompts,
+        fit_text_sae,
+        sae_metrics,
+    )
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,8 @@ from PIL import Image
 
 from saescope.apps import adapter
 from saescope.core.bundle import Bundle
+from saescope.core.heatmap import model_view
+from saescope.core.search import top_features_of_codes
 from saescope.core.steering import Edit, LayerCache, cache_layer, steer
 from saescope.core.tokens import TokenKind
 
@@ -113,7 +115,10 @@ class Engine:
         self.head_names: list[str] = list(self.bundle.head_names)
         # the default head: the named one, else the bundle's own default (as the browser uses)
         self.head = self.bundle.head if head is None else self.load_head(head)
-        self.default_head = self._name_of(self.head) if self.head is not None else None
+        # its name: the one asked for, else the bundle's default (``Bundle.head`` is the first);
+        # a head shared from another bundle (``adapter.share_backbone``) keeps its own name
+        self.default_head = None if self.head is None else (
+            head or (self.head_names[0] if self.head_names else getattr(self.head, "name", "head")))
         self.layer = self.backbone.resolve_layer(self.sae.cfg.layer if self.sae.cfg.layer is not None
                                                  else adapter.bundle_layer(self.bundle))
         if self.sae.cfg.layer is None:
@@ -149,12 +154,6 @@ class Engine:
                 f"{', '.join(self.head_names) or 'none'}); fit a probe with "
                 "saescope probe --bundle ...")
         return self.bundle.load_head(name)
-
-    def _name_of(self, head) -> str:
-        for n in self.head_names:  # the bundle's name for it (probes are named by the manifest)
-            if self.bundle._cache.get("heads", {}).get(n) is head:
-                return n
-        return getattr(head, "name", "head")
 
     def get_head(self, name: str | None = None):
         """``None`` -> the default head; else the named head (loaded once, cached by the bundle)."""
@@ -229,7 +228,7 @@ class Engine:
                 cache.base_head = self.head(cache.base_final, layout)
                 head_before = self._head_np(cache.base_head, self.head)
             t3 = time.perf_counter()
-            view = adapter.model_view(image, self.backbone.preprocess, self.view_scale)
+            view = model_view(image, self.backbone.preprocess, self.view_scale)
             an = Analysis(key=key, image=image, view=view, grid=tuple(layout.grid), cache=cache,
                           codes=codes.float().contiguous(),
                           patch_error=(err / ref).reshape(layout.grid).numpy(), fvu=fvu, l0=l0,
@@ -270,7 +269,7 @@ class Engine:
     # -- features ----------------------------------------------------------------------------
     def top_features(self, an: Analysis, selection: Iterable[tuple[int, int]] | None, n: int = 12
                      ) -> list[tuple[int, float, int]]:
-        return adapter.top_features_for_patches(an.codes, an.mask(selection), n)
+        return top_features_of_codes(an.codes, an.mask(selection), n)
 
     # -- steering ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from saescope.apps import adapter
+from saescope.core.heatmap import model_view, render_spotlight
 
 TILE = 112  # exemplar tile size in cards and galleries
 GALLERY_TILE = 176
@@ -64,8 +65,8 @@ def exemplar_tiles(bundle, preprocess, feature: int, n: int = 16, size: int = GA
             thumb = adapter.thumbnail(bundle, index)
             if thumb is None:
                 return None
-            view = adapter.model_view(thumb, preprocess, 1).resize((size, size), Image.BICUBIC)
-            return adapter.render_heatmap(view, pmap, vmax=vmax)
+            view = model_view(thumb, preprocess, 1).resize((size, size), Image.BICUBIC)
+            return render_spotlight(view, pmap, vmax=vmax)
 
         tile = TILES.get((str(bundle.path), int(feature), rank, size, n), make)
         if tile is not None:
@@ -83,7 +84,7 @@ def feature_card(view: Image.Image, fmap: np.ndarray, tiles: Sequence[Image.Imag
     """One top feature of a selection, square: its heat-map on the user's image (2 x 2 units,
     top left) framed by up to five of its top dataset images (right column, bottom row)."""
     big = unit * 2
-    heat = adapter.render_heatmap(view.resize((big, big), Image.BICUBIC), fmap)
+    heat = render_spotlight(view.resize((big, big), Image.BICUBIC), fmap)
     gap = 3
     size = unit * 3 + gap
     card = Image.new("RGB", (size, size), (255, 255, 255))
@@ -102,6 +103,20 @@ def feature_card(view: Image.Image, fmap: np.ndarray, tiles: Sequence[Image.Imag
     d.rectangle([0, 0, box[2] + 10, box[3] + 8], fill=(15, 23, 42))
     d.text((5, 3), label, fill=(255, 255, 255), font=font)
     return card
+
+
+def top_feature_cards(eng, an, sel: set, n: int) -> tuple[list[tuple[Image.Image, str]], list[int]]:
+    """The ``n`` top features of selection ``sel`` of analysed image ``an`` as gallery cards
+    (:func:`feature_card`, caption: id · mean activation · share of the selection where it
+    fires), and their ids."""
+    feats = eng.top_features(an, sel, n)
+    cards = []
+    for f, score, n_fire in feats:
+        tiles = [t for t, _ in exemplar_tiles(eng.bundle, eng.backbone.preprocess, f, 5, TILE)]
+        card = feature_card(an.view, an.feature_map(f), tiles, f, score)
+        where = f"{n_fire / (len(sel) if sel else an.n_patches):.0%}"  # of the selection
+        cards.append((card, f"#{f} · {score:.2f} · {where}"))
+    return cards, [f for f, _, _ in feats]
 
 
 def probability_overlay(view: Image.Image, prob: np.ndarray, threshold: float = 0.5
@@ -154,7 +169,7 @@ def change_overlay(view: Image.Image, before: np.ndarray, after: np.ndarray,
 
 def error_map(view: Image.Image, patch_error: np.ndarray) -> Image.Image:
     """Per-patch relative reconstruction error of the SAE over the image (bright = worse)."""
-    return adapter.render_heatmap(view, np.clip(patch_error, 0, 1), vmax=1.0, cmap="viridis", dim=0.3)
+    return render_spotlight(view, np.clip(patch_error, 0, 1), vmax=1.0, cmap="viridis", dim=0.3)
 
 
 def class_table(before: np.ndarray, after: np.ndarray | None, labels: Sequence[str] | None = None,
@@ -326,9 +341,9 @@ def probability_bars(before: np.ndarray, after: np.ndarray | None, names: Sequen
     for s in ("top", "right"):
         ax.spines[s].set_visible(False)
     fig.tight_layout()
-    from saescope.apps.common import _fig_to_image
+    from saescope.apps.plots import fig_to_image
 
-    return _fig_to_image(fig)
+    return fig_to_image(fig)
 
 
 def metrics_line(info: dict) -> str:

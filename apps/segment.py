@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+import gradio as gr
 import numpy as np
 
 from saescope.apps import panels
 from saescope.apps.engine import Analysis, Engine, SteerOutcome
 from saescope.apps.steerapp import SteerTask, build_steer_app, steer_app_main, steer_app_parser
-
-import gradio as gr  # noqa: E402
 
 HELP = """
 **What you are looking at.** A frozen *segmentation head* reads the vision transformer's final
@@ -94,7 +92,7 @@ class SegmentTask(SteerTask):
         after = panels.segmentation_overlay(an.view, pa, names)
         changed, info = panels.class_change_overlay(an.view, pb, pa, names)
         if out.patches:
-            from saescope.apps.common import outline_patches
+            from saescope.apps.picker import outline_patches
 
             after = outline_patches(after, an.grid, out.patches)
         moves = ", ".join(f"{names[a]} → {names[b]} {v:.1%}" for a, b, v in info["transitions"])

@@ -46,13 +46,18 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def summary(xs: list[float]) -> dict:
-    return {"n": len(xs), "median_s": pct(xs, 50), "p90_s": pct(xs, 90), "max_s": max(xs) if xs else None,
-            "mean_s": statistics.fmean(xs) if xs else None}
+    return {
+        "n": len(xs),
+        "median_s": pct(xs, 50),
+        "p90_s": pct(xs, 90),
+        "max_s": max(xs) if xs else None,
+        "mean_s": statistics.fmean(xs) if xs else None,
+    }
 
 
 def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     """n distinct 224 px photos (random crops of the packaged photos), saved as JPEG."""
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_source
 
     src = open_source(f"builtin:photos?views={n + 2}&seed={seed + 7}&size=224")
     paths = []
@@ -80,7 +85,9 @@ def client_session(url: str, images: list[Path], toggles: int, out_dir: Path,
         feature = int(out[6])
         for j in range(toggles):
             t = time.perf_counter()
-            client.predict(SELECTION, feature, j % 2 == 1, 1.0, "selected patches", api_name="/toggle")
+            client.predict(
+                SELECTION, feature, j % 2 == 1, 1.0, "selected patches", api_name="/toggle"
+            )
             tog.append(time.perf_counter() - t)
     results.setdefault("upload", []).extend(up)
     results.setdefault("toggle", []).extend(tog)
@@ -128,7 +135,8 @@ def browser_timings(url: str, images: list[Path], reps: int = 3) -> dict | None:
                     " if (!e || e.innerText === old) return false;"
                     " const imgs = [...document.querySelectorAll('#heat-after img, #head-after img,"
                     " #head-diff img')];"
-                    " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+                    " return imgs.length > 0"
+                    " && imgs.every(i => i.complete && i.naturalWidth > 0); }",
                     arg=old_edits)
                 tog.append(time.perf_counter() - t)
         page.context.close()
@@ -136,7 +144,9 @@ def browser_timings(url: str, images: list[Path], reps: int = 3) -> dict | None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.app_latency", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.app_latency", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--bundle", default=None, help="bundle (default: the offline default bundle)")
     p.add_argument("--images", type=int, default=6, help="uploads by the single client")
     p.add_argument("--toggles", type=int, default=4, help="toggles after each upload")
@@ -149,7 +159,7 @@ def main(argv=None) -> int:
 
     from saescope.apps import adapter
     from saescope.apps.browser import build_app
-    from saescope.apps.common import free_port, launch
+    from saescope.apps.launch import free_port, launch
 
     t0 = time.perf_counter()
     try:
@@ -219,26 +229,38 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|",
         row("compute only: forward to L + SAE + head", data["compute_floor"]["analyse"]),
         row("compute only: toggle (blocks L+1.. + head)", data["compute_floor"]["steer"]),
-        row("1 client: upload → features (gradio_client)", data["single_client"]["upload"], TARGET_UPLOAD_S),
+        row(
+            "1 client: upload → features (gradio_client)",
+            data["single_client"]["upload"],
+            TARGET_UPLOAD_S,
+        ),
         row("1 client: toggle (gradio_client)", data["single_client"]["toggle"], TARGET_TOGGLE_S),
         row(f"{args.clients} concurrent clients: upload → features", data["concurrent"]["upload"]),
         row(f"{args.clients} concurrent clients: toggle", data["concurrent"]["toggle"]),
     ]
     br = data.get("browser")
     if br:
-        lines += [row("browser: upload → top features displayed", br["upload"], TARGET_UPLOAD_S),
-                  row("browser: click 'Feature on' → new head map displayed", br["toggle"], TARGET_TOGGLE_S)]
-    lines += ["",
-              f"Targets: upload → features < {TARGET_UPLOAD_S:g} s, toggle < {TARGET_TOGGLE_S:g} s "
-              f"(✅/❌ on the median). With {args.clients} clients at once the requests queue behind "
-              f"one model (one forward at a time, by design on 2 cores; two requests in flight so "
-              f"that rendering overlaps the next forward): all {args.clients} uploads and "
-              f"{2 * args.clients} toggles were served in {data['concurrent']['wall_s']:.1f} s "
-              "of wall time; the latencies above include the wait in the queue. The gradio_client "
-              "rows are the server's answer (image URLs, not downloads); the browser rows include "
-              "loading the images. Machine load average (1 min) during the run: "
-              f"{data['load_average_before'][0]:.1f} → {data['load_average_after'][0]:.1f} "
-              f"(other jobs share the {os.cpu_count()} cores)."]
+        lines += [
+            row("browser: upload → top features displayed", br["upload"], TARGET_UPLOAD_S),
+            row(
+                "browser: click 'Feature on' → new head map displayed",
+                br["toggle"],
+                TARGET_TOGGLE_S,
+            ),
+        ]
+    lines += [
+        "",
+        f"Targets: upload → features < {TARGET_UPLOAD_S:g} s, toggle < {TARGET_TOGGLE_S:g} s "
+        f"(✅/❌ on the median). With {args.clients} clients at once the requests queue behind "
+        f"one model (one forward at a time, by design on 2 cores; two requests in flight so "
+        f"that rendering overlaps the next forward): all {args.clients} uploads and "
+        f"{2 * args.clients} toggles were served in {data['concurrent']['wall_s']:.1f} s "
+        "of wall time; the latencies above include the wait in the queue. The gradio_client "
+        "rows are the server's answer (image URLs, not downloads); the browser rows include "
+        "loading the images. Machine load average (1 min) during the run: "
+        f"{data['load_average_before'][0]:.1f} → {data['load_average_after'][0]:.1f} "
+        f"(other jobs share the {os.cpu_count()} cores).",
+    ]
     md = "\n".join(lines)
     print(md)
     if args.write:

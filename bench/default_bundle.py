@@ -22,20 +22,29 @@ from pathlib import Path
 from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-LOAD = ("from train.bundle import ensure_default_bundle\nfrom core.bundle import Bundle\n"
-        "b = Bundle.load(ensure_default_bundle()); b.sae; b.exemplars; b.thumbnails; b.backbone; b.head\n")
+LOAD = ("from saescope.train.default_bundle import ensure_default_bundle\n"
+        "from saescope.core.bundle import Bundle\n"
+        "b = Bundle.load(ensure_default_bundle())\n"
+        "b.sae; b.exemplars; b.thumbnails; b.backbone; b.head\n")
 
 
 def timed(cmd: list[str], env: dict) -> float:
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> dict:
     del argv  # no options
     cache = Path(tempfile.mkdtemp(prefix="saescope_cache_"))
-    env = {**os.environ, "SAESCOPE_CACHE": str(cache), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "SAESCOPE_CACHE": str(cache),
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "1",
+    }
     try:
         build = timed([sys.executable, "-m", "train", "default-bundle"], env)
         starts = [timed([sys.executable, "-c", LOAD], env) for _ in range(3)]
@@ -51,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
           "SAEs (8x, k=32, 3 epochs), exemplars, FAISS indices, thumbnails, cross-layer matches.\n",
           "| measurement | seconds | target |", "|---|---|---|",
           f"| build from an empty cache | **{build:.0f}** | < 300 |",
-          f"| second start: load + verify bundle, SAE, exemplars, model, head (new process, median of 3) | "
+          "| second start: load + verify bundle, SAE, exemplars, model, head "
+          f"(new process, median of 3) | "
           f"**{start:.1f}** | < 10 |",
           f"\nBoth bundles together: {size / 1e6:.0f} MB on disk."]
     data = {"build_s": build, "start_s": starts, "bytes": size}

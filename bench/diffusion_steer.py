@@ -1,6 +1,7 @@
 """Diffusion steering end to end: fit an SAE on a pipeline's text encoder, name features, test them.
 
-    python -m bench.diffusion_steer [--features 32] [--strengths 4 8 16] [--real stabilityai/sd-turbo]
+    python -m bench.diffusion_steer [--features 32] [--strengths 4 8 16]
+                                    [--real stabilityai/sd-turbo]
 
 For each pipeline: encode the built-in corpus with the text encoder, fit a TopK SAE, sample live
 features at random, name each one (amplify it by strength x its max activation; the name is the
@@ -43,22 +44,41 @@ def run_pipeline(spec: str, label: str, args: argparse.Namespace, *, steps: int,
                  scorer: str | None = None, max_prompts: int | None = None) -> dict:
     """Fit, name and evaluate on one pipeline; returns the rows of the table and timings."""
     from saescope.core import diffusion as D
-    from saescope.train.diffusion import collect_activations, corpus_prompts, fit_text_sae, sae_metrics
+    from saescope.train.diffusion import (
+        collect_activations,
+        corpus_prompts,
+        fit_text_sae,
+        sae_metrics,
+    )
 
     t0 = time.perf_counter()
     pipe = D.load_pipeline(spec, args.device)
     prompts = corpus_prompts(True, None, max_prompts=max_prompts, seed=args.seed)
     acts = collect_activations(pipe, prompts, "all", progress=True)
     t_enc = time.perf_counter() - t0
-    sae = fit_text_sae(acts, "topk", args.expansion, args.k, steps=args.fit_steps,
-                       batch_size=1024, lr=1e-3, seed=args.seed, model_id=spec, token_kinds=["text"])
+    sae = fit_text_sae(
+        acts,
+        "topk",
+        args.expansion,
+        args.k,
+        steps=args.fit_steps,
+        batch_size=1024,
+        lr=1e-3,
+        seed=args.seed,
+        model_id=spec,
+        token_kinds=["text"],
+    )
     metrics = sae_metrics(sae, acts)
     stats = D.feature_stats(sae, acts)
     t_fit = time.perf_counter() - t0 - t_enc
     sc = D.ClipScorer(scorer or D.default_scorer(spec), args.device)
     words = D.vocabulary()
-    name_set = D.Setting(prompts=D.neutral_prompts(D.OBJECTS[:args.prompts]), seeds=list(range(args.seeds)),
-                         steps=steps, guidance=guidance)
+    name_set = D.Setting(
+        prompts=D.neutral_prompts(D.OBJECTS[: args.prompts]),
+        seeds=list(range(args.seeds)),
+        steps=steps,
+        guidance=guidance,
+    )
     eval_set = D.Setting(prompts=D.neutral_prompts(D.OBJECTS[args.prompts:2 * args.prompts]),
                          seeds=list(range(1000, 1000 + args.seeds)), steps=steps, guidance=guidance)
     feats = D.sample_features(stats, args.features, args.seed)
@@ -98,20 +118,22 @@ def real_loadable(spec: str) -> str | None:
         HfApi().model_info(spec, timeout=10)
         return None
     except Exception as err:  # offline, DNS failure, no such repo: all mean "not here"
-        return f"{type(err).__name__}: {str(err).strip().splitlines()[0][:160] if str(err).strip() else ''}"
+        first_line = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        return f"{type(err).__name__}: {first_line}"
 
 
 def markdown(results: list[dict], skipped: dict[str, str], args: argparse.Namespace) -> str:
     lines = [
         "## Diffusion steering through a text-encoder SAE (`python -m bench.diffusion_steer`)",
         "",
-        "Does amplifying an automatically named text-encoder SAE feature raise the CLIP score of its "
-        "name on held-out prompts and seeds? Per pipeline: a TopK SAE on the text encoder's token "
-        "outputs (built-in corpus), features sampled at random among live ones, named on "
-        f"{args.prompts} prompts x {args.seeds} seeds and evaluated on {args.prompts} other prompts x "
-        f"{args.seeds} other seeds (`python -m bench.diffusion_steer`). *Relative* = the named word's "
-        "CLIP score minus the vocabulary mean (generic image changes move every word alike); "
-        "the control is random directions with the same push norms, named and evaluated the same way. "
+        "Does amplifying an automatically named text-encoder SAE feature raise the CLIP score of "
+        "its name on held-out prompts and seeds? Per pipeline: a TopK SAE on the text encoder's "
+        "token outputs (built-in corpus), features sampled at random among live ones, named on "
+        f"{args.prompts} prompts x {args.seeds} seeds and evaluated on {args.prompts} other "
+        f"prompts x {args.seeds} other seeds (`python -m bench.diffusion_steer`). *Relative* = "
+        "the named word's CLIP score minus the vocabulary mean (generic image changes move every "
+        "word alike); the control is random directions with the same push norms, named and "
+        "evaluated the same way. "
         "Strength = multiple of the feature's max activation on the corpus.",
         "",
         "| pipeline | strength | directions | n | amplify raises named word (relative) [95% CI] | "
@@ -128,10 +150,14 @@ def markdown(results: list[dict], skipped: dict[str, str], args: argparse.Namesp
                 f"{r['fraction_top1']:.0%} ({r['chance_top1']:.1%}) |")
     for res in results:
         s = res["sae"]
-        lines += ["", f"**{res['pipeline']}**: SAE {s['name']} (FVU {s['fvu']:.3f}, L0 {s['l0']:.1f}, "
-                  f"{s['live']} live features) on {res['corpus_prompts']} prompts; mean token norm "
-                  f"{res['token_norm_mean']:.2f}. Time ({res['threads']} torch thread(s)): encode {res['seconds']['encode']:.0f} s, fit "
-                  f"{res['seconds']['fit']:.0f} s, naming + evaluation {res['seconds']['name_and_eval']:.0f} s."]
+        lines += [
+            "",
+            f"**{res['pipeline']}**: SAE {s['name']} (FVU {s['fvu']:.3f}, L0 {s['l0']:.1f}, "
+            f"{s['live']} live features) on {res['corpus_prompts']} prompts; mean token norm "
+            f"{res['token_norm_mean']:.2f}. Time ({res['threads']} torch thread(s)): "
+            f"encode {res['seconds']['encode']:.0f} s, fit {res['seconds']['fit']:.0f} s, "
+            f"naming + evaluation {res['seconds']['name_and_eval']:.0f} s.",
+        ]
         if res["examples"]:
             lines.append("Examples (middle strength): " + ", ".join(
                 f"#{e['feature']} *{e['name']}* ({e['delta_naming']:+.2f} naming, "
@@ -140,25 +166,38 @@ def markdown(results: list[dict], skipped: dict[str, str], args: argparse.Namesp
         lines += ["", f"Real pipeline `{spec}` not run: it cannot be loaded here ({why})."]
     for res in results:  # the comparison with the control, from the numbers above
         by = {(r["strength"], r["directions"]): r["fraction_amplify_raises"] for r in res["rows"]}
-        cmp = "; ".join(f"x{st:g}: {by[(st, 'SAE features')]:.0%} vs {by[(st, 'random directions')]:.0%}"
-                        for st in sorted({k[0] for k in by}) if (st, "random directions") in by)
-        lines += ["", f"**{res['pipeline']}**, SAE features vs random directions (amplify raises the "
-                  f"named word, relative): {cmp}."]
-    lines += ["", "Reading: on the tiny random pipeline the images are noise and the CLIP scorer is "
-              "random too, so these fractions measure the mechanism only: whether a direction added "
-              "to the prompt embeddings (with classifier-free guidance) changes the generated images "
-              "consistently enough across seeds and prompts that a name picked on some seeds predicts "
-              "the score change on others. They say nothing about whether features mean anything, "
-              "and SAE features have no reason to beat random directions there. The semantic figure "
-              "needs a real pipeline (`--real stabilityai/sd-turbo` with network access)."]
+        cmp = "; ".join(
+            f"x{st:g}: {by[(st, 'SAE features')]:.0%} vs {by[(st, 'random directions')]:.0%}"
+            for st in sorted({k[0] for k in by})
+            if (st, "random directions") in by
+        )
+        lines += [
+            "",
+            f"**{res['pipeline']}**, SAE features vs random directions (amplify raises the "
+            f"named word, relative): {cmp}.",
+        ]
+    lines += [
+        "",
+        "Reading: on the tiny random pipeline the images are noise and the CLIP scorer is "
+        "random too, so these fractions measure the mechanism only: whether a direction added "
+        "to the prompt embeddings (with classifier-free guidance) changes the generated images "
+        "consistently enough across seeds and prompts that a name picked on some seeds predicts "
+        "the score change on others. They say nothing about whether features mean anything, "
+        "and SAE features have no reason to beat random directions there. The semantic figure "
+        "needs a real pipeline (`--real stabilityai/sd-turbo` with network access).",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--features", type=int, default=32, help="features sampled per pipeline")
     p.add_argument("--strengths", type=float, nargs="+", default=[4.0, 8.0, 16.0])
-    p.add_argument("--prompts", type=int, default=4, help="objects per naming / evaluation prompt set")
+    p.add_argument(
+        "--prompts", type=int, default=4, help="objects per naming / evaluation prompt set"
+    )
     p.add_argument("--seeds", type=int, default=4, help="seeds per naming / evaluation set")
     p.add_argument("--fit-steps", type=int, default=600)
     p.add_argument("--expansion", type=float, default=4.0)

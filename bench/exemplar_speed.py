@@ -64,9 +64,9 @@ def _make_sae(store, arch: str, expansion: float, k: int, relu_l0: int):
 
 def main(argv: list[str] | None = None) -> dict:
     from saescope.core.backbones import load_backbone
+    from saescope.core.store import ActivationStore
     from saescope.train.exemplars import build_exemplars
     from saescope.train.extract import extract
-    from saescope.train.store import ActivationStore
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
             _encode_pass(sae, store, args.batch, kinds)  # warm-up (page cache, allocator)
             enc, exm = [], []
             for _ in range(args.repeats):  # interleaved, so load changes hit both alike
-                enc.append(_time(lambda: _encode_pass(sae, store, args.batch, kinds)))
-                exm.append(_time(lambda: build_exemplars(sae, store, k=args.k,
-                                                         batch_images=args.batch, progress=False)))
+                enc.append(_time(lambda sae=sae: _encode_pass(sae, store, args.batch, kinds)))
+                exm.append(_time(lambda sae=sae: build_exemplars(
+                    sae, store, k=args.k, batch_images=args.batch, progress=False)))
             e_w, x_w = min(w for w, _ in enc), min(w for w, _ in exm)
             e_c, x_c = min(c for _, c in enc), min(c for _, c in exm)
             med = statistics.median(w for w, _ in exm) / statistics.median(w for w, _ in enc)

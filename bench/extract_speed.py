@@ -35,7 +35,7 @@ _PEAK_RSS = """
 import resource, sys, json
 from saescope.core.backbones import load_backbone
 from saescope.train.extract import extract
-from saescope.train.sources import open_source
+from saescope.core.sources import open_source
 bb = load_backbone('offline:dinov2-s-saliency')
 extract(bb, open_source(sys.argv[1]), sys.argv[2], layers=[int(sys.argv[3])], progress=False,
         max_images=int(sys.argv[4]), shard_images=int(sys.argv[5]))
@@ -52,16 +52,20 @@ def peak_rss(source: str, layer: int, n: int, shard_images: int, out: Path) -> f
 
 def main(argv: list[str] | None = None) -> dict:
     from saescope.core.backbones import load_backbone
+    from saescope.core.sources import open_source
+    from saescope.core.store import ActivationStore
     from saescope.train.extract import extract
-    from saescope.train.sources import open_source
-    from saescope.train.store import ActivationStore
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--layer", type=int, default=-2)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--memory-images", type=int, default=48, help="N for the N vs 3N memory check")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are compared)")
+    p.add_argument(
+        "--rounds", type=int, default=5, help="interleaved rounds (medians are compared)"
+    )
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     source = "builtin:photos?views=8"
@@ -99,11 +103,19 @@ def main(argv: list[str] | None = None) -> dict:
     # several rounds and compared by their medians.
     runs: dict[str, list[float]] = {"bare_full": [], "bare_to_layer": [], "extract": []}
     for r in range(args.rounds):
-        for name, fn in [("bare_to_layer", bare_to_layer), ("extract", extraction), ("bare_full", bare_full)]:
+        for name, fn in [
+            ("bare_to_layer", bare_to_layer),
+            ("extract", extraction),
+            ("bare_full", bare_full),
+        ]:
             t = time.perf_counter()
             fn()
             runs[name].append(args.images / (time.perf_counter() - t))
-        print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.2f}" for k, v in runs.items()) + " images/s")
+        print(
+            f"round {r + 1}: "
+            + "  ".join(f"{k} {v[-1]:.2f}" for k, v in runs.items())
+            + " images/s"
+        )
     timings = {k: float(np.median(v)) for k, v in runs.items()}
     bare, ext = timings["bare_to_layer"], timings["extract"]
     store = ActivationStore(tmp / "acts")
@@ -117,8 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     n1, n3 = args.memory_images, 3 * args.memory_images
     ratio_b, ratio_a = ext / bare, ext / timings["bare_full"]
-    print(f"extraction / bare forward to layer {layer}: {ratio_b:.1%}; / full bare forward: {ratio_a:.1%}")
-    md = [f"## Activation extraction (`python -m bench.extract_speed`)\n",
+    print(f"extraction / bare forward to layer {layer}: {ratio_b:.1%}; "
+          f"/ full bare forward: {ratio_a:.1%}")
+    md = ["## Activation extraction (`python -m bench.extract_speed`)\n",
           f"Offline DINOv2-S, layer {layer} (requested {args.layer}), patch tokens, float16, batch "
           f"{args.batch}, {args.images} packaged-photo views at 224 px. Medians of {args.rounds} "
           "interleaved rounds (this VM drifts by about 15% between runs).\n",

@@ -63,7 +63,7 @@ def clustered(n: int, d: int = D, n_centres: int = 2000, rank: int = 16, seed: i
 
 def from_store(path: str, n: int, seed: int = 0, noise: float = 0.05) -> np.ndarray:
     """``n`` vectors tiled from a store's tokens with relative Gaussian noise (real geometry)."""
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
     store = ActivationStore(path)
     base = store.sample(min(n, 200_000), seed=12345).numpy()
@@ -137,8 +137,9 @@ def markdown(rows: list[dict[str, Any]], data_desc: str, threads: int, d: int = 
     lines = [
         "## FAISS search (`bench/faiss_search.py`)",
         "",
-        f"Data: {data_desc}; width {d}, cosine similarity, k = 10. Queries are fresh draws, searched "
-        "one at a time; exact search (`IndexFlatIP`, same data, same run) is the baseline for recall "
+        f"Data: {data_desc}; width {d}, cosine similarity, k = 10. Queries are fresh draws, "
+        "searched one at a time; exact search (`IndexFlatIP`, same data, same run) is the "
+        "baseline for recall "
         f"and speed. Build = k-means training + adding + recall tuning; faiss threads = {threads}. "
         "The machine (2 cores) was shared with other developers while this ran, so latencies are "
         "upper bounds.",
@@ -188,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             desc = f"activations of `{args.store}` tiled with 5% noise"
         else:
             x, q = clustered(n, seed=0), clustered(args.queries, seed=1)
-            desc = ("Gaussian mixture, 2,000 Zipf-weighted centres, each cluster spread over its own "
-                    "16-dim subspace plus isotropic noise (overlapping clusters)")
+            desc = (
+                "Gaussian mixture, 2,000 Zipf-weighted centres, each cluster spread over its own "
+                "16-dim subspace plus isotropic noise (overlapping clusters)"
+            )
         width = x.shape[1]
         print(f"[faiss_search] generated {n:,} x {width} in {time.perf_counter() - t:.1f} s",
               file=sys.stderr, flush=True)

@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     from saescope.core.backbones import load_backbone
     from saescope.core.ontology import analyze, map_labels, markdown
     from saescope.core.sae_io import from_pretrained
+    from saescope.core.sources import open_source
+    from saescope.core.store import ActivationStore
     from saescope.core.wordnet import load as load_wordnet
     from saescope.train.extract import extract
     from saescope.train.fit import FitConfig, SAESpec, fit
     from saescope.train.ontology import class_activations, save_outputs, text_table
-    from saescope.train.sources import open_source
-    from saescope.train.store import ActivationStore
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{args.min_images} images); {s['n_rare']} rarer, {s['n_silent']} silent",
         f"- LCH below the root: **{s['fraction_below_root']:.1%}** of features (random class "
         f"sets of the same sizes: {base['fraction_below_root']:.1%})",
-        f"- mean LCH depth **{s['mean_depth']:.2f}** (random class sets: {base['mean_depth']:.2f}); "
+        f"- mean LCH depth **{s['mean_depth']:.2f}** "
+        f"(random class sets: {base['mean_depth']:.2f}); "
         f"depth histogram {hist}",
         f"- top classes from a single dataset: {data['within_one_dataset']:.1%} of features; "
         f"largest class by dataset: " + ", ".join(f"{k.split(':')[-1]} {v}" for k, v in
@@ -129,7 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"classes are some feature's largest class, {s['class_top_set_coverage']:.1%} are in "
         f"some feature's top set",
         f"- over *all* images where a feature fires instead of its top {acc.top_k}: LCH below "
-        f"the root {s_all['fraction_below_root']:.1%} (random {s_all['baseline']['fraction_below_root']:.1%}), "
+        f"the root {s_all['fraction_below_root']:.1%} "
+        f"(random {s_all['baseline']['fraction_below_root']:.1%}), "
         f"mean depth {s_all['mean_depth']:.2f}, {s_all['nodes_covered']} nodes covered: max-pooled "
         f"over {store.tokens_per_image} patches, a feature fires a little on most images "
         f"(median {int(np.median([f.n_images for f in result.features]))} of {store.n_images}), "

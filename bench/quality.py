@@ -31,14 +31,16 @@ def interpolate_at_l0(rows: list[dict], l0: float) -> tuple[float | None, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     from saescope.core.backbones import load_backbone
+    from saescope.core.sae_io import from_pretrained
+    from saescope.core.sources import open_source
+    from saescope.core.store import ActivationStore
     from saescope.train.evaluate import evaluate_sae
     from saescope.train.extract import extract
     from saescope.train.fit import FitConfig, SAESpec, fit
-    from saescope.train.sources import open_source
-    from saescope.train.store import ActivationStore
-    from saescope.core.sae_io import from_pretrained
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="runs/bench_quality")
     p.add_argument("--views", type=int, default=80, help="augmented views per packaged photo")
     p.add_argument("--layer", type=int, default=-2)
@@ -58,9 +60,11 @@ def main(argv: list[str] | None = None) -> dict:
                          layers=[args.layer], kinds="patch")[0]
     store = ActivationStore(train_store)
     t_extract = time.perf_counter() - t0
-    print(f"train store: {store.n_tokens:,} tokens, layer {store.layer}; extraction {t_extract:.0f}s")
+    print(
+        f"train store: {store.n_tokens:,} tokens, layer {store.layer}; extraction {t_extract:.0f}s"
+    )
     specs = [SAESpec("topk", args.expansion, k=args.k)]
-    specs += [SAESpec("relu", args.expansion, k=None, l1_coefficient=l) for l in args.l1]
+    specs += [SAESpec("relu", args.expansion, k=None, l1_coefficient=c) for c in args.l1]
     t1 = time.perf_counter()
     folders = fit(FitConfig(store=str(train_store), out=str(out / "saes"), saes=specs,
                             tokens=int(store.n_tokens * args.epochs), batch_size=args.batch_size,
@@ -80,26 +84,35 @@ def main(argv: list[str] | None = None) -> dict:
     at_l0, nearest = interpolate_at_l0(relus, topk["l0"])
     ratio = (at_l0 if at_l0 is not None else nearest["fvu"]) / topk["fvu"]
     for r in rows:
-        print(f"{r['name']:24s} FVU {r['fvu']:.4f}  L0 {r['l0']:7.1f}  dead {r['dead_fraction']:.2%}  "
+        print(f"{r['name']:24s} FVU {r['fvu']:.4f}  L0 {r['l0']:7.1f}  "
+              f"dead {r['dead_fraction']:.2%}  "
               f"dense {r['dense_fraction']:.2%}")
     print(f"ReLU+L1 FVU at TopK's L0 ({topk['l0']:.1f}): "
-          f"{'interpolated %.4f' % at_l0 if at_l0 is not None else 'outside sweep range'}; "
+          f"{f'interpolated {at_l0:.4f}' if at_l0 is not None else 'outside sweep range'}; "
           f"nearest {nearest['name']} (L0 {nearest['l0']:.1f}) FVU {nearest['fvu']:.4f}; "
           f"ReLU/TopK FVU ratio {ratio:.2f}x")
-    md = [f"## SAE quality on the offline DINOv2-S (`python -m bench.quality`)\n",
-          f"Layer {store.layer} (requested {args.layer}), all {store.tokens_per_image} patch tokens "
-          f"per image, {store.n_images} augmented views of the packaged photos = "
-          f"**{store.n_tokens:,} training tokens** ({args.epochs:g} epoch, batch {args.batch_size}, "
-          f"Adam lr 4e-4, unit-norm decoder, same batches for every SAE). Width "
-          f"{int(store.d_model * args.expansion)} ({args.expansion:g}x). Evaluated on "
-          f"{evals.n_tokens:,} held-out tokens (other views).\n",
-          "| SAE | L1 | FVU | L0 | dead | dense |", "|---|---|---|---|---|---|"]
+    md = [
+        "## SAE quality on the offline DINOv2-S (`python -m bench.quality`)\n",
+        f"Layer {store.layer} (requested {args.layer}), all {store.tokens_per_image} patch tokens "
+        f"per image, {store.n_images} augmented views of the packaged photos = "
+        f"**{store.n_tokens:,} training tokens** ({args.epochs:g} epoch, batch {args.batch_size}, "
+        f"Adam lr 4e-4, unit-norm decoder, same batches for every SAE). Width "
+        f"{int(store.d_model * args.expansion)} ({args.expansion:g}x). Evaluated on "
+        f"{evals.n_tokens:,} held-out tokens (other views).\n",
+        "| SAE | L1 | FVU | L0 | dead | dense |",
+        "|---|---|---|---|---|---|",
+    ]
     md += [f"| {r['name']} | {r['l1'] if r['architecture'] == 'relu' else '-'} | {r['fvu']:.4f} | "
            f"{r['l0']:.1f} | {r['dead_fraction']:.2%} | {r['dense_fraction']:.2%} |" for r in rows]
     md.append(
         f"\nReLU+L1 at TopK's L0 ({topk['l0']:.1f}): "
-        + (f"interpolated FVU **{at_l0:.4f}**" if at_l0 is not None else "outside the sweep's range")
-        + f"; nearest sweep point {nearest['name']} (L0 {nearest['l0']:.1f}) FVU {nearest['fvu']:.4f}. "
+        + (
+            f"interpolated FVU **{at_l0:.4f}**"
+            if at_l0 is not None
+            else "outside the sweep's range"
+        )
+        + f"; nearest sweep point {nearest['name']} (L0 {nearest['l0']:.1f}) "
+        f"FVU {nearest['fvu']:.4f}. "
         f"**ReLU/TopK FVU ratio: {ratio:.2f}x** (> 1 means TopK reconstructs better at equal "
         f"sparsity). TopK dead latents: **{topk['dead_fraction']:.2%}** (target < 1%). "
         f"Extraction {t_extract:.0f} s, training the {len(rows)} SAEs in one pass {t_fit:.0f} s."

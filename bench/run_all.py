@@ -27,7 +27,9 @@ STEPS_LONG = [["ood-eval", "--model", "offline:dinov2-s-saliency", "--layer", "1
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="skip the long benchmarks")
     args = p.parse_args(argv)
     for name in FAST + ([] if args.quick else LONG):

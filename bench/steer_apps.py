@@ -24,8 +24,8 @@ import sys
 import tempfile
 import time
 
-from bench.app_latency import summary
 from bench import chromium
+from bench.app_latency import summary
 from bench.report import write_section
 
 TARGET_S = 1.0
@@ -34,7 +34,9 @@ MODE = "scale the feature (× slider)"
 SLIDES = [0.0, 3.0, 5.0, 0.5, 2.0, 4.0, 0.0, 1.5]  # values given to the first slider in turn
 
 
-def client_moves(url: str, images: list[str], head: str, moves: int) -> tuple[list[float], list[float]]:
+def client_moves(
+    url: str, images: list[str], head: str, moves: int
+) -> tuple[list[float], list[float]]:
     """(analyse latencies, steer latencies) through gradio_client."""
     from gradio_client import Client, handle_file
 
@@ -68,12 +70,16 @@ def browser_moves(url: str, caption: str, panel: str, moves: int, reps: int) -> 
             page.goto(url)
             page.wait_for_selector("#picker .pp-empty")
             page.locator("#examples button").filter(has_text=caption).nth(rep).click()
-            page.wait_for_function("document.querySelectorAll('#picker .pp-cell').length > 0 && "
-                                   "document.querySelector('#edits').innerText.includes('No edits')")
+            page.wait_for_function(
+                "document.querySelectorAll('#picker .pp-cell').length > 0 && "
+                "document.querySelector('#edits').innerText.includes('No edits')"
+            )
             box = page.locator("#picker .pp-grid").bounding_box()
             page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.25)
             page.mouse.down()
-            page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.75, steps=5)
+            page.mouse.move(
+                box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.75, steps=5
+            )
             page.mouse.up()
             page.wait_for_function("!document.querySelector('#sel-info').innerText.startsWith('No')")
             page.wait_for_timeout(1500)  # the selection's candidates settle
@@ -85,7 +91,8 @@ def browser_moves(url: str, caption: str, panel: str, moves: int, reps: int) -> 
                     "([old, panel]) => { const e = document.querySelector('#edits');"
                     " if (!e || e.innerText === old) return false;"
                     " const imgs = [...document.querySelectorAll(panel)];"
-                    " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+                    " return imgs.length > 0"
+                    " && imgs.every(i => i.complete && i.naturalWidth > 0); }",
                     arg=[old, panel])
                 out.append(time.perf_counter() - t)
         page.context.close()
@@ -113,7 +120,7 @@ def compute_floor(demo, images: list[str], head: str, moves: int) -> list[float]
 
 
 def run_app(name: str, bundle, n_images: int, moves: int, browser: bool) -> dict:
-    from saescope.apps.common import free_port, launch
+    from saescope.apps.launch import free_port, launch
 
     if name == "segment":
         from saescope.apps.segment import build_app
@@ -136,14 +143,23 @@ def run_app(name: str, bundle, n_images: int, moves: int, browser: bool) -> dict
         floor = compute_floor(demo, images, head, moves)
     finally:
         demo.close()
-    return {"app": name, "head": head, "startup_s": startup, "images": images,
-            "compute": summary(floor), "client_analyse": summary(up), "client_steer": summary(steer),
-            "browser_steer": summary(br) if br else None,
-            "raw": {"compute": floor, "client_steer": steer, "browser_steer": br}}
+    return {
+        "app": name,
+        "head": head,
+        "startup_s": startup,
+        "images": images,
+        "compute": summary(floor),
+        "client_analyse": summary(up),
+        "client_steer": summary(steer),
+        "browser_steer": summary(br) if br else None,
+        "raw": {"compute": floor, "client_steer": steer, "browser_steer": br},
+    }
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.steer_apps", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m bench.steer_apps", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--bundle", default=None, help="bundle (default: the offline default bundle)")
     p.add_argument("--images", type=int, default=3, help="held-out examples per app")
     p.add_argument("--moves", type=int, default=6, help="slider moves per image")
@@ -184,11 +200,14 @@ def main(argv=None) -> int:
             row(f"{label}: slider → new output displayed (Chromium)", a["browser_steer"]),
             row(f"{label}: upload → everything shown (gradio_client `/analyse`, for scale)",
                 a["client_analyse"], target=False)) if r]
-    lines += ["", f"Target: steering response < {TARGET_S:g} s (✅/❌ on the median). The browser rows "
-              "run from setting the slider's value to the edits line and every image of the edited "
-              "panel being loaded. Machine load average (1 min) during the run: "
-              f"{load_before[0]:.1f} → {load_after[0]:.1f} (other jobs share the "
-              f"{os.cpu_count()} cores)."]
+    lines += [
+        "",
+        f"Target: steering response < {TARGET_S:g} s (✅/❌ on the median). The browser rows "
+        "run from setting the slider's value to the edits line and every image of the edited "
+        "panel being loaded. Machine load average (1 min) during the run: "
+        f"{load_before[0]:.1f} → {load_after[0]:.1f} (other jobs share the "
+        f"{os.cpu_count()} cores).",
+    ]
     md = "\n".join(lines)
     print(md)
     if args.write:

@@ -73,7 +73,9 @@ def time_steps(sae: SAE, x: torch.Tensor, steps: int, dense_decode: bool = False
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--d", type=int, default=384, help="activation width (DINOv2-S: 384)")
     p.add_argument("--expansion", type=int, default=16)
     p.add_argument("--k", type=int, default=32)
@@ -96,20 +98,27 @@ def main(argv: list[str] | None = None) -> dict:
         tps = time_steps(sae, x, args.steps, dense_decode=dense)
         flops = step_flops(arch, d, w, k, dense)
         frac = tps * flops / limit
-        rows.append({"step": name, "tokens_per_s": tps, "flops_per_token": flops, "fraction_of_limit": frac})
+        rows.append(
+            {"step": name, "tokens_per_s": tps, "flops_per_token": flops, "fraction_of_limit": frac}
+        )
         print(f"{name:38s} {tps:10,.0f} tok/s  {flops / 1e6:6.2f} MFLOP/tok  {frac:6.1%} of limit")
     topk, naive = rows[0], rows[3]
     speedup = topk["tokens_per_s"] / naive["tokens_per_s"]
     print(f"TopK sparse decode vs naive dense decode: {speedup:.2f}x tokens/s")
-    md = [f"## SAE training speed (`python -m bench.train_speed`)\n",
-          f"Width {w} ({args.expansion}x of d={d}), k={k}, batch {b} tokens, fp32. Limit = this "
-          f"machine's best dense fp32 matmul on the step's shapes, measured in the same run: "
-          f"**{limit / 1e9:.1f} GFLOP/s**.\n",
-          "| step | tokens/s | useful MFLOP/token | fraction of matmul limit |", "|---|---|---|---|"]
+    md = [
+        "## SAE training speed (`python -m bench.train_speed`)\n",
+        f"Width {w} ({args.expansion}x of d={d}), k={k}, batch {b} tokens, fp32. Limit = this "
+        f"machine's best dense fp32 matmul on the step's shapes, measured in the same run: "
+        f"**{limit / 1e9:.1f} GFLOP/s**.\n",
+        "| step | tokens/s | useful MFLOP/token | fraction of matmul limit |",
+        "|---|---|---|---|",
+    ]
     md += [f"| {r['step']} | {r['tokens_per_s']:,.0f} | {r['flops_per_token'] / 1e6:.2f} | "
            f"{r['fraction_of_limit']:.1%} |" for r in rows]
-    md.append(f"\nTopK with sparse (embedding-bag) decoding runs **{speedup:.2f}x** the tokens/s of the "
-              "naive dense-decode TopK step. Target: the TopK step at 16x reaches >= 40% of the limit.")
+    md.append(
+        f"\nTopK with sparse (embedding-bag) decoding runs **{speedup:.2f}x** the tokens/s of the "
+        "naive dense-decode TopK step. Target: the TopK step at 16x reaches >= 40% of the limit."
+    )
     data = {"limit_flops": limit, "rows": rows, "speedup_vs_naive": speedup, "args": vars(args)}
     if not args.no_write:
         write_section("train_speed", "\n".join(md), data)

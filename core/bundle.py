@@ -19,7 +19,6 @@ a confusing shape error.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -35,24 +34,18 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from saescope import __version__
+from saescope.core import formats
+from saescope.core.fileio import atomic_write_text, sha256_file
 
 MANIFEST = "bundle.json"
-FORMAT = "saescope-bundle"
-FORMAT_VERSION = 1
+FORMAT = formats.BUNDLE.name
+FORMAT_VERSION = formats.BUNDLE.version
 THUMBS = "thumbnails.safetensors"
 THUMBS_META = "thumbnails.json"
 
 
 class BundleError(ValueError):
     """A bundle that is missing, partial, corrupt, or from an incompatible format version."""
-
-
-def sha256(path: Path, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _bundle_files(folder: Path) -> list[Path]:
@@ -63,13 +56,14 @@ def _bundle_files(folder: Path) -> list[Path]:
 def write_manifest(folder: str | os.PathLike, info: dict[str, Any]) -> dict:
     """Checksum every file under ``folder`` and write ``bundle.json`` (atomically)."""
     folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size,
+                                                "sha256": sha256_file(p)}
              for p in _bundle_files(folder)}
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "library_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info, "files": files}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    os.replace(tmp, folder / MANIFEST)
+    manifest = {**formats.BUNDLE.header(), "library_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info,
+                "files": files}
+    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True),
+                      fsync=False)
     return manifest
 
 
@@ -86,6 +80,7 @@ def update_manifest(folder: str | os.PathLike, change) -> dict:
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:
+    """The checked ``bundle.json`` of ``folder`` (:class:`BundleError` if not a readable bundle)."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
@@ -94,14 +89,8 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise BundleError(f"{path} is not valid JSON (truncated download?): {err}") from err
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{path} is not a saescope bundle manifest (format={manifest.get('format')!r})")
-    version = int(manifest.get("format_version", -1))
-    if version > FORMAT_VERSION:
-        raise BundleError(f"{folder}: bundle format {version} is newer than this saescope supports "
-                          f"({FORMAT_VERSION}); upgrade saescope")
-    if version < 1:
-        raise BundleError(f"{folder}: unknown bundle format version {version}")
+    formats.BUNDLE.check(manifest, folder if manifest.get("format") == FORMAT else path,
+                         error=BundleError)
     return manifest
 
 
@@ -116,7 +105,7 @@ def verify_bundle(folder: str | os.PathLike, checksums: bool = True) -> dict:
             missing.append(rel)
         elif p.stat().st_size != meta["bytes"]:
             wrong_size.append(f"{rel} ({p.stat().st_size} of {meta['bytes']} bytes)")
-        elif checksums and sha256(p) != meta["sha256"]:
+        elif checksums and sha256_file(p) != meta["sha256"]:
             corrupt.append(rel)
     problems = []
     if missing:
@@ -209,7 +198,8 @@ def resolve_bundle(name_or_path: str | os.PathLike, revision: str | None = None,
         return Path(snapshot_download(str(name_or_path), revision=revision, token=token,
                                       repo_type="model"))
     except HFValidationError as err:
-        raise BundleError(f"bundle {str(name_or_path)!r} is neither a folder nor a Hub repo id") from err
+        raise BundleError(f"bundle {str(name_or_path)!r} is neither a folder nor a Hub "
+                          "repo id") from err
     except Exception as err:
         raise BundleError(f"could not fetch bundle {str(name_or_path)!r} from the Hugging Face Hub "
                           f"(offline, private, or no such repo?): {err}") from err
@@ -266,8 +256,8 @@ class Bundle:
 
     @cached_property
     def exemplars(self):
-        """Top images per feature with patch maps, and feature statistics (train.exemplars)."""
-        from saescope.train.exemplars import Exemplars
+        """Top images per feature with patch maps, and feature statistics (core.exemplars)."""
+        from saescope.core.exemplars import Exemplars
 
         return Exemplars.load(self.component_path("exemplars"))
 
@@ -291,14 +281,14 @@ class Bundle:
 
     def related(self, feature: int, k: int = 10) -> list[tuple[int, float]]:
         """Features whose decoder directions are closest to ``feature``'s (itself excluded)."""
-        from saescope.train.indices import related_features
+        from saescope.core.matches import related_features
 
         ids, scores = related_features(self.feature_index, self.sae, feature, k + 1)
         return [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) != int(feature)][:k]
 
     def matches(self, other: "Bundle"):
-        """Cross-model feature matches against ``other`` (train.indices.Matches, A = self)."""
-        from saescope.train.indices import Matches
+        """Cross-model feature matches against ``other`` (core.matches.Matches, A = self)."""
+        from saescope.core.matches import Matches
 
         table = self.components.get("matches", {})
         if other.name not in table:
@@ -378,7 +368,8 @@ def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False,
     api = api or HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=None,
-                      commit_message=f"Upload saescope bundle {Path(folder).name}", repo_type="model")
+                      commit_message=f"Upload saescope bundle {Path(folder).name}",
+                      repo_type="model")
     return f"https://huggingface.co/{repo_id}"
 
 

@@ -11,6 +11,7 @@ everything else is numpy + PIL, so rendering is fast enough for apps and works h
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -54,15 +55,33 @@ def crop_box(size: tuple[int, int], preprocess: Preprocess) -> tuple[float, floa
     return left * sx, top * sy, (left + cw) * sx, (top + ch) * sy
 
 
-def colormap_lut(cmap: str = "inferno") -> np.ndarray:
-    """[256, 3] uint8 colours of a matplotlib colormap."""
+def model_view(image: Image.Image, preprocess: Preprocess, scale: int = 2) -> Image.Image:
+    """The crop the model sees, at ``scale`` x the model's input size, for display.
+
+    Cut from the original pixels (:func:`crop_for_preprocess`), then resized, so it stays sharp
+    where the model's own input would be blurry.
+    """
+    ch, cw = preprocess.crop_size
+    view = crop_for_preprocess(image, preprocess)
+    return view.resize((cw * scale, ch * scale), Image.BICUBIC)
+
+
+@lru_cache(maxsize=None)
+def _lut(cmap: str) -> np.ndarray:
     import matplotlib
 
     try:
         cm = matplotlib.colormaps[cmap]
     except KeyError as err:
         raise ValueError(f"unknown colormap {cmap!r}") from err
-    return (cm(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+    lut = (cm(np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+    lut.setflags(write=False)  # shared by every caller
+    return lut
+
+
+def colormap_lut(cmap: str = "inferno") -> np.ndarray:
+    """[256, 3] uint8 colours of a matplotlib colormap (computed once per name, read-only)."""
+    return _lut(cmap)
 
 
 def value_range(maps: Sequence[np.ndarray] | np.ndarray, vmin: float = 0.0,
@@ -169,11 +188,43 @@ def render_heatmap(image: Image.Image, patch_map: np.ndarray, vmax: float | None
     heat = overlay(image, patch_map, lo, hi, cmap, alpha, smooth)
     if not legend:
         return heat
-    bar = colorbar(heat.height, lo, hi, cmap, label)
-    out = Image.new("RGB", (heat.width + bar.width, heat.height), LEGEND_BG)
-    out.paste(heat, (0, 0))
-    out.paste(bar, (heat.width, 0))
+    return with_colorbar(heat, hi, lo, cmap, label)
+
+
+def with_colorbar(image: Image.Image, vmax: float, vmin: float = 0.0, cmap: str = "inferno",
+                  label: str | None = "activation") -> Image.Image:
+    """``image`` with a vertical :func:`colorbar` of its own height on its right.
+
+    An empty scale (``vmax <= vmin``) is drawn as ``(vmin, vmin + 1)``.
+    """
+    bar = colorbar(image.height, vmin, vmax if vmax > vmin else vmin + 1.0, cmap, label)
+    out = Image.new("RGB", (image.width + bar.width, image.height), LEGEND_BG)
+    out.paste(image, (0, 0))
+    out.paste(bar, (image.width, 0))
     return out
+
+
+def render_spotlight(image: Image.Image, patch_map: np.ndarray, vmax: float | None = None,
+                     cmap: str = "inferno", alpha: float = 0.75, dim: float = 0.55) -> Image.Image:
+    """``patch_map [rows, cols]`` over ``image``: activations in colour, the rest dimmed.
+
+    The apps' style: where a feature is silent the picture darkens (by ``dim``) and colour
+    fades in with the square root of the activation, so weak activations stay visible but
+    faint. ``vmax`` fixes the colour scale (e.g. a feature's max over the dataset) so that maps
+    are comparable; by default the map's own maximum. NaN patches count as silent. No legend
+    (add one with :func:`with_colorbar`).
+    """
+    pm = np.nan_to_num(np.asarray(patch_map, np.float32), nan=0.0)
+    top = float(vmax) if vmax else float(pm.max())
+    norm = np.clip(pm / top, 0.0, 1.0) if top > 0 else np.zeros_like(pm)
+    w, h = image.size
+    up = Image.fromarray((norm * 255).astype(np.uint8), "L").resize((w, h), Image.BILINEAR)
+    v = np.asarray(up, np.float32)[..., None] / 255.0
+    colour = colormap_lut(cmap)[(v[..., 0] * 255).astype(np.uint8)].astype(np.float32)
+    base = np.asarray(image.convert("RGB"), np.float32)
+    a = alpha * np.sqrt(v)  # weak activations stay visible but faint
+    out = base * (1 - dim * (1 - v)) * (1 - a) + colour * a
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
 
 
 def _fit(image: Image.Image, box: int) -> Image.Image:
@@ -229,5 +280,6 @@ def exemplar_grid(images_and_maps: Sequence[tuple], cols: int = 4, thumb: int = 
     return out
 
 
-__all__ = ["crop_for_preprocess", "crop_box", "render_heatmap", "overlay", "colorbar",
-           "exemplar_grid", "colormap_lut", "value_range"]
+__all__ = ["crop_for_preprocess", "crop_box", "model_view", "render_heatmap", "render_spotlight",
+           "with_colorbar", "overlay", "colorbar", "exemplar_grid", "colormap_lut",
+           "value_range"]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saescope.core.heads import Head, register_head
+from saescope.core.heads.base import Head, register_head
 from saescope.core.tokens import TokenKind, TokenLayout
 
 POOLINGS = ("cls", "mean", "cls+mean")
@@ -87,7 +87,7 @@ class LinearProbe(Head):
     def features(self, final_tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
         """What the probe reads: [B, D'] (classification) or [B, rows * cols, D] (segmentation)."""
         if final_tokens.shape[-1] != self.d_in:
-            from saescope.core.heads import HeadError
+            from saescope.core.heads.base import HeadError
 
             raise HeadError(f"probe {self.name!r} was fitted on {self.d_in}-d tokens, got "
                             f"{final_tokens.shape[-1]}-d (a probe from another backbone?)")

@@ -2,14 +2,16 @@
 
 Native format, one folder (= one Hub repo or a sub-folder of one):
 
-- ``config.json``: :class:`~core.sae.SAEConfig` (architecture, sizes, hyper-parameters, model id and
-  revision, layer, token kinds, metrics, library and format version);
+- ``config.json``: :class:`~saescope.core.sae.SAEConfig` (architecture, sizes, hyper-parameters,
+  model id and revision, layer, token kinds, metrics, library and format version);
 - ``sae.safetensors``: ``W_enc, b_enc, W_dec, b_dec, norm_mean, norm_scale, threshold``
   (+ ``log_threshold`` for JumpReLU). Normalisation constants travel with the weights.
 
 Imports: the published checkpoints of "Interpretable and Testable Vision Features" (saev: a JSON
 header line, then a torch state dict read with ``weights_only=True``) and SAELens-style folders
-(``cfg.json`` + ``sae_weights.safetensors``).
+(``cfg.json`` + ``sae_weights.safetensors``). Which foreign architecture names map to which of
+ours is declared by each architecture class (``saev_activation``, ``saelens_names``) and read from
+the registry here.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from saescope.core.sae import SAE, SAEConfig, ShapeMismatch
+from saescope.core import formats
+from saescope.core.fileio import atomic_path, atomic_write_text
+from saescope.core.sae import SAE, SAEConfig, ShapeMismatch, architectures, get_architecture
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "sae.safetensors"
@@ -38,16 +42,19 @@ class CheckpointError(ValueError):
 
 # ------------------------------------------------------------------------------ native format
 def save_sae(sae: SAE, folder: str | os.PathLike) -> Path:
-    """Write ``config.json`` + ``sae.safetensors`` into ``folder`` atomically (temp + rename)."""
+    """Write ``config.json`` + ``sae.safetensors`` into ``folder`` atomically (temp + rename).
+
+    The config is serialised first, so a config that cannot be written leaves both files as
+    they were; the weights are renamed into place before the config that describes them.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
-    tmp_w = folder / (WEIGHTS_NAME + ".tmp")
-    tmp_c = folder / (CONFIG_NAME + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": "saescope-sae", "architecture": sae.cfg.architecture})
-    tmp_c.write_text(json.dumps(sae.cfg.to_dict(), indent=2, sort_keys=True))
-    os.replace(tmp_w, folder / WEIGHTS_NAME)
-    os.replace(tmp_c, folder / CONFIG_NAME)
+    config_text = json.dumps(sae.cfg.to_dict(), indent=2, sort_keys=True)
+    with atomic_path(folder / WEIGHTS_NAME) as tmp_w:
+        save_file(tensors, str(tmp_w),
+                  metadata={"format": formats.SAE.name, "architecture": sae.cfg.architecture})
+    atomic_write_text(folder / CONFIG_NAME, config_text)
     return folder
 
 
@@ -107,7 +114,7 @@ def from_pretrained(
     """Load an SAE from a local folder, a saev ``.pt`` file, or a Hub repo (optionally a subfolder).
 
     The ``expected_*`` arguments guard against pairing an SAE with the wrong backbone: a mismatch
-    raises :class:`~core.sae.ShapeMismatch` naming both sides.
+    raises :class:`~saescope.core.sae.ShapeMismatch` naming both sides.
     """
     path = Path(name_or_path)
     if subfolder and path.exists():
@@ -130,7 +137,9 @@ def _from_hub(repo_id: str, revision: str | None, subfolder: str | None, token: 
     try:
         local = snapshot_download(repo_id, revision=revision, token=token, allow_patterns=patterns)
     except HFValidationError as err:
-        raise FileNotFoundError(f"{repo_id!r} is neither a local path nor a valid Hub repo id") from err
+        raise FileNotFoundError(
+            f"{repo_id!r} is neither a local path nor a valid Hub repo id"
+        ) from err
     except Exception as err:
         raise FileNotFoundError(
             f"could not fetch SAE {repo_id!r} from the Hugging Face Hub "
@@ -155,7 +164,7 @@ def check_compatible(sae: SAE, model_id: str | None = None, layer: int | None = 
 def push_to_hub(sae: SAE, repo_id: str, private: bool = False, token: str | None = None,
                 commit_message: str | None = None, path_in_repo: str | None = None,
                 api: Any = None) -> str:
-    """Save ``sae`` to a temporary folder and upload it with huggingface_hub; returns the repo URL."""
+    """Save ``sae`` to a temporary folder and upload it with huggingface_hub; return the URL."""
     from huggingface_hub import HfApi
 
     api = api or HfApi(token=token)
@@ -178,10 +187,13 @@ def write_model_card(sae: SAE, path: Path) -> None:
     metrics = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
                         for k, v in sorted(cfg.metrics.items()))
     path.write_text(
-        "---\nlibrary_name: saescope\ntags:\n- sparse-autoencoder\n- interpretability\n- vision\n---\n"
-        f"# SAE {cfg.name}\n\nA {cfg.architecture} sparse autoencoder with {cfg.d_sae} latents over "
+        "---\nlibrary_name: saescope\ntags:\n- sparse-autoencoder\n- interpretability\n"
+        "- vision\n---\n"
+        f"# SAE {cfg.name}\n\nA {cfg.architecture} sparse autoencoder with {cfg.d_sae} latents "
+        "over "
         f"layer {cfg.layer} ({cfg.token_kinds} tokens) of `{cfg.model_id}`.\n\n"
-        "```python\nfrom core.sae_io import from_pretrained\nsae = from_pretrained(REPO_ID)\n"
+        "```python\nfrom saescope.core.sae_io import from_pretrained\n"
+        "sae = from_pretrained(REPO_ID)\n"
         "codes = sae.encode(activations)  # raw activations: normalisation is built in\n```\n\n"
         f"| metric | value |\n|---|---|\n{metrics}\n"
     )
@@ -222,9 +234,12 @@ def _saev_architecture(header: dict) -> tuple[dict, str, int | None]:
     if isinstance(act, dict):
         cls = str(act.get("cls", cls))
         k = act.get("params", {}).get("top_k", k)
-    arch = {"relu": "relu", "topk": "topk", "batchtopk": "batchtopk"}.get(cls.lower().replace("activation", ""))
+    saev = [a for a in architectures() if a.saev_activation]
+    by_name = {a.saev_activation.lower(): a.architecture for a in saev}
+    arch = by_name.get(cls.lower().replace("activation", ""))
     if arch is None:
-        raise CheckpointError(f"saev activation {cls!r} is not supported (Relu, TopK, BatchTopK)")
+        supported = ", ".join(a.saev_activation for a in saev)
+        raise CheckpointError(f"saev activation {cls!r} is not supported ({supported})")
     return cfg, arch, int(k) if k is not None else None
 
 
@@ -247,7 +262,8 @@ def import_saev(path: str | os.PathLike, normalization_sample: torch.Tensor | No
         if key not in state:
             raise CheckpointError(f"{path}: saev state dict lacks {key}")
     cfg = SAEConfig(
-        d_in=int(d_in), d_sae=int(d_sae), architecture=arch, k=k if arch != "relu" else None,
+        d_in=int(d_in), d_sae=int(d_sae), architecture=arch,
+        k=k if get_architecture(arch).k_sparse else None,
         normalization="none" if normalization_sample is None else "standardize",
         hyperparameters={"imported_from": "saev", "saev_header": header},
         **provenance,
@@ -256,7 +272,8 @@ def import_saev(path: str | os.PathLike, normalization_sample: torch.Tensor | No
     b_enc, b_dec = state["b_enc"].float(), state["b_dec"].float()
     tensors = {
         "W_enc": w_enc, "W_dec": w_dec, "b_dec": b_dec, "b_enc": b_enc + b_dec @ w_enc,
-        "norm_mean": torch.zeros(cfg.d_in), "norm_scale": torch.ones(()), "threshold": torch.zeros(()),
+        "norm_mean": torch.zeros(cfg.d_in), "norm_scale": torch.ones(()),
+        "threshold": torch.zeros(()),
     }
     sae = _sae_from_tensors(cfg, tensors, str(path))
     if normalization_sample is not None:
@@ -265,12 +282,30 @@ def import_saev(path: str | os.PathLike, normalization_sample: torch.Tensor | No
 
 
 # ------------------------------------------------------------------------------ SAELens import
+def _saelens_architecture(arch_name: str, activation: str) -> str | None:
+    """Our architecture for an SAELens (architecture, activation) pair, from the registry.
+
+    A rule naming the SAELens architecture wins over an activation-only rule, so e.g.
+    ("standard", "topk") is TopK while ("batchtopk", "topk") is BatchTopK.
+    """
+    rules = [(a.architecture, name, act) for a in architectures() for name, act in a.saelens_names]
+    for ours, name, act in rules:
+        if name is not None and name == arch_name and act in (None, activation):
+            return ours
+    for ours, name, act in rules:
+        if name is None and act == activation:
+            return ours
+    return None
+
+
 def import_saelens(folder: str | os.PathLike) -> SAE:
     """Import an SAELens-style folder: ``cfg.json`` + ``sae_weights.safetensors``."""
     folder = Path(folder)
     cfg_path, w_path = folder / SAELENS_CONFIG, folder / SAELENS_WEIGHTS
     if not cfg_path.exists() or not w_path.exists():
-        raise CheckpointError(f"{folder}: SAELens folders need {SAELENS_CONFIG} and {SAELENS_WEIGHTS}")
+        raise CheckpointError(
+            f"{folder}: SAELens folders need {SAELENS_CONFIG} and {SAELENS_WEIGHTS}"
+        )
     cfg_d = json.loads(cfg_path.read_text())
     try:
         state = load_file(str(w_path))
@@ -279,14 +314,11 @@ def import_saelens(folder: str | os.PathLike) -> SAE:
     arch_name = str(cfg_d.get("architecture", "standard")).lower()
     act = str(cfg_d.get("activation_fn_str", cfg_d.get("activation_fn", "relu"))).lower()
     k = cfg_d.get("k") or (cfg_d.get("activation_fn_kwargs") or {}).get("k")
-    if arch_name == "jumprelu":
-        arch = "jumprelu"
-    elif arch_name in ("topk", "batchtopk") or act == "topk":
-        arch = "topk" if arch_name != "batchtopk" else "batchtopk"
-    elif arch_name in ("standard", "relu") and act == "relu":
-        arch = "relu"
-    else:
-        raise CheckpointError(f"{folder}: SAELens architecture {arch_name!r}/{act!r} is not supported")
+    arch = _saelens_architecture(arch_name, act)
+    if arch is None:
+        raise CheckpointError(
+            f"{folder}: SAELens architecture {arch_name!r}/{act!r} is not supported"
+        )
     d_in, d_sae = int(cfg_d["d_in"]), int(cfg_d["d_sae"])
     cfg = SAEConfig(
         d_in=d_in, d_sae=d_sae, architecture=arch, k=int(k) if k else None,
@@ -304,10 +336,11 @@ def import_saelens(folder: str | os.PathLike) -> SAE:
         b_enc = b_enc + b_dec @ w_enc  # their encoder does not subtract b_dec; ours does
     tensors = {
         "W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec,
-        "norm_mean": torch.zeros(d_in), "norm_scale": torch.ones(()), "threshold": torch.zeros(()),
+        "norm_mean": torch.zeros(d_in), "norm_scale": torch.ones(()),
+        "threshold": torch.zeros(()),
     }
-    if arch == "jumprelu":
-        if "threshold" not in state:
-            raise CheckpointError(f"{folder}: JumpReLU SAE without a threshold tensor")
-        tensors["log_threshold"] = state["threshold"].float().clamp_min(1e-12).log()
+    try:
+        tensors.update(get_architecture(arch).saelens_extra_tensors(state))
+    except ValueError as err:
+        raise CheckpointError(f"{folder}: {err}") from err
     return _sae_from_tensors(cfg, tensors, str(folder))

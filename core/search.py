@@ -131,6 +131,26 @@ def top_features_for_patches(backbone, sae: SAE, image: Image.Image, patches: Pa
     return _top(codes[mask].sum(0), n)
 
 
+def top_features_of_codes(codes: torch.Tensor, mask: np.ndarray | None, n: int = 12
+                          ) -> list[tuple[int, float, int]]:
+    """Top features of a patch selection from codes already computed (the apps cache them):
+    ``[(feature, mean activation over the selection, number of selected patches where it
+    fires)]``, strongest first; features silent on the selection are left out.
+
+    ``codes [n_patches, d_sae]``; ``mask`` a boolean ``[n_patches]`` (None: all patches).
+    """
+    sel = codes if mask is None else codes[torch.as_tensor(np.asarray(mask, bool))]
+    if sel.shape[0] == 0:
+        return []
+    score = sel.mean(0)
+    fired = (sel > 0).sum(0)
+    k = min(n, int((score > 0).sum()))
+    if k == 0:
+        return []
+    vals, idx = score.topk(k)
+    return [(int(i), float(v), int(fired[i])) for i, v in zip(idx, vals)]
+
+
 def feature_map(backbone, sae: SAE, image: Image.Image, feature: int) -> np.ndarray:
     """One feature's activation on every patch of ``image``: ``[rows, cols]`` float32."""
     f = sae.check_feature(feature)
@@ -145,7 +165,7 @@ class FeatureMatch:
     feature: int
     score: float  # activation summed over the highlighted patches
     query_map: np.ndarray  # [rows, cols] activation on the query image
-    exemplars: list  # train.exemplars.Exemplar tuples (image_index, image_id, value, patch_map)
+    exemplars: list  # core.exemplars.Exemplar tuples (image_index, image_id, value, patch_map)
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -166,7 +186,7 @@ def search_by_example(backbone, sae: SAE, exemplars, image: Image.Image,
                       n_exemplars: int = 8) -> list[FeatureMatch]:
     """Top features of the highlighted patches, each with its map on ``image`` and its exemplars.
 
-    ``exemplars`` is a :class:`train.exemplars.Exemplars` built for this SAE (checked).
+    ``exemplars`` is a :class:`saescope.core.exemplars.Exemplars` built for this SAE (checked).
     """
     _check_exemplars(sae, exemplars)
     codes, layout = patch_codes(backbone, sae, image)
@@ -182,5 +202,6 @@ def search_by_example(backbone, sae: SAE, exemplars, image: Image.Image,
 
 
 __all__ = ["patch_codes", "patch_mask", "patch_mask_from_box", "top_features_for_patches",
+           "top_features_of_codes",
            "feature_map", "search_by_example", "FeatureMatch", "PatchSelectionError",
            "check_backbone_sae"]

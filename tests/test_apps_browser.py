@@ -8,37 +8,19 @@ toggles a feature, asserts that what is displayed changes, and saves a screensho
 
 from __future__ import annotations
 
-import os
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-
-from conftest_apps import (  # noqa: E402
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    ROOT,
-    Served,
-    awkward_files,
-    offline_bundle,
-)
-
+# Debian's chromium: the `chromium` fixture (tests/conftest.py) skips these tests without it.
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) to "
-                "run the real-browser app tests", allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
                                  "(pip install -r requirements-apps.txt)")
 
-SHOTS = Path(os.environ.get("SAESCOPE_SCREENSHOTS") or ROOT / "runs" / "screenshots")
-TIMEOUT = 120_000  # ms: a busy 2-core CI machine is slow, a real hang still fails
 
-
-def bundle_at(tmp_path_factory, layer: int) -> Path:
+def bundle_at(offline_bundle, tmp_path_factory, layer: int) -> Path:
     """One offline bundle per layer per test session (shared by the tests that need it)."""
     root = tmp_path_factory.getbasetemp() / "apps-offline-bundles"
     root.mkdir(exist_ok=True)
@@ -49,92 +31,25 @@ def bundle_at(tmp_path_factory, layer: int) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def browser_page():
-    from playwright.sync_api import sync_playwright
-
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1440, "height": 1000})
-        ctx.set_default_timeout(TIMEOUT)
-        try:
-            yield ctx
-        finally:
-            ctx.close()
-            shutil.rmtree(profile, ignore_errors=True)
-
-
-@pytest.fixture()
-def page(browser_page):
-    from playwright.sync_api import expect
-
-    expect.set_options(timeout=TIMEOUT)  # assertions wait as long as actions (busy CI machines)
-    pg = browser_page.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda e: errors.append(str(e)))
-    yield pg
-    pg.close()
-    assert not errors, f"JavaScript errors in the page: {errors}"
-
-
 def photo_file(tmp_path: Path, index: int = 1) -> Path:
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_source
 
     path = tmp_path / f"photo{index}.jpg"
     open_source("builtin:photos?views=1").load(index).save(path, "JPEG", quality=90)
     return path
 
 
-def srcs(page, selector: str) -> list[str]:
-    return page.locator(selector).evaluate_all("els => els.map(e => e.currentSrc || e.src)")
-
-
-def image_bytes(page, selector: str) -> bytes:
-    src = page.locator(selector).first.evaluate("e => e.currentSrc || e.src")
-    return page.request.get(src).body()
-
-
-def drag(page, grid_selector: str, start: tuple[float, float], end: tuple[float, float]) -> None:
-    """Press at ``start`` and release at ``end`` (fractions of the grid's box)."""
-    box = page.locator(grid_selector).bounding_box()
-    x0, y0 = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
-    x1, y1 = box["x"] + box["width"] * end[0], box["y"] + box["height"] * end[1]
-    page.mouse.move(x0, y0)
-    page.mouse.down()
-    page.mouse.move(x1, y1, steps=12)
-    page.mouse.up()
-
-
-def click_cell(page, grid_selector: str, frac: tuple[float, float]) -> None:
-    box = page.locator(grid_selector).bounding_box()
-    page.mouse.click(box["x"] + box["width"] * frac[0], box["y"] + box["height"] * frac[1])
-
-
-def upload(page, path: Path) -> None:
-    page.locator("#upload input[type=file]").set_input_files(str(path))
-
-
-def shot(page, name: str) -> Path:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    path = SHOTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
-    return path
-
-
 # ------------------------------------------------------------------------------ feature browser
 @pytest.fixture(scope="module")
-def browser_app(tmp_path_factory):
+def browser_app(tmp_path_factory, offline_bundle, serve):
     from saescope.apps.browser import build_app
 
-    served = Served(build_app(str(bundle_at(tmp_path_factory, -2)), warm_up=True))
+    served = serve(build_app(str(bundle_at(offline_bundle, tmp_path_factory, -2)), warm_up=True))
     yield served
     served.close()
 
 
-def test_browser_upload_select_toggle(browser_app, page, tmp_path) -> None:
+def test_browser_upload_select_toggle(browser_app, page, ui, tmp_path) -> None:
     from playwright.sync_api import expect
 
     page.goto(browser_app.url)
@@ -142,7 +57,7 @@ def test_browser_upload_select_toggle(browser_app, page, tmp_path) -> None:
     # the feature panel is filled on load (feature 0) before any upload
     expect(page.locator("#feature-stats")).to_contain_text("Feature 0")
 
-    upload(page, photo_file(tmp_path, 1))
+    ui.upload(photo_file(tmp_path, 1))
     expect(page.locator("#picker .pp-cell")).to_have_count(256)
     expect(page.locator("#status")).to_contain_text("explains")
     expect(page.locator("#sel-info")).to_contain_text("No patches selected")
@@ -150,9 +65,9 @@ def test_browser_upload_select_toggle(browser_app, page, tmp_path) -> None:
     captions_all = page.locator("#top-features .caption-label").all_inner_texts()
 
     # click one patch, then drag over a block: the selection and the top features change
-    click_cell(page, "#picker .pp-grid", (0.05, 0.05))
+    ui.click_cell("#picker .pp-grid", (0.05, 0.05))
     expect(page.locator("#sel-info")).to_contain_text("1 of 256 patches selected")
-    drag(page, "#picker .pp-grid", (0.3, 0.3), (0.7, 0.7))
+    ui.drag("#picker .pp-grid", (0.3, 0.3), (0.7, 0.7))
     expect(page.locator("#sel-info")).not_to_contain_text("1 of 256")
     n_sel = page.locator("#picker .pp-cell.on").count()
     assert n_sel > 20
@@ -167,9 +82,9 @@ def test_browser_upload_select_toggle(browser_app, page, tmp_path) -> None:
     top_id = top_caption.split("·")[0].strip().lstrip("#")
     expect(page.locator("#feature-stats h3")).to_have_text(f"Feature {top_id}")
     page.wait_for_function("document.querySelectorAll('#exemplars img').length > 0")
-    heat_before = image_bytes(page, "#heat-before img")
-    after_before_toggle = image_bytes(page, "#heat-after img")
-    head_after_src = srcs(page, "#head-after img")
+    heat_before = ui.image_bytes("#heat-before img")
+    after_before_toggle = ui.image_bytes("#heat-after img")
+    head_after_src = ui.srcs("#head-after img")
     expect(page.locator("#edits")).to_contain_text("No edits")
 
     # switch the feature off on the selection: the displayed maps and the head change
@@ -179,10 +94,10 @@ def test_browser_upload_select_toggle(browser_app, page, tmp_path) -> None:
     page.wait_for_function("old => { const i = document.querySelector('#head-after img');"
                            " return i && (i.currentSrc || i.src) !== old; }",
                            arg=head_after_src[0] if head_after_src else "")
-    after = image_bytes(page, "#heat-after img")
+    after = ui.image_bytes("#heat-after img")
     assert after != after_before_toggle and after != heat_before
-    assert image_bytes(page, "#head-diff img")
-    shot(page, "browser")
+    assert ui.image_bytes("#head-diff img")
+    ui.shot("browser")
 
     # reset: after equals before again
     page.locator("#reset").click()
@@ -190,21 +105,22 @@ def test_browser_upload_select_toggle(browser_app, page, tmp_path) -> None:
     expect(page.locator("#feature-on input")).to_be_checked()
 
 
-def test_browser_bad_uploads_show_a_message(browser_app, page, tmp_path) -> None:
+def test_browser_bad_uploads_show_a_message(browser_app, page, ui, awkward_files,
+                                            tmp_path) -> None:
     from playwright.sync_api import expect
 
     files = awkward_files(tmp_path / "bad")
     page.goto(browser_app.url)
     expect(page.locator("#picker .pp-empty")).to_be_visible()
     for name, words in [("not_an_image.png", "not an image"), ("bomb.png", "decompression bomb")]:
-        upload(page, files[name])
+        ui.upload(files[name])
         expect(page.locator(".toast-body").filter(has_text=words).first).to_be_visible()
         expect(page.locator("#status .sae-error")).to_contain_text(words)
         expect(page.locator("#upload input[type=file]")).to_have_count(1)  # box cleared
     assert "Traceback" not in page.content()
-    shot(page, "browser-bad-upload")
+    ui.shot("browser-bad-upload")
     # a grey-scale image then works, and the error goes away
-    upload(page, files["grey.png"])
+    ui.upload(files["grey.png"])
     expect(page.locator("#picker .pp-cell")).to_have_count(256)
     expect(page.locator("#status")).to_contain_text("explains")
 
@@ -222,7 +138,9 @@ def test_browser_feature_search_and_related(browser_app, page) -> None:
     page.locator("#related .thumbnail-item").first.click()
     expect(page.locator("#feature-stats")).to_contain_text(f"Feature {first_related.lstrip('#')}")
     page.locator("#random").click()
-    expect(page.locator("#feature-stats")).not_to_contain_text(f"Feature {first_related.lstrip('#')}")
+    expect(page.locator("#feature-stats")).not_to_contain_text(
+        f"Feature {first_related.lstrip('#')}"
+    )
     page.locator("#feature-id input").fill("100000")
     page.locator("#feature-id input").press("Enter")
     expect(page.locator(".toast-body").first).to_be_visible()
@@ -230,27 +148,28 @@ def test_browser_feature_search_and_related(browser_app, page) -> None:
 
 # ------------------------------------------------------------------------------ comparison
 @pytest.fixture(scope="module")
-def compare_app(tmp_path_factory):
+def compare_app(tmp_path_factory, offline_bundle, serve):
     from saescope.apps.compare import build_app
 
-    left, right = bundle_at(tmp_path_factory, 6), bundle_at(tmp_path_factory, -2)
-    served = Served(build_app(str(left), str(right)))
+    left = bundle_at(offline_bundle, tmp_path_factory, 6)
+    right = bundle_at(offline_bundle, tmp_path_factory, -2)
+    served = serve(build_app(str(left), str(right)))
     yield served
     served.close()
 
 
-def test_compare_side_by_side_and_matches(compare_app, page, tmp_path) -> None:
+def test_compare_side_by_side_and_matches(compare_app, page, ui, tmp_path) -> None:
     from playwright.sync_api import expect
 
     page.goto(compare_app.url)
     header = page.locator(".sae-header").inner_text()
     assert "layer 6" in header and "layer 10" in header and "CLIP" not in header
-    upload(page, photo_file(tmp_path, 2))
+    ui.upload(photo_file(tmp_path, 2))
     expect(page.locator("#picker .pp-cell")).to_have_count(256)
     page.wait_for_function("document.querySelectorAll('#left-top img').length > 0 && "
                            "document.querySelectorAll('#right-top img').length > 0")
     before = page.locator("#right-top .caption-label").all_inner_texts()
-    drag(page, "#picker .pp-grid", (0.2, 0.2), (0.5, 0.6))
+    ui.drag("#picker .pp-grid", (0.2, 0.2), (0.5, 0.6))
     expect(page.locator("#sel-info")).to_contain_text("On the right model's grid")
     page.wait_for_function(
         "old => JSON.stringify([...document.querySelectorAll('#right-top .caption-label')]"
@@ -267,4 +186,4 @@ def test_compare_side_by_side_and_matches(compare_app, page, tmp_path) -> None:
     page.locator("#left-matches .thumbnail-item").first.click()
     expect(page.locator("#right-feature input")).to_have_value(first_match.strip().lstrip("#"))
     page.wait_for_function("document.querySelectorAll('#right-exemplars img').length > 0")
-    shot(page, "compare")
+    ui.shot("compare")

@@ -9,20 +9,13 @@ screenshot (PNG) under ``$SAESCOPE_SCREENSHOTS`` (default ``runs/screenshots``).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-
-from conftest_apps import CHROMIUM, Served, awkward_files, wait_for  # noqa: E402
-from test_apps_browser import browser_page, click_cell, drag, image_bytes, page, shot, upload  # noqa: E402,F401
-
+# Debian's chromium: the `chromium` fixture (tests/conftest.py) skips these tests without it.
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-if not Path(CHROMIUM).exists():
-    pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run the browser tests",
-                allow_module_level=True)
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
@@ -31,7 +24,7 @@ def probe_bundle() -> Path:
     """The offline default bundle (layer 10 of the real DINOv2-S saliency fine-tune) with its
     digit probes: what the apps show by default. Built once per machine and cached (the probes
     test builds it too); fitting probes on a fresh bundle here would cost minutes on 2 cores."""
-    from saescope.train.bundle import ensure_default_bundle
+    from saescope.train.default_bundle import ensure_default_bundle
 
     return Path(ensure_default_bundle(progress=False))
 
@@ -47,15 +40,15 @@ def pick_example(page, caption_start: str) -> None:
 
 # ------------------------------------------------------------------------------ segmentation
 @pytest.fixture(scope="module")
-def segment_app(probe_bundle):
+def segment_app(probe_bundle, serve):
     from saescope.apps.segment import build_app
 
-    served = Served(build_app(str(probe_bundle), warm_up=True))
+    served = serve(build_app(str(probe_bundle), warm_up=True))
     yield served
     served.close()
 
 
-def test_segment_example_select_slide(segment_app, page) -> None:
+def test_segment_example_select_slide(segment_app, page, ui, wait_for) -> None:
     from playwright.sync_api import expect
 
     page.goto(segment_app.url)
@@ -70,11 +63,11 @@ def test_segment_example_select_slide(segment_app, page) -> None:
     page.wait_for_function("document.querySelectorAll('#candidates img').length >= 5")
 
     # select a block of patches by dragging; the candidates follow the selection
-    drag(page, "#picker .pp-grid", (0.2, 0.2), (0.8, 0.8))
+    ui.drag("#picker .pp-grid", (0.2, 0.2), (0.8, 0.8))
     n_sel = page.locator("#picker .pp-cell.on").count()
     assert n_sel > 50
     expect(page.locator("#sel-info")).to_contain_text(f"{n_sel} of 256 patches selected")
-    after_before = image_bytes(page, "#seg-after img")
+    after_before = ui.image_bytes("#seg-after img")
 
     # amplify the two strongest candidates on all patches: the segmentation changes
     page.locator("#scope label").filter(has_text="all patches").click()
@@ -84,10 +77,10 @@ def test_segment_example_select_slide(segment_app, page) -> None:
     expect(page.locator("#edits")).to_contain_text("× 5", )
     expect(page.locator("#edits")).to_contain_text(", #")  # two features edited at once
     expect(page.locator("#effect")).not_to_contain_text("0.0% of pixels changed class")
-    assert wait_for(lambda: image_bytes(page, "#seg-after img") != after_before, timeout=60)
-    assert image_bytes(page, "#seg-changed img")
+    assert wait_for(lambda: ui.image_bytes("#seg-after img") != after_before, timeout=60)
+    assert ui.image_bytes("#seg-changed img")
     expect(page.locator("#timing")).to_contain_text("steering")
-    shot(page, "segment")
+    ui.shot("segment")
 
     # reset: every slider back to 1, the output equals the original again
     page.locator("#reset").click()
@@ -96,35 +89,36 @@ def test_segment_example_select_slide(segment_app, page) -> None:
     expect(page.locator("#slot-0 input[type=range]")).to_have_value("1")
 
 
-def test_segment_bad_upload_then_photo(segment_app, page, tmp_path) -> None:
+def test_segment_bad_upload_then_photo(segment_app, page, ui, awkward_files,
+                                      tmp_path) -> None:
     from playwright.sync_api import expect
 
     files = awkward_files(tmp_path / "bad")
     page.goto(segment_app.url)
     for name, words in [("corrupt.png", "corrupt"), ("huge.png", "above the limit")]:
-        upload(page, files[name])
+        ui.upload(files[name])
         expect(page.locator(".toast-body").filter(has_text=words).first).to_be_visible()
         expect(page.locator("#status .sae-error")).to_contain_text(words)
     assert "Traceback" not in page.content()
-    shot(page, "segment-bad-upload")
+    ui.shot("segment-bad-upload")
     pick_example(page, "photo")
     expect(page.locator("#picker .pp-cell")).to_have_count(256)
     expect(page.locator("#status")).to_contain_text("explains")
-    click_cell(page, "#picker .pp-grid", (0.5, 0.5))
+    ui.click_cell("#picker .pp-grid", (0.5, 0.5))
     expect(page.locator("#sel-info")).to_contain_text("1 of 256 patches selected")
 
 
 # ------------------------------------------------------------------------------ classification
 @pytest.fixture(scope="module")
-def classify_app(probe_bundle):
+def classify_app(probe_bundle, serve):
     from saescope.apps.classify import build_app
 
-    served = Served(build_app(str(probe_bundle), warm_up=True))
+    served = serve(build_app(str(probe_bundle), warm_up=True))
     yield served
     served.close()
 
 
-def test_classify_example_select_slide(classify_app, page) -> None:
+def test_classify_example_select_slide(classify_app, page, ui) -> None:
     from playwright.sync_api import expect
 
     page.goto(classify_app.url)
@@ -136,7 +130,7 @@ def test_classify_example_select_slide(classify_app, page) -> None:
     expect(page.locator("#probs-table")).to_contain_text("before")
     table_before = page.locator("#probs-table").inner_text()
 
-    drag(page, "#picker .pp-grid", (0.25, 0.1), (0.75, 0.9))
+    ui.drag("#picker .pp-grid", (0.25, 0.1), (0.75, 0.9))
     n_sel = page.locator("#picker .pp-cell.on").count()
     expect(page.locator("#sel-info")).to_contain_text(f"{n_sel} of 256 patches selected")
     # the strongest candidates, amplified on every token the probe can see
@@ -147,5 +141,5 @@ def test_classify_example_select_slide(classify_app, page) -> None:
     expect(page.locator("#effect")).to_contain_text("total variation")
     page.wait_for_function("old => document.querySelector('#probs-table').innerText !== old",
                            arg=table_before)
-    assert image_bytes(page, "#probs-after img")
-    shot(page, "classify")
+    assert ui.image_bytes("#probs-after img")
+    ui.shot("classify")

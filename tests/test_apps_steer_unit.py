@@ -6,7 +6,6 @@ Runs on the tiny random DINOv2 bundle with two real probes fitted on it (seconds
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-
-from conftest_apps import Served, awkward_files  # noqa: E402
-from steer_fixtures import tiny_probe_bundle  # noqa: E402
-
-from saescope.apps import adapter, panels  # noqa: E402
-from saescope.apps.engine import Engine, slider_edits  # noqa: E402
-from saescope.core.steering import Edit  # noqa: E402
+from saescope.apps import adapter, panels
+from saescope.apps.engine import Engine, slider_edits
+from saescope.core.steering import Edit
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return tiny_probe_bundle(tmp_path_factory)
+def bundle(tiny_probe_bundle) -> Path:
+    return tiny_probe_bundle
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +29,7 @@ def engine(bundle) -> Engine:
 
 
 def scene(index: int = 260) -> Image.Image:
-    from saescope.train.seg_sources import open_segmentation_source
+    from saescope.core.sources import open_segmentation_source
 
     return open_segmentation_source("builtin:digit-scenes?n=300").load(index)
 
@@ -103,7 +98,9 @@ def test_patch_selection_and_cls_edits(engine) -> None:
     out = engine.steer(an, [Edit(f, value=20.0)], sel, head="digits")
     mask = an.mask(sel)
     assert torch.all(out.codes_after[torch.as_tensor(mask), f] == 20.0)
-    torch.testing.assert_close(out.codes_after[torch.as_tensor(~mask)], an.codes[torch.as_tensor(~mask)])
+    torch.testing.assert_close(
+        out.codes_after[torch.as_tensor(~mask)], an.codes[torch.as_tensor(~mask)]
+    )
     with_cls = engine.steer(an, [Edit(f, value=20.0)], None, head="digits", kinds="cls,patch")
     patches_only = engine.steer(an, [Edit(f, value=20.0)], None, head="digits")
     assert not np.allclose(with_cls.head_after, patches_only.head_after)
@@ -143,7 +140,9 @@ def test_class_panels_count_changed_pixels() -> None:
 
 
 def test_probability_bars_and_metrics_line() -> None:
-    img = panels.probability_bars(np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.8, 0.1]), ["a", "b", "c"])
+    img = panels.probability_bars(
+        np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.8, 0.1]), ["a", "b", "c"]
+    )
     assert img.size[0] > 300
     line = panels.metrics_line({"metrics": {"test_accuracy": 0.9, "test_miou": 0.4,
                                             "pixel_accuracy": 0.93, "n_test_images": 40}})
@@ -157,7 +156,9 @@ def test_probe_examples_are_held_out(tmp_path, monkeypatch) -> None:
     idx = [int(Path(p).stem) for p, _ in ex]
     assert len(ex) == 4 and min(idx) == 250 and max(idx) == 299
     assert all(c.startswith("contains ") for _, c in ex)
-    ex = adapter.probe_examples("builtin:digits?size=112", "classification", 3, start=1500, n_used=300)
+    ex = adapter.probe_examples(
+        "builtin:digits?size=112", "classification", 3, start=1500, n_used=300
+    )
     assert [int(Path(p).stem) for p, _ in ex][0] == 1500 and ex[0][1].startswith("true class ")
     assert adapter.probe_examples("builtin:no-such-set", "classification", 3) == []
 
@@ -170,14 +171,14 @@ def slots(ids=(None,) * N, vals=(1.0,) * N) -> list:
     return [*ids, *vals]
 
 
-def test_segment_app_api(bundle, tmp_path) -> None:
+def test_segment_app_api(bundle, serve, tmp_path) -> None:
     from gradio_client import Client, handle_file
 
     from saescope.apps.segment import build_app
 
     demo = build_app(str(bundle), examples=False)
     assert demo.default_head == "digit-scenes"
-    served = Served(demo)
+    served = serve(demo)
     try:
         client = Client(served.url, verbose=False, download_files=str(tmp_path))
         path = tmp_path / "scene.png"
@@ -211,17 +212,17 @@ def test_segment_app_api(bundle, tmp_path) -> None:
         served.close()
 
 
-def test_classify_app_api_and_bad_uploads(bundle, tmp_path) -> None:
+def test_classify_app_api_and_bad_uploads(bundle, serve, awkward_files, tmp_path) -> None:
     from gradio_client import Client, handle_file
 
     from saescope.apps.classify import build_app
 
     demo = build_app(str(bundle), examples=False)
     assert demo.default_head == "digits"
-    served = Served(demo)
+    served = serve(demo)
     try:
         client = Client(served.url, verbose=False, download_files=str(tmp_path))
-        from saescope.train.sources import open_source
+        from saescope.core.sources import open_source
 
         path = tmp_path / "digit.png"
         open_source("builtin:digits?size=112").load(1600).save(path)
@@ -236,9 +237,13 @@ def test_classify_app_api_and_bad_uploads(bundle, tmp_path) -> None:
         assert "Prediction" in callout and "| class | before | after |" in table
         assert "and the CLS token" in edits_md and "total variation" in effect
         files = awkward_files(tmp_path / "bad")
-        for name, words in [("not_an_image.png", "not an image"), ("bomb.png", "decompression bomb"),
-                            ("tiny.png", "too small"), ("huge.png", "above the limit"),
-                            ("corrupt.png", "corrupt")]:
+        for name, words in [
+            ("not_an_image.png", "not an image"),
+            ("bomb.png", "decompression bomb"),
+            ("tiny.png", "too small"),
+            ("huge.png", "above the limit"),
+            ("corrupt.png", "corrupt"),
+        ]:
             bad = client.predict(handle_file(str(files[name])), "digits", mode, "selected patches",
                                  *slots(), api_name="/analyse")
             assert "sae-error" in bad[1] and words in bad[1].lower(), (name, bad[1])
@@ -247,10 +252,8 @@ def test_classify_app_api_and_bad_uploads(bundle, tmp_path) -> None:
         served.close()
 
 
-def test_app_without_a_probe_of_that_kind_says_what_to_do(tmp_path) -> None:
-    from conftest_apps import tiny_bundle
-
+def test_app_without_a_probe_of_that_kind_says_what_to_do(tiny_bundle, tmp_path) -> None:
     from saescope.apps.classify import build_app
 
-    with pytest.raises(adapter.AppSetupError, match="no classification head.*train probe"):
+    with pytest.raises(adapter.AppSetupError, match="no classification head.*saescope probe"):
         build_app(str(tiny_bundle(tmp_path, "no-probes")), examples=False)

@@ -7,36 +7,27 @@ DINOv2-S with its saliency head.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-
-import gradio as gr  # noqa: E402
-
-from conftest_apps import BAD, GOOD, Served, awkward_files, offline_bundle, tiny_bundle  # noqa: E402
-
-from saescope.apps import adapter, panels  # noqa: E402
-from saescope.apps.common import (  # noqa: E402
-    FeatureScatter,
-    SafeImage,
-    format_selection,
-    histogram_image,
-    parse_selection,
-    picker_html,
-    read_upload,
-)
-from saescope.apps.engine import Engine, SessionExpired  # noqa: E402
-from saescope.core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess  # noqa: E402
-from saescope.core.steering import Edit  # noqa: E402
+from saescope.apps import adapter, panels
+from saescope.apps.engine import Engine, SessionExpired
+from saescope.apps.picker import format_selection, parse_selection, picker_html
+from saescope.apps.plots import FeatureScatter, histogram_image
+from saescope.apps.uploads import SafeImage, read_upload
+from saescope.core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from saescope.core.heatmap import model_view, render_spotlight
+from saescope.core.search import top_features_of_codes
+from saescope.core.steering import Edit
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
+def tiny(tmp_path_factory, tiny_bundle) -> Path:
     return tiny_bundle(tmp_path_factory.mktemp("apps-tiny"))
 
 
@@ -46,8 +37,16 @@ def engine(tiny) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, awkward_files) -> dict[str, Path]:
     return awkward_files(tmp_path_factory.mktemp("uploads"))
+
+
+# names of the conftest ``awkward_files``: good images in odd modes, and bad files with the words
+# their error message must contain
+GOOD = ["rgb.png", "grey.png", "rgba.png", "cmyk.jpg", "sixteen.png", "palette.gif"]
+BAD = {"tiny.png": "too small", "not_an_image.png": "not an image", "empty.jpg": "empty",
+       "truncated.jpg": "truncated", "corrupt.png": "corrupt", "bomb.png": "bomb",
+       "huge.png": "above the limit"}
 
 
 def photo(w: int = 300, h: int = 200, seed: int = 1) -> Image.Image:
@@ -78,7 +77,7 @@ def test_no_upload_and_pasted_data_urls() -> None:
         read_upload(None)
     from gradio.data_classes import ImageData
 
-    from saescope.apps.common import to_data_url
+    from saescope.apps.picker import to_data_url
 
     comp = SafeImage(type="filepath", render=False)
     raw = comp.preprocess(ImageData(url=to_data_url(photo(), "PNG")))
@@ -100,7 +99,7 @@ def test_crop_box_matches_the_models_preprocessing() -> None:
     pre = Preprocess((224, 224), 256, IMAGENET_MEAN, IMAGENET_STD)
     img = photo(480, 320)
     pixels = pre(img)[0].numpy().transpose(1, 2, 0) * IMAGENET_STD + IMAGENET_MEAN
-    view = adapter.model_view(img, pre, scale=1)
+    view = model_view(img, pre, scale=1)
     assert view.size == (224, 224)
     diff = np.abs(np.asarray(view, np.float32) / 255 - pixels)
     assert diff.mean() < 0.03  # same region (only the resampling differs)
@@ -112,7 +111,9 @@ def test_crop_box_matches_the_models_preprocessing() -> None:
 def test_map_selection_between_grids_and_resample() -> None:
     box = (0.0, 0.0, 224.0, 224.0)
     sel = {(0, 0), (0, 1), (1, 0), (1, 1)}  # top-left quarter of a 4x4 grid
-    assert adapter.map_selection(sel, (4, 4), box, (8, 8), box) == {(r, c) for r in range(4) for c in range(4)}
+    assert adapter.map_selection(sel, (4, 4), box, (8, 8), box) == {
+        (r, c) for r in range(4) for c in range(4)
+    }
     assert adapter.map_selection(sel, (4, 4), box, (2, 2), box) == {(0, 0)}
     assert adapter.map_selection(set(), (4, 4), box, (2, 2), box) == set()
     codes = torch.arange(16.0)[:, None].repeat(1, 3)
@@ -124,10 +125,10 @@ def test_map_selection_between_grids_and_resample() -> None:
 def test_top_features_for_patches() -> None:
     codes = torch.zeros(4, 6)
     codes[0, 2], codes[1, 2], codes[3, 5] = 2.0, 1.0, 9.0
-    assert adapter.top_features_for_patches(codes, np.array([1, 1, 0, 0], bool), 3) == [(2, 1.5, 2)]
-    top = adapter.top_features_for_patches(codes, None, 3)
+    assert top_features_of_codes(codes, np.array([1, 1, 0, 0], bool), 3) == [(2, 1.5, 2)]
+    top = top_features_of_codes(codes, None, 3)
     assert [f for f, _, _ in top] == [5, 2]
-    assert adapter.top_features_for_patches(codes, np.zeros(4, bool), 3) == []
+    assert top_features_of_codes(codes, np.zeros(4, bool), 3) == []
 
 
 # ------------------------------------------------------------------------------ engine
@@ -191,7 +192,7 @@ def test_cross_matches_fall_back_to_correlation_on_the_image() -> None:
             self.sae = SAE(SAEConfig(d_in=8, d_sae=d_sae, k=2))
             self.model = {"model_id": model, "layer": layer}
             self.manifest = {}
-            self.name, self.path, self._cache = model, Path("/nonexistent") / model, {}
+            self.name, self.path = model, Path("/nonexistent") / model
 
     a, b = FakeBundle(10, "m1", 1), FakeBundle(12, "m2", 1)
     left = torch.zeros(16, 10)
@@ -218,7 +219,9 @@ def test_picker_html_has_the_grid_and_a_fresh_nonce() -> None:
 def test_panels_render(engine) -> None:
     an = engine.analyse(photo(seed=5))
     f = engine.top_features(an, None, 1)[0][0]
-    tiles = [t for t, _ in panels.exemplar_tiles(engine.bundle, engine.backbone.preprocess, f, 5, 64)]
+    tiles = [
+        t for t, _ in panels.exemplar_tiles(engine.bundle, engine.backbone.preprocess, f, 5, 64)
+    ]
     card = panels.feature_card(an.view, an.feature_map(f), tiles, f, 1.0)
     assert card.size[0] == card.size[1]
     before = np.zeros((32, 32), np.float32)
@@ -227,7 +230,7 @@ def test_panels_render(engine) -> None:
     img, info = panels.change_overlay(an.view, before, after)
     assert img.size == an.view.size and info["changed_fraction"] == pytest.approx(1 / 16)
     assert panels.probability_overlay(an.view, after).size == an.view.size
-    hm = adapter.render_heatmap(an.view, an.feature_map(f))
+    hm = render_spotlight(an.view, an.feature_map(f))
     assert hm.size == an.view.size and hm.mode == "RGB"
     st = engine.stats.of(f)
     assert histogram_image(st["histogram"], st["bin_edges"], f) is not None
@@ -248,12 +251,12 @@ def test_scatter_picks_the_feature_under_the_click() -> None:
     assert not inr[5] and inr.sum() > 0
 
 
-# ------------------------------------------------------------------------------ the app via gradio_client
+# ------------------------------------------------------------------- the app via gradio_client
 @pytest.fixture(scope="module")
-def served(tiny):
+def served(tiny, serve):
     from saescope.apps.browser import build_app
 
-    s = Served(build_app(str(tiny), examples=False))
+    s = serve(build_app(str(tiny), examples=False))
     yield s
     s.close()
 
@@ -313,7 +316,7 @@ def test_app_api_reports_bad_input_clearly(served, files, tmp_path) -> None:
 
 # ------------------------------------------------------------------------------ real model + head
 @pytest.fixture(scope="module")
-def offline(tmp_path_factory) -> Path:
+def offline(tmp_path_factory, offline_bundle) -> Path:
     return offline_bundle(tmp_path_factory.mktemp("apps-offline"), n_images=16, train_steps=30)
 
 
@@ -321,11 +324,14 @@ def offline(tmp_path_factory) -> Path:
 def test_offline_bundle_steering_moves_the_saliency_head(offline) -> None:
     eng = Engine(str(offline))
     assert eng.head is not None and eng.head_kind == "segmentation"
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_source
 
     img = open_source("builtin:photos?views=1").load(0)
     an = eng.analyse(img)
-    assert an.head_before.shape == (224, 224) and 0 <= an.head_before.min() <= an.head_before.max() <= 1
+    assert (
+        an.head_before.shape == (224, 224)
+        and 0 <= an.head_before.min() <= an.head_before.max() <= 1
+    )
     none = eng.steer(an, [], None)
     assert np.array_equal(none.head_after, an.head_before)
     feats = [f for f, _, _ in eng.top_features(an, None, 8)]

@@ -22,7 +22,9 @@ from saescope.core.backbones.base import CLIP_MEAN, IMAGENET_MEAN, IMAGENET_STD,
 from saescope.core.backbones.hf import preprocess_from_dict
 from saescope.core.layers import LayerOutOfRange
 
-TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=28, patch_size=14)
+TINY = dict(
+    hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=28, patch_size=14
+)
 
 
 def _save_tiny(kind: str, path) -> torch.nn.Module:
@@ -95,7 +97,9 @@ def test_layers_match_hidden_states(tiny):
         torch.testing.assert_close(tokens, hidden_states[layer + 1], rtol=0, atol=0)
     torch.testing.assert_close(bb(x), final, rtol=0, atol=0)
     for layer in range(bb.n_layers):  # resuming from any block reproduces the output exactly
-        torch.testing.assert_close(bb.run_from(layer, hidden_states[layer + 1]), final, rtol=0, atol=0)
+        torch.testing.assert_close(
+            bb.run_from(layer, hidden_states[layer + 1]), final, rtol=0, atol=0
+        )
 
 
 def test_non_native_size_and_gradients(tiny):
@@ -125,7 +129,12 @@ def test_family_default_preprocess(tmp_path):
     _save_tiny("clip", tmp_path / "c")
     _save_tiny("vit", tmp_path / "v")
     d, c, v = (load_backbone(str(tmp_path / k)).preprocess for k in "dcv")
-    assert (d.resize_shortest_edge, d.crop_size, d.mean, d.std) == (256, (224, 224), IMAGENET_MEAN, IMAGENET_STD)
+    assert (d.resize_shortest_edge, d.crop_size, d.mean, d.std) == (
+        256,
+        (224, 224),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
     assert (c.resize_shortest_edge, c.crop_size, c.mean) == (28, (28, 28), CLIP_MEAN)
     assert (v.resize_shortest_edge, v.crop_size, v.mean) == (28, (28, 28), (0.5, 0.5, 0.5))
     assert load_backbone(str(tmp_path / "d")).describe()["preprocess_source"] == "defaults:dinov2"
@@ -142,7 +151,12 @@ def test_preprocessor_config_is_read(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
     bb = load_backbone(str(tmp_path))
     p = bb.preprocess
-    assert (p.resize_shortest_edge, p.crop_size, p.mean, p.std) == (32, (28, 28), (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    assert (p.resize_shortest_edge, p.crop_size, p.mean, p.std) == (
+        32,
+        (28, 28),
+        (0.1, 0.2, 0.3),
+        (0.4, 0.5, 0.6),
+    )
     assert bb.describe()["preprocess_source"] == "preprocessor_config.json"
     pixels = p([Image.new("RGB", (50, 40), (255, 0, 0))] * 2)
     assert pixels.shape == (2, 3, 28, 28)
@@ -172,13 +186,16 @@ def test_open_clip_missing_is_a_clear_import_error():
 
 # -- open_clip ---------------------------------------------------------------------------------
 class _FakeBlock(torch.nn.Module):
-    """Shaped like open_clip's ResidualAttentionBlock (sequence-first attention, as in open_clip < 2.24)."""
+    """Shaped like open_clip's ResidualAttentionBlock (sequence-first attention, as in
+    open_clip < 2.24)."""
 
     def __init__(self, d: int) -> None:
         super().__init__()
         self.ln_1, self.ln_2 = torch.nn.LayerNorm(d), torch.nn.LayerNorm(d)
         self.attn = torch.nn.MultiheadAttention(d, 2)
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(d, 2 * d), torch.nn.GELU(), torch.nn.Linear(2 * d, d))
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(d, 2 * d), torch.nn.GELU(), torch.nn.Linear(2 * d, d)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [L, N, D]
         y = self.ln_1(x)
@@ -187,7 +204,8 @@ class _FakeBlock(torch.nn.Module):
 
 
 class _FakeVisual(torch.nn.Module):
-    """The attributes and forward of open_clip's VisionTransformer, for a backend test without open_clip."""
+    """The attributes and forward of open_clip's VisionTransformer, for a backend test without
+    open_clip."""
 
     def __init__(self, d: int = 16, layers: int = 2, patch: int = 7, grid: int = 2) -> None:
         super().__init__()
@@ -222,9 +240,15 @@ def test_open_clip_backbone_on_a_fake_tower():
     out = bb.forward_layers(x, [0])
     torch.testing.assert_close(bb.run_from(0, out.tokens[0]), ref, rtol=1e-5, atol=1e-6)
     assert bb.forward_layers(torch.randn(1, 3, 21, 14), [-1]).layout.grid == (3, 2)
-    assert parse_open_clip_id("open_clip:ViT-B-16/laion2b_s34b_b88k") == ("ViT-B-16", "laion2b_s34b_b88k")
+    assert parse_open_clip_id("open_clip:ViT-B-16/laion2b_s34b_b88k") == (
+        "ViT-B-16",
+        "laion2b_s34b_b88k",
+    )
     assert parse_open_clip_id("open_clip:ViT-B-16", "openai") == ("ViT-B-16", "openai")
-    assert parse_open_clip_id("hf-hub:timm/ViT-B-16-SigLIP") == ("hf-hub:timm/ViT-B-16-SigLIP", None)
+    assert parse_open_clip_id("hf-hub:timm/ViT-B-16-SigLIP") == (
+        "hf-hub:timm/ViT-B-16-SigLIP",
+        None,
+    )
 
 
 def test_open_clip_real_model():

@@ -14,19 +14,17 @@ import pytest
 import torch
 
 from saescope.core.bundle import Bundle, BundleError, push_bundle
-from tests.hub_target import LocalHub
-from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_dinov2):
     """Two layers of a tiny random DINOv2 over digits+photos, one TopK SAE each."""
+    from saescope.core.sources import open_source
     from saescope.train.extract import extract
     from saescope.train.fit import FitConfig, SAESpec, fit
-    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("bundle")
     bb = tiny_dinov2(root / "m")
@@ -65,7 +63,7 @@ def test_build_bundle_contents_and_loading(trained, tmp_path: Path) -> None:
         build_bundle(saes[1], stores[0], tmp_path / "bad", progress=False)
 
 
-def test_matches_push_and_load_back_by_hub_id_offline(trained, tmp_path: Path) -> None:
+def test_matches_push_and_load_back_by_hub_id_offline(local_hub, trained, tmp_path: Path) -> None:
     from saescope.train.bundle import add_matches, build_bundle
 
     root, stores, saes = trained
@@ -80,7 +78,7 @@ def test_matches_push_and_load_back_by_hub_id_offline(trained, tmp_path: Path) -
         a.matches(a)
     # push to a local Hub-like target, then resolve it by repo id from the Hub cache layout
     hub = tmp_path / "remote"
-    push_bundle(b0, "team/tiny-l1", api=LocalHub(hub))
+    push_bundle(b0, "team/tiny-l1", api=local_hub(hub))
     cache = tmp_path / "cache" / "models--team--tiny-l1"
     commit = "1" * 40
     shutil.copytree(hub / "team" / "tiny-l1", cache / "snapshots" / commit)
@@ -88,8 +86,13 @@ def test_matches_push_and_load_back_by_hub_id_offline(trained, tmp_path: Path) -
     (cache / "refs" / "main").write_text(commit)
     code = ("from core.bundle import Bundle\nb = Bundle.load('team/tiny-l1')\n"
             "print(b.name, b.sae.cfg.d_sae, len(b.exemplars.top(0)))")
-    out = subprocess.run([sys.executable, "-c", code], env={**ENV, "HF_HUB_CACHE": str(tmp_path / "cache")},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**ENV, "HF_HUB_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[:2] == ["layer1", "128"]
 
@@ -107,12 +110,46 @@ def test_corrupted_or_truncated_bundle_file_is_named(trained, tmp_path: Path) ->
 
 def test_bundle_cli(trained, tmp_path: Path) -> None:
     root, stores, saes = trained
-    res = subprocess.run([sys.executable, "-m", "saescope.train", "bundle", "--sae", str(saes[0]), "--store",
-                          str(stores[0]), "--out", str(tmp_path / "cli"), "--k", "4"],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saescope.train",
+            "bundle",
+            "--sae",
+            str(saes[0]),
+            "--store",
+            str(stores[0]),
+            "--out",
+            str(tmp_path / "cli"),
+            "--k",
+            "4",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "cli" / "bundle.json").read_text())["name"] == "cli"
-    again = subprocess.run([sys.executable, "-m", "saescope.train", "bundle", "--sae", str(saes[0]), "--store",
-                            str(stores[0]), "--out", str(tmp_path / "cli")],
-                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saescope.train",
+            "bundle",
+            "--sae",
+            str(saes[0]),
+            "--store",
+            str(stores[0]),
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode == 2 and "--force" in again.stderr and "Traceback" not in again.stderr

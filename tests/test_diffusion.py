@@ -8,7 +8,6 @@ and the unsteered negative embeddings, and naming/evaluation run end to end.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
@@ -17,10 +16,8 @@ from PIL import Image
 from saescope.core import diffusion as D
 from saescope.core.sae import SAE, SAEConfig, ShapeMismatch
 from saescope.core.steering import Edit
-from tests.tiny_models import single_torch_thread
 
-
-one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +39,11 @@ def test_tiny_tokenizer_keeps_words_whole_and_reads_any_text(tiny) -> None:
     _, pipe, *_ = tiny
     tok = pipe.tokenizer
     for w in D.vocabulary() + D.OBJECTS:
-        assert tok.convert_ids_to_tokens(tok(w).input_ids) == ["<|startoftext|>", w + "</w>", "<|endoftext|>"]
+        assert tok.convert_ids_to_tokens(tok(w).input_ids) == [
+            "<|startoftext|>",
+            w + "</w>",
+            "<|endoftext|>",
+        ]
     ids = tok("Zebra ünïcode 42!").input_ids  # unknown words fall back to byte pieces, no UNK
     assert tok.unk_token_id not in ids[1:-1] and len(ids) > 6
 
@@ -116,7 +117,9 @@ def test_classifier_free_guidance_sees_steered_conditional_and_unsteered_negativ
     steered = D.steer_embeddings(sae, enc.embeds, enc.mask("all"), add={f: 4.0})
     seen: list[torch.Tensor] = []
     hook = pipe.unet.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()), with_kwargs=True)
+        lambda mod, args, kwargs: seen.append(kwargs["encoder_hidden_states"].clone()),
+        with_kwargs=True,
+    )
     try:
         D.generate(pipe, steered, neg, [0, 1], steps=2, guidance=5.0)
         with_cfg = list(seen)
@@ -136,8 +139,13 @@ def test_unsteered_generation_is_the_pipelines_own(tiny) -> None:
     enc = D.encode_prompts(pipe, ["a photo of a horse"])
     neg = D.encode_prompts(pipe, [""], allow_empty=True).embeds
     ours = D.generate(pipe, enc.embeds, neg, [7], steps=2, guidance=4.0)[0]
-    theirs = pipe("a photo of a horse", negative_prompt="", num_inference_steps=2, guidance_scale=4.0,
-                  generator=torch.Generator().manual_seed(7)).images[0]
+    theirs = pipe(
+        "a photo of a horse",
+        negative_prompt="",
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(7),
+    ).images[0]
     assert ours.size == (32, 32) and np.array_equal(np.asarray(ours), np.asarray(theirs))
 
 
@@ -173,12 +181,15 @@ def test_clear_errors_for_bad_input(tiny, tmp_path) -> None:
 def test_artefact_round_trip_and_checksums(tiny, tmp_path) -> None:
     folder, _, _, sae, stats = tiny
     names = {1: {"name": "red", "delta": 0.5}}
-    D.save_artefact(tmp_path / "art", sae, stats, {"pipeline": str(folder), "scorer": None, "tiny": True},
-                    names)
+    D.save_artefact(
+        tmp_path / "art", sae, stats, {"pipeline": str(folder), "scorer": None, "tiny": True}, names
+    )
     art = D.load_artefact(tmp_path / "art")
     assert art.names == names and art.tiny and art.label(1) == "#1 · red" and art.label(2) == "#2"
     assert art.scorer == str(folder / D.SCORER_DIR)
-    assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), art.sae.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(sae.state_dict().values(), art.sae.state_dict().values())
+    )
     stats_file = tmp_path / "art" / D.STATS_FILE
     stats_file.write_text(stats_file.read_text().replace("0", "1", 1))
     with pytest.raises(ValueError, match="checksum"):
@@ -196,7 +207,9 @@ def test_naming_and_evaluation_run_end_to_end(tiny) -> None:
     named = D.name_probes(pipe, scorer, probes, words, name_set, progress=False)
     assert [n["feature"] for n in named] == feats
     for n in named:  # the name is the word whose relative score rose most when naming
-        assert n["name"] in words and n["delta"] == pytest.approx(max(d for _, d in n["top"]), abs=1e-4)
+        assert n["name"] in words and n["delta"] == pytest.approx(
+            max(d for _, d in n["top"]), abs=1e-4
+        )
         assert n["top"][0][0] == n["name"]
     eval_set = D.Setting(prompts=D.neutral_prompts(["dog"]), seeds=[100], steps=2)
     res = D.evaluate_probes(pipe, scorer, probes, [n["name"] for n in named], words, eval_set,
@@ -206,16 +219,14 @@ def test_naming_and_evaluation_run_end_to_end(tiny) -> None:
     assert all(r["delta_amplify"] != 0 for r in res["rows"])  # the push really changed the images
 
 
-def test_push_to_a_hub_target_and_load_back(tiny, tmp_path) -> None:
-    from tests.hub_target import LocalHub
-
+def test_push_to_a_hub_target_and_load_back(tiny, local_hub, tmp_path) -> None:
     folder, _, _, sae, stats = tiny
     art = D.save_artefact(tmp_path / "art", sae, stats, {"pipeline": str(folder), "scorer": None},
                           {0: {"name": "blue", "delta": 0.1}})
-    url = D.push_artefact(art, "me/text-sae", api=LocalHub(tmp_path / "hub"))
+    url = D.push_artefact(art, "me/text-sae", api=local_hub(tmp_path / "hub"))
     assert url.endswith("me/text-sae")
     back = D.load_artefact(tmp_path / "hub" / "me" / "text-sae")
     assert back.names == {0: {"name": "blue", "delta": 0.1}} and back.pipeline == str(folder)
     (art / D.NAMES_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="feature_names.json is missing"):
-        D.push_artefact(art, "me/broken", api=LocalHub(tmp_path / "hub"))
+        D.push_artefact(art, "me/broken", api=local_hub(tmp_path / "hub"))

@@ -14,16 +14,13 @@ import importlib.util
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-
-from conftest_apps import CHROMIUM, CHROMIUM_ARGS, ROOT, Served  # noqa: E402
-
+ROOT = Path(__file__).resolve().parents[1]
 SHOTS = Path(os.environ.get("SAESCOPE_SCREENSHOTS") or ROOT / "runs" / "screenshots")
 TIMEOUT = 120_000  # ms: a busy 2-core CI machine is slow, a real hang still fails
 
@@ -44,38 +41,35 @@ def demo_cache(tmp_path_factory):
         mp.undo()
 
 
-def front_matter(readme: Path) -> dict[str, str]:
-    text = readme.read_text()
-    assert text.startswith("---\n"), f"{readme} must start with Space front matter"
-    out = {}
-    for line in text[4: text.index("\n---", 4)].splitlines():
-        m = re.match(r"^([A-Za-z_]+):\s*(.*)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip().strip('"')
-    return out
-
-
-def test_space_folder_is_complete() -> None:
+def test_space_folder_is_complete(front_matter) -> None:
     folder = ROOT / "spaces" / "diffusion"
     meta = front_matter(folder / "README.md")
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta.get("license")
     assert re.match(r"^6\.\d+\.\d+$", meta["sdk_version"])
-    reqs = [ln.split("#")[0].strip() for ln in (folder / "requirements.txt").read_text().splitlines()]
+    reqs = [
+        ln.split("#")[0].strip() for ln in (folder / "requirements.txt").read_text().splitlines()
+    ]
     names = {re.split(r"[<>=@\[ ]", r)[0].lower() for r in reqs if r}
     assert {"gradio", "saescope", "torch", "diffusers"} <= names and "torchvision" not in names
     app = (folder / "app.py").read_text()
-    assert "from apps.diffusion import build_app" in app and "gr.Blocks" not in app
-    assert "SAESCOPE_DIFFUSION_ARTEFACT" in app and "SAESCOPE_DIFFUSION_ARTEFACT" in (folder / "README.md").read_text()
+    assert "from saescope.apps.diffusion import build_app" in app and "gr.Blocks" not in app
+    assert (
+        "SAESCOPE_DIFFUSION_ARTEFACT" in app
+        and "SAESCOPE_DIFFUSION_ARTEFACT" in (folder / "README.md").read_text()
+    )
 
 
-def test_space_serves_the_artefact_from_the_environment(demo_cache, monkeypatch, tmp_path) -> None:
+def test_space_serves_the_artefact_from_the_environment(demo_cache, serve, monkeypatch,
+                                                        tmp_path) -> None:
     from gradio_client import Client
 
     from saescope.apps.diffusion import feature_choices
     from saescope.core import diffusion as D
 
     monkeypatch.setenv("SAESCOPE_DIFFUSION_ARTEFACT", str(demo_cache))
-    spec = importlib.util.spec_from_file_location("space_diffusion_app", ROOT / "spaces" / "diffusion" / "app.py")
+    spec = importlib.util.spec_from_file_location(
+        "space_diffusion_app", ROOT / "spaces" / "diffusion" / "app.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     demo = module.demo
@@ -88,11 +82,12 @@ def test_space_serves_the_artefact_from_the_environment(demo_cache, monkeypatch,
     assert first in feature_choices(art, art.names[fid]["name"].upper())
     assert feature_choices(art, f"#{fid}")[0] == first
     assert all(art.names[fid]["name"] in c for c in feature_choices(art, art.names[fid]["name"]))
-    served = Served(demo)
+    served = serve(demo)
     try:
         client = Client(served.url, verbose=False, download_files=str(tmp_path))
-        before, after, scores, err = client.predict("a photo of a castle", "", 3, 2, 5.0, first, 8.0,
-                                                    api_name="/generate")
+        before, after, scores, err = client.predict(
+            "a photo of a castle", "", 3, 2, 5.0, first, 8.0, api_name="/generate"
+        )
         assert err == "" and Path(before).is_file() and Path(after).is_file()
         assert Path(before).read_bytes() != Path(after).read_bytes()
         assert "CLIP score of" in scores and "relative to the vocabulary" in scores
@@ -106,13 +101,11 @@ def test_space_serves_the_artefact_from_the_environment(demo_cache, monkeypatch,
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_app_in_a_real_browser(demo_cache, tmp_path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium to run the real-browser tests")
+def test_app_in_a_real_browser(demo_cache, chromium, serve, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     from saescope.apps.diffusion import build_app
 
-    served = Served(build_app(None))  # no artefact: the tiny offline demo (cached above)
+    served = serve(build_app(None))  # no artefact: the tiny offline demo (cached above)
     art = served.demo.steerer.art
     f, info = sorted(art.names.items())[1]
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
@@ -120,8 +113,7 @@ def test_app_in_a_real_browser(demo_cache, tmp_path) -> None:
     try:
         with sync_api.sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1280, "height": 1000})
+                profile, **chromium, viewport={"width": 1280, "height": 1000})
             ctx.set_default_timeout(TIMEOUT)
             sync_api.expect.set_options(timeout=TIMEOUT)
             page = ctx.new_page()
@@ -156,7 +148,8 @@ def test_app_in_a_real_browser(demo_cache, tmp_path) -> None:
             old_src = after.evaluate("e => e.src")
             page.locator("#generate").click()
             page.wait_for_function(
-                "old => { const i = document.querySelector('#img-after img'); return i && i.src !== old; }",
+                "old => { const i = document.querySelector('#img-after img');"
+                " return i && i.src !== old; }",
                 arg=old_src)
             expect(page.locator("#scores")).to_contain_text("strength +0")
             assert img(page.locator("#img-after img")) == img(page.locator("#img-before img"))

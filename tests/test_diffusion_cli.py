@@ -18,12 +18,10 @@ import pytest
 import torch
 
 from saescope.core import diffusion as D
-from tests.tiny_models import single_torch_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-one_thread = pytest.fixture(scope="module", autouse=True)(single_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread is fastest
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +60,26 @@ def test_fit_name_eval_chain(tiny_folder: Path, tmp_path: Path) -> None:
     assert fit_art.sae.cfg.d_in == 32 and fit_art.sae.cfg.d_sae == 128 and not fit_art.names
     assert 0 < fit_art.sae.cfg.metrics["fvu"] < 1
 
-    out = run_cli(["diffusion-name", "--artefact", str(art), "--n-features", "3", "--seeds", "0", "1",
-                   "--objects", "car", "--steps-gen", "2", "--threads", "1", "--no-progress"], tmp_path)
+    out = run_cli(
+        [
+            "diffusion-name",
+            "--artefact",
+            str(art),
+            "--n-features",
+            "3",
+            "--seeds",
+            "0",
+            "1",
+            "--objects",
+            "car",
+            "--steps-gen",
+            "2",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+        tmp_path,
+    )
     named = D.load_artefact(art)
     assert len(named.names) == 3 and all(n["name"] in D.vocabulary() for n in named.names.values())
     assert named.manifest["naming"]["seeds"] == [0, 1] and named.manifest["naming"]["steps"] == 2
@@ -86,7 +102,9 @@ def test_fit_name_eval_chain(tiny_folder: Path, tmp_path: Path) -> None:
     result = json.loads((ev / "eval.json").read_text())
     feats = result["features"]
     assert feats["n"] == 3 and result["control"]["n"] == 3
-    assert feats["fraction_amplify_raises"] == sum(r["delta_amplify"] > 0 for r in feats["rows"]) / 3
+    assert (
+        feats["fraction_amplify_raises"] == sum(r["delta_amplify"] > 0 for r in feats["rows"]) / 3
+    )
     assert result["eval_setting"]["steps"] == 2  # the image recipe is inherited from naming
     assert "fraction of features whose amplification raises" in out.stdout
     assert "| SAE features | 3 |" in (ev / "eval.md").read_text()
@@ -106,9 +124,15 @@ def test_bad_input_gives_one_clear_line(tiny_folder: Path, tmp_path: Path, capsy
     assert code == 2 and "has no feature names yet" in err and "Traceback" not in err
 
     code, err = in_process(["diffusion-name", "--artefact", str(art), "--features", "9999"], capsys)
-    assert code == 2 and err.strip().splitlines()[-1] == "error: unknown feature 9999: this SAE has features 0..127"
+    assert (
+        code == 2
+        and err.strip().splitlines()[-1]
+        == "error: unknown feature 9999: this SAE has features 0..127"
+    )
 
-    code, err = in_process(["diffusion-name", "--artefact", str(art), "--name-prompts", "  "], capsys)
+    code, err = in_process(
+        ["diffusion-name", "--artefact", str(art), "--name-prompts", "  "], capsys
+    )
     assert code == 2 and "empty prompt" in err
 
     named = dict(D.load_artefact(art).manifest, naming={"seeds": [0, 1], "words": ["red", "blue"]})
@@ -124,8 +148,19 @@ def test_bad_input_gives_one_clear_line(tiny_folder: Path, tmp_path: Path, capsy
 
     empty = tmp_path / "empty.txt"
     empty.write_text("\n")
-    code, err = in_process(["diffusion-fit", "--pipeline", str(tiny_folder), "--out", str(tmp_path / "x"),
-                            "--no-builtin", "--prompts", str(empty)], capsys)
+    code, err = in_process(
+        [
+            "diffusion-fit",
+            "--pipeline",
+            str(tiny_folder),
+            "--out",
+            str(tmp_path / "x"),
+            "--no-builtin",
+            "--prompts",
+            str(empty),
+        ],
+        capsys,
+    )
     assert code == 2 and "holds no prompts" in err
 
     code, err = in_process(["diffusion-fit", "--pipeline", str(tmp_path / "nowhere"), "--out",

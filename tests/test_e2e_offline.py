@@ -18,9 +18,27 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_run_pipeline_on_the_offline_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "saescope.train", "run", "--out", str(out),
-           "--source", "builtin:photos?views=2", "--eval-source", "builtin:photos?views=1&max_images=6",
-           "--expansion", "2", "--k", "16", "--epochs", "4", "--batch-size", "1024", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saescope.train",
+        "run",
+        "--out",
+        str(out),
+        "--source",
+        "builtin:photos?views=2",
+        "--eval-source",
+        "builtin:photos?views=1&max_images=6",
+        "--expansion",
+        "2",
+        "--k",
+        "16",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "1024",
+        "--no-progress",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -13,20 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from saescope.core.sae import SAE, SAEConfig
-from saescope.core.sae_io import save_sae
-from saescope.train.exemplars import (
+from saescope.core.exemplars import (
     EXEMPLARS_FILE,
     META_FILE,
     STATS_FILE,
     ExemplarError,
     Exemplars,
-    build_exemplars,
-    build_exemplars_from_images,
     histogram_edges,
 )
-from saescope.train.store import ActivationStore
-from tests.tiny_models import tiny_dinov2
+from saescope.core.sae import SAE, SAEConfig
+from saescope.core.sae_io import save_sae
+from saescope.core.store import ActivationStore
+from saescope.train.exemplars import build_exemplars, build_exemplars_from_images
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -34,10 +32,10 @@ N_IMAGES = 100
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
+def tiny(tmp_path_factory, tiny_dinov2) -> dict:
     """A tiny random DINOv2 and a real store of it (CLS + patches) over 100 sklearn digits."""
+    from saescope.core.sources import open_source
     from saescope.train.extract import extract
-    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("exemplars")
     backbone = tiny_dinov2(root / "model")
@@ -159,7 +157,7 @@ def test_images_path_equals_store_path(tiny: dict, tmp_path: Path) -> None:
 
 
 def test_ids_and_images_reload(tiny: dict) -> None:
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_source
 
     store = tiny["store"]
     ex = build_exemplars(make_sae(store), store, k=3, batch_images=16, progress=False)

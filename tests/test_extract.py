@@ -15,28 +15,25 @@ import pytest
 import torch
 
 from saescope.core.backbones import load_backbone
+from saescope.core.sources import ListSource, open_source
+from saescope.core.store import MANIFEST, ActivationStore, StoreError
 from saescope.train.extract import _to_numpy, extract
-from saescope.train.sources import ListSource, open_source
-from saescope.train.store import MANIFEST, ActivationStore, StoreError
-
-from helpers_extract_kill import make_image_folder, make_tiny_model, run_extract  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-HELPER = Path(__file__).parent / "helpers_extract_kill.py"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
+def tiny(tmp_path_factory, make_tiny_model) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
-def tiny_reg(tmp_path_factory) -> Path:
+def tiny_reg(tmp_path_factory, make_tiny_model) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("tiny_reg"), registers=4)
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
+def images(tmp_path_factory, make_image_folder) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("images"), 30, corrupt=(7, 20))
 
 
@@ -95,7 +92,7 @@ def test_float16_matches_and_layers_from_one_pass(tiny, images, tmp_path):
         ActivationStore(tmp_path / "multi")
 
 
-def test_kinds_with_registers(tiny_reg, tmp_path):
+def test_kinds_with_registers(tiny_reg, make_tiny_model, tmp_path):
     backbone = load_backbone(str(tiny_reg))
     assert backbone.n_registers == 4
     source = open_source("builtin:digits?size=32", max_images=5)
@@ -112,11 +109,16 @@ def test_kinds_with_registers(tiny_reg, tmp_path):
     assert torch.allclose(st.tokens(2, kinds="cls,patch"),
                           torch.cat([full[2, :1], full[2, 5:]]), atol=1e-5)
     with pytest.raises(ValueError, match="no register tokens"):
-        extract(load_backbone(_tiny_plain(tmp_path)), source, tmp_path / "x", kinds="register",
-                progress=False)
+        extract(
+            load_backbone(_tiny_plain(make_tiny_model, tmp_path)),
+            source,
+            tmp_path / "x",
+            kinds="register",
+            progress=False,
+        )
 
 
-def _tiny_plain(tmp_path: Path) -> str:
+def _tiny_plain(make_tiny_model, tmp_path: Path) -> str:
     return str(make_tiny_model(tmp_path / "plain"))
 
 
@@ -126,7 +128,7 @@ def test_skipped_images_summary(tiny, images, tmp_path, capsys):
     assert "skipped 2 unreadable image(s)" in err and "img_0007.png" in err
 
 
-def test_resume_refusals_and_overwrite(tiny, images, tmp_path):
+def test_resume_refusals_and_overwrite(tiny, images, make_tiny_model, tmp_path):
     backbone = load_backbone(str(tiny))
     source = open_source(images, max_images=8)
     out = tmp_path / "s"
@@ -171,9 +173,9 @@ def _assert_same_store(a: Path, b: Path) -> None:
     assert not list(a.glob(".*.tmp")) and not list(b.glob(".*.tmp"))
 
 
-def _helper(*args: str, env_extra: dict | None = None) -> subprocess.Popen:
+def _helper(script: Path, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.Popen([sys.executable, str(HELPER), *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -184,12 +186,14 @@ def _n_shards(out: Path) -> int:
         return 0
 
 
-def test_sigkill_and_resume_is_byte_identical(tiny, tmp_path):
+def test_sigkill_and_resume_is_byte_identical(tiny, make_image_folder, extract_worker, tmp_path):
     images = make_image_folder(tmp_path / "imgs", 60, corrupt=(5, 33))
     out, clean = tmp_path / "killed", tmp_path / "clean"
     # the victim: a real process, slowed down, SIGKILLed after a few shards
-    proc = _helper(str(tiny), str(images), str(out), "--delay", "0.04")
-    run_extract(str(tiny), str(images), str(clean))  # meanwhile, the clean reference run
+    proc = _helper(extract_worker.PATH, str(tiny), str(images), str(out), "--delay", "0.04")
+    extract_worker.run_extract(
+        str(tiny), str(images), str(clean)
+    )  # meanwhile, the clean reference run
     deadline = time.time() + 60
     while _n_shards(out) < 4 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
@@ -198,7 +202,7 @@ def test_sigkill_and_resume_is_byte_identical(tiny, tmp_path):
     proc.wait()
     killed_at = _n_shards(out)
     assert 4 <= killed_at < 15 and not json.loads((out / MANIFEST).read_text())["complete"]
-    run_extract(str(tiny), str(images), str(out))  # plain rerun resumes
+    extract_worker.run_extract(str(tiny), str(images), str(out))  # plain rerun resumes
     _assert_same_store(out, clean)
     st = ActivationStore(out, verify=True)
     assert st.n_images == 58 and len(set(st.image_ids)) == 58  # no duplicates, none lost
@@ -207,8 +211,14 @@ def test_sigkill_and_resume_is_byte_identical(tiny, tmp_path):
 
 def test_cli_help_and_run(tiny, tmp_path, capsys):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    helptext = subprocess.run([sys.executable, "-m", "saescope.train", "extract", "--help"], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=120)
+    helptext = subprocess.run(
+        [sys.executable, "-m", "saescope.train", "extract", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert helptext.returncode == 0
     for opt in ("--model", "--source", "--layer", "--kinds", "--out", "--shard-images",
                 "--dtype", "--max-images", "--overwrite", "--no-resume", "--device"):

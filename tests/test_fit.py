@@ -1,4 +1,4 @@
-"""SAE training end to end on a real (tiny-model) activation store: sweep, outputs, kill and resume."""
+"""SAE training end to end on a real (tiny-model) activation store: sweep, outputs, kill, resume."""
 
 from __future__ import annotations
 
@@ -15,17 +15,16 @@ import torch
 from safetensors.torch import load_file
 
 from saescope.core.sae_io import from_pretrained
-from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
-def tiny_store(tmp_path_factory) -> Path:
+def tiny_store(tmp_path_factory, tiny_dinov2) -> Path:
     """A real store: a tiny random DINOv2 run over the sklearn digits by the real extractor."""
+    from saescope.core.sources import open_source
     from saescope.train.extract import extract
-    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("fitstore")
     backbone = tiny_dinov2(root / "model")
@@ -39,8 +38,8 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_sweep_trains_every_member_and_records_provenance(tiny_store: Path, tmp_path: Path) -> None:
+    from saescope.core.store import ActivationStore
     from saescope.train.fit import FitConfig, SAESpec, fit
-    from saescope.train.store import ActivationStore
 
     store = ActivationStore(tiny_store)
     specs = [SAESpec("topk", 4, k=4), SAESpec("topk", 4, k=8), SAESpec("relu", 4, None, 3e-3)]
@@ -60,7 +59,7 @@ def test_sweep_trains_every_member_and_records_provenance(tiny_store: Path, tmp_
     assert k4["l0"] == pytest.approx(4, abs=0.01) and k8["l0"] == pytest.approx(8, abs=0.01)
     assert k8["fvu"] < k4["fvu"]  # more latents per token reconstruct better
     assert (tmp_path / "fvu_vs_l0.png").stat().st_size > 1000
-    log = [json.loads(l) for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 0 and set(log[-1]["saes"]) == {f.name for f in folders}
     # the sparsity warm-up is visible in the log: k anneals down, the L1 coefficient ramps up
     assert log[0]["saes"]["topk-k4-x4"]["k"] == 16 and log[-1]["saes"]["topk-k4-x4"]["k"] == 4
@@ -73,7 +72,8 @@ def test_training_reduces_loss(tiny_store: Path, tmp_path: Path) -> None:
 
     fit(FitConfig(store=str(tiny_store), out=str(tmp_path), saes=[SAESpec("topk", 4, k=4)],
                   batch_size=256, tokens=30_000, progress=False, plots=False, log_every=1))
-    log = [json.loads(l)["saes"]["topk-k4-x4"] for l in (tmp_path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line)["saes"]["topk-k4-x4"]
+           for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[-1]["fvu"] < 0.6 * log[2]["fvu"]
 
 
@@ -83,7 +83,9 @@ def _final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_fit_killed_with_sigkill_resumes_to_identical_weights(tiny_store: Path, tmp_path: Path) -> None:
+def test_fit_killed_with_sigkill_resumes_to_identical_weights(
+    tiny_store: Path, tmp_path: Path
+) -> None:
     args = ["fit", "--store", str(tiny_store), "--arch", "topk", "batchtopk", "--k", "4",
             "--expansion", "4", "--batch-size", "128", "--tokens", "120000", "--threads", "1",
             "--no-plots", "--no-progress"]
@@ -111,7 +113,7 @@ def test_fit_killed_with_sigkill_resumes_to_identical_weights(tiny_store: Path, 
     assert a.keys() == b.keys() and a
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    steps = [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)), "log has duplicated steps after resume"
 
 
@@ -146,7 +148,9 @@ def test_cli_clear_errors(tiny_store: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     out = run_cli("fit", "--store", str(empty), "--out", str(tmp_path / "o"))
-    assert out.returncode == 2 and "no manifest.json" in out.stderr and "Traceback" not in out.stderr
+    assert (
+        out.returncode == 2 and "no manifest.json" in out.stderr and "Traceback" not in out.stderr
+    )
     # an SAE whose width does not match the store
     from saescope.core.sae import SAE, SAEConfig
     from saescope.core.sae_io import save_sae

@@ -29,7 +29,9 @@ def _png_header_only(width: int, height: int) -> bytes:
     """A valid PNG signature + IHDR claiming ``width x height`` and a tiny IDAT: no allocation."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
     idat = zlib.compress(b"\x00" * 16)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    )
 
 
 def _gradient(w: int = 40, h: int = 30) -> Image.Image:
@@ -230,7 +232,9 @@ def test_arrays_become_rgb(dtype, channels, h, w, seed):
     elif np.issubdtype(dtype, np.floating):
         arr = (rng.random(shape) * rng.choice([1.0, 255.0, 1e4, -3.0])).astype(dtype)
     else:
-        arr = rng.integers(0, np.iinfo(dtype).max if dtype != np.int32 else 70000, shape).astype(dtype)
+        arr = rng.integers(0, np.iinfo(dtype).max if dtype != np.int32 else 70000, shape).astype(
+            dtype
+        )
     out = load_image(arr)
     assert out.mode == "RGB" and out.size == (w, h)
     assert array_to_image(arr).size == (w, h)

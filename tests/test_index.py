@@ -1,4 +1,4 @@
-"""FAISS indices (core.index) and the index step (train.indices): recall, files, feature matches."""
+"""FAISS indices (core.index), the index step (train.indices), feature matches (core.matches)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saescope.core.index import (INDEX_TYPES, IndexFileError, VectorIndex, patch_id, read_sidecar,
-                        recall_at_k, sidecar_path, split_patch_id)
+from saescope.core.index import (
+    INDEX_TYPES,
+    IndexFileError,
+    VectorIndex,
+    patch_id,
+    read_sidecar,
+    recall_at_k,
+    sidecar_path,
+    split_patch_id,
+)
 from saescope.core.sae import SAE, SAEConfig
-from tests.tiny_models import tiny_dinov2
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -146,7 +153,8 @@ def _sae(d_in: int, d_sae: int, seed: int, **cfg) -> SAE:
 
 
 def test_feature_index_returns_itself_then_planted_duplicate():
-    from saescope.train.indices import feature_index, related_features
+    from saescope.core.matches import related_features
+    from saescope.train.indices import feature_index
 
     sae = _sae(32, 256, seed=0)
     with torch.no_grad():
@@ -180,10 +188,10 @@ def test_cross_feature_matches_needs_one_activation_space():
 
 # ------------------------------------------------------------------------------ with stores
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory) -> dict[str, Path]:
+def stores(tmp_path_factory, tiny_dinov2) -> dict[str, Path]:
     """Two layers (0 and 2) of a tiny random DINOv2 over 60 digits, by the real extractor."""
+    from saescope.core.sources import open_source
     from saescope.train.extract import extract
-    from saescope.train.sources import open_source
 
     root = tmp_path_factory.mktemp("indexstores")
     backbone = tiny_dinov2(root / "model")
@@ -201,7 +209,7 @@ def _store_sae(store, d_sae: int, seed: int) -> SAE:
 def _mapped_store(src, out: Path, m: np.ndarray, keep: np.ndarray, extra_ids: list[str]) -> Path:
     """A "second model": store ``src``'s tokens times ``m`` (another width), images ``keep`` in
     that order, plus images no other store has."""
-    from saescope.train.store import StoreWriter, new_manifest
+    from saescope.core.store import StoreWriter, new_manifest
 
     model = {"model_id": "test/linear-map", "revision": None, "d_model": int(m.shape[1])}
     manifest = new_manifest(model=model, layer=0, layer_requested=0, kinds="patch",
@@ -219,8 +227,9 @@ def _mapped_store(src, out: Path, m: np.ndarray, keep: np.ndarray, extra_ids: li
 
 
 def test_activation_correlation_finds_a_planted_pair_across_models(stores, tmp_path):
-    from saescope.train.indices import Matches, activation_correlation, pair_images
-    from saescope.train.store import ActivationStore
+    from saescope.core.matches import Matches
+    from saescope.core.store import ActivationStore
+    from saescope.train.indices import activation_correlation, pair_images
 
     a_store = ActivationStore(stores["l0"])
     rng = np.random.default_rng(0)
@@ -229,7 +238,9 @@ def test_activation_correlation_finds_a_planted_pair_across_models(stores, tmp_p
     b_store = ActivationStore(_mapped_store(a_store, tmp_path / "b", m, keep,
                                             ["x1", "x2", "x3"]))
     ia, ib = pair_images(a_store, b_store)
-    assert len(ia) == 45 and [a_store.image_ids[i] for i in ia] == [b_store.image_ids[j] for j in ib]
+    assert len(ia) == 45 and [a_store.image_ids[i] for i in ia] == [
+        b_store.image_ids[j] for j in ib
+    ]
 
     sae_a = _store_sae(a_store, 64, seed=0)
     sae_b = SAE(SAEConfig(d_in=48, d_sae=80, architecture="relu", k=None,
@@ -265,8 +276,8 @@ def test_activation_correlation_finds_a_planted_pair_across_models(stores, tmp_p
 
 
 def test_activation_correlation_needs_shared_images(stores, tmp_path):
+    from saescope.core.store import ActivationStore
     from saescope.train.indices import activation_correlation
-    from saescope.train.store import ActivationStore
 
     a_store = ActivationStore(stores["l0"])
     b_store = ActivationStore(_mapped_store(a_store, tmp_path / "b", np.eye(32, dtype=np.float32),
@@ -278,8 +289,8 @@ def test_activation_correlation_needs_shared_images(stores, tmp_path):
 
 
 def test_patch_index_over_a_store(stores):
+    from saescope.core.store import ActivationStore
     from saescope.train.indices import patch_index, patch_query, patch_vectors
-    from saescope.train.store import ActivationStore
 
     store = ActivationStore(stores["l2"])
     sae = _store_sae(store, 64, seed=0)
@@ -299,17 +310,35 @@ def test_patch_index_over_a_store(stores):
 
 
 def test_cli_index(stores, tmp_path, capsys):
+    from saescope.core.matches import Matches, read_patch_images
     from saescope.core.sae_io import save_sae
-    from saescope.train.indices import Matches
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
     s0, s2 = ActivationStore(stores["l0"]), ActivationStore(stores["l2"])
     save_sae(_store_sae(s0, 64, seed=0), tmp_path / "sae0")
     save_sae(_store_sae(s2, 96, seed=1), tmp_path / "sae2")
     out = tmp_path / "bundle"
-    cmd = [sys.executable, "-m", "saescope.train", "index", "--sae", str(tmp_path / "sae0"), "--store",
-           str(stores["l0"]), "--out", str(out), "--other-sae", str(tmp_path / "sae2"),
-           "--other-store", str(stores["l2"]), "--k", "5", "--no-progress", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saescope.train",
+        "index",
+        "--sae",
+        str(tmp_path / "sae0"),
+        "--store",
+        str(stores["l0"]),
+        "--out",
+        str(out),
+        "--other-sae",
+        str(tmp_path / "sae2"),
+        "--other-store",
+        str(stores["l2"]),
+        "--k",
+        "5",
+        "--no-progress",
+        "--threads",
+        "1",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "resolved config" in run.stderr
@@ -317,7 +346,8 @@ def test_cli_index(stores, tmp_path, capsys):
     assert cfg["step"] == "index" and cfg["k"] == 5
     patches = VectorIndex.load(out / "patches.faiss")
     assert patches.n == 60 * s0.layout.n_patches and patches.index_type == "flat"
-    images = json.loads((out / "patches.images.json").read_text())
+    images = read_patch_images(out)
+    assert images == json.loads((out / "patches.images.json").read_text())
     assert images["image_ids"] == s0.image_ids and images["grid"] == list(s0.layout.grid)
     assert VectorIndex.load(out / "features.faiss").n == 64
     m = Matches.load(out / "matches.safetensors")

@@ -95,7 +95,9 @@ def test_one_import_root_and_no_sys_path_edits() -> None:
         rel = path.relative_to(ROOT)
         problems += [f"{rel}: bare import of '{m.group(1)}' (use saescope.{m.group(1)})"
                      for m in bare.finditer(text)]
-        if path.name != Path(__file__).name and re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", text):
+        if path.name != Path(__file__).name and re.search(
+            r"sys\.path\.(insert|append)|sys\.path\s*=", text
+        ):
             problems.append(f"{rel}: edits sys.path")
     assert not problems, "\n".join(problems)
 
@@ -161,7 +163,9 @@ def test_no_import_cycles() -> None:
 def test_every_package_is_listed_in_pyproject() -> None:
     cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(cfg["packages"])
-    found = {_module_name(p) for p in _python_files(*LAYERS) if p.name == "__init__.py"} | {"saescope"}
+    found = {_module_name(p) for p in _python_files(*LAYERS) if p.name == "__init__.py"} | {
+        "saescope"
+    }
     assert found == listed, f"missing from pyproject: {sorted(found - listed)}; " \
                             f"listed but absent: {sorted(listed - found)}"
     for pkg, folder in cfg["package-dir"].items():
@@ -189,4 +193,6 @@ def test_the_version_is_defined_once() -> None:
             if re.search(r"^__version__\s*=", p.read_text(), re.M)]
     assert hits == [Path("saescope/__init__.py")], hits
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert not re.search(r'^version\s*=\s*"', pyproject, re.M), "version is read from saescope/__init__.py"
+    assert not re.search(r'^version\s*=\s*"', pyproject, re.M), (
+        "version is read from saescope/__init__.py"
+    )

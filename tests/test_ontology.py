@@ -31,7 +31,6 @@ from saescope.core.ontology import (
     top_classes,
 )
 from saescope.core.wordnet import available, load
-from tests.tiny_models import tiny_dinov2
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="WordNet 3.0 not installed: apt-get install wordnet-base (or set "
@@ -88,7 +87,7 @@ def wn():
 
 # ------------------------------------------------------------------------------ label mapping
 def test_builtin_map_means_what_we_intend(wn) -> None:
-    from saescope.train.sources import FASHION_MNIST_CLASSES, PHOTOS
+    from saescope.core.sources import FASHION_MNIST_CLASSES, PHOTOS
 
     assert set(BUILTIN_SYNSETS["builtin:photos"]) == set(PHOTOS)
     assert list(BUILTIN_SYNSETS["builtin:fashion-mnist"]) == FASHION_MNIST_CLASSES
@@ -105,7 +104,9 @@ def test_builtin_map_means_what_we_intend(wn) -> None:
 def test_map_labels_rules_and_warnings(wn) -> None:
     names = ["builtin:photos:chelsea", "builtin:digits:7", "n02084071", "horse.n.01",
              "builtin:lfw:non-face", "mystery", "folder:n01440764", "builtin:fashion-mnist:Bag"]
-    with pytest.warns(UserWarning, match=r"2 of 8 labels do not map.*'builtin:lfw:non-face'.*'mystery'"):
+    with pytest.warns(
+        UserWarning, match=r"2 of 8 labels do not map.*'builtin:lfw:non-face'.*'mystery'"
+    ):
         m = map_labels(names, wn)
     assert {i: s.name for i, s in m.synsets.items()} == {
         0: "domestic_cat.n.01", 1: "seven.n.01", 2: "dog.n.01", 3: "horse.n.01",
@@ -114,7 +115,10 @@ def test_map_labels_rules_and_warnings(wn) -> None:
     assert sorted(m.unmapped) == [4, 5]
     # a bare label uses the store's own source kind
     assert map_labels(["3"], wn, dataset_kind="builtin:digits").synsets[0].name == "three.n.01"
-    assert split_label("builtin:fashion-mnist:T-shirt/top") == ("builtin:fashion-mnist", "T-shirt/top")
+    assert split_label("builtin:fashion-mnist:T-shirt/top") == (
+        "builtin:fashion-mnist",
+        "T-shirt/top",
+    )
     # the user map overrides everything, by full or bare label; null excludes
     user = {"mystery": "n02121808", "builtin:photos:chelsea": "cat.n.01", "horse.n.01": None}
     with pytest.warns(UserWarning, match="2 of 8"):
@@ -194,7 +198,9 @@ def test_known_answers_on_synthetic_activations(wn) -> None:
         nodes |= {a.offset for a in mapping.synsets[c].ancestors()}
     assert s["hierarchy_nodes"] == len(nodes)
     covered = {wn.synset(n).offset for n in lch.values()}
-    assert s["nodes_covered"] == len(covered) and s["node_coverage"] == pytest.approx(len(covered) / len(nodes))
+    assert s["nodes_covered"] == len(covered) and s["node_coverage"] == pytest.approx(
+        len(covered) / len(nodes)
+    )
     assert sum(v["nodes"] for v in s["coverage_by_depth"].values()) == len(nodes)
     assert s["coverage_by_depth"]["0"] == {"nodes": 1, "covered": 1, "features": 2}
     # classes that are some feature's largest class: cat, one, sandal (3 of 7 mapped)
@@ -273,7 +279,9 @@ def test_top_classes() -> None:
 N_CLASSES = 8
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 10 ** 6), coverage=st.floats(0.3, 1.0), max_top=st.integers(1, 6),
        density=st.floats(0.05, 0.9))
 def test_properties_on_random_activations(wn, seed, coverage, max_top, density) -> None:
@@ -319,17 +327,19 @@ def test_reports_and_plot(wn, tmp_path) -> None:
     assert (arr < 250).any(axis=2).mean() > 0.01  # something was drawn
     d = json.loads(json.dumps(res.to_dict()))
     assert d["summary"]["n_analysed"] == 8 and len(d["features"]) == 8
-    assert {n["synset"] for n in d["nodes"] if n["features"]} == {f.lch[0].name for f in res.features}
+    assert {n["synset"] for n in d["nodes"] if n["features"]} == {
+        f.lch[0].name for f in res.features
+    }
 
 
 # ------------------------------------------------------------------------------ CLI on a store
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
+def tiny(tmp_path_factory, tiny_dinov2) -> dict:
     """A tiny random DINOv2, a labelled store (40 digits + the 25 photos) and a random TopK SAE."""
     from saescope.core.sae import SAE, SAEConfig
     from saescope.core.sae_io import save_sae
+    from saescope.core.store import ActivationStore
     from saescope.train.extract import extract
-    from saescope.train.store import ActivationStore
 
     root = tmp_path_factory.mktemp("ontology")
     bb = tiny_dinov2(root / "model", layers=2)
@@ -372,10 +382,28 @@ def test_class_activations_match_dense_codes(tiny) -> None:
 def test_cli_on_a_labelled_store(tiny) -> None:
     root, store = tiny["root"], tiny["store"]
     out = root / "out"
-    r = subprocess.run([sys.executable, "-m", "saescope.train", "ontology", "--sae", str(root / "sae"),
-                        "--store", str(store.path), "--out", str(out), "--min-images", "2",
-                        "--no-progress"], env=ENV, cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saescope.train",
+            "ontology",
+            "--sae",
+            str(root / "sae"),
+            "--store",
+            str(store.path),
+            "--out",
+            str(out),
+            "--min-images",
+            "2",
+            "--no-progress",
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads((out / "ontology.json").read_text())
     s = data["summary"]
@@ -397,25 +425,45 @@ def test_cli_on_a_labelled_store(tiny) -> None:
     assert [f["lch"] for f in data["features"]] == [[x.name for x in f.lch] for f in res.features]
 
 
-def test_cli_with_a_bundle_and_clear_errors(tiny, capsys) -> None:
-    from tests.conftest_apps import build_bundle, synthetic_items
+def test_cli_with_a_bundle_and_clear_errors(tiny, build_test_bundle, synthetic_items,
+                                           capsys) -> None:
+    from saescope.core.sources import ListSource
     from saescope.train.extract import extract
-    from saescope.train.sources import ListSource
 
     root, store = tiny["root"], tiny["store"]
-    bundle = build_bundle(root / "bundle", str(root / "model"), -1, items=synthetic_items(6),
-                          expansion=2, k=4, exemplar_k=2)
+    bundle = build_test_bundle(root / "bundle", str(root / "model"), -1, items=synthetic_items(6),
+                               expansion=2, k=4, exemplar_k=2)
     r = subprocess.run([sys.executable, "-m", "saescope.train", "ontology", "--bundle", str(bundle),
                         "--store", str(store.path), "--out", str(root / "bout"), "--no-progress"],
                        env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert json.loads((root / "bout" / "ontology.json").read_text())["meta"]["bundle"] == str(bundle)
+    assert json.loads((root / "bout" / "ontology.json").read_text())["meta"]["bundle"] == str(
+        bundle
+    )
     # a user map that excludes a class: warned about, its images left out, listed in the JSON
     (root / "map.json").write_text(json.dumps({"builtin:digits:0": None, "7": "n02121808"}))
-    r = subprocess.run([sys.executable, "-m", "saescope.train", "ontology", "--sae", str(root / "sae"),
-                        "--store", str(store.path), "--out", str(root / "mout"), "--no-progress",
-                        "--label-map", str(root / "map.json")],
-                       env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saescope.train",
+            "ontology",
+            "--sae",
+            str(root / "sae"),
+            "--store",
+            str(store.path),
+            "--out",
+            str(root / "mout"),
+            "--no-progress",
+            "--label-map",
+            str(root / "map.json"),
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "warning: 1 of 35 labels do not map" in r.stderr and "'builtin:digits:0'" in r.stderr
     data = json.loads((root / "mout" / "ontology.json").read_text())

@@ -198,7 +198,9 @@ def test_summarize_matches_a_direct_computation() -> None:
     fvu = ((x - recon) ** 2).sum((1, 2)) / ((x - x.mean(1, keepdim=True)) ** 2).sum((1, 2))
     np.testing.assert_allclose(s.fvu, fvu.detach().numpy(), rtol=1e-5)
     np.testing.assert_allclose(s.code_mean, codes.mean(1).detach().numpy(), rtol=1e-5, atol=1e-6)
-    assert (s.fire_count == (codes > 0).sum(1).numpy()).all() and (s.fire_count.sum(1) <= 5 * 4).all()
+    assert (s.fire_count == (codes > 0).sum(1).numpy()).all() and (
+        s.fire_count.sum(1) <= 5 * 4
+    ).all()
     np.testing.assert_allclose(s.raw_mean, x.mean(1).numpy(), rtol=1e-5)
     assert s.labels.tolist() == [0, -1, 2] and s.n_patches == 5 and len(s) == 3
     sub = ImageSummary.concat([s.subset([2]), s.subset([0])])
@@ -286,7 +288,9 @@ def test_probe_msp_and_energy_flag_ambiguous_images() -> None:
     clear = ImageSummary(cls_final=np.array([[-3.0] * 4, [3.0] * 4], np.float32))
     between = ImageSummary(cls_final=np.zeros((2, 4), np.float32))  # on the decision boundary
     c, b = suite.scores(clear), suite.scores(between)
-    assert (b["probe_msp"] > c["probe_msp"].max()).all() and (b["probe_energy"] > c["probe_energy"].max()).all()
+    assert (b["probe_msp"] > c["probe_msp"].max()).all() and (
+        b["probe_energy"] > c["probe_energy"].max()
+    ).all()
     assert (-1 <= c["probe_msp"]).all() and (c["probe_msp"] <= -0.5).all()
 
 

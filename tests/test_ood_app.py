@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-
-from conftest_apps import CHROMIUM, CHROMIUM_ARGS, ROOT, Served, synthetic_items, tiny_bundle  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def add_ood_from_images(bundle_path: Path, items) -> None:
@@ -32,7 +30,7 @@ def add_ood_from_images(bundle_path: Path, items) -> None:
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
+def bundles(tmp_path_factory, tiny_bundle, synthetic_items):
     root = tmp_path_factory.mktemp("ood-app")
     plain = tiny_bundle(root, "plain")
     with_ood = tiny_bundle(root, "with-ood")
@@ -71,26 +69,23 @@ def test_load_ood_and_markdown(bundles) -> None:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_browser_ood_tab(bundles, tmp_path) -> None:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+def test_browser_ood_tab(bundles, chromium, serve, tmp_path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api")
     from saescope.apps.browser import build_app
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_source
 
     plain, with_ood = bundles
     photo = tmp_path / "photo.jpg"
     open_source("builtin:photos?views=1").load(3).save(photo, "JPEG", quality=90)
     shots = Path(os.environ.get("SAESCOPE_SCREENSHOTS") or ROOT / "runs" / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    apps = [Served(build_app(str(with_ood), examples=False)),
-            Served(build_app(str(plain), examples=False))]
+    apps = [serve(build_app(str(with_ood), examples=False)),
+            serve(build_app(str(plain), examples=False))]
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         with sync_api.sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-                viewport={"width": 1440, "height": 1000})
+                profile, **chromium, viewport={"width": 1440, "height": 1000})
             ctx.set_default_timeout(120_000)
             sync_api.expect.set_options(timeout=120_000)
             page = ctx.new_page()

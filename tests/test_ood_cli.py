@@ -22,11 +22,9 @@ def train_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, synthetic_items):
     """A tiny random DINOv2 (56 px: 16 patches) and a folder of unlabelled synthetic images."""
     from transformers import Dinov2Config, Dinov2Model
-
-    from conftest_apps import synthetic_items
 
     root = tmp_path_factory.mktemp("ood")
     torch.manual_seed(0)
@@ -84,17 +82,19 @@ def test_ood_eval_errors_are_one_line(tiny: Path) -> None:
                       "--work", str(tiny / "err"), "--no-progress")
     assert empty.returncode == 2 and "is empty" in empty.stderr
     for r in (alone, empty):
-        assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("error:")
+        assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith(
+            "error:"
+        )
 
 
 @pytest.fixture(scope="module")
 def bundle_with_store(tiny: Path):
     """A bundle (layer 1) built from a real store of the tiny model, plus a layer-2 store."""
     from saescope.core.backbones import load_backbone
+    from saescope.core.sources import open_source
     from saescope.train.bundle import build_bundle
     from saescope.train.extract import extract
     from saescope.train.fit import FitConfig, SAESpec, fit
-    from saescope.train.sources import open_source
 
     bb = load_backbone(str(tiny / "model"))
     stores = extract(bb, open_source("builtin:photos?views=2+builtin:digits?max_images=30"),
@@ -105,7 +105,9 @@ def bundle_with_store(tiny: Path):
     return bundle, stores
 
 
-def test_ood_fit_adds_a_verified_component_and_eval_uses_the_bundle(tiny, bundle_with_store) -> None:
+def test_ood_fit_adds_a_verified_component_and_eval_uses_the_bundle(
+    tiny, bundle_with_store
+) -> None:
     from saescope.core.bundle import Bundle
     from saescope.core.ood import OODSuite
 
@@ -124,8 +126,17 @@ def test_ood_fit_adds_a_verified_component_and_eval_uses_the_bundle(tiny, bundle
                            "raw_knn_layer"]
     assert "sae_combined: 95%-TPR threshold" in res.stdout
 
-    mismatch = train_cli("ood-eval", "--bundle", str(bundle), "--model", "offline:dinov2-s-saliency",
-                         "--in", "builtin:digits", "--out", "builtin:lfw")
+    mismatch = train_cli(
+        "ood-eval",
+        "--bundle",
+        str(bundle),
+        "--model",
+        "offline:dinov2-s-saliency",
+        "--in",
+        "builtin:digits",
+        "--out",
+        "builtin:lfw",
+    )
     assert mismatch.returncode == 2 and "mismatched models" in mismatch.stderr
     assert "Traceback" not in mismatch.stderr
     work = tiny / "work-bundle"

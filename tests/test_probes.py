@@ -14,7 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from saescope.core.heads import HeadError, SaliencyHead, load_head
-from saescope.core.probes import LinearProbe, fit_linear_probe, majority_patch_labels, split_by_group
+from saescope.core.probes import (
+    LinearProbe,
+    fit_linear_probe,
+    majority_patch_labels,
+    split_by_group,
+)
 from saescope.core.tokens import TokenLayout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +58,9 @@ def test_ignored_rows_and_bad_labels():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 9), min_size=2, max_size=60), st.floats(0.05, 0.9), st.integers(0, 5))
+@given(
+    st.lists(st.integers(0, 9), min_size=2, max_size=60), st.floats(0.05, 0.9), st.integers(0, 5)
+)
 def test_split_never_cuts_an_image(groups, fraction, seed):
     groups = np.asarray(groups)
     if len(np.unique(groups)) < 2:
@@ -97,7 +104,9 @@ def test_probe_heads_output_probabilities_of_the_right_shape():
     assert both(tokens, layout).shape == (2, 2)
     seg = LinearProbe(8, ["bg", "a", "b"], kind="segmentation", patch_size=5)
     out = seg(tokens, layout)
-    assert out.shape == (2, 3, 15, 20) and torch.allclose(out.sum(1), torch.ones(2, 15, 20), atol=1e-5)
+    assert out.shape == (2, 3, 15, 20) and torch.allclose(
+        out.sum(1), torch.ones(2, 15, 20), atol=1e-5
+    )
     # at patch centres the upsampled segmentation agrees with the per-patch prediction
     logits = seg.logits_from_features(tokens[:, 1:]).argmax(-1).reshape(2, 3, 4)
     assert torch.equal(out[:, :, 2::5, 2::5].argmax(1), logits)
@@ -132,9 +141,7 @@ def test_probe_files_round_trip_and_bad_files(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from tests.helpers_extract_kill import make_tiny_model
-
+def tiny_model(tmp_path_factory, make_tiny_model):
     return make_tiny_model(tmp_path_factory.mktemp("probe-model") / "m", crop=56)
 
 
@@ -167,12 +174,11 @@ def test_cli_errors_are_one_line(tiny_model, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_probe_in_a_bundle_steers(tmp_path):
+def test_probe_in_a_bundle_steers(tiny_bundle, tmp_path):
     from saescope.core.bundle import Bundle
+    from saescope.core.sources import open_source
     from saescope.core.steering import Edit, cache_layer, steer
-    from tests.conftest_apps import tiny_bundle
     from saescope.train.probes import add_probe_to_bundle, fit_probe
-    from saescope.train.sources import open_source
 
     path = tiny_bundle(tmp_path)
     bundle = Bundle.load(path)
@@ -189,7 +195,9 @@ def test_probe_in_a_bundle_steers(tmp_path):
     assert torch.equal(same.head_before, same.head_after)
     f = int(bundle.sae.encode(cache.tokens[0, 1:]).sum(0).argmax())
     moved = steer(bundle.backbone, bundle.sae, cache, [Edit(f, scale=5.0)], head=head)
-    assert moved.head_after.shape == (1, 10) and not torch.equal(moved.head_after, moved.head_before)
+    assert moved.head_after.shape == (1, 10) and not torch.equal(
+        moved.head_after, moved.head_before
+    )
     with pytest.raises(Exception, match="no probe 'nope'"):
         bundle.load_head("nope")
     other = LinearProbe(32, ["a", "b"], name="alien", backbone_id="someone/else")
@@ -202,7 +210,7 @@ def test_default_bundles_carry_real_probes_with_held_out_accuracy():
     """The offline default bundles ship probes fitted on the real DINOv2-S, with the held-out
     accuracy they reached recorded (and far above chance)."""
     from saescope.core.bundle import Bundle
-    from saescope.train.bundle import ensure_default_pair
+    from saescope.train.default_bundle import ensure_default_pair
 
     for path in ensure_default_pair():
         bundle = Bundle.load(path, verify=False)

@@ -1,4 +1,4 @@
-"""Saving, loading, Hub round trips and imports of SAE checkpoints (real files, real safetensors)."""
+"""Saving, loading, Hub round trips and imports of SAE checkpoints (real files and safetensors)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from saescope.core.sae import ARCHITECTURES, SAE, SAEConfig, ShapeMismatch
-from tests.hub_target import LocalHub
 from saescope.core.sae_io import (
     CheckpointError,
     check_compatible,
@@ -63,14 +62,18 @@ def test_round_trip_is_exact(arch: str, tmp_path: Path) -> None:
         assert key in cfg
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(seed=st.integers(0, 10_000), arch=st.sampled_from(ARCHITECTURES))
 def test_round_trip_property(seed: int, arch: str, tmp_path_factory) -> None:
     folder = tmp_path_factory.mktemp("rt")
     sae = trained_like(arch, seed=seed)
     save_sae(sae, folder)
     loaded = from_pretrained(folder)
-    assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(sae.state_dict().values(), loaded.state_dict().values())
+    )
 
 
 def test_corrupt_and_truncated_weights_give_clear_errors(tmp_path: Path) -> None:
@@ -197,7 +200,9 @@ def test_import_saelens_jumprelu(tmp_path: Path) -> None:
     state = saev_state(16, 64, seed=4)
     state["threshold"] = torch.rand(64) + 0.1
     save_file(state, str(tmp_path / "sae_weights.safetensors"))
-    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 16, "d_sae": 64, "architecture": "jumprelu"}))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps({"d_in": 16, "d_sae": 64, "architecture": "jumprelu"})
+    )
     sae = import_saelens(tmp_path)
     x = torch.randn(10, 16)
     pre = (x - state["b_dec"]) @ state["W_enc"] + state["b_enc"]
@@ -205,14 +210,16 @@ def test_import_saelens_jumprelu(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ Hub
-def test_push_to_local_hub_target_and_load_back(tmp_path: Path) -> None:
+def test_push_to_local_hub_target_and_load_back(local_hub, tmp_path: Path) -> None:
     sae = trained_like("batchtopk")
-    url = push_to_hub(sae, "me/sae-test", api=LocalHub(tmp_path))
+    url = push_to_hub(sae, "me/sae-test", api=local_hub(tmp_path))
     assert url.endswith("me/sae-test")
     repo = tmp_path / "me" / "sae-test"
     assert {p.name for p in repo.iterdir()} == {"config.json", "sae.safetensors", "README.md"}
     loaded = from_pretrained(repo)
-    assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(sae.state_dict().values(), loaded.state_dict().values())
+    )
 
 
 def test_from_pretrained_hub_id_resolves_offline_from_the_hub_cache(tmp_path: Path) -> None:
@@ -225,15 +232,18 @@ def test_from_pretrained_hub_id_resolves_offline_from_the_hub_cache(tmp_path: Pa
     (cache / "models--me--cached-sae" / "refs").mkdir(parents=True)
     (cache / "models--me--cached-sae" / "refs" / "main").write_text(commit)
     code = (
-        "import torch; from core.sae_io import from_pretrained\n"
+        "import torch; from saescope.core.sae_io import from_pretrained\n"
         "s = from_pretrained('me/cached-sae')\n"
         "print(s.cfg.name, float(s.W_enc.sum()))\n"
-        "try:\n    from_pretrained('me/not-there')\nexcept FileNotFoundError as e:\n    print('MISSING', e)\n"
+        "try:\n    from_pretrained('me/not-there')\n"
+        "except FileNotFoundError as e:\n    print('MISSING', e)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     name, total = out.stdout.splitlines()[0].split()
-    assert name == sae.cfg.name and float(total) == pytest.approx(float(sae.W_enc.detach().sum()), rel=1e-6)
+    assert name == sae.cfg.name and float(total) == pytest.approx(
+        float(sae.W_enc.detach().sum()), rel=1e-6
+    )
     assert "MISSING" in out.stdout and "me/not-there" in out.stdout

@@ -19,13 +19,12 @@ from saescope.core.search import (
     search_by_example,
     top_features_for_patches,
 )
-from tests.tiny_models import tiny_dinov2
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
+def tiny(tmp_path_factory, tiny_dinov2) -> dict:
     """A tiny random DINOv2 backbone, a small TopK SAE for its layer -2, a digit image."""
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_source
 
     root = tmp_path_factory.mktemp("search")
     backbone = tiny_dinov2(root / "model")
@@ -149,12 +148,13 @@ def test_end_to_end_on_the_offline_model(tmp_path: Path) -> None:
     from skimage import data
 
     from saescope.core.backbones import load_backbone
+    from saescope.core.exemplars import Exemplars
     from saescope.core.heatmap import crop_for_preprocess, exemplar_grid, render_heatmap
     from saescope.core.sae_io import from_pretrained
-    from saescope.train.exemplars import Exemplars, build_exemplars
+    from saescope.core.store import ActivationStore
+    from saescope.train.exemplars import build_exemplars
     from saescope.train.extract import extract
     from saescope.train.fit import FitConfig, SAESpec, fit
-    from saescope.train.store import ActivationStore
 
     bb = load_backbone("offline:dinov2-s-saliency")
     store_path = extract(bb, "builtin:photos?views=4", tmp_path / "acts", layers=[-2],

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from saescope.core.backbones.base import Preprocess
-from saescope.train.seg_sources import IGNORE, MaskFolderSource, open_segmentation_source
+from saescope.core.sources import IGNORE, MaskFolderSource, open_segmentation_source
 
 
 def test_digit_scenes_are_deterministic_and_labels_follow_the_ink():
@@ -19,7 +19,9 @@ def test_digit_scenes_are_deterministic_and_labels_follow_the_ink():
     for i in (0, 7, 19):
         img, mask = np.asarray(src.load(i)), src.mask(i)
         assert img.shape == (112, 112, 3) and mask.shape == (112, 112)
-        assert np.array_equal(img, np.asarray(again.load(i))) and np.array_equal(mask, again.mask(i))
+        assert np.array_equal(img, np.asarray(again.load(i))) and np.array_equal(
+            mask, again.mask(i)
+        )
         assert src.image_id(i) == again.image_id(i)
         grey = img[..., 0]
         assert (mask > 0).any() and (mask == 0).any()
@@ -27,7 +29,10 @@ def test_digit_scenes_are_deterministic_and_labels_follow_the_ink():
     other = open_segmentation_source("builtin:digit-scenes?n=20&size=112&seed=4")
     assert not np.array_equal(src.mask(0), other.mask(0))
     assert len(open_segmentation_source("builtin:digit-scenes?n=20", max_images=5)) == 5
-    assert open_segmentation_source("builtin:digit-scenes?n=20", max_images=5).mask(4).shape == (224, 224)
+    assert open_segmentation_source("builtin:digit-scenes?n=20", max_images=5).mask(4).shape == (
+        224,
+        224,
+    )
 
 
 def test_bad_specs_fail_clearly(tmp_path):
@@ -71,14 +76,20 @@ def test_mask_folder_source(tmp_path):
     (tmp_path / "classes.txt").write_text("sky\ngrass\n")
     rng = np.random.default_rng(0)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (30, 40, 3), np.uint8)).save(tmp_path / "images" / f"im{i}.jpg")
+        Image.fromarray(rng.integers(0, 255, (30, 40, 3), np.uint8)).save(
+            tmp_path / "images" / f"im{i}.jpg"
+        )
         m = np.zeros((30, 40), np.uint8)
         m[15:] = 1
         m[0, 0] = 255
         Image.fromarray(m).save(tmp_path / "masks" / f"im{i}.png")
-    Image.fromarray(rng.integers(0, 255, (30, 40, 3), np.uint8)).save(tmp_path / "images" / "nomask.jpg")
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), np.uint8)).save(
+        tmp_path / "images" / "nomask.jpg"
+    )
     src = open_segmentation_source(str(tmp_path))
-    assert isinstance(src, MaskFolderSource) and len(src) == 3 and src.class_names == ["sky", "grass"]
+    assert (
+        isinstance(src, MaskFolderSource) and len(src) == 3 and src.class_names == ["sky", "grass"]
+    )
     mask = src.mask(1)
     assert mask[0, 0] == IGNORE and mask[20, 5] == 1 and mask[5, 5] == 0
     (tmp_path / "masks" / "im2.png").write_bytes(b"garbage")

@@ -1,4 +1,4 @@
-"""train.sources: deterministic ids and pixels, labels, bad images reported not raised."""
+"""core.sources: deterministic ids and pixels, labels, bad images reported not raised."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ import pytest
 from PIL import Image
 
 from saescope.core.images import ImageError
-from saescope.train.sources import (FolderSource, HFSource, ImageSource, ListSource, PhotosSource,
-                           open_source)
+from saescope.core.sources import (
+    FolderSource,
+    HFSource,
+    ImageSource,
+    ListSource,
+    PhotosSource,
+    open_source,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from saescope.train.sources import ConcatSource, open_source
+from saescope.core.sources import ConcatSource, open_source
 
 
 def test_concat_spec_orders_parts_and_keeps_ids_and_labels() -> None:

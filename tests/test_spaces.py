@@ -3,7 +3,6 @@ that builds and serves the app with a local bundle taken from the environment (n
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -12,39 +11,29 @@ from pathlib import Path
 
 import pytest
 
-
-from conftest_apps import ROOT, Served, free_port, tiny_bundle  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SPACES = {"browser": "saescope.apps.browser", "compare": "saescope.apps.compare"}
 
 
-def front_matter(readme: Path) -> dict[str, str]:
-    text = readme.read_text()
-    assert text.startswith("---\n"), f"{readme} must start with Space front matter"
-    block = text[4: text.index("\n---", 4)]
-    out = {}
-    for line in block.splitlines():
-        m = re.match(r"^([A-Za-z_]+):\s*(.*)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip().strip('"')
-    return out
-
-
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory) -> tuple[Path, Path]:
+def bundles(tmp_path_factory, tiny_bundle) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("spaces")
     return tiny_bundle(root, "tiny-a", layer=0), tiny_bundle(root, "tiny-b", layer=1, seed=1)
 
 
 @pytest.mark.parametrize("space", sorted(SPACES))
-def test_space_folder_is_complete(space) -> None:
+def test_space_folder_is_complete(space, front_matter) -> None:
     folder = ROOT / "spaces" / space
     meta = front_matter(folder / "README.md")
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
     assert re.match(r"^6\.\d+\.\d+$", meta["sdk_version"])
     assert meta["title"] and meta.get("license")
     assert (folder / meta["app_file"]).is_file()
-    reqs = [line.split("#")[0].strip() for line in (folder / "requirements.txt").read_text().splitlines()]
+    reqs = [
+        line.split("#")[0].strip()
+        for line in (folder / "requirements.txt").read_text().splitlines()
+    ]
     reqs = [r for r in reqs if r]
     names = [re.split(r"[<>=@\[ ]", r)[0].lower() for r in reqs]
     assert {"gradio", "saescope", "torch"} <= set(names) and "torchvision" not in names
@@ -55,23 +44,12 @@ def test_space_folder_is_complete(space) -> None:
     assert "SAESCOPE_" in app and "SAESCOPE_" in (folder / "README.md").read_text()
 
 
-def _load_space(space: str, monkeypatch, env: dict[str, str]):
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("SAESCOPE_WARM_UP", "0")
-    path = ROOT / "spaces" / space / "app.py"
-    spec = importlib.util.spec_from_file_location(f"space_{space}_app", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.demo
-
-
-def test_browser_space_builds_and_serves(bundles, monkeypatch, tmp_path) -> None:
+def test_browser_space_builds_and_serves(bundles, load_space, serve, tmp_path) -> None:
     from gradio_client import Client
 
-    demo = _load_space("browser", monkeypatch, {"SAESCOPE_BUNDLE": str(bundles[0])})
+    demo = load_space("browser", {"SAESCOPE_BUNDLE": str(bundles[0])})
     assert str(demo.engine.bundle.path) == str(bundles[0])
-    served = Served(demo)
+    served = serve(demo)
     try:
         client = Client(served.url, verbose=False, download_files=str(tmp_path))
         names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
@@ -82,14 +60,14 @@ def test_browser_space_builds_and_serves(bundles, monkeypatch, tmp_path) -> None
         served.close()
 
 
-def test_compare_space_builds_and_serves(bundles, monkeypatch, tmp_path) -> None:
+def test_compare_space_builds_and_serves(bundles, load_space, serve, tmp_path) -> None:
     from gradio_client import Client, handle_file
 
-    demo = _load_space("compare", monkeypatch, {"SAESCOPE_LEFT_BUNDLE": str(bundles[0]),
-                                                "SAESCOPE_RIGHT_BUNDLE": str(bundles[1])})
+    demo = load_space("compare", {"SAESCOPE_LEFT_BUNDLE": str(bundles[0]),
+                                  "SAESCOPE_RIGHT_BUNDLE": str(bundles[1])})
     left, right = demo.engines
     assert left.layer == 0 and right.layer == 1
-    served = Served(demo)
+    served = serve(demo)
     try:
         client = Client(served.url, verbose=False, download_files=str(tmp_path))
         img = tmp_path / "x.png"
@@ -105,7 +83,7 @@ def test_compare_space_builds_and_serves(bundles, monkeypatch, tmp_path) -> None
 
 
 @pytest.mark.slow
-def test_space_runs_as_a_script(bundles, tmp_path) -> None:
+def test_space_runs_as_a_script(bundles, free_port, tmp_path) -> None:
     """``python app.py`` (what a Space runs) serves on GRADIO_SERVER_PORT and prints the URL."""
     import os
     import urllib.request

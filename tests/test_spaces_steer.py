@@ -3,26 +3,22 @@ and an app.py that builds and serves the app with the bundle (and head) from the
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-
-from conftest_apps import ROOT, Served  # noqa: E402
-from steer_fixtures import tiny_probe_bundle  # noqa: E402
-from test_spaces import _load_space, front_matter  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SPACES = {"segment": "saescope.apps.segment", "classify": "saescope.apps.classify"}
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return tiny_probe_bundle(tmp_path_factory)
+def bundle(tiny_probe_bundle) -> Path:
+    return tiny_probe_bundle
 
 
 @pytest.mark.parametrize("space", sorted(SPACES))
-def test_space_folder_is_complete(space) -> None:
+def test_space_folder_is_complete(space, front_matter) -> None:
     import re
 
     folder = ROOT / "spaces" / space
@@ -30,7 +26,10 @@ def test_space_folder_is_complete(space) -> None:
     assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
     assert re.match(r"^6\.\d+\.\d+$", meta["sdk_version"])
     assert meta["title"] and meta.get("license") and len(meta["short_description"]) <= 60
-    reqs = [line.split("#")[0].strip() for line in (folder / "requirements.txt").read_text().splitlines()]
+    reqs = [
+        line.split("#")[0].strip()
+        for line in (folder / "requirements.txt").read_text().splitlines()
+    ]
     names = [re.split(r"[<>=@\[ ]", r)[0].lower() for r in reqs if r]
     assert {"gradio", "saescope", "torch"} <= set(names) and "torchvision" not in names
     app = (folder / "app.py").read_text()
@@ -43,13 +42,14 @@ def test_space_folder_is_complete(space) -> None:
 
 @pytest.mark.parametrize("space,head,kind", [("segment", "digit-scenes", "segmentation"),
                                              ("classify", "digits", "classification")])
-def test_steer_space_builds_and_serves(space, head, kind, bundle, monkeypatch, tmp_path) -> None:
+def test_steer_space_builds_and_serves(space, head, kind, bundle, load_space, serve,
+                                       tmp_path) -> None:
     from gradio_client import Client
 
-    demo = _load_space(space, monkeypatch, {"SAESCOPE_BUNDLE": str(bundle), "SAESCOPE_HEAD": head})
+    demo = load_space(space, {"SAESCOPE_BUNDLE": str(bundle), "SAESCOPE_HEAD": head})
     assert str(demo.engine.bundle.path) == str(bundle)
     assert demo.default_head == head and demo.task.kind == kind
-    served = Served(demo)
+    served = serve(demo)
     try:
         client = Client(served.url, verbose=False, download_files=str(tmp_path))
         names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
@@ -61,8 +61,8 @@ def test_steer_space_builds_and_serves(space, head, kind, bundle, monkeypatch, t
         served.close()
 
 
-def test_space_refuses_a_head_of_the_wrong_kind(bundle, monkeypatch) -> None:
+def test_space_refuses_a_head_of_the_wrong_kind(bundle, load_space) -> None:
     from saescope.apps.adapter import AppSetupError
 
     with pytest.raises(AppSetupError, match="not a segmentation head"):
-        _load_space("segment", monkeypatch, {"SAESCOPE_BUNDLE": str(bundle), "SAESCOPE_HEAD": "digits"})
+        load_space("segment", {"SAESCOPE_BUNDLE": str(bundle), "SAESCOPE_HEAD": "digits"})

@@ -12,18 +12,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from conftest_apps import offline_bundle  # noqa: E402
-
 
 @pytest.mark.slow
-def test_steer_eval_chosen_feature_beats_controls(tmp_path: Path) -> None:
+def test_steer_eval_chosen_feature_beats_controls(offline_bundle, tmp_path: Path) -> None:
     bundle = offline_bundle(tmp_path, layer=-2, n_images=24)
     out = tmp_path / "steer.json"
     res = subprocess.run(
-        [sys.executable, "-m", "saescope.train", "steer-eval", "--bundle", str(bundle), "--max-images", "10",
-         "--out", str(out)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "saescope.train",
+            "steer-eval",
+            "--bundle",
+            str(bundle),
+            "--max-images",
+            "10",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(out.read_text())
     assert summary["n_images"] >= 5
@@ -36,13 +48,18 @@ def test_steer_eval_chosen_feature_beats_controls(tmp_path: Path) -> None:
     assert "chosen feature vs random direction" in res.stdout
 
 
-def test_steer_eval_refuses_bundles_without_a_segmentation_head(tmp_path: Path) -> None:
-    from conftest_apps import tiny_bundle
-
+def test_steer_eval_refuses_bundles_without_a_segmentation_head(
+    tiny_bundle, tmp_path: Path
+) -> None:
     bundle = tiny_bundle(tmp_path)
-    res = subprocess.run([sys.executable, "-m", "saescope.train", "steer-eval", "--bundle", str(bundle)],
-                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "saescope.train", "steer-eval", "--bundle", str(bundle)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 2 and "no segmentation head" in res.stderr
     assert "Traceback" not in res.stderr
 

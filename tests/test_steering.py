@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
+
 from saescope.core.sae import SAE, SAEConfig
 from saescope.core.steering import Edit, cache_layer, edit_positions, steer
-from tests.tiny_models import tiny_dinov2
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_dinov2):
     root = tmp_path_factory.mktemp("steer")
     bb = tiny_dinov2(root)
     pixels = torch.randn(2, 3, 56, 56)
-    sae = SAE(SAEConfig(d_in=32, d_sae=128, architecture="topk", k=8, layer=1, model_id=bb.model_id))
+    sae = SAE(
+        SAEConfig(d_in=32, d_sae=128, architecture="topk", k=8, layer=1, model_id=bb.model_id)
+    )
     out = bb.forward_layers(pixels, [1])
     sae.set_normalization(out.tokens[1].reshape(-1, 32))
-    head = lambda final, layout: final[:, 0] @ torch.ones(32, 3)  # a frozen linear readout of CLS
+    def head(final, layout):  # a frozen linear readout of CLS
+        return final[:, 0] @ torch.ones(32, 3)
+
     return bb, sae, pixels, head
 
 

@@ -1,4 +1,4 @@
-"""train.store: format, validation, streaming shuffle with bounded memory, atomic resume."""
+"""core.store: format, validation, streaming shuffle with bounded memory, atomic resume."""
 
 from __future__ import annotations
 
@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from saescope.core.store import (
+    MANIFEST,
+    ActivationStore,
+    StoreError,
+    StoreWriter,
+    new_manifest,
+    shard_file,
+)
 from saescope.core.tokens import TokenLayout
-from saescope.train.store import (MANIFEST, ActivationStore, StoreError, StoreWriter, new_manifest,
-                         shard_file)
 
 MODEL = {"model_id": "test/model", "revision": "abc", "d_model": 4, "n_layers": 3,
          "preprocess": {"crop_size": [28, 28]}}

@@ -8,7 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from saescope.core.wordnet import ROOT_OFFSET, WordNet, WordNetError, WordNetMissing, available, load
+from saescope.core.wordnet import (
+    ROOT_OFFSET,
+    WordNet,
+    WordNetError,
+    WordNetMissing,
+    available,
+    load,
+)
 
 pytestmark = pytest.mark.skipif(
     not available(), reason="WordNet 3.0 not installed: apt-get install wordnet-base (or set "
@@ -108,7 +115,9 @@ def test_errors_are_clear(wn, tmp_path) -> None:
     assert "`wn`" in str(err.value)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_lch_is_a_common_ancestor_no_deeper_than_its_inputs(wn, offsets, data) -> None:
     picks = data.draw(st.lists(st.sampled_from(offsets), min_size=1, max_size=5, unique=True))
@@ -126,7 +135,9 @@ def test_lch_is_a_common_ancestor_no_deeper_than_its_inputs(wn, offsets, data) -
     assert wn.root_synset in common
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=st.data())
 def test_paths_run_root_to_synset_along_parent_links(wn, offsets, data) -> None:
     s = wn.by_offset(data.draw(st.sampled_from(offsets)))

@@ -1,7 +1,8 @@
 """``saescope <step>``: the command-line entry point of the training pipeline.
 
 Each step lives in its own module that exposes ``add_parser(subparsers)``; the parser it adds sets
-``func`` to the function that runs the step and ``step`` to the step name.
+``func`` to the function that runs the step and ``step`` to the step name. Steps register with
+:func:`saescope.train.cli.add_step`, so their options are the fields of their config dataclass.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ STEP_MODULES = [
     "saescope.train.exemplars",
     "saescope.train.indices",
     "saescope.train.bundle",
+    "saescope.train.default_bundle",
     "saescope.train.steer_eval",
     "saescope.train.probes",
     "saescope.train.ood_eval",

@@ -7,60 +7,68 @@ trained with), so that every later consumer just calls ``from_pretrained``.
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from saescope.core.sae_io import import_saelens, import_saev, save_sae
-from saescope.train.cli_util import announce_config
+from saescope.train.cli import OutOption, add_step, announce_config, option
+
+
+@dataclass(kw_only=True)
+class ImportConfig(OutOption):
+    """``saescope import``: the checkpoint, and the provenance it lacks. OUT is the SAE folder."""
+
+    checkpoint: str = option(positional=True)
+    """saev .pt file or SAELens folder"""
+    model: str | None = None
+    """backbone id the SAE was trained on"""
+    revision: str | None = None
+    """Hub revision of the backbone"""
+    layer: int | None = None
+    """layer L (output of block L)"""
+    kinds: str = "patch"
+    """token kinds it was trained on"""
+    normalize_from_store: str | None = None
+    """estimate the input normalisation from this activation store (saev only)"""
+    sample_tokens: int = 100_000
+    """tokens sampled from that store"""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "import", help="import a saev .pt checkpoint or an SAELens folder",
-        description="Convert a saev checkpoint (JSON header line + torch state dict, read with "
-        "weights_only=True) or an SAELens folder (cfg.json + sae_weights.safetensors) into a native "
-        "saescope SAE folder (config.json + sae.safetensors).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("checkpoint", help="saev .pt file or SAELens folder")
-    p.add_argument("--out", required=True, help="output SAE folder")
-    p.add_argument("--model", default=None, help="backbone id the SAE was trained on")
-    p.add_argument("--revision", default=None)
-    p.add_argument("--layer", type=int, default=None, help="layer L (output of block L)")
-    p.add_argument("--kinds", default="patch", help="token kinds it was trained on")
-    p.add_argument("--normalize-from-store", default=None,
-                   help="estimate the input normalisation from this activation store (saev only)")
-    p.add_argument("--sample-tokens", type=int, default=100_000)
-    p.set_defaults(func=run, step="import")
+    add_step(sub, "import", ImportConfig, run,
+             help="import a saev .pt checkpoint or an SAELens folder",
+             description="Convert a saev checkpoint (JSON header line + torch state dict, read "
+             "with weights_only=True)\nor an SAELens folder (cfg.json + sae_weights.safetensors) "
+             "into a native saescope SAE\nfolder OUT (config.json + sae.safetensors).")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: ImportConfig) -> int:
     from saescope.core.tokens import parse_kinds
 
-    announce_config(args, args.out)
-    src = Path(args.checkpoint)
+    announce_config(cfg, "import", cfg.out)
+    src = Path(cfg.checkpoint)
     if not src.exists():
         raise FileNotFoundError(f"no checkpoint at {src}")
     if src.is_dir():
         sae = import_saelens(src)
     else:
         sample = None
-        if args.normalize_from_store:
-            from saescope.train.store import ActivationStore
+        if cfg.normalize_from_store:
+            from saescope.core.store import ActivationStore
 
-            store = ActivationStore(args.normalize_from_store)
-            sample = store.sample(args.sample_tokens, seed=0).float()
+            store = ActivationStore(cfg.normalize_from_store)
+            sample = store.sample(cfg.sample_tokens, seed=0).float()
         sae = import_saev(src, normalization_sample=sample)
-    if args.model:
-        sae.cfg.model_id, sae.cfg.model_revision = args.model, args.revision
-    if args.layer is not None:
-        sae.cfg.layer_requested = args.layer
-        sae.cfg.layer = args.layer
-        if args.model:
+    if cfg.model:
+        sae.cfg.model_id, sae.cfg.model_revision = cfg.model, cfg.revision
+    if cfg.layer is not None:
+        sae.cfg.layer_requested = cfg.layer
+        sae.cfg.layer = cfg.layer
+        if cfg.model:
             from saescope.core.backbones import load_backbone
 
-            sae.cfg.layer = load_backbone(args.model, args.revision).resolve_layer(args.layer)
-    sae.cfg.token_kinds = [k.value for k in parse_kinds(args.kinds)]
-    folder = save_sae(sae, args.out)
+            sae.cfg.layer = load_backbone(cfg.model, cfg.revision).resolve_layer(cfg.layer)
+    sae.cfg.token_kinds = [k.value for k in parse_kinds(cfg.kinds)]
+    folder = save_sae(sae, cfg.out)
     print(f"imported {sae.cfg.name} ({sae.cfg.d_in} -> {sae.cfg.d_sae}) into {folder}")
     return 0

@@ -20,19 +20,27 @@ activation store is laid out for image tokens (CLS/registers/patch grid).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
 from saescope.core import diffusion as D
-from saescope.core.sae import K_SPARSE, SAE
-from saescope.train.cli_util import announce_config
+from saescope.core.sae import K_SPARSE, SAE, architecture_names
+from saescope.train.cli import (
+    DeviceOption,
+    OutOption,
+    ProgressOption,
+    SeedOption,
+    add_step,
+    announce_config,
+    option,
+)
 
 
 # ------------------------------------------------------------------------------ fit
@@ -117,43 +125,44 @@ def sae_metrics(sae: SAE, acts: torch.Tensor) -> dict:
             "dead_fraction": float((~on.any(0)).float().mean()), "n_tokens": int(len(acts))}
 
 
-def _threads(args: argparse.Namespace) -> None:
+def _threads(cfg: DeviceOption) -> None:
     """Why an option: tiny models gain nothing from intra-op threads, and on a busy 2-core
     machine OpenMP spinning made a tiny-pipeline generation 10-30x slower than one thread."""
-    if getattr(args, "threads", None):
-        torch.set_num_threads(int(args.threads))
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
 
 
-def run_fit(args: argparse.Namespace) -> int:
-    _threads(args)
-    announce_config(args, args.out, "diffusion_fit_config.json")
-    out = Path(args.out)
-    if (out / D.MANIFEST).exists() and not args.overwrite:
+def run_fit(cfg: DiffusionFitConfig) -> int:
+    _threads(cfg)
+    announce_config(cfg, "diffusion-fit", cfg.out, "diffusion_fit_config.json")
+    out = Path(cfg.out)
+    if (out / D.MANIFEST).exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} already holds an artefact; pass --overwrite to replace it")
-    prompts = corpus_prompts(not args.no_builtin, args.prompts, args.max_prompts, args.seed)
-    pipe = D.load_pipeline(args.pipeline, args.device)
+    prompts = corpus_prompts(cfg.builtin, cfg.prompts, cfg.max_prompts, cfg.seed)
+    pipe = D.load_pipeline(cfg.pipeline, cfg.device)
     t0 = time.perf_counter()
-    acts = collect_activations(pipe, prompts, args.positions, args.encode_batch, args.progress)
+    acts = collect_activations(pipe, prompts, cfg.positions, cfg.encode_batch, cfg.progress)
     print(f"encoded {len(prompts)} prompts -> {len(acts)} tokens of width {acts.shape[1]} "
           f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    spec = str(args.pipeline) if str(args.pipeline) == D.TINY else D.resolve_pipeline_spec(args.pipeline)
-    sae = fit_text_sae(acts, args.arch, args.expansion, args.k, args.l1, args.steps,
-                       args.batch_size, args.lr, args.seed, args.progress,
+    spec = (str(cfg.pipeline) if str(cfg.pipeline) == D.TINY
+            else D.resolve_pipeline_spec(cfg.pipeline))
+    sae = fit_text_sae(acts, cfg.arch, cfg.expansion, cfg.k, cfg.l1, cfg.steps,
+                       cfg.batch_size, cfg.lr, cfg.seed, cfg.progress,
                        model_id=spec, token_kinds=["text"])
-    sae.cfg.hyperparameters.update(site=D.SITE, positions=args.positions)
+    sae.cfg.hyperparameters.update(site=D.SITE, positions=cfg.positions)
     metrics = sae_metrics(sae, acts)
     sae.cfg.metrics = metrics
     stats = D.feature_stats(sae, acts)
     digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
     manifest = {
-        "pipeline": spec, "scorer": args.scorer, "tiny": D.is_tiny(args.pipeline),
+        "pipeline": spec, "scorer": cfg.scorer, "tiny": D.is_tiny(cfg.pipeline),
         "site": D.SITE, "d_model": D.text_width(pipe),
-        "max_length": int(pipe.tokenizer.model_max_length), "positions": args.positions,
+        "max_length": int(pipe.tokenizer.model_max_length), "positions": cfg.positions,
         "image_size": D.image_size(pipe),
-        "corpus": {"builtin": not args.no_builtin, "files": [str(f) for f in args.prompts or []],
+        "corpus": {"builtin": cfg.builtin, "files": [str(f) for f in cfg.prompts or []],
                    "n_prompts": len(prompts), "sha256": digest},
-        "fit": {"arch": args.arch, "expansion": args.expansion, "k": args.k, "steps": args.steps,
-                "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, **metrics},
+        "fit": {"arch": cfg.arch, "expansion": cfg.expansion, "k": cfg.k, "steps": cfg.steps,
+                "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, **metrics},
     }
     D.save_artefact(out, sae, stats, manifest)
     alive = len(D.alive_features(stats))
@@ -163,33 +172,33 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------ name / eval
-def _artefact(args: argparse.Namespace) -> D.Artefact:
+def _artefact(cfg: ArtefactOptions) -> D.Artefact:
     """The artefact, with the pipeline/scorer overrides of the command line applied."""
-    _threads(args)
-    art = D.load_artefact(args.artefact)
-    if getattr(args, "pipeline", None):
-        art.manifest["pipeline"] = str(args.pipeline)
-    if getattr(args, "scorer", None):
-        art.manifest["scorer"] = str(args.scorer)
+    _threads(cfg)
+    art = D.load_artefact(cfg.artefact)
+    if cfg.pipeline:
+        art.manifest["pipeline"] = str(cfg.pipeline)
+    if cfg.scorer:
+        art.manifest["scorer"] = str(cfg.scorer)
     return art
 
 
-def _words(args: argparse.Namespace) -> list[str]:
-    if args.words:
-        words = D.read_prompt_file(args.words)
+def _words(cfg: ArtefactOptions) -> list[str]:
+    if cfg.words:
+        words = D.read_prompt_file(cfg.words)
     else:
         words = D.vocabulary()
     return list(dict.fromkeys(words))
 
 
 def _setting(prompts: list[str] | None, objects: list[str], seeds: list[int],
-             args: argparse.Namespace) -> D.Setting:
+             cfg: DiffusionNameConfig | DiffusionEvalConfig) -> D.Setting:
     prompts = prompts or D.neutral_prompts(objects)
     for p in prompts:
         D.check_prompt(p)
-    return D.Setting(prompts=list(prompts), seeds=list(seeds), steps=args.steps_gen,
-                     guidance=args.guidance, negative_prompt=args.negative_prompt,
-                     positions=args.positions)
+    return D.Setting(prompts=list(prompts), seeds=list(seeds), steps=cfg.steps_gen,
+                     guidance=cfg.guidance, negative_prompt=cfg.negative_prompt,
+                     positions=cfg.positions)
 
 
 def _features(art: D.Artefact, ids: list[int] | None, n: int | None, seed: int) -> list[int]:
@@ -203,37 +212,37 @@ def _features(art: D.Artefact, ids: list[int] | None, n: int | None, seed: int) 
     return D.sample_features(art.stats, n, seed)
 
 
-def _out_folder(args: argparse.Namespace, art: D.Artefact) -> Path:
-    if args.out:
-        return Path(args.out)
-    if Path(args.artefact).is_dir():
-        return Path(args.artefact)
-    raise ValueError(f"{args.artefact} is not a local folder: give --out for the results")
+def _out_folder(cfg: ArtefactOptions, art: D.Artefact) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    if Path(cfg.artefact).is_dir():
+        return Path(cfg.artefact)
+    raise ValueError(f"{cfg.artefact} is not a local folder: give --out for the results")
 
 
-def run_name(args: argparse.Namespace) -> int:
-    art = _artefact(args)
-    out = _out_folder(args, art)
-    announce_config(args, out, "diffusion_name_config.json")
-    st = D.Steerer(art, device=args.device)
-    words = _words(args)
-    feats = _features(art, args.features, args.n_features, args.seed)
-    setting = _setting(args.name_prompts, args.objects, args.seeds, args)
-    probes = D.feature_probes(art.sae, art.stats, feats, args.strength)
-    rows = D.name_probes(st.pipe, st.scorer, probes, words, setting, args.progress)
+def run_name(cfg: DiffusionNameConfig) -> int:
+    art = _artefact(cfg)
+    out = _out_folder(cfg, art)
+    announce_config(cfg, "diffusion-name", out, "diffusion_name_config.json")
+    st = D.Steerer(art, device=cfg.device)
+    words = _words(cfg)
+    feats = _features(art, cfg.features, cfg.n_features, cfg.seed)
+    setting = _setting(cfg.name_prompts, cfg.objects, cfg.seeds, cfg)
+    probes = D.feature_probes(art.sae, art.stats, feats, cfg.strength)
+    rows = D.name_probes(st.pipe, st.scorer, probes, words, setting, cfg.progress)
     names = {r["feature"]: {k: v for k, v in r.items() if k not in ("label", "feature")} for r in rows}
-    naming = {"strength": args.strength, "words": words, "prompts": setting.prompts,
+    naming = {"strength": cfg.strength, "words": words, "prompts": setting.prompts,
               "seeds": setting.seeds, "steps": setting.steps, "guidance": setting.guidance,
               "negative_prompt": setting.negative_prompt, "positions": setting.positions,
-              "scorer": art.scorer, "sample_seed": args.seed}
+              "scorer": art.scorer, "sample_seed": cfg.seed}
     manifest = {**art.manifest, "naming": naming}
     D.save_artefact(out, art.sae, art.stats, manifest, names)
     for f, n in sorted(names.items()):
         print(f"feature {f:>5}: {n['name']:<12} (relative CLIP score {n['delta']:+.3f}, "
               f"raw {n['delta_raw']:+.3f}, margin {n['margin']:.3f})")
     print(f"named {len(names)} features -> {out / D.NAMES_FILE}")
-    if args.push_to_hub:
-        print(D.push_artefact(out, args.push_to_hub, private=args.private))
+    if cfg.push_to_hub:
+        print(D.push_artefact(out, cfg.push_to_hub, private=cfg.private))
     return 0
 
 
@@ -287,27 +296,27 @@ def evaluate_artefact(st: D.Steerer, art: D.Artefact, eval_setting: D.Setting, c
     return result
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    art = _artefact(args)
-    out = _out_folder(args, art)
+def run_eval(cfg: DiffusionEvalConfig) -> int:
+    art = _artefact(cfg)
+    out = _out_folder(cfg, art)
     if not art.names:
         raise ValueError(f"{art.path} has no feature names yet: run 'saescope diffusion-name' first")
     naming = art.manifest.get("naming") or {}
-    overlap = set(args.seeds) & set(naming.get("seeds", []))
-    if overlap and not args.allow_seen_seeds:
+    overlap = set(cfg.seeds) & set(naming.get("seeds", []))
+    if overlap and not cfg.allow_seen_seeds:
         raise ValueError(f"seeds {sorted(overlap)} were used for naming; held-out evaluation needs "
                          "other seeds (or pass --allow-seen-seeds)")
     recipe = {"steps_gen": naming.get("steps", 4), "guidance": naming.get("guidance", 5.0),
               "negative_prompt": naming.get("negative_prompt", ""),
               "positions": naming.get("positions", "all")}
-    for attr, default in recipe.items():  # unless overridden: the same image recipe as naming
-        if getattr(args, attr) is None:
-            setattr(args, attr, default)
-    announce_config(args, out, "diffusion_eval_config.json")
-    st = D.Steerer(art, device=args.device)
-    setting = _setting(args.eval_prompts, args.objects, args.seeds, args)
-    result = evaluate_artefact(st, art, setting, control=args.control, progress=args.progress,
-                               seed=args.seed)
+    # unless overridden: the same image recipe as naming
+    cfg = replace(cfg, **{attr: default for attr, default in recipe.items()
+                          if getattr(cfg, attr) is None})
+    announce_config(cfg, "diffusion-eval", out, "diffusion_eval_config.json")
+    st = D.Steerer(art, device=cfg.device)
+    setting = _setting(cfg.eval_prompts, cfg.objects, cfg.seeds, cfg)
+    result = evaluate_artefact(st, art, setting, control=cfg.control, progress=cfg.progress,
+                               seed=cfg.seed)
     md = eval_markdown(result)
     out.mkdir(parents=True, exist_ok=True)
     D.write_json_atomic(out / "eval.json", result)
@@ -322,113 +331,156 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_tiny(args: argparse.Namespace) -> int:
-    folder = D.save_tiny(args.out, seed=args.seed, size=args.size)
+def run_tiny(cfg: DiffusionTinyConfig) -> int:
+    folder = D.save_tiny(cfg.out, seed=cfg.seed, size=cfg.size)
     print(f"tiny random pipeline (images are noise) -> {folder}")
     return 0
 
 
 # ------------------------------------------------------------------------------ CLI
-def _generation_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    p.add_argument("--steps-gen", type=int, default=4 if defaults else None,
-                   help="diffusion steps per image" + ("" if defaults else " (default: as in naming)"))
-    p.add_argument("--guidance", type=float, default=5.0 if defaults else None,
-                   help="classifier-free guidance scale (<= 1 disables it)")
-    p.add_argument("--negative-prompt", default="" if defaults else None,
-                   help="negative prompt (its embeddings are never steered)")
-    p.add_argument("--positions", default="all" if defaults else None, choices=["all", "prompt"],
-                   help="token positions to steer: all but the start token, or the prompt's own")
+@dataclass(kw_only=True)
+class DiffusionTinyConfig(OutOption, SeedOption):
+    """The options of ``saescope diffusion-tiny``."""
+
+    size: int = 32
+    """image side in pixels (multiple of 8)"""
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--artefact", required=True, help="artefact folder or Hub repo id (from diffusion-fit)")
-    p.add_argument("--pipeline", default=None, help="override the artefact's pipeline (folder, Hub id, tiny)")
-    p.add_argument("--scorer", default=None, help="override the CLIP scorer (folder or Hub id)")
-    p.add_argument("--out", default=None, help="where to write (default: the artefact folder)")
-    p.add_argument("--words", default=None, help="text file of attribute words, one a line "
-                   "(default: the built-in vocabulary)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest for tiny models)")
-    p.add_argument("--seed", type=int, default=0, help="seed for sampling features / controls")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+@dataclass(kw_only=True)
+class DiffusionFitConfig(OutOption, DeviceOption, SeedOption, ProgressOption):
+    """The options of ``saescope diffusion-fit`` (``--out``: the artefact folder to write)."""
+
+    pipeline: str
+    """diffusers pipeline folder, Hub id (e.g. stabilityai/sd-turbo) or 'tiny'"""
+    prompts: list[str] | None = option(None, nargs="*", metavar="FILE")
+    """text files of prompts, one a line"""
+    builtin: bool = True
+    """train on the built-in templated prompts too"""
+    max_prompts: int | None = None
+    """random subset of the corpus"""
+    positions: Literal["all", "prompt"] = "all"
+    """token positions to train on: all but the start token, or the prompt's own"""
+    arch: str = option("topk", choices=architecture_names)
+    """SAE architecture"""
+    expansion: float = 4.0
+    """d_sae / text-encoder width"""
+    k: int = 8
+    """active latents (k-sparse archs)"""
+    l1: float = 3e-3
+    """L1 (relu) / L0 (jumprelu) coefficient"""
+    steps: int = 1000
+    """training steps"""
+    batch_size: int = 1024
+    """activation vectors per training step"""
+    lr: float = 1e-3
+    """Adam learning rate"""
+    encode_batch: int = 64
+    """prompts per text-encoder batch"""
+    scorer: str | None = None
+    """CLIP scorer for naming (default: the pipeline's clip_scorer folder, else
+    openai/clip-vit-base-patch32)"""
+    overwrite: bool = False
+    """replace an artefact already in --out"""
+
+
+@dataclass(kw_only=True)
+class ArtefactOptions(DeviceOption, SeedOption, ProgressOption):
+    """Options shared by ``diffusion-name`` and ``diffusion-eval`` (``--seed``: sampling features
+    and the random-direction controls)."""
+
+    artefact: str
+    """artefact folder or Hub repo id (from diffusion-fit)"""
+    pipeline: str | None = None
+    """override the artefact's pipeline (folder, Hub id, tiny)"""
+    scorer: str | None = None
+    """override the CLIP scorer (folder or Hub id)"""
+    out: str | None = None
+    """where to write (default: the artefact folder)"""
+    words: str | None = None
+    """text file of attribute words, one a line (default: the built-in vocabulary)"""
+
+
+@dataclass(kw_only=True)
+class GenerationOptions:
+    """How images are generated while naming."""
+
+    steps_gen: int = 4
+    """diffusion steps per image"""
+    guidance: float = 5.0
+    """classifier-free guidance scale (<= 1 disables it)"""
+    negative_prompt: str = ""
+    """negative prompt (its embeddings are never steered; default: none)"""
+    positions: Literal["all", "prompt"] = "all"
+    """token positions to steer: all but the start token, or the prompt's own"""
+
+
+@dataclass(kw_only=True)
+class DiffusionNameConfig(GenerationOptions, ArtefactOptions):
+    """The options of ``saescope diffusion-name``."""
+
+    n_features: int = option(32, exclusive="features")
+    """live features sampled at random"""
+    features: list[int] | None = option(None, exclusive="features")
+    """these feature ids instead"""
+    strength: float = 8.0
+    """amplification, in units of the feature's max activation on the corpus"""
+    seeds: list[int] = option(default_factory=lambda: [0, 1, 2, 3])
+    """generation seeds"""
+    objects: list[str] = option(default_factory=lambda: list(D.OBJECTS[:4]))
+    """objects of the neutral naming prompts 'a photo of a OBJECT'"""
+    name_prompts: list[str] | None = None
+    """naming prompts instead of --objects"""
+    push_to_hub: str | None = option(None, metavar="REPO")
+    """then upload the artefact"""
+    private: bool = False
+    """make the uploaded Hub repo private"""
+
+
+@dataclass(kw_only=True)
+class DiffusionEvalConfig(ArtefactOptions):
+    """The options of ``saescope diffusion-eval``; the image recipe defaults to naming's."""
+
+    seeds: list[int] = option(default_factory=lambda: [1000, 1001, 1002, 1003])
+    """held-out generation seeds (not those used for naming)"""
+    objects: list[str] = option(default_factory=lambda: list(D.OBJECTS[4:8]))
+    """objects of the held-out prompts 'a photo of a OBJECT'"""
+    eval_prompts: list[str] | None = None
+    """held-out prompts instead of --objects"""
+    control: bool = True
+    """name and evaluate random directions of equal norm as a control"""
+    allow_seen_seeds: bool = False
+    """allow seeds that were used for naming"""
+    steps_gen: int | None = None
+    """diffusion steps per image (default: as in naming)"""
+    guidance: float | None = None
+    """classifier-free guidance scale, <= 1 disables it (default: as in naming)"""
+    negative_prompt: str | None = None
+    """negative prompt, never steered (default: as in naming)"""
+    positions: Literal["all", "prompt"] | None = None
+    """token positions to steer: all but the start token, or the prompt's own (default: as in
+    naming)"""
 
 
 def add_parser(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = sub.add_parser("diffusion-tiny", formatter_class=fmt,
-                       help="save a tiny random StableDiffusion pipeline + CLIP scorer (offline)",
-                       description="Build a tiny random StableDiffusion pipeline and CLIP scorer "
-                       "from configs and save them (images are noise; for tests and demos).")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=32, help="image side in pixels (multiple of 8)")
-    p.set_defaults(func=run_tiny, step="diffusion-tiny")
-
-    p = sub.add_parser("diffusion-fit", formatter_class=fmt,
-                       help="fit an SAE on a diffusion pipeline's text-encoder token outputs",
-                       description="Encode a prompt corpus with the pipeline's CLIP text encoder "
-                       "and fit an SAE on the token outputs the UNet attends to.")
-    p.add_argument("--pipeline", required=True,
-                   help="diffusers pipeline folder, Hub id (e.g. stabilityai/sd-turbo) or 'tiny'")
-    p.add_argument("--out", required=True, help="artefact folder to write")
-    p.add_argument("--prompts", nargs="*", default=None, help="text files of prompts, one a line")
-    p.add_argument("--no-builtin", action="store_true", help="leave out the built-in templated prompts")
-    p.add_argument("--max-prompts", type=int, default=None, help="random subset of the corpus")
-    p.add_argument("--positions", default="all", choices=["all", "prompt"],
-                   help="token positions to train on: all but the start token, or the prompt's own")
-    p.add_argument("--arch", default="topk", choices=["relu", "topk", "batchtopk", "jumprelu", "matryoshka"])
-    p.add_argument("--expansion", type=float, default=4.0, help="d_sae / text-encoder width")
-    p.add_argument("--k", type=int, default=8, help="active latents (k-sparse archs)")
-    p.add_argument("--l1", type=float, default=3e-3, help="L1 (relu) / L0 (jumprelu) coefficient")
-    p.add_argument("--steps", type=int, default=1000, help="training steps")
-    p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--encode-batch", type=int, default=64, help="prompts per text-encoder batch")
-    p.add_argument("--scorer", default=None, help="CLIP scorer for naming (default: the pipeline's "
-                   f"clip_scorer folder, else {D.DEFAULT_SCORER})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is fastest for tiny models)")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run_fit, step="diffusion-fit")
-
-    p = sub.add_parser("diffusion-name", formatter_class=fmt,
-                       help="name features by amplifying them and scoring images with CLIP",
-                       description="For each sampled feature, generate with it amplified and not "
-                       "(same seeds) and name it after the vocabulary word whose CLIP score rises most "
-                       "relative to the other words.")
-    _common(p)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--n-features", type=int, default=32, help="live features sampled at random")
-    g.add_argument("--features", type=int, nargs="+", default=None, help="these feature ids instead")
-    p.add_argument("--strength", type=float, default=8.0,
-                   help="amplification, in units of the feature's max activation on the corpus")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    p.add_argument("--objects", nargs="+", default=D.OBJECTS[:4],
-                   help="objects of the neutral naming prompts 'a photo of a OBJECT'")
-    p.add_argument("--name-prompts", nargs="+", default=None, help="naming prompts instead of --objects")
-    _generation_args(p)
-    p.add_argument("--push-to-hub", default=None, metavar="REPO", help="then upload the artefact")
-    p.add_argument("--private", action="store_true")
-    p.set_defaults(func=run_name, step="diffusion-name")
-
-    p = sub.add_parser("diffusion-eval", formatter_class=fmt,
-                       help="held-out test: does amplifying a named feature raise its name's CLIP score?",
-                       description="On seeds and prompts not used for naming, measure the fraction "
-                       "of named features whose amplification raises the CLIP score of their name "
-                       "(and whose suppression lowers it), against random directions of equal norm "
-                       "named the same way. Writes eval.json and eval.md.")
-    _common(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1000, 1001, 1002, 1003])
-    p.add_argument("--objects", nargs="+", default=D.OBJECTS[4:8],
-                   help="objects of the held-out prompts 'a photo of a OBJECT'")
-    p.add_argument("--eval-prompts", nargs="+", default=None, help="held-out prompts instead of --objects")
-    p.add_argument("--no-control", dest="control", action="store_false",
-                   help="skip the random-direction control")
-    p.add_argument("--allow-seen-seeds", action="store_true")
-    _generation_args(p, defaults=False)
-    p.set_defaults(func=run_eval, step="diffusion-eval")
+    add_step(sub, "diffusion-tiny", DiffusionTinyConfig, run_tiny,
+             help="save a tiny random StableDiffusion pipeline + CLIP scorer (offline)",
+             description="Build a tiny random StableDiffusion pipeline and CLIP scorer from "
+             "configs and save them\n(images are noise; for tests and demos).")
+    add_step(sub, "diffusion-fit", DiffusionFitConfig, run_fit,
+             help="fit an SAE on a diffusion pipeline's text-encoder token outputs",
+             description="Encode a prompt corpus with the pipeline's CLIP text encoder and fit "
+             "an SAE on the token\noutputs the UNet attends to.")
+    add_step(sub, "diffusion-name", DiffusionNameConfig, run_name,
+             help="name features by amplifying them and scoring images with CLIP",
+             description="For each sampled feature, generate with it amplified and not (same "
+             "seeds) and name it after\nthe vocabulary word whose CLIP score rises most relative "
+             "to the other words.")
+    add_step(sub, "diffusion-eval", DiffusionEvalConfig, run_eval,
+             help="held-out test: does amplifying a named feature raise its name's CLIP score?",
+             description="On seeds and prompts not used for naming, measure the fraction of "
+             "named features whose\namplification raises the CLIP score of their name (and "
+             "whose suppression lowers it), against\nrandom directions of equal norm named the "
+             "same way. Writes eval.json and eval.md.")
 
 
 __all__ = ["corpus_prompts", "collect_activations", "fit_text_sae", "sae_metrics",

@@ -15,8 +15,8 @@ Metrics (all streaming, never loading a whole store):
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from saescope.core.sae import SAE
 from saescope.core.steering import splice
+from saescope.train.cli import OutOption, add_step, announce_config
 
 DENSE_THRESHOLD = 0.01
 
@@ -130,50 +131,58 @@ def downstream_recovery(sae: SAE, backbone, head, images: Iterable, batch_size: 
 
 
 # ------------------------------------------------------------------------------ CLI
+@dataclass(kw_only=True)
+class EvaluateConfig(OutOption):
+    """``saescope evaluate``: an SAE, the store to measure it on, optional images for a head."""
+
+    sae: str
+    """SAE folder, saev .pt file, or Hub id"""
+    store: str
+    """activation store to evaluate on"""
+    max_tokens: int = 200_000
+    """tokens evaluated"""
+    batch_size: int = 4096
+    """tokens per batch"""
+    source: str | None = None
+    """images for downstream recovery, e.g. builtin:photos (needs a head)"""
+    max_images: int = 32
+    """images used for downstream recovery"""
+    out: str | None = None
+    """write metrics JSON here (default: beside the SAE)"""
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "evaluate", help="evaluate an SAE on a store (and a frozen head, if given images)",
-        description="Reconstruction (MSE, FVU, explained variance), sparsity (L0), dead and dense "
-        "latents on an activation store; with --source, downstream recovery through the "
-        "backbone's frozen head (the offline model's saliency decoder).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--sae", required=True, help="SAE folder, saev .pt file, or Hub id")
-    p.add_argument("--store", required=True, help="activation store to evaluate on")
-    p.add_argument("--max-tokens", type=int, default=200_000)
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--source", default=None,
-                   help="images for downstream recovery, e.g. builtin:photos (needs a head)")
-    p.add_argument("--max-images", type=int, default=32)
-    p.add_argument("--out", default=None, help="write metrics JSON here (default: beside the SAE)")
-    p.set_defaults(func=run, step="evaluate")
+    add_step(sub, "evaluate", EvaluateConfig, run,
+             help="evaluate an SAE on a store (and a frozen head, if given images)",
+             description="Reconstruction (MSE, FVU, explained variance), sparsity (L0), dead and "
+             "dense latents\non an activation store; with --source, downstream recovery through "
+             "the backbone's frozen\nhead (the offline model's saliency decoder).")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: EvaluateConfig) -> int:
     from saescope.core.sae_io import check_compatible, from_pretrained
-    from saescope.train.cli_util import announce_config
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
-    store = ActivationStore(args.store)
-    sae = from_pretrained(args.sae)
+    store = ActivationStore(cfg.store)
+    sae = from_pretrained(cfg.sae)
     check_compatible(sae, store.model_id, store.layer, store.d_model)
-    out_dir = Path(args.out) if args.out else (Path(args.sae) if Path(args.sae).is_dir() else Path("."))
-    announce_config(args, out_dir)
-    metrics = evaluate_sae(sae, store, args.max_tokens, args.batch_size)
+    out_dir = Path(cfg.out) if cfg.out else (Path(cfg.sae) if Path(cfg.sae).is_dir() else Path("."))
+    announce_config(cfg, "evaluate", out_dir)
+    metrics = evaluate_sae(sae, store, cfg.max_tokens, cfg.batch_size)
     metrics.pop("feature_frequency")
-    if args.source:
+    if cfg.source:
         from saescope.core.backbones import load_backbone
         from saescope.core.heads import load_head_for
-        from saescope.train.sources import open_source
+        from saescope.core.sources import open_source
 
         backbone = load_backbone(sae.cfg.model_id, sae.cfg.model_revision)
         head = load_head_for(backbone)
-        src = open_source(args.source)
+        src = open_source(cfg.source)
         images = []
         for _, img in src:
             if not isinstance(img, Exception):
                 images.append(img)
-            if len(images) >= args.max_images:
+            if len(images) >= cfg.max_images:
                 break
         metrics["downstream"] = downstream_recovery(sae, backbone, head, images)
     print(json.dumps(metrics, indent=2))

@@ -21,20 +21,7 @@ Why it is built this way:
   (:func:`build_exemplars`) or from images through a backbone (:func:`build_exemplars_from_images`)
   both feed :class:`ExemplarAccumulator`.
 
-Folder format (``format_version`` 1)::
-
-    exemplars.safetensors     indices [F, k] int64 (image index, -1 = empty slot), values [F, k]
-                              float32 (max patch activation), maps [F, k, n_patches] float16 --
-                              or maps uint8 + map_scales [F, k] float32 (map = maps * scale)
-    feature_stats.safetensors frequency, mean, mean_active, max [F] float32 (frequency, means in
-                              float64 sums), histogram [F, n_bins] int64, bin_edges [n_bins + 1]
-    exemplars.json            format, format_version, k, grid, n_patches, map_dtype, n_images,
-                              n_tokens, token_kinds, model_id, layer, images (index, id,
-                              source_index of every referenced image), source (the store's source
-                              description: spec, start/stop), store, sae (name, config)
-
-Image indices are store indices (or source indices when built from images); ``source`` + the
-recorded ``source_index`` re-load the pixels (:meth:`Exemplars.load_image`).
+The folder format and its reader are :mod:`saescope.core.exemplars`.
 """
 
 from __future__ import annotations
@@ -42,54 +29,29 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Iterator, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from saescope import __version__
+from saescope.core.exemplars import MAP_DTYPES, ExemplarError, Exemplars, histogram_edges
 from saescope.core.sae import SAE, Codes
 from saescope.core.sae_io import check_compatible
 from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
+from saescope.train.cli import (
+    OutOption,
+    ProgressOption,
+    TorchDeviceOption,
+    add_step,
+    announce_config,
+    option,
+)
 
-FORMAT = "saescope.exemplars"
-FORMAT_VERSION = 1
-EXEMPLARS_FILE = "exemplars.safetensors"
-STATS_FILE = "feature_stats.safetensors"
-META_FILE = "exemplars.json"
 DEFAULT_K = 64
-MAP_DTYPES = ("float16", "uint8")
 FP16_MAX = 65504.0
-
-
-class ExemplarError(ValueError):
-    """Exemplars that cannot be built (SAE/store mismatch) or read (damaged/unknown folder)."""
-
-
-def histogram_edges(lo: float = 1e-3, hi: float = 1e3, per_decade: int = 10) -> torch.Tensor:
-    """Log-spaced bin edges shared by every feature (float32).
-
-    The end bins are open: activations below ``lo`` count in the first bin, those at or above
-    ``hi`` in the last, so each feature's histogram sums to its number of firing tokens.
-    """
-    if not 0 < lo < hi:
-        raise ValueError(f"histogram needs 0 < lo < hi, got {lo}, {hi}")
-    n = max(1, int(round(np.log10(hi / lo) * per_decade)))
-    return torch.logspace(np.log10(lo), np.log10(hi), n + 1, dtype=torch.float64).float()
-
-
-class Exemplar(NamedTuple):
-    """One exemplar of a feature (a tuple: ``image_index, image_id, value, patch_map``)."""
-
-    image_index: int
-    image_id: str
-    value: float
-    patch_map: np.ndarray  # [rows, cols] float32
 
 
 # ----------------------------------------------------------------------------- accumulation
@@ -282,154 +244,6 @@ class ExemplarAccumulator:
         }
 
 
-# ----------------------------------------------------------------------------- result
-@dataclass
-class Exemplars:
-    """Top-k exemplars and statistics of every feature of one SAE (see the module docstring)."""
-
-    indices: torch.Tensor  # [F, k] int64, -1 = empty
-    values: torch.Tensor  # [F, k] float32
-    maps: torch.Tensor  # [F, k, n_patches] float16
-    stats: dict[str, torch.Tensor]
-    grid: tuple[int, int]
-    images: dict[int, tuple[str, int | None]]  # image index -> (image id, source index)
-    meta: dict[str, Any] = field(default_factory=dict)
-    _source: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def n_features(self) -> int:
-        return int(self.indices.shape[0])
-
-    @property
-    def k(self) -> int:
-        return int(self.indices.shape[1])
-
-    def check_feature(self, feature: int) -> int:
-        """A valid feature id, or a clear error naming the range."""
-        if isinstance(feature, bool):
-            raise ValueError(f"feature id must be an integer, got {feature!r}")
-        try:
-            f = int(feature)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"feature id must be an integer, got {feature!r}") from err
-        if f != feature or not 0 <= f < self.n_features:
-            raise ValueError(f"unknown feature {feature!r}: these exemplars cover features "
-                             f"0..{self.n_features - 1}")
-        return f
-
-    def top(self, feature: int, n: int | None = None) -> list[Exemplar]:
-        """The feature's exemplars, best first (empty slots left out)."""
-        f = self.check_feature(feature)
-        out: list[Exemplar] = []
-        rows, cols = self.grid
-        for j in range(self.k if n is None else min(n, self.k)):
-            index = int(self.indices[f, j])
-            if index < 0:
-                break
-            image_id = self.images.get(index, (str(index), None))[0]
-            patch_map = self.maps[f, j].float().numpy().reshape(rows, cols)
-            out.append(Exemplar(index, image_id, float(self.values[f, j]), patch_map))
-        return out
-
-    def feature_stats(self, feature: int) -> dict[str, Any]:
-        """Frequency, means, max and histogram of one feature as plain Python values."""
-        f = self.check_feature(feature)
-        d: dict[str, Any] = {k: float(self.stats[k][f])
-                             for k in ("frequency", "mean", "mean_active", "max")}
-        d["histogram"] = self.stats["histogram"][f].tolist()
-        d["bin_edges"] = self.stats["bin_edges"].tolist()
-        return d
-
-    def open_source(self):
-        """The image source the indices refer to (as recorded), opened once and cached."""
-        if self._source is None:
-            from saescope.train.sources import open_source
-
-            src = self.meta.get("source") or {}
-            if not src.get("spec"):
-                raise ExemplarError("these exemplars record no image source to load pixels from")
-            self._source = open_source(src["spec"], start=int(src.get("start") or 0),
-                                       stop=src.get("stop"))
-        return self._source
-
-    def load_image(self, image_index: int):
-        """The PIL image behind an exemplar's ``image_index`` (re-loaded from the source)."""
-        if int(image_index) not in self.images:
-            raise ValueError(f"image {image_index} is not one of the exemplar images")
-        image_id, source_index = self.images[int(image_index)]
-        source = self.open_source()
-        if source_index is None or not 0 <= source_index < len(source) \
-                or source.image_id(source_index) != image_id:
-            raise ExemplarError(f"image {image_id!r} is not at source index {source_index} of "
-                                f"{source.spec!r} any more (the source changed)")
-        return source.load(source_index)
-
-    # -- files --------------------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike, map_dtype: str = "float16") -> Path:
-        """Write the three files atomically (temp + rename); ``map_dtype`` float16 or uint8."""
-        if map_dtype not in MAP_DTYPES:
-            raise ValueError(f"map_dtype must be one of {MAP_DTYPES}, got {map_dtype!r}")
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {"indices": self.indices.contiguous(), "values": self.values.contiguous()}
-        if map_dtype == "uint8":
-            maps = self.maps.float()
-            scales = maps.amax(-1) / 255.0
-            q = (maps / scales.clamp_min(1e-30)[..., None]).round_().clamp_(0, 255)
-            tensors.update(maps=q.to(torch.uint8).contiguous(), map_scales=scales.contiguous())
-        else:
-            tensors["maps"] = self.maps.half().contiguous()
-        idx = sorted(self.images)
-        meta = {**self.meta, "format": FORMAT, "format_version": FORMAT_VERSION, "k": self.k,
-                "n_features": self.n_features, "grid": list(self.grid),
-                "n_patches": self.grid[0] * self.grid[1], "map_dtype": map_dtype,
-                "images": {"index": idx, "id": [self.images[i][0] for i in idx],
-                           "source_index": [self.images[i][1] for i in idx]}}
-        _atomic(folder / EXEMPLARS_FILE, lambda p: save_file(tensors, str(p), metadata={
-            "format": FORMAT, "map_dtype": map_dtype}))
-        stats = {k: v.contiguous() for k, v in self.stats.items()}
-        _atomic(folder / STATS_FILE,
-                lambda p: save_file(stats, str(p), metadata={"format": FORMAT}))
-        _atomic(folder / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1)))
-        return folder
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Exemplars":
-        folder = Path(folder)
-        paths = [folder / n for n in (META_FILE, EXEMPLARS_FILE, STATS_FILE)]
-        missing = [p.name for p in paths if not p.is_file()]
-        if missing:
-            raise ExemplarError(f"{folder} is not an exemplars folder (missing {missing})")
-        try:
-            meta = json.loads(paths[0].read_text())
-            tensors, stats = load_file(str(paths[1])), load_file(str(paths[2]))
-        except Exception as err:
-            raise ExemplarError(f"{folder}: unreadable exemplar files ({err})") from err
-        if meta.get("format") != FORMAT:
-            raise ExemplarError(f"{paths[0]} is not an exemplars manifest")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise ExemplarError(f"{folder}: exemplars format_version {meta['format_version']} is "
-                                f"newer than this saescope reads ({FORMAT_VERSION}); upgrade")
-        maps = tensors["maps"]
-        if meta.get("map_dtype") == "uint8":
-            maps = (maps.float() * tensors["map_scales"][..., None]).half()
-        imgs = meta.pop("images")
-        images = {int(i): (str(n), None if s is None else int(s))
-                  for i, n, s in zip(imgs["index"], imgs["id"], imgs["source_index"])}
-        grid = (int(meta["grid"][0]), int(meta["grid"][1]))
-        for key in ("format", "format_version", "k", "n_features", "grid", "n_patches",
-                    "map_dtype"):
-            meta.pop(key, None)
-        return cls(tensors["indices"].long(), tensors["values"].float(), maps, stats, grid,
-                   images, meta)
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- building
 def check_sae_store(sae: SAE, store) -> None:
     """Clear errors when ``sae`` was not trained on what ``store`` holds (model, layer, width)."""
@@ -497,10 +311,10 @@ def build_exemplars(sae: SAE, store, k: int = DEFAULT_K, batch_images: int = 32,
                     bin_edges: torch.Tensor | None = None) -> Exemplars:
     """Exemplars + feature statistics of ``sae`` over an activation store, in one pass.
 
-    ``store`` is an :class:`~train.store.ActivationStore` or its path; ``max_images`` limits the
+    ``store`` is an :class:`~saescope.core.store.ActivationStore` or its path; ``max_images`` limits the
     pass to the first images (quick looks).
     """
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
     _check_batch(batch_images)
     if not isinstance(store, ActivationStore):
@@ -560,7 +374,7 @@ def build_exemplars_from_images(sae: SAE, backbone, source, k: int = DEFAULT_K,
 
     Image indices are source indices (unreadable images are skipped, never fatal).
     """
-    from saescope.train.sources import ImageSource, open_source
+    from saescope.core.sources import ImageSource, open_source
 
     _check_batch(batch_images)
     if not isinstance(source, ImageSource):
@@ -601,51 +415,58 @@ def build_exemplars_from_images(sae: SAE, backbone, source, k: int = DEFAULT_K,
 
 
 # ----------------------------------------------------------------------------- CLI
+@dataclass(kw_only=True)
+class ExemplarsConfig(ProgressOption, TorchDeviceOption, OutOption):
+    """``saescope exemplars``: an SAE and either a store or images (then the device runs the
+    backbone)."""
+
+    sae: str
+    """SAE folder or Hub id"""
+    store: str | None = option(None, one_of="input")
+    """activation store folder (from 'extract')"""
+    source: str | None = option(None, one_of="input")
+    """images instead of a store: builtin:..., hf:..., a folder"""
+    model: str | None = None
+    """backbone for --source (default: the SAE's model)"""
+    k: int = DEFAULT_K
+    """exemplars per feature"""
+    batch_images: int = 32
+    """images per SAE batch"""
+    map_dtype: str = option("float16", choices=MAP_DTYPES)
+    """patch-map storage (uint8: quantised with a per-map scale)"""
+    max_images: int | None = None
+    """use only the first N images"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "exemplars", help="top-k exemplar images, patch maps and statistics of every SAE feature",
+    return add_step(
+        subparsers, "exemplars", ExemplarsConfig, run,
+        help="top-k exemplar images, patch maps and statistics of every SAE feature",
         description="One streaming pass over an activation store (or over images through the "
-        "backbone) that records, for every SAE feature, the top-k images by maximum patch "
-        "activation with their patch maps, plus frequency, means, max and a log histogram.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--sae", required=True, help="SAE folder or Hub id")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--store", help="activation store folder (from 'extract')")
-    src.add_argument("--source", help="images instead of a store: builtin:..., hf:..., a folder")
-    p.add_argument("--model", default=None, help="backbone for --source (default: the SAE's model)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--k", type=int, default=DEFAULT_K, help="exemplars per feature")
-    p.add_argument("--batch-images", type=int, default=32, help="images per SAE batch")
-    p.add_argument("--map-dtype", default="float16", choices=MAP_DTYPES,
-                   help="patch-map storage (uint8: quantised with a per-map scale)")
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
-    p.add_argument("--device", default="cpu", help="backbone device for --source")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run, step="exemplars")
-    return p
+        "backbone)\nthat records, for every SAE feature, the top-k images by maximum patch "
+        "activation with\ntheir patch maps, plus frequency, means, max and a log histogram.")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: ExemplarsConfig) -> int:
     from saescope.core.sae_io import from_pretrained
-    from saescope.train.cli_util import announce_config
 
-    announce_config(args, args.out)
-    sae = from_pretrained(args.sae)
-    if args.store:
-        ex = build_exemplars(sae, args.store, k=args.k, batch_images=args.batch_images,
-                             progress=args.progress, max_images=args.max_images)
+    announce_config(cfg, "exemplars", cfg.out)
+    sae = from_pretrained(cfg.sae)
+    if cfg.store:
+        ex = build_exemplars(sae, cfg.store, k=cfg.k, batch_images=cfg.batch_images,
+                             progress=cfg.progress, max_images=cfg.max_images)
     else:
         from saescope.core.backbones import load_backbone
 
-        model = args.model or sae.cfg.model_id
+        model = cfg.model or sae.cfg.model_id
         if not model:
             raise ExemplarError("the SAE records no model id: pass --model")
-        backbone = load_backbone(model, revision=sae.cfg.model_revision, device=args.device)
-        ex = build_exemplars_from_images(sae, backbone, args.source, k=args.k,
-                                         batch_images=args.batch_images, progress=args.progress,
-                                         max_images=args.max_images)
-    ex.meta["sae"]["path"] = str(args.sae)
-    folder = ex.save(args.out, map_dtype=args.map_dtype)
+        backbone = load_backbone(model, revision=sae.cfg.model_revision, device=cfg.device)
+        ex = build_exemplars_from_images(sae, backbone, cfg.source, k=cfg.k,
+                                         batch_images=cfg.batch_images, progress=cfg.progress,
+                                         max_images=cfg.max_images)
+    ex.meta["sae"]["path"] = str(cfg.sae)
+    folder = ex.save(cfg.out, map_dtype=cfg.map_dtype)
     freq = ex.stats["frequency"]
     print(f"[exemplars] {ex.n_features} features x k={ex.k} over {ex.meta['n_images']} images "
           f"({ex.meta['n_tokens']} tokens); {float((freq == 0).float().mean()):.1%} never fired "
@@ -654,6 +475,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Exemplar", "Exemplars", "ExemplarAccumulator", "ExemplarError", "build_exemplars",
-           "build_exemplars_from_images", "check_sae_store", "codes_to_coo", "histogram_edges",
-           "add_parser", "run", "FORMAT", "FORMAT_VERSION", "DEFAULT_K"]
+__all__ = ["ExemplarAccumulator", "build_exemplars", "build_exemplars_from_images",
+           "check_sae_store", "codes_to_coo", "add_parser", "run", "DEFAULT_K", "ExemplarsConfig"]

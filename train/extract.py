@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -24,15 +24,23 @@ from PIL import Image
 
 from saescope.core.images import ImageError
 from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
-from saescope.train.sources import ImageSource, open_source
-from saescope.train.store import (
+from saescope.core.sources import ImageSource, open_source
+from saescope.core.store import (
     DTYPES,
     MANIFEST,
     StoreError,
     StoreWriter,
     check_dtype,
     new_manifest,
-    _read_manifest,
+    read_manifest,
+)
+from saescope.train.cli import (
+    OutOption,
+    ProgressOption,
+    TorchDeviceOption,
+    add_step,
+    announce_config,
+    option,
 )
 
 DEFAULT_MODEL = "offline:dinov2-s-saliency"
@@ -275,7 +283,7 @@ def extract(
     paths = store_paths(out_dir, resolved)
     if shard_images is None:
         existing = paths[0] / MANIFEST
-        shard_images = _read_manifest(paths[0])["shard_images"] if resume and existing.is_file() \
+        shard_images = read_manifest(paths[0])["shard_images"] if resume and existing.is_file() \
             else auto_shard_images(tokens_per_image, backbone.d_model, dtype)
     shard_images = int(shard_images)
     if shard_images < 1:
@@ -431,63 +439,79 @@ def _summary(writers: list[StoreWriter], paths: list[Path], progress: bool) -> N
 
 # -- CLI ------------------------------------------------------------------------------------
 
+@dataclass(kw_only=True)
+class BackboneOptions:
+    """Which vision backbone to run: shared by ``extract`` and ``run``."""
+
+    model: str = DEFAULT_MODEL
+    """backbone: offline:dinov2-s-saliency, a Hub id or a local transformers folder"""
+    revision: str | None = None
+    """Hub revision (commit, branch or tag)"""
+
+
+@dataclass(kw_only=True)
+class ImageOptions:
+    """Which images and which of their tokens: shared by ``extract`` and ``run``."""
+
+    source: str = DEFAULT_SOURCE
+    """images: builtin:photos[?views=N], builtin:digits, builtin:fashion-mnist, builtin:lfw,
+    hf:NAME[:split], or a folder (image files, or a datasets save_to_disk folder)"""
+    kinds: str = "patch"
+    """token kinds to keep: patch, cls, register, a comma list, or all"""
+    max_images: int | None = None
+    """use only the first N images"""
+
+
+@dataclass(kw_only=True)
+class ExtractConfig(ProgressOption, TorchDeviceOption, ImageOptions, BackboneOptions, OutOption):
+    """``saescope extract``: OUT is the store folder (with several layers: one sub-folder
+    layer_XX per layer)."""
+
+    layer: list[int] | None = option(None, append=True)
+    """layer L = output of block L, negative counts from the end (default: -2); repeat for
+    several layers from one forward pass"""
+    batch_size: int = 32
+    """images per forward pass"""
+    shard_images: int | None = None
+    """images per shard file (default: about 64 MiB per shard; a resumed run keeps the store's)"""
+    dtype: str = option("float16", choices=lambda: sorted(DTYPES))
+    """storage precision"""
+    overwrite: bool = option(False, flags=("--overwrite", "--no-resume"))
+    """start afresh instead of resuming an existing store"""
+    verify: Literal["checksum", "size"] = "checksum"
+    """how a resumed run checks the shards already written"""
+    workers: int | None = None
+    """image decoding threads (default: min(4, CPUs))"""
+
+    def __post_init__(self) -> None:
+        if self.layer is None:
+            self.layer = [-2]
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "extract", help="run a backbone over images and store layer activations",
+    return add_step(
+        subparsers, "extract", ExtractConfig, run,
+        help="run a backbone over images and store layer activations",
         description="Run a vision backbone over an image source and write the tokens of one or "
-        "more layers to activation stores. Resumes an interrupted run; corrupt images are "
-        "skipped and listed in the manifest.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="backbone: offline:dinov2-s-saliency "
-                   "(default), a Hub id or a local transformers folder")
-    p.add_argument("--revision", default=None, help="Hub revision (commit, branch or tag)")
-    p.add_argument("--source", default=DEFAULT_SOURCE,
-                   help="images: builtin:photos[?views=N] (default: builtin:photos), "
-                   "builtin:digits, builtin:fashion-mnist, builtin:lfw, hf:NAME[:split], or a "
-                   "folder (image files, or a datasets save_to_disk folder)")
-    p.add_argument("--layer", type=int, action="append", default=None,
-                   help="layer L = output of block L, negative counts from the end (default: -2); "
-                   "repeat for several layers from one forward pass")
-    p.add_argument("--kinds", default="patch", help="token kinds to keep: patch (default), cls, "
-                   "register, a comma list, or all")
-    p.add_argument("--out", required=True, help="output store folder (with several layers: one "
-                   "sub-folder layer_XX per layer)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: "
-                   "32)")
-    p.add_argument("--shard-images", type=int, default=None,
-                   help="images per shard file (default: about 64 MiB per shard; a resumed run "
-                   "keeps the store's)")
-    p.add_argument("--dtype", default="float16", choices=sorted(DTYPES),
-                   help="storage precision (default: float16)")
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
-    p.add_argument("--overwrite", "--no-resume", dest="overwrite", action="store_true",
-                   help="start afresh instead of resuming an existing store")
-    p.add_argument("--verify", default="checksum", choices=["checksum", "size"],
-                   help="how a resumed run checks the shards already written (default: checksum)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="image decoding threads (default: min(4, CPUs))")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run, step="extract")
-    return p
+        "more layers\nto activation stores (OUT; with several layers one sub-folder layer_XX "
+        "per layer).\nResumes an interrupted run; corrupt images are skipped and listed in the "
+        "manifest.")
 
 
-def run(args: argparse.Namespace) -> int:
-    from saescope.train.cli_util import announce_config
-
-    if args.layer is None:
-        args.layer = [-2]
-    announce_config(args, args.out)
+def run(cfg: ExtractConfig) -> int:
+    announce_config(cfg, "extract", cfg.out)
     from saescope.core.backbones import load_backbone
 
-    backbone = load_backbone(args.model, revision=args.revision, device=args.device)
-    source = open_source(args.source, max_images=args.max_images)
-    paths = extract(backbone, source, args.out, layers=args.layer, kinds=args.kinds,
-                    batch_size=args.batch_size, shard_images=args.shard_images, dtype=args.dtype,
-                    resume=not args.overwrite, progress=not args.no_progress,
-                    workers=args.workers, verify=args.verify)
+    backbone = load_backbone(cfg.model, revision=cfg.revision, device=cfg.device)
+    source = open_source(cfg.source, max_images=cfg.max_images)
+    paths = extract(backbone, source, cfg.out, layers=cfg.layer, kinds=cfg.kinds,
+                    batch_size=cfg.batch_size, shard_images=cfg.shard_images, dtype=cfg.dtype,
+                    resume=not cfg.overwrite, progress=cfg.progress,
+                    workers=cfg.workers, verify=cfg.verify)
     for p in paths:
         print(p)
     return 0
 
 
-__all__ = ["extract", "add_parser", "run", "store_paths", "auto_shard_images"]
+__all__ = ["extract", "add_parser", "run", "store_paths", "auto_shard_images", "ExtractConfig",
+           "BackboneOptions", "ImageOptions"]

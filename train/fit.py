@@ -9,11 +9,9 @@ resumed run skips the batches it already consumed and continues exactly.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +22,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from saescope.core.sae import K_SPARSE, SAE, SAEConfig
+from saescope.core.sae import K_SPARSE, SAE, SAEConfig, architecture_names
+from saescope.core.fileio import atomic_path, atomic_write_text
 from saescope.core.sae_io import save_sae
-from saescope.train.cli_util import announce_config
+from saescope.train.cli import (
+    DeviceOption,
+    OutOption,
+    ProgressOption,
+    SeedOption,
+    add_step,
+    announce_config,
+    option,
+)
 from saescope.train.schedules import k_at, lr_at, sparsity_at
 
 CHECKPOINT_DIR = "checkpoint"
@@ -52,29 +59,83 @@ class SAESpec:
         )
 
 
-@dataclass
-class FitConfig:
-    store: str
-    out: str
-    saes: list[SAESpec] = field(default_factory=lambda: [SAESpec()])
-    tokens: int | None = None  # default: one pass over the store
+@dataclass(kw_only=True)
+class SweepOptions:
+    """Which SAEs to train and at what batch size and learning rate: shared by ``fit`` and ``run``.
+
+    The sweep is the product of ``arch`` x ``expansion`` x (``k`` for k-sparse architectures,
+    ``l1`` for relu, ``l0`` for jumprelu); :meth:`sweep` lists its members.
+    """
+
+    arch: list[str] = option(default_factory=lambda: ["topk"], choices=architecture_names)
+    """SAE architectures to train"""
+    expansion: list[float] = field(default_factory=lambda: [16.0])
+    """expansion factors d_sae / d_model"""
+    k: list[int] = field(default_factory=lambda: [32])
+    """active latents per token (k-sparse architectures)"""
+    l1: list[float] = field(default_factory=lambda: [3e-3])
+    """L1 coefficients (relu)"""
+    l0: list[float] = field(default_factory=lambda: [1e-3])
+    """L0 coefficients (jumprelu)"""
     batch_size: int = 4096
+    """tokens per training step"""
     lr: float = 4e-4
+    """peak Adam learning rate"""
+
+    def sweep(self) -> list[SAESpec]:
+        """The cartesian product of arch x expansion x (k or l1 or l0)."""
+        specs = []
+        for arch, exp in itertools.product(self.arch, self.expansion):
+            if arch in K_SPARSE:
+                specs += [SAESpec(arch, exp, k=k) for k in self.k]
+            elif arch == "relu":
+                specs += [SAESpec(arch, exp, k=None, l1_coefficient=c) for c in self.l1]
+            else:  # jumprelu: the l0 coefficients
+                specs += [SAESpec(arch, exp, k=None, l1_coefficient=c) for c in self.l0]
+        return specs
+
+
+@dataclass(kw_only=True)
+class FitConfig(ProgressOption, DeviceOption, SeedOption, SweepOptions, OutOption):
+    """``saescope fit``: the sweep, the schedule and the bookkeeping of one training run.
+
+    Python callers pass ``saes`` (a list of :class:`SAESpec`); the command line gives the sweep
+    options instead, and ``saes`` defaults to their :meth:`SweepOptions.sweep`.
+    """
+
+    store: str
+    """activation store folder (from 'extract')"""
+    saes: list[SAESpec] | None = option(None, cli=False)
+    """the sweep members (default: the product of the sweep options)"""
+    tokens: int | None = None
+    """training tokens (default: one pass over the store)"""
     lr_warmup_steps: int = 100
+    """steps of linear learning-rate warm-up"""
     lr_decay_fraction: float = 0.2
+    """final fraction of the run over which the learning rate decays to zero"""
     sparsity_warmup_fraction: float = 0.05
+    """fraction of the run over which k / the sparsity coefficient warm up"""
     aux_coefficient: float = 1 / 32
-    dead_window_tokens: int | None = None  # default: min(1M, a fifth of the run)
+    """weight of the AuxK loss that revives dead latents"""
+    dead_window_tokens: int | None = None
+    """a latent is dead after this many tokens without firing (default: min(1M, a fifth of the
+    run))"""
     shuffle_buffer: int = 2**18
-    norm_sample_tokens: int = 100_000
-    seed: int = 0
-    checkpoint_every: float = 120.0  # seconds
-    log_every: int = 10
+    """tokens in the shuffle buffer"""
+    norm_sample_tokens: int = option(100_000, cli=False)
+    """tokens sampled to estimate the input normalisation"""
+    checkpoint_every: float = 120.0
+    """seconds between checkpoints"""
+    log_every: int = option(10, cli=False)
+    """steps between records in log.jsonl"""
     resume: bool = True
-    device: str = "cpu"
-    threads: int | None = None
-    progress: bool = True
+    """resume from OUT/checkpoint when it exists"""
     plots: bool = True
+    """write feature-frequency and FVU-vs-L0 plots"""
+
+    def __post_init__(self) -> None:
+        if self.saes is None:
+            self.saes = self.sweep()
 
 
 @dataclass
@@ -88,7 +149,7 @@ class _Member:
 
 
 def _open_store(path: str):
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
     return ActivationStore(path)
 
@@ -154,15 +215,11 @@ def _save_checkpoint(out: Path, members: list[_Member], step: int, tokens: int) 
         "configs": [m.sae.cfg.to_dict() for m in members],
         "time": time.time(),
     }
-    tmp = ck / "state.safetensors.tmp"
     # One file, one atomic rename: the JSON metadata rides in the safetensors header.
-    save_file(tensors, str(tmp), metadata={"saescope_fit_state": json.dumps(meta)})
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, ck / "state.safetensors")
-    tmp_json = ck / "state.json.tmp"  # human-readable copy, also replaced atomically
-    tmp_json.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp_json, ck / "state.json")
+    with atomic_path(ck / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"saescope_fit_state": json.dumps(meta)})
+    # human-readable copy, also replaced atomically
+    atomic_write_text(ck / "state.json", json.dumps(meta, indent=2), fsync=False)
 
 
 def _load_checkpoint(out: Path, members: list[_Member]) -> tuple[int, int] | None:
@@ -322,70 +379,18 @@ def _finish(cfg: FitConfig, store, members: list[_Member], names: list[str], out
 
 
 # ------------------------------------------------------------------------------ CLI
-def specs_from_args(args: argparse.Namespace) -> list[SAESpec]:
-    """The cartesian product of --arch x --expansion x (--k or --l1)."""
-    specs = []
-    for arch, exp in itertools.product(args.arch, args.expansion):
-        if arch in K_SPARSE:
-            specs += [SAESpec(arch, exp, k=k) for k in args.k]
-        elif arch == "relu":
-            specs += [SAESpec(arch, exp, k=None, l1_coefficient=l) for l in args.l1]
-        else:  # jumprelu: --l0 coefficients
-            specs += [SAESpec(arch, exp, k=None, l1_coefficient=l) for l in args.l0]
-    return specs
-
-
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "fit", help="train SAEs (a sweep) on an activation store",
-        description="Train one or several SAEs in one streaming pass over an activation store. "
-        "The sweep is the product of --arch, --expansion and --k (k-sparse) / --l1 (relu) / "
-        "--l0 (jumprelu). Resumes from OUT/checkpoint after a kill.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--store", required=True, help="activation store folder (from 'extract')")
-    p.add_argument("--out", required=True, help="output folder: one sub-folder per SAE")
-    p.add_argument("--arch", nargs="+", default=["topk"],
-                   choices=["relu", "topk", "batchtopk", "jumprelu", "matryoshka"])
-    p.add_argument("--expansion", nargs="+", type=float, default=[16.0], help="d_sae / d_model")
-    p.add_argument("--k", nargs="+", type=int, default=[32], help="active latents (k-sparse archs)")
-    p.add_argument("--l1", nargs="+", type=float, default=[3e-3], help="L1 coefficients (relu)")
-    p.add_argument("--l0", nargs="+", type=float, default=[1e-3], help="L0 coefficients (jumprelu)")
-    p.add_argument("--tokens", type=int, default=None, help="training tokens (default: the store size)")
-    p.add_argument("--batch-size", type=int, default=4096)
-    p.add_argument("--lr", type=float, default=4e-4)
-    p.add_argument("--lr-warmup-steps", type=int, default=100)
-    p.add_argument("--lr-decay-fraction", type=float, default=0.2)
-    p.add_argument("--sparsity-warmup-fraction", type=float, default=0.05)
-    p.add_argument("--aux-coefficient", type=float, default=1 / 32)
-    p.add_argument("--dead-window-tokens", type=int, default=None,
-                   help="a latent is dead after this many tokens without firing "
-                   "(default: min(1M, a fifth of the run))")
-    p.add_argument("--shuffle-buffer", type=int, default=2**18, help="tokens in the shuffle buffer")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=float, default=120.0, help="seconds")
-    p.add_argument("--no-resume", dest="resume", action="store_false")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-plots", dest="plots", action="store_false")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run, step="fit")
+    add_step(sub, "fit", FitConfig, run, help="train SAEs (a sweep) on an activation store",
+             description="Train one or several SAEs in one streaming pass over an activation "
+             "store.\nThe sweep is the product of --arch, --expansion and --k (k-sparse) / --l1 "
+             "(relu) /\n--l0 (jumprelu); OUT gets one sub-folder per SAE. Resumes from "
+             "OUT/checkpoint after a kill.")
 
 
-def run(args: argparse.Namespace) -> int:
-    announce_config(args, args.out)
-    cfg = FitConfig(
-        store=args.store, out=args.out, saes=specs_from_args(args), tokens=args.tokens,
-        batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=args.lr_warmup_steps,
-        lr_decay_fraction=args.lr_decay_fraction,
-        sparsity_warmup_fraction=args.sparsity_warmup_fraction,
-        aux_coefficient=args.aux_coefficient, dead_window_tokens=args.dead_window_tokens,
-        shuffle_buffer=args.shuffle_buffer, seed=args.seed, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, device=args.device, threads=args.threads, plots=args.plots,
-        progress=args.progress,
-    )
+def run(cfg: FitConfig) -> int:
+    announce_config(cfg, "fit", cfg.out)
     fit(cfg)
     return 0
 
 
-__all__ = ["FitConfig", "SAESpec", "fit"]
+__all__ = ["FitConfig", "SweepOptions", "SAESpec", "fit", "add_parser", "run"]

@@ -29,10 +29,11 @@ Files written to ``--out`` (all loadable without the store or the SAE):
   ``patches.images.json`` (image ids and labels in store order, patch grid, id scheme);
 - ``features.faiss`` + ``features.faiss.json``;
 - ``matches.safetensors`` (activation correlation, A = ``--sae``, B = ``--other-sae``) and, when the
-  two SAEs share an activation space, ``decoder_matches.safetensors``: tensors
-  ``a_to_b.indices`` [F_a, k] int64, ``a_to_b.scores`` [F_a, k] float32, ``b_to_a.*`` likewise,
-  metadata ``format``, ``format_version``, ``method``, ``k`` and ``meta`` (JSON);
+  two SAEs share an activation space, ``decoder_matches.safetensors``;
 - ``index_config.json`` (the resolved command line).
+
+The formats and their readers (:class:`~saescope.core.matches.Matches`,
+:func:`~saescope.core.matches.related_features`) are :mod:`saescope.core.matches`.
 """
 
 from __future__ import annotations
@@ -43,26 +44,23 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from saescope.core import formats
+from saescope.core.fileio import atomic_write_text
 from saescope.core.index import (DEFAULT_TARGET_RECALL, INDEX_TYPES, IndexBuilder, VectorIndex,
-                        l2_normalize, patch_id)
+                                 l2_normalize, patch_id)
+from saescope.core.matches import (DECODER_MATCHES_FILE, FEATURES_FILE, MATCHES_FILE,
+                                   PATCH_IMAGES_FILE, PATCHES_FILE, Matches)
 from saescope.core.sae import SAE, ShapeMismatch
-from saescope.train.store import ActivationStore, StoreError
+from saescope.core.store import ActivationStore, StoreError
+from saescope.train.cli import OutOption, ProgressOption, add_step, announce_config, option
 
-PATCHES_FILE = "patches.faiss"
-PATCH_IMAGES_FILE = "patches.images.json"
-FEATURES_FILE = "features.faiss"
-MATCHES_FILE = "matches.safetensors"
-DECODER_MATCHES_FILE = "decoder_matches.safetensors"
-MATCHES_FORMAT = "saescope.feature_matches"
-MATCHES_FORMAT_VERSION = 1
 PATCH_REPRESENTATION = "sae_normalized_activation"
 
 
@@ -167,13 +165,11 @@ def save_patch_index(index: VectorIndex, store: ActivationStore, folder: str | o
     folder = Path(folder)
     path = index.save(folder / PATCHES_FILE)
     n = int(index.meta.get("n_images", store.n_images))
-    info = {"format": "saescope.patch_images", "format_version": 1,
+    info = {**formats.PATCH_IMAGES.header(),
             "id_scheme": index.meta.get("id_scheme"), "n_patches": store.layout.n_patches,
             "grid": list(store.layout.grid), "image_ids": store.image_ids[:n],
             "labels": store.labels[:n], "label_names": store.label_names}
-    tmp = folder / ("." + PATCH_IMAGES_FILE + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, folder / PATCH_IMAGES_FILE)
+    atomic_write_text(folder / PATCH_IMAGES_FILE, json.dumps(info), fsync=False)
     return path
 
 
@@ -189,17 +185,6 @@ def feature_index(sae: SAE, index_type: str = "auto", threads: int | None = None
                              meta=meta)
 
 
-def related_features(index: VectorIndex, sae: SAE, feature: int, k: int = 10
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """``(feature ids [k], cosines [k])`` of the decoder directions nearest to ``feature``'s.
-
-    The feature itself comes first (cosine 1).
-    """
-    f = sae.check_feature(feature)
-    scores, ids = index.search(sae.W_dec[f].detach().float().numpy()[None], k)
-    return ids[0], scores[0]
-
-
 def decoder_comparable(sae_a: SAE, sae_b: SAE) -> str | None:
     """``None`` when decoder cosines between the two SAEs mean something, else why not."""
     a, b = sae_a.cfg, sae_b.cfg
@@ -208,52 +193,6 @@ def decoder_comparable(sae_a: SAE, sae_b: SAE) -> str | None:
     if a.model_id and b.model_id and a.model_id != b.model_id:
         return f"different models ({a.model_id!r} vs {b.model_id!r})"
     return None
-
-
-@dataclass
-class Matches:
-    """Top-k matches between the features of two SAEs, both ways, with scores (descending)."""
-
-    a_to_b_indices: torch.Tensor  # [F_a, k] int64: features of B matching each feature of A
-    a_to_b_scores: torch.Tensor  # [F_a, k] float32
-    b_to_a_indices: torch.Tensor  # [F_b, k'] int64
-    b_to_a_scores: torch.Tensor  # [F_b, k'] float32
-    method: str  # "decoder_cosine" or "activation_correlation"
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"a_to_b.indices": self.a_to_b_indices.to(torch.int64).contiguous(),
-                   "a_to_b.scores": self.a_to_b_scores.to(torch.float32).contiguous(),
-                   "b_to_a.indices": self.b_to_a_indices.to(torch.int64).contiguous(),
-                   "b_to_a.scores": self.b_to_a_scores.to(torch.float32).contiguous()}
-        metadata = {"format": MATCHES_FORMAT, "format_version": str(MATCHES_FORMAT_VERSION),
-                    "method": self.method, "k": str(self.a_to_b_indices.shape[1]),
-                    "meta": json.dumps(self.meta)}
-        tmp = path.with_name("." + path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Matches":
-        from safetensors import safe_open
-
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                md = fh.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as err:  # safetensors raises several types on damaged files
-            raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
-        if md.get("format") != MATCHES_FORMAT:
-            raise ValueError(f"{path} is not a saescope feature-matches file")
-        if int(md.get("format_version", 0)) > MATCHES_FORMAT_VERSION:
-            raise ValueError(f"{path}: feature-matches format {md.get('format_version')} is newer "
-                             "than this saescope; upgrade")
-        return cls(tensors["a_to_b.indices"], tensors["a_to_b.scores"], tensors["b_to_a.indices"],
-                   tensors["b_to_a.scores"], md.get("method", ""), json.loads(md.get("meta", "{}")))
 
 
 def cross_feature_matches(sae_a: SAE, sae_b: SAE, k: int = 10, index_type: str = "auto",
@@ -431,66 +370,76 @@ def activation_correlation(sae_a: SAE, store_a: ActivationStore, sae_b: SAE,
 
 
 # ------------------------------------------------------------------------------ CLI
+@dataclass(kw_only=True)
+class IndexConfig(ProgressOption, OutOption):
+    """``saescope index``: an SAE and its store, optionally a second pair to match against.
+    OUT is e.g. a bundle folder."""
+
+    sae: str
+    """SAE folder (or Hub id) whose features to index"""
+    store: str
+    """activation store the SAE was trained on"""
+    other_sae: str | None = None
+    """second SAE to match features against"""
+    other_store: str | None = None
+    """the second SAE's store (same images)"""
+    k: int = 10
+    """matches kept per feature"""
+    index_type: str = option("auto", choices=lambda: ["auto", *INDEX_TYPES])
+    """patch index type (auto: by size, flat, ivf or ivfpq)"""
+    max_images: int | None = None
+    """index only the first N images of the store"""
+    corr_images: int = 2000
+    """shared images used for the activation correlation"""
+    corr_mode: Literal["auto", "patch", "image"] = "auto"
+    """correlate per patch (equal grids) or per image (max-pooled)"""
+    target_recall: float = DEFAULT_TARGET_RECALL
+    """recall@10 the approximate index is tuned to"""
+    threads: int | None = None
+    """faiss threads (default: CPUs, <= 8)"""
+    skip_patches: bool = False
+    """do not build the patch index"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "index", help="build FAISS search indices (patches, decoder directions) and feature matches",
-        description="Build the search indices the apps load from a bundle: a patch index over the "
-        "store (SAE-normalised activations, cosine), a decoder-direction index over the SAE, and "
-        "with --other-sae/--other-store the top-k feature matches between the two SAEs "
-        "(activation correlation over shared images; decoder cosine too when both SAEs live in "
-        "one activation space).")
-    p.add_argument("--sae", required=True, help="SAE folder (or Hub id) whose features to index")
-    p.add_argument("--store", required=True, help="activation store the SAE was trained on")
-    p.add_argument("--out", required=True, help="output folder (e.g. a bundle folder)")
-    p.add_argument("--other-sae", default=None, help="second SAE to match features against")
-    p.add_argument("--other-store", default=None, help="the second SAE's store (same images)")
-    p.add_argument("--k", type=int, default=10, help="matches kept per feature (default: 10)")
-    p.add_argument("--index-type", default="auto", choices=["auto", *INDEX_TYPES],
-                   help="patch index type (default: auto by size: flat, ivf, ivfpq)")
-    p.add_argument("--max-images", type=int, default=None,
-                   help="index only the first N images of the store")
-    p.add_argument("--corr-images", type=int, default=2000,
-                   help="shared images used for the activation correlation (default: 2000)")
-    p.add_argument("--corr-mode", default="auto", choices=["auto", "patch", "image"],
-                   help="correlate per patch (equal grids) or per image (max-pooled); default auto")
-    p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
-                   help="recall@10 the approximate index is tuned to (default: 0.98)")
-    p.add_argument("--threads", type=int, default=None, help="faiss threads (default: CPUs, <= 8)")
-    p.add_argument("--skip-patches", action="store_true", help="do not build the patch index")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
-    p.set_defaults(func=run, step="index")
-    return p
+    return add_step(
+        subparsers, "index", IndexConfig, run,
+        help="build FAISS search indices (patches, decoder directions) and feature matches",
+        description="Build the search indices the apps load from a bundle: a patch index over "
+        "the store\n(SAE-normalised activations, cosine), a decoder-direction index over the "
+        "SAE, and with\n--other-sae/--other-store the top-k feature matches between the two "
+        "SAEs (activation\ncorrelation over shared images; decoder cosine too when both SAEs "
+        "live in one activation\nspace).")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: IndexConfig) -> int:
     from saescope.core.sae_io import from_pretrained
-    from saescope.train.cli_util import announce_config
 
-    if (args.other_sae is None) != (args.other_store is None):
+    if (cfg.other_sae is None) != (cfg.other_store is None):
         raise ValueError("--other-sae and --other-store go together")
-    if args.k < 1:
+    if cfg.k < 1:
         raise ValueError("--k must be >= 1")
-    out = Path(args.out)
-    announce_config(args, out)
-    sae, store = from_pretrained(args.sae), ActivationStore(args.store)
+    out = Path(cfg.out)
+    announce_config(cfg, "index", out)
+    sae, store = from_pretrained(cfg.sae), ActivationStore(cfg.store)
     _check_pair(sae, store)
     summary: dict[str, Any] = {}
-    if not args.skip_patches:
-        vi = patch_index(sae, store, args.max_images, args.index_type, args.target_recall,
-                         threads=args.threads, progress=args.progress)
+    if not cfg.skip_patches:
+        vi = patch_index(sae, store, cfg.max_images, cfg.index_type, cfg.target_recall,
+                         threads=cfg.threads, progress=cfg.progress)
         save_patch_index(vi, store, out)
         summary["patches"] = _describe(vi)
-    fi = feature_index(sae, threads=args.threads)
+    fi = feature_index(sae, threads=cfg.threads)
     fi.save(out / FEATURES_FILE)
     summary["features"] = _describe(fi)
-    if args.other_sae:
-        other, other_store = from_pretrained(args.other_sae), ActivationStore(args.other_store)
-        m = activation_correlation(sae, store, other, other_store, args.corr_images, args.k,
-                                   args.corr_mode, progress=args.progress)
+    if cfg.other_sae:
+        other, other_store = from_pretrained(cfg.other_sae), ActivationStore(cfg.other_store)
+        m = activation_correlation(sae, store, other, other_store, cfg.corr_images, cfg.k,
+                                   cfg.corr_mode, progress=cfg.progress)
         m.save(out / MATCHES_FILE)
         summary["matches"] = {k: m.meta[k] for k in ("mode", "n_images", "n_samples", "seconds")}
         if decoder_comparable(sae, other) is None:
-            cross_feature_matches(sae, other, args.k).save(out / DECODER_MATCHES_FILE)
+            cross_feature_matches(sae, other, cfg.k).save(out / DECODER_MATCHES_FILE)
             summary["decoder_matches"] = True
     for name, info in summary.items():
         print(f"[index] {name}: {info}", file=sys.stderr)
@@ -506,6 +455,5 @@ def _describe(vi: VectorIndex) -> dict[str, Any]:
 
 
 __all__ = ["patch_vectors", "patch_query", "patch_index", "save_patch_index", "feature_index",
-           "related_features", "decoder_comparable", "cross_feature_matches", "Matches",
-           "pair_images", "activation_correlation", "add_parser", "run", "PATCHES_FILE",
-           "PATCH_IMAGES_FILE", "FEATURES_FILE", "MATCHES_FILE", "DECODER_MATCHES_FILE"]
+           "decoder_comparable", "cross_feature_matches", "pair_images", "activation_correlation",
+           "add_parser", "run", "IndexConfig"]

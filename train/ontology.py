@@ -16,8 +16,9 @@ import argparse
 import json
 import sys
 import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -33,8 +34,10 @@ from saescope.core.ontology import (
     plot_hierarchy,
     text_table,
 )
+from saescope.core.fileio import atomic_write_text
 from saescope.core.sae import SAE
 from saescope.core.tokens import TokenKind, parse_kinds
+from saescope.train.cli import ProgressOption, add_step, announce_config, option
 from saescope.train.exemplars import check_sae_store, codes_to_coo
 
 
@@ -80,7 +83,7 @@ def class_activations(sae: SAE, store, batch_images: int = 16, progress: bool = 
     labels (unmapped ones) are left out."""
     from tqdm.auto import tqdm
 
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
     if not isinstance(store, ActivationStore):
         store = ActivationStore(store)
@@ -115,9 +118,7 @@ def save_outputs(result: OntologyResult, out: str | Path, title: str | None = No
     data = {**result.to_dict(), **({"meta": meta} if meta else {})}
     paths = {"json": out / "ontology.json", "markdown": out / "ontology.md",
              "plot": out / "ontology.png"}
-    tmp = paths["json"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(paths["json"])
+    atomic_write_text(paths["json"], json.dumps(data, indent=1), fsync=False)
     paths["markdown"].write_text(markdown(result, max_rows=max_rows, title=title)
                                  + "\n![features on the hierarchy](ontology.png)\n")
     plot_hierarchy(result, paths["plot"], title=title)
@@ -125,82 +126,92 @@ def save_outputs(result: OntologyResult, out: str | Path, title: str | None = No
 
 
 # ----------------------------------------------------------------------------- CLI
+@dataclass(kw_only=True)
+class OntologyConfig(ProgressOption):
+    """The options of ``saescope ontology``."""
+
+    bundle: str | None = option(None, one_of="sae")
+    """bundle folder or Hub id (its SAE is analysed)"""
+    sae: str | None = option(None, one_of="sae")
+    """SAE folder or Hub id"""
+    store: str
+    """labelled activation store of the SAE's layer"""
+    out: str | None = None
+    """output folder (default: runs/ontology/<SAE name>)"""
+    label_map: str | None = None
+    """JSON {label: synset name | nXXXXXXXX id | null}, overrides the built-in map"""
+    first_sense: bool = False
+    """map other labels that are WordNet lemmas to their most frequent sense"""
+    images: Literal["top", "all"] = "top"
+    """class distribution over each feature's top-k images or all it fires on"""
+    top_images: int | None = None
+    """k for --images top (default: the median number of images per class)"""
+    coverage: float = 0.8
+    """top classes: smallest set holding this share of a feature's mass"""
+    max_top: int = 5
+    """at most this many top classes"""
+    min_images: int = 3
+    """analyse features that fire on at least this many images"""
+    class_weighting: Literal["none", "balanced"] = "none"
+    """balanced: per-class mean activation instead of the sum"""
+    batch_images: int = 16
+    """images per batch of the streaming pass"""
+    max_images: int | None = None
+    """use only the first N images"""
+    rows: int = 25
+    """features shown in the console table"""
+    wordnet_dir: str | None = None
+    """WordNet 3.0 dict folder (default: $WORDNET_DIR or /usr/share/wordnet)"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "ontology", help="place SAE features in the WordNet hierarchy of a labelled store",
+    return add_step(
+        subparsers, "ontology", OntologyConfig, run,
+        help="place SAE features in the WordNet hierarchy of a labelled store",
         description="For an SAE over a labelled activation store whose labels map to WordNet 3.0 "
-        "noun synsets: each feature's class distribution, the lowest common hypernym (LCH) of its "
-        "top classes and its depth, and how much of the hierarchy the features cover. Writes "
-        "ontology.json, ontology.md and ontology.png. Needs Debian's wordnet-base (or "
-        "WORDNET_DIR).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--bundle", help="bundle folder or Hub id (its SAE is analysed)")
-    which.add_argument("--sae", help="SAE folder or Hub id")
-    p.add_argument("--store", required=True, help="labelled activation store of the SAE's layer")
-    p.add_argument("--out", default=None, help="output folder (default: runs/ontology/<SAE name>)")
-    p.add_argument("--label-map", default=None,
-                   help="JSON {label: synset name | nXXXXXXXX id | null}, overrides the built-in map")
-    p.add_argument("--first-sense", action="store_true",
-                   help="map other labels that are WordNet lemmas to their most frequent sense")
-    p.add_argument("--images", choices=("top", "all"), default="top",
-                   help="class distribution over each feature's top-k images or all it fires on")
-    p.add_argument("--top-images", type=int, default=None,
-                   help="k for --images top (default: the median number of images per class)")
-    p.add_argument("--coverage", type=float, default=0.8,
-                   help="top classes: smallest set holding this share of a feature's mass")
-    p.add_argument("--max-top", type=int, default=5, help="at most this many top classes")
-    p.add_argument("--min-images", type=int, default=3,
-                   help="analyse features that fire on at least this many images")
-    p.add_argument("--class-weighting", choices=("none", "balanced"), default="none",
-                   help="balanced: per-class mean activation instead of the sum")
-    p.add_argument("--batch-images", type=int, default=16)
-    p.add_argument("--max-images", type=int, default=None, help="use only the first N images")
-    p.add_argument("--rows", type=int, default=25, help="features shown in the console table")
-    p.add_argument("--wordnet-dir", default=None, help="WordNet 3.0 dict folder (default: "
-                   "$WORDNET_DIR or /usr/share/wordnet)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run, step="ontology")
-    return p
+        "noun synsets:\neach feature's class distribution, the lowest common hypernym (LCH) of "
+        "its top classes and its\ndepth, and how much of the hierarchy the features cover. "
+        "Writes ontology.json, ontology.md and\nontology.png. Needs Debian's wordnet-base (or "
+        "WORDNET_DIR).")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: OntologyConfig) -> int:
     from saescope.core.sae_io import from_pretrained
     from saescope.core.wordnet import load as load_wordnet
-    from saescope.train.cli_util import announce_config
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
-    wn = load_wordnet(args.wordnet_dir)  # fail early, before the pass, when WordNet is missing
-    store = ActivationStore(args.store)
+    wn = load_wordnet(cfg.wordnet_dir)  # fail early, before the pass, when WordNet is missing
+    store = ActivationStore(cfg.store)
     labelled(store)
-    if args.bundle:
+    if cfg.bundle:
         from saescope.core.bundle import Bundle
 
-        bundle = Bundle.load(args.bundle)
+        bundle = Bundle.load(cfg.bundle)
         sae, title = bundle.sae, bundle.title
     else:
-        sae = from_pretrained(args.sae)
+        sae = from_pretrained(cfg.sae)
         title = f"{sae.cfg.name} on {sae.cfg.model_id} layer {sae.cfg.layer}"
-    out = Path(args.out or Path("runs") / "ontology" / sae.cfg.name)
-    announce_config(args, out)
-    user_map = load_label_map(args.label_map) if args.label_map else None
+    out = Path(cfg.out or Path("runs") / "ontology" / sae.cfg.name)
+    announce_config(replace(cfg, out=str(out)), "ontology", out)
+    user_map = load_label_map(cfg.label_map) if cfg.label_map else None
     kind = (store.manifest.get("source") or {}).get("kind")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         mapping = map_labels(store.label_names, wn, dataset_kind=kind, user_map=user_map,
-                             first_sense=args.first_sense)
+                             first_sense=cfg.first_sense)
     for w in caught:
         print(f"[ontology] warning: {w.message}", file=sys.stderr)
-    acc, _ = class_activations(sae, store, batch_images=args.batch_images,
-                               progress=args.progress, max_images=args.max_images,
-                               top_k=args.top_images, exclude=sorted(mapping.unmapped))
-    result = analyze(acc, mapping, wn, images=args.images, coverage=args.coverage,
-                     max_top=args.max_top,
-                     min_images=args.min_images, class_weighting=args.class_weighting)
-    meta = {"store": str(store.path), "sae": args.sae, "bundle": args.bundle,
+    acc, _ = class_activations(sae, store, batch_images=cfg.batch_images,
+                               progress=cfg.progress, max_images=cfg.max_images,
+                               top_k=cfg.top_images, exclude=sorted(mapping.unmapped))
+    result = analyze(acc, mapping, wn, images=cfg.images, coverage=cfg.coverage,
+                     max_top=cfg.max_top,
+                     min_images=cfg.min_images, class_weighting=cfg.class_weighting)
+    meta = {"store": str(store.path), "sae": cfg.sae, "bundle": cfg.bundle,
             "model_id": store.model_id, "layer": store.layer, "sae_name": sae.cfg.name,
             "images_without_mapped_label": acc.n_skipped}
     paths = save_outputs(result, out, title=title, meta=meta)
-    print(text_table(result, max_rows=args.rows))
+    print(text_table(result, max_rows=cfg.rows))
     print(f"[ontology] wrote {paths['json']}, {paths['markdown']}, {paths['plot']}",
           file=sys.stderr)
     return 0

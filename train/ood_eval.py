@@ -6,8 +6,9 @@ resumable and cached under ``--work``), fits an SAE on the in-distribution fitti
 (:func:`train.fit`; on every stored token, CLS included, since the store keeps all of them for
 the final-CLS baselines) or takes ``--bundle``'s, fits every scorer of :mod:`core.ood` on those
 images, calibrates them on later training images the SAE never saw, and scores held-out
-in-distribution images against each OOD set. One table (every method x every OOD set: AUROC, FPR@95, and their means) is printed and
-saved as JSON + markdown (``--results-md``: into bench/RESULTS.md).
+in-distribution images against each OOD set. One table (every method x every OOD set: AUROC,
+FPR@95, and their means) is printed and saved as JSON + markdown (``--results-md``: into
+bench/RESULTS.md).
 
 Splits: an in-distribution source gives its first ``--n-train`` images (the last
 ``--cal-fraction`` of them for calibration, the rest for fitting) and the next ``--n-test`` for
@@ -16,24 +17,24 @@ in-distribution in one configuration and OOD in another is tested on its held-ou
 
 ``ood-fit`` adds an ``ood/`` component (calibrated SAE and raw-embedding scorers) to a bundle from
 the activation store it was built on; the offline default bundles get one automatically
-(:func:`ensure_default_ood`).
+(:func:`saescope.train.default_bundle.ensure_default_ood`).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from saescope.core.ood import FAMILIES, ImageSummary, OODSuite, auroc, default_scorers, fpr_at_tpr, summarize
+from saescope.train.cli import ProgressOption, add_step, announce_config, option
 
 DEFAULT_MODEL = "offline:dinov2-s-saliency"
 
@@ -68,7 +69,7 @@ def extract_set(backbone, spec: str, start: int, n: int, work: Path, layer: int,
     on the stored tokens for the final CLS token: one backbone pass serves every baseline.
     """
     from saescope.train.extract import extract
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_source
 
     source = open_source(spec, start=start, max_images=n)
     if len(source) == 0:
@@ -93,7 +94,7 @@ def store_summary(store_path: Path, sae, backbone=None, *, with_cls: bool = True
     from tqdm.auto import tqdm
 
     from saescope.core.tokens import TokenKind
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
     store = ActivationStore(store_path)
     layout = store.layout
@@ -129,7 +130,7 @@ def fit_sae_on(store_path: Path, work: Path, *, expansion: float, k: int, epochs
     """A TopK SAE fitted on the in-distribution training store (cached: a rerun resumes at the end)."""
     from saescope.core.sae_io import from_pretrained
     from saescope.train.fit import FitConfig, SAESpec, fit
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
     store = ActivationStore(store_path)
     out = work / "saes" / f"{Path(store_path).name}-topk-x{expansion:g}-k{k}-e{epochs:g}"
@@ -236,7 +237,7 @@ def fit_bundle_ood(bundle_path: str | Path, store_path: str | Path, *, max_image
     "OOD"). Calibrating on images the SAE never saw needs a store of them (``OODSuite.fit``).
     """
     from saescope.core.bundle import Bundle
-    from saescope.train.store import ActivationStore
+    from saescope.core.store import ActivationStore
 
     bundle = Bundle.load(bundle_path, verify=False)
     store = ActivationStore(store_path)
@@ -279,78 +280,77 @@ def add_ood_to_bundle(bundle_path: str | Path, suite: OODSuite) -> Path:
     return folder
 
 
-def ensure_default_ood(bundle_paths, progress: bool = True) -> None:
-    """Give every offline default bundle an ``ood/`` component (fitted once on its store)."""
-    from saescope.core.bundle import Bundle
-    from saescope.train.bundle import default_bundle_dir
-
-    for p in bundle_paths:
-        b = Bundle.load(p, verify=False)
-        if b.has("ood"):
-            continue
-        store = default_bundle_dir() / "acts" / f"layer_{int(b.manifest['layer']):02d}"
-        _log(f"OOD calibration for {b.name} (once)", progress)
-        try:
-            fit_bundle_ood(p, store, progress=progress)
-        except (ValueError, OSError) as err:  # e.g. the store was deleted: the apps still work
-            _log(f"no OOD calibration for {b.name}: {err}", True)
-
-
 # ------------------------------------------------------------------------------ CLI
+@dataclass(kw_only=True)
+class OODEvalConfig(ProgressOption):
+    """The options of ``saescope ood-eval``."""
+
+    model: str | None = None
+    """backbone (default: the --bundle's, else offline:dinov2-s-saliency)"""
+    layer: int | None = None
+    """layer L (default: the --bundle SAE's layer, else 10)"""
+    bundle: str | None = None
+    """use this bundle's SAE instead of fitting one per in-distribution set"""
+    in_sets: list[str] = option(flags=("--in",), metavar="SOURCE")
+    """in-distribution source(s); each is one configuration, with every other --in and --out
+    source as OOD"""
+    out_sets: list[str] = option(default_factory=list, flags=("--out",), nargs="*",
+                                 metavar="SOURCE")
+    """OOD-only sources (default: none)"""
+    n_train: int = 500
+    """in-distribution training images"""
+    n_test: int = 200
+    """test images per set"""
+    methods: list[str] = option(default_factory=lambda: list(FAMILIES), choices=FAMILIES)
+    """scorer families"""
+    knn_k: int = 5
+    """k of the k-NN scores"""
+    expansion: float = 8.0
+    """SAE width / d_model"""
+    k: int = 32
+    """SAE active latents (TopK)"""
+    epochs: float = 3.0
+    """SAE training passes"""
+    cal_fraction: float = 0.2
+    """share of the training images (the last ones) held out from the SAE and the scorers to
+    calibrate thresholds and percentiles"""
+    work: str = "runs/ood"
+    """folder for activation stores, SAEs, results.json and results.md"""
+    batch_size: int = 16
+    """images per backbone batch when extracting"""
+    results_md: bool = False
+    """write the table to bench/RESULTS.md"""
+
+
+@dataclass(kw_only=True)
+class OODFitConfig(ProgressOption):
+    """The options of ``saescope ood-fit``."""
+
+    bundle: str
+    """bundle to add the ood/ component to"""
+    store: str
+    """the activation store the bundle was built on"""
+    max_images: int = 2000
+    """images of the store to fit and calibrate on"""
+    knn_k: int = 5
+    """k of the k-NN scores"""
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "ood-eval", help="OOD detection with SAE codes vs raw-embedding and probe baselines",
-        description=__doc__.split("\n\n")[1].replace("\n", " "),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help=f"backbone (default: the --bundle's, else {DEFAULT_MODEL})")
-    p.add_argument("--layer", type=int, default=None,
-                   help="layer L (default: the --bundle SAE's layer, else 10)")
-    p.add_argument("--bundle", default=None,
-                   help="use this bundle's SAE instead of fitting one per in-distribution set")
-    p.add_argument("--in", dest="in_sets", nargs="+", required=True,
-                   help="in-distribution source(s); each is one configuration, with every other "
-                   "--in and --out source as OOD")
-    p.add_argument("--out", dest="out_sets", nargs="*", default=[],
-                   help="OOD-only sources")
-    p.add_argument("--n-train", type=int, default=500, help="in-distribution training images")
-    p.add_argument("--n-test", type=int, default=200, help="test images per set")
-    p.add_argument("--methods", nargs="+", choices=FAMILIES, default=list(FAMILIES),
-                   help="scorer families")
-    p.add_argument("--knn-k", type=int, default=5, help="k of the k-NN scores")
-    p.add_argument("--expansion", type=float, default=8.0, help="SAE width / d_model")
-    p.add_argument("--k", type=int, default=32, help="SAE active latents (TopK)")
-    p.add_argument("--epochs", type=float, default=3.0, help="SAE training passes")
-    p.add_argument("--cal-fraction", type=float, default=0.2,
-                   help="share of the training images (the last ones) held out from the SAE and "
-                   "the scorers to calibrate thresholds and percentiles")
-    p.add_argument("--work", default="runs/ood",
-                   help="folder for activation stores, SAEs, results.json and results.md")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--results-md", action="store_true", help="write the table to bench/RESULTS.md")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=run, step="ood-eval")
-
-    f = sub.add_parser(
-        "ood-fit", help="add calibrated OOD scorers (ood/) to a bundle from its activation store",
-        description="Fit the SAE-based and raw-embedding OOD scorers on a bundle's activation "
-        "store, calibrate them on a held-out fifth, and store them as the bundle's ood/ component "
-        "(the browser's OOD panel reads it).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    f.add_argument("--bundle", required=True)
-    f.add_argument("--store", required=True, help="the activation store the bundle was built on")
-    f.add_argument("--max-images", type=int, default=2000)
-    f.add_argument("--knn-k", type=int, default=5)
-    f.add_argument("--no-progress", dest="progress", action="store_false")
-    f.set_defaults(func=run_fit, step="ood-fit")
+    add_step(sub, "ood-eval", OODEvalConfig, run,
+             help="OOD detection with SAE codes vs raw-embedding and probe baselines",
+             description=__doc__.split("\n\n")[1])
+    add_step(sub, "ood-fit", OODFitConfig, run_fit,
+             help="add calibrated OOD scorers (ood/) to a bundle from its activation store",
+             description="Fit the SAE-based and raw-embedding OOD scorers on a bundle's "
+             "activation store, calibrate them\non a held-out fifth, and store them as the "
+             "bundle's ood/ component (the browser's OOD panel\nreads it).")
 
 
-def run_fit(args: argparse.Namespace) -> int:
-    from saescope.train.cli_util import announce_config
-
-    announce_config(args, None)
-    folder = fit_bundle_ood(args.bundle, args.store, max_images=args.max_images, k=args.knn_k,
-                            progress=args.progress)
+def run_fit(cfg: OODFitConfig) -> int:
+    announce_config(cfg, "ood-fit", None)
+    folder = fit_bundle_ood(cfg.bundle, cfg.store, max_images=cfg.max_images, k=cfg.knn_k,
+                            progress=cfg.progress)
     suite = OODSuite.load(folder)
     for n in suite.names:
         print(f"{n}: 95%-TPR threshold {suite.threshold(n):.4g}")
@@ -358,112 +358,129 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    from saescope.core.backbones import load_backbone
-    from saescope.train.cli_util import announce_config
+def _resolve(cfg: OODEvalConfig):
+    """Check the options; fill in the model and layer (from ``--bundle``, else the defaults).
 
-    work = Path(args.work)
-    if args.n_train < 10 or args.n_test < 2:
+    Returns the resolved config, the bundle and its SAE (both None without ``--bundle``)."""
+    from saescope.core.backbones import load_backbone
+
+    if cfg.n_train < 10 or cfg.n_test < 2:
         raise ValueError("--n-train must be >= 10 and --n-test >= 2")
-    if len(args.in_sets) + len(args.out_sets) < 2:
+    if len(cfg.in_sets) + len(cfg.out_sets) < 2:
         raise ValueError("nothing to compare: give at least one --out source (or two --in sources)")
     bundle = sae = None
-    if args.bundle:
+    model, layer = cfg.model, cfg.layer
+    if cfg.bundle:
         from saescope.core.bundle import Bundle
 
-        bundle = Bundle.load(args.bundle)
+        bundle = Bundle.load(cfg.bundle)
         b_model = bundle.model.get("model_id")
-        if args.model and b_model and args.model != b_model:
+        if model and b_model and model != b_model:
             raise ValueError(f"mismatched models: bundle {bundle.name} was built on {b_model!r}, "
-                             f"not --model {args.model!r}")
+                             f"not --model {model!r}")
         sae = bundle.sae.eval()
-        args.model = args.model or b_model
-        if args.layer is not None and sae.cfg.layer is not None and args.layer != sae.cfg.layer \
-                and load_backbone(args.model).resolve_layer(args.layer) != sae.cfg.layer:
+        model = model or b_model
+        if layer is not None and sae.cfg.layer is not None and layer != sae.cfg.layer \
+                and load_backbone(model).resolve_layer(layer) != sae.cfg.layer:
             raise ValueError(f"mismatched layers: the SAE of bundle {bundle.name} reads layer "
-                             f"{sae.cfg.layer}, not --layer {args.layer}")
-        args.layer = sae.cfg.layer if args.layer is None else args.layer
-    args.model = args.model or DEFAULT_MODEL
-    args.layer = 10 if args.layer is None else args.layer
-    announce_config(args, work)
-    t0 = time.perf_counter()
-    backbone = load_backbone(args.model)
-    layer = backbone.resolve_layer(args.layer)
-    if sae is not None and sae.cfg.d_in != backbone.d_model:
-        raise ValueError(f"mismatched models: the SAE reads {sae.cfg.d_in}-d activations, "
-                         f"{args.model} has width {backbone.d_model}")
-    prog = args.progress
+                             f"{sae.cfg.layer}, not --layer {layer}")
+        layer = sae.cfg.layer if layer is None else layer
+    model = model or DEFAULT_MODEL
+    layer = 10 if layer is None else layer
+    return replace(cfg, model=model, layer=layer), bundle, sae
 
-    from saescope.train.sources import open_source
 
-    # -- extraction: every slice once, shared by the configurations
-    fit_sets, cal_sets, test_sets = {}, {}, {}
-    all_specs = list(dict.fromkeys(args.in_sets + args.out_sets))
-    for spec in all_specs:
+def _extract_all(cfg: OODEvalConfig, backbone, layer: int, work: Path) -> dict[str, dict]:
+    """Every slice extracted once, shared by the configurations: ``{"fit"|"cal"|"test": {spec:
+    ImageSet}}``."""
+    from saescope.core.sources import open_source
+
+    prog = cfg.progress
+    sets: dict[str, dict] = {"fit": {}, "cal": {}, "test": {}}
+    for spec in dict.fromkeys(cfg.in_sets + cfg.out_sets):
         n_avail = len(open_source(spec))
         if n_avail == 0:
             raise ValueError(f"source {spec!r} is empty")
-        if spec in args.in_sets:
-            n_train = min(args.n_train, n_avail - min(args.n_test, n_avail // 2))
+        if spec in cfg.in_sets:
+            n_train = min(cfg.n_train, n_avail - min(cfg.n_test, n_avail // 2))
             if n_train < 10:
                 raise ValueError(f"in-distribution source {spec!r} has only {n_avail} images: "
                                  "too few to fit and test on")
-            if n_train < args.n_train:
+            if n_train < cfg.n_train:
                 _log(f"{spec}: only {n_avail} images, fitting on {n_train}", prog)
             # the calibration images come after the fitting images: the SAE never sees them,
             # so thresholds and percentiles are those of unseen in-distribution images
-            n_cal = max(2, int(round(args.cal_fraction * n_train)))
+            n_cal = max(2, int(round(cfg.cal_fraction * n_train)))
             _log(f"extracting {spec} (training and calibration images)", prog)
-            fit_sets[spec] = extract_set(backbone, spec, 0, n_train - n_cal, work, layer, prog,
-                                         args.batch_size)
-            cal_sets[spec] = extract_set(backbone, spec, n_train - n_cal, n_cal, work, layer, prog,
-                                         args.batch_size)
+            sets["fit"][spec] = extract_set(backbone, spec, 0, n_train - n_cal, work, layer, prog,
+                                            cfg.batch_size)
+            sets["cal"][spec] = extract_set(backbone, spec, n_train - n_cal, n_cal, work, layer,
+                                            prog, cfg.batch_size)
             start = n_train
         else:
             start = 0
         _log(f"extracting {spec} (test images)", prog)
-        test_sets[spec] = extract_set(backbone, spec, start, args.n_test, work, layer, prog,
-                                      args.batch_size)
+        sets["test"][spec] = extract_set(backbone, spec, start, cfg.n_test, work, layer, prog,
+                                         cfg.batch_size)
+    return sets
 
-    # -- raw summaries (SAE-independent) are cached per store; SAE parts per configuration
-    configs = []
-    for in_spec in args.in_sets:
-        _log(f"configuration: in-distribution {in_spec}", prog)
-        cfg_sae = sae
-        if cfg_sae is None:
-            cfg_sae = fit_sae_on(fit_sets[in_spec].store, work, expansion=args.expansion,
-                                 k=args.k, epochs=args.epochs, progress=prog)
-            sae_desc = (f"TopK k={args.k}, {cfg_sae.cfg.d_sae} latents, fitted on the "
-                        f"{fit_sets[in_spec].n} fitting images ({args.epochs:g} epochs; FVU "
-                        f"{cfg_sae.cfg.metrics.get('fvu', float('nan')):.3f})")
-        else:
-            sae_desc = f"from bundle {bundle.name} ({cfg_sae.cfg.name})"
-        train = store_summary(fit_sets[in_spec].store, cfg_sae, backbone, progress=prog,
-                              desc=f"{slug(in_spec)} fit")
-        cal = store_summary(cal_sets[in_spec].store, cfg_sae, backbone, progress=prog,
-                            desc=f"{slug(in_spec)} calibration")
-        scorers = default_scorers(args.methods, k=args.knn_k)
-        suite = OODSuite.fit(scorers, train, cal, meta={"in": in_spec})
-        for name, why in suite.skipped.items():
-            _log(f"skipping {name}: {why}", True)
-        in_test = store_summary(test_sets[in_spec].store, cfg_sae, backbone, progress=prog,
-                                desc=f"{slug(in_spec)} test")
-        ood = {}
-        for spec in all_specs:
-            if spec == in_spec:
-                continue
-            ood[slug(spec)] = store_summary(test_sets[spec].store, cfg_sae, backbone,
-                                            progress=prog, desc=f"{slug(spec)} test")
-        rows = evaluate_config(suite, in_test, ood)
-        cfg = {"in": in_spec, "ood_sets": list(ood), "ood_specs": [s for s in all_specs if s != in_spec],
-               "sae": sae_desc, "n_fit": len(train), "n_calibration": len(cal),
-               "n_test_in": len(in_test),
-               "n_test_ood": {k: len(v) for k, v in ood.items()}, "rows": rows,
-               "skipped": suite.skipped, "thresholds": {n: suite.threshold(n) for n in suite.calibration}}
-        cfg["verdict"] = verdict(rows)
-        configs.append(cfg)
-    result = {"model": args.model, "layer": layer, "n_train": args.n_train, "n_test": args.n_test,
-              "cal_fraction": args.cal_fraction, "knn_k": args.knn_k, "configs": configs,
+
+def _evaluate_in(cfg: OODEvalConfig, in_spec: str, sets: dict[str, dict], backbone, work: Path,
+                 bundle=None, sae=None) -> dict:
+    """One configuration: ``in_spec`` in-distribution, every other source OOD.
+
+    Raw summaries are SAE-independent and cached per store; the SAE parts are per configuration.
+    """
+    prog = cfg.progress
+    _log(f"configuration: in-distribution {in_spec}", prog)
+    fit_set = sets["fit"][in_spec]
+    if sae is None:
+        sae = fit_sae_on(fit_set.store, work, expansion=cfg.expansion, k=cfg.k,
+                         epochs=cfg.epochs, progress=prog)
+        sae_desc = (f"TopK k={cfg.k}, {sae.cfg.d_sae} latents, fitted on the {fit_set.n} "
+                    f"fitting images ({cfg.epochs:g} epochs; FVU "
+                    f"{sae.cfg.metrics.get('fvu', float('nan')):.3f})")
+    else:
+        sae_desc = f"from bundle {bundle.name} ({sae.cfg.name})"
+    train = store_summary(fit_set.store, sae, backbone, progress=prog, desc=f"{slug(in_spec)} fit")
+    cal = store_summary(sets["cal"][in_spec].store, sae, backbone, progress=prog,
+                        desc=f"{slug(in_spec)} calibration")
+    suite = OODSuite.fit(default_scorers(cfg.methods, k=cfg.knn_k), train, cal,
+                         meta={"in": in_spec})
+    for name, why in suite.skipped.items():
+        _log(f"skipping {name}: {why}", True)
+    in_test = store_summary(sets["test"][in_spec].store, sae, backbone, progress=prog,
+                            desc=f"{slug(in_spec)} test")
+    others = [s for s in sets["test"] if s != in_spec]
+    ood = {slug(spec): store_summary(sets["test"][spec].store, sae, backbone, progress=prog,
+                                     desc=f"{slug(spec)} test") for spec in others}
+    rows = evaluate_config(suite, in_test, ood)
+    return {"in": in_spec, "ood_sets": list(ood), "ood_specs": others,
+            "sae": sae_desc, "n_fit": len(train), "n_calibration": len(cal),
+            "n_test_in": len(in_test),
+            "n_test_ood": {k: len(v) for k, v in ood.items()}, "rows": rows,
+            "skipped": suite.skipped,
+            "thresholds": {n: suite.threshold(n) for n in suite.calibration},
+            "verdict": verdict(rows)}
+
+
+def run(cfg: OODEvalConfig) -> int:
+    from saescope.core.backbones import load_backbone
+
+    cfg, bundle, sae = _resolve(cfg)
+    work = Path(cfg.work)
+    announce_config(cfg, "ood-eval", work)
+    t0 = time.perf_counter()
+    backbone = load_backbone(cfg.model)
+    layer = backbone.resolve_layer(cfg.layer)
+    if sae is not None and sae.cfg.d_in != backbone.d_model:
+        raise ValueError(f"mismatched models: the SAE reads {sae.cfg.d_in}-d activations, "
+                         f"{cfg.model} has width {backbone.d_model}")
+    sets = _extract_all(cfg, backbone, layer, work)
+    configs = [_evaluate_in(cfg, in_spec, sets, backbone, work, bundle, sae)
+               for in_spec in cfg.in_sets]
+    result = {"model": cfg.model, "layer": layer, "n_train": cfg.n_train, "n_test": cfg.n_test,
+              "cal_fraction": cfg.cal_fraction, "knn_k": cfg.knn_k, "configs": configs,
               "seconds": round(time.perf_counter() - t0, 1)}
     md = markdown(result)
     print(md)
@@ -472,15 +489,17 @@ def run(args: argparse.Namespace) -> int:
     (work / "results.md").write_text(md + "\n")
     print(f"\nsaved {work / 'results.json'} and {work / 'results.md'} "
           f"({result['seconds']:.0f} s)", file=sys.stderr)
-    if args.results_md:
-        from bench.report import write_section
+    if cfg.results_md:
+        from saescope.train.results_md import write_section
 
-        cmd = ("saescope ood-eval --model " + args.model + f" --layer {args.layer} --in "
-               + " ".join(args.in_sets) + (" --out " + " ".join(args.out_sets) if args.out_sets else "")
-               + f" --n-train {args.n_train} --n-test {args.n_test} --results-md")
+        cmd = ("saescope ood-eval --model " + cfg.model + f" --layer {cfg.layer} --in "
+               + " ".join(cfg.in_sets)
+               + (" --out " + " ".join(cfg.out_sets) if cfg.out_sets else "")
+               + f" --n-train {cfg.n_train} --n-test {cfg.n_test} --results-md")
         write_section("ood", md + f"\n\nCommand: `{cmd}` ({result['seconds']:.0f} s).", result)
     return 0
 
 
-__all__ = ["ImageSet", "add_ood_to_bundle", "add_parser", "ensure_default_ood", "evaluate_config", "extract_set",
-           "fit_bundle_ood", "fit_sae_on", "markdown", "run", "run_fit", "store_summary", "verdict"]
+__all__ = ["ImageSet", "OODEvalConfig", "OODFitConfig", "add_ood_to_bundle", "add_parser",
+           "evaluate_config", "extract_set", "fit_bundle_ood", "fit_sae_on",
+           "markdown", "run", "run_fit", "store_summary", "verdict"]

@@ -9,7 +9,7 @@ the probe. So a probe reads the backbone's *final, normalised* tokens, exactly w
   (``builtin:digits``, ``builtin:fashion-mnist``, ``hf:...`` with a class column, a folder of
   class sub-folders);
 - ``--task segmentation``: every patch token, labelled with the majority pixel label of its patch
-  (after the model's own crop); any segmentation source (:mod:`train.seg_sources`:
+  (after the model's own crop); any segmentation source (:mod:`saescope.core.sources.segmentation`:
   ``builtin:digit-scenes``, ``hf:scene_parse_150?reduce_labels=1``, an images/ + masks/ folder).
 
 Held-out accuracy (whole images never seen in fitting) is printed, saved in the probe's JSON and
@@ -18,17 +18,18 @@ in the bundle manifest, so every app shows how good the head it steers is.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from saescope.core.probes import LinearProbe, ProbeReport, fit_linear_probe, majority_patch_labels, pool_tokens
+from saescope.train.cli import SeedOption, add_step, announce_config
 
 DEFAULT_SOURCES = {"classification": "builtin:digits", "segmentation": "builtin:digit-scenes"}
 DEFAULT_MAX_IMAGES = {"classification": 600, "segmentation": 300}
@@ -195,8 +196,8 @@ def ensure_default_probes(bundle_paths, progress: bool = True) -> None:
     """Fit the offline default probes once and add them to every default bundle missing them."""
     from saescope.core.backbones import OFFLINE_MODEL_ID, load_backbone
     from saescope.core.bundle import Bundle
-    from saescope.train.seg_sources import open_segmentation_source
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_segmentation_source
+    from saescope.core.sources import open_source
 
     missing = [(name, task, spec, n) for name, task, spec, n in DEFAULT_PROBES
                if any(name not in Bundle.load(p, verify=False).probe_names for p in bundle_paths)]
@@ -215,31 +216,43 @@ def ensure_default_probes(bundle_paths, progress: bool = True) -> None:
 
 
 # ------------------------------------------------------------------------------ CLI
+@dataclass(kw_only=True)
+class ProbeConfig(SeedOption):
+    """The options of ``saescope probe``."""
+
+    task: Literal["classification", "segmentation"] = "classification"
+    """classification: one vector per image; segmentation: every patch token, labelled with the
+    majority pixel label of its patch"""
+    bundle: str | None = None
+    """bundle to add the probe to (its backbone is used)"""
+    model: str | None = None
+    """backbone id when no --bundle is given"""
+    source: str | None = None
+    """labelled source (default: builtin:digits / builtin:digit-scenes)"""
+    max_images: int | None = None
+    """images to use (default: 600 classification / 300 segmentation)"""
+    name: str | None = None
+    """probe name (default: from the source)"""
+    out: str | None = None
+    """folder for the probe when no --bundle is given"""
+    pooling: Literal["cls", "mean", "cls+mean"] = "cls"
+    """classification: which tokens the probe reads"""
+    test_fraction: float = 0.2
+    """share of the images held out (whole images) to measure accuracy"""
+    l2: float = 1e-3
+    """L2 penalty of the logistic regression"""
+    balanced: bool = False
+    """class-balanced loss (higher balanced accuracy, lower mIoU when one class such as
+    background dominates)"""
+    batch_size: int = 16
+    """images per backbone batch"""
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "probe", help="fit a linear probe (classification or segmentation) on frozen features",
-        description=__doc__.split("\n\n")[0] + " The probe reads the backbone's final tokens; "
-        "with --bundle it is stored in the bundle for the apps and steer-eval.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", choices=("classification", "segmentation"), default="classification")
-    p.add_argument("--bundle", default=None, help="bundle to add the probe to (its backbone is used)")
-    p.add_argument("--model", default=None, help="backbone id when no --bundle is given")
-    p.add_argument("--source", default=None,
-                   help="labelled source (default: builtin:digits / builtin:digit-scenes)")
-    p.add_argument("--max-images", type=int, default=None,
-                   help="images to use (default: 600 classification / 300 segmentation)")
-    p.add_argument("--name", default=None, help="probe name (default: from the source)")
-    p.add_argument("--out", default=None, help="folder for the probe when no --bundle is given")
-    p.add_argument("--pooling", choices=("cls", "mean", "cls+mean"), default="cls",
-                   help="classification: which tokens the probe reads")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="images held out")
-    p.add_argument("--l2", type=float, default=1e-3)
-    p.add_argument("--balanced", action="store_true",
-                   help="class-balanced loss (higher balanced accuracy, lower mIoU when one class "
-                   "such as background dominates)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run, step="probe")
+    add_step(sub, "probe", ProbeConfig, run,
+             help="fit a linear probe (classification or segmentation) on frozen features",
+             description=__doc__.split("\n\n")[0] + "\n\nThe probe reads the backbone's final "
+             "tokens; with --bundle it is stored in the bundle for the apps\nand steer-eval.")
 
 
 def _default_name(spec: str, task: str) -> str:
@@ -247,40 +260,40 @@ def _default_name(spec: str, task: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in base)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: ProbeConfig) -> int:
     from saescope.core.backbones import load_backbone
     from saescope.core.bundle import Bundle
-    from saescope.train.cli_util import announce_config
-    from saescope.train.seg_sources import open_segmentation_source
-    from saescope.train.sources import open_source
+    from saescope.core.sources import open_segmentation_source
+    from saescope.core.sources import open_source
 
-    if (args.bundle is None) == (args.model is None):
-        raise ValueError("give exactly one of --bundle (store the probe in it) or --model (with --out)")
-    if args.bundle is None and args.out is None:
+    if (cfg.bundle is None) == (cfg.model is None):
+        raise ValueError("give exactly one of --bundle (store the probe in it) or --model "
+                         "(with --out)")
+    if cfg.bundle is None and cfg.out is None:
         raise ValueError("--model needs --out (the folder to write the probe to)")
-    spec = args.source or DEFAULT_SOURCES[args.task]
-    name = args.name or _default_name(spec, args.task)
-    announce_config(args, args.out)
-    n = args.max_images if args.max_images is not None else DEFAULT_MAX_IMAGES[args.task]
-    opener = open_source if args.task == "classification" else open_segmentation_source
+    spec = cfg.source or DEFAULT_SOURCES[cfg.task]
+    name = cfg.name or _default_name(spec, cfg.task)
+    announce_config(cfg, "probe", cfg.out)
+    n = cfg.max_images if cfg.max_images is not None else DEFAULT_MAX_IMAGES[cfg.task]
+    opener = open_source if cfg.task == "classification" else open_segmentation_source
     source = opener(spec, max_images=n)
-    if args.bundle is not None:
-        bundle = Bundle.load(args.bundle)
+    if cfg.bundle is not None:
+        bundle = Bundle.load(cfg.bundle)
         backbone = bundle.backbone
     else:
-        backbone = load_backbone(args.model)
-    probe, report, data = fit_probe(backbone, source, args.task, name=name, pooling=args.pooling,
-                                    test_fraction=args.test_fraction, l2=args.l2,
-                                    balanced=args.balanced, batch_size=args.batch_size,
-                                    seed=args.seed)
+        backbone = load_backbone(cfg.model)
+    probe, report, data = fit_probe(backbone, source, cfg.task, name=name, pooling=cfg.pooling,
+                                    test_fraction=cfg.test_fraction, l2=cfg.l2,
+                                    balanced=cfg.balanced, batch_size=cfg.batch_size,
+                                    seed=cfg.seed)
     if data.skipped:
         print(f"skipped {len(data.skipped)} unreadable images: "
               + "; ".join(s["error"] for s in data.skipped[:5]), file=sys.stderr)
     print(report.summary())
-    if args.bundle is not None:
+    if cfg.bundle is not None:
         path = add_probe_to_bundle(bundle.path, probe)
     else:
-        path = probe.save(args.out, name)
+        path = probe.save(cfg.out, name)
     (path.parent / f"{name}.report.json").write_text(json.dumps(probe.metrics, indent=2))
     print(path)
     return 0

@@ -18,7 +18,6 @@ the chosen feature's target change to the controls'. Mean and standard deviation
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from saescope.core.steering import Edit, cache_layer, edit_positions, splice, steer
+from saescope.train.cli import SeedOption, add_step
 
 
 @dataclass
@@ -147,50 +147,58 @@ def markdown(summary: dict, title: str) -> str:
 
 
 # ------------------------------------------------------------------------------ CLI
+@dataclass(kw_only=True)
+class SteerEvalConfig(SeedOption):
+    """The options of ``saescope steer-eval``."""
+
+    bundle: str | None = None
+    """bundle (default: the offline default bundle)"""
+    head: str | None = None
+    """segmentation head of the bundle (default: its first, e.g. saliency; or a segmentation
+    probe such as digit-scenes)"""
+    background: str = "background"
+    """multi-class heads: the class whose complement is the target region"""
+    source: str | None = None
+    """images (default: builtin:photos?views=2, or held-out digit scenes for the digit-scenes
+    probe)"""
+    max_images: int = 50
+    """images to evaluate (those without both foreground and background patches are skipped)"""
+    out: str | None = None
+    """write the summary JSON (with per-image results) to this file"""
+    results_md: bool = False
+    """write the table to bench/RESULTS.md"""
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "steer-eval", help="quantitative steering test against random controls",
-        description=__doc__.split("\n\n")[0] + " Suppresses the automatically chosen feature on "
-        "the foreground patches and compares with a same-norm random direction and a random "
-        "active feature.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--bundle", default=None, help="bundle (default: the offline default bundle)")
-    p.add_argument("--head", default=None,
-                   help="segmentation head of the bundle (default: its first, e.g. saliency; or a "
-                   "segmentation probe such as digit-scenes)")
-    p.add_argument("--background", default="background",
-                   help="multi-class heads: the class whose complement is the target region")
-    p.add_argument("--source", default=None,
-                   help="images (default: builtin:photos?views=2, or held-out digit scenes for "
-                   "the digit-scenes probe)")
-    p.add_argument("--max-images", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write summary JSON here")
-    p.add_argument("--results-md", action="store_true", help="write the table to bench/RESULTS.md")
-    p.set_defaults(func=run, step="steer-eval")
+    add_step(sub, "steer-eval", SteerEvalConfig, run,
+             help="quantitative steering test against random controls",
+             description=__doc__.split("\n\n")[0] + "\n\nSuppresses the automatically chosen "
+             "feature on the foreground patches and compares with\na same-norm random direction "
+             "and a random active feature.")
 
 
 def _open_images(spec: str, max_images: int):
     """An image source; segmentation specs (digit scenes, masks folders) work too."""
-    from saescope.train.seg_sources import SEG_BUILTINS, open_segmentation_source
-    from saescope.train.sources import open_source
+    from saescope.core.sources import SEG_BUILTINS, open_segmentation_source
+    from saescope.core.sources import open_source
 
     if spec.startswith("builtin:") and spec[8:].split("?")[0] in SEG_BUILTINS:
         return open_segmentation_source(spec, max_images=max_images)
     return open_source(spec, max_images=max_images)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(cfg: SteerEvalConfig) -> int:
     from tqdm.auto import tqdm
 
     from saescope.core.bundle import Bundle
-    from saescope.train.bundle import ensure_default_bundle
+    from saescope.train.default_bundle import ensure_default_bundle
 
-    bundle = Bundle.load(args.bundle or ensure_default_bundle())
+    bundle = Bundle.load(cfg.bundle or ensure_default_bundle())
     seg_heads = [n for n in bundle.head_names
                  if bundle.load_head(n).kind == "segmentation"] if bundle.head_names else []
     if not seg_heads:
         raise ValueError(f"bundle {bundle.name} has no segmentation head to evaluate steering with")
-    name = args.head or seg_heads[0]
+    name = cfg.head or seg_heads[0]
     if name not in bundle.head_names:
         raise ValueError(f"bundle {bundle.name} has no head {name!r} (it has: "
                          f"{', '.join(bundle.head_names)})")
@@ -201,15 +209,15 @@ def run(args: argparse.Namespace) -> int:
     background = 0
     classes = getattr(head, "class_names", None)
     if classes and len(classes) > 1:
-        if args.background not in classes:
-            raise ValueError(f"head {name!r} has no class {args.background!r} (classes: "
+        if cfg.background not in classes:
+            raise ValueError(f"head {name!r} has no class {cfg.background!r} (classes: "
                              f"{', '.join(classes)}); pass --background")
-        background = classes.index(args.background)
-    spec = args.source or ("builtin:digit-scenes?seed=1" if name == "digit-scenes"
+        background = classes.index(cfg.background)
+    spec = cfg.source or ("builtin:digit-scenes?seed=1" if name == "digit-scenes"
                            else "builtin:photos?views=2")
     backbone, sae = bundle.backbone, bundle.sae
-    gen = torch.Generator().manual_seed(args.seed)
-    source = _open_images(spec, args.max_images)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    source = _open_images(spec, cfg.max_images)
     results = []
     for image_id, image in tqdm(source, total=len(source), desc="steer-eval", unit="img"):
         if isinstance(image, Exception):
@@ -223,11 +231,11 @@ def run(args: argparse.Namespace) -> int:
     title = (f"Bundle **{bundle.title}** (SAE {sae.cfg.name}), head: {head.name}; images "
              f"`{spec}` ({len(results)} with both foreground and background).")
     print(markdown(summary, title))
-    if args.out:
-        Path(args.out).write_text(json.dumps({**summary, "per_image": [r.__dict__ for r in results]},
+    if cfg.out:
+        Path(cfg.out).write_text(json.dumps({**summary, "per_image": [r.__dict__ for r in results]},
                                              indent=2))
-    if args.results_md:
-        from bench.report import write_section
+    if cfg.results_md:
+        from saescope.train.results_md import write_section
 
         section = "steer_eval" if name == "saliency" else f"steer_eval_{name}"
         write_section(section, markdown(summary, title), summary)

