@@ -32,7 +32,7 @@ How to add an architecture
    architecture name.
 3. Import the module below (the import registers it).
 4. Add ``tests/sae/test_<name>.py`` with its specific behaviour;
-   ``tests/sae/test_registry.py`` fails until it exists, and runs the shared checks (save/load
+   ``tests/sae/test_sae_registry.py`` fails until it exists, and runs the shared checks (save/load
    round trip, unit-norm decoder, learning sparse data) over every registered architecture.
 """
 
