@@ -137,8 +137,12 @@ class FeatureStats:
 
     def of(self, feature: int) -> dict[str, Any]:
         f = int(feature)
-        out: dict[str, Any] = {"frequency": float(self.frequency[f]), "mean": float(self.mean[f]),
-                               "mean_active": float(self.mean_active[f]), "max": float(self.max[f])}
+        out: dict[str, Any] = {
+            "frequency": float(self.frequency[f]),
+            "mean": float(self.mean[f]),
+            "mean_active": float(self.mean_active[f]),
+            "max": float(self.max[f]),
+        }
         if self.histogram is not None and self.bin_edges is not None:
             out["histogram"] = self.histogram[f]
             out["bin_edges"] = self.bin_edges
@@ -167,25 +171,37 @@ def stats(bundle: Bundle) -> FeatureStats | None:
             mean = get("mean")
             mean = _np(mean).astype(np.float64) if mean is not None else np.zeros_like(freq)
             mean_active = get("mean_active")
-            mean_active = (_np(mean_active).astype(np.float64) if mean_active is not None
-                           else np.where(freq > 0, mean / np.maximum(freq, 1e-12), 0.0))
+            mean_active = (
+                _np(mean_active).astype(np.float64)
+                if mean_active is not None
+                else np.where(freq > 0, mean / np.maximum(freq, 1e-12), 0.0)
+            )
             mx = get("max")
             mx = _np(mx).astype(np.float64) if mx is not None else mean_active
             hist, edges = get("histogram"), get("bin_edges")
-            out = FeatureStats(freq, mean, mean_active, mx,
-                               None if hist is None else _np(hist),
-                               None if edges is None else _np(edges).astype(np.float64))
+            out = FeatureStats(
+                freq,
+                mean,
+                mean_active,
+                mx,
+                None if hist is None else _np(hist),
+                None if edges is None else _np(edges).astype(np.float64),
+            )
     memo["stats"] = out
     return out
 
 
-def top_exemplars(bundle: Bundle, feature: int, n: int = 16) -> list[tuple[int, str, float, np.ndarray]]:
+def top_exemplars(
+    bundle: Bundle, feature: int, n: int = 16
+) -> list[tuple[int, str, float, np.ndarray]]:
     """``[(image_index, image_id, value, patch_map [rows, cols])]`` best first; [] if none."""
     ex = exemplars(bundle)
     if ex is None:
         return []
-    return [(int(e[0]), str(e[1]), float(e[2]), np.asarray(e[3], np.float32))
-            for e in ex.top(int(feature), n)]
+    return [
+        (int(e[0]), str(e[1]), float(e[2]), np.asarray(e[3], np.float32))
+        for e in ex.top(int(feature), n)
+    ]
 
 
 def thumbnail(bundle: Bundle, image_index: int) -> Image.Image | None:
@@ -215,7 +231,9 @@ def related_features(bundle: Bundle, feature: int, k: int = 8) -> list[tuple[int
     memo = _memo(bundle)
     if bundle.has("feature_index") and not memo.get("no_index"):
         try:
-            return [(int(i), float(s)) for i, s in bundle.related(f, k) if int(i) not in (f, -1)][:k]
+            return [(int(i), float(s)) for i, s in bundle.related(f, k) if int(i) not in (f, -1)][
+                :k
+            ]
         except Exception as err:  # a broken index: exact search below, and say so once
             log.warning("bundle %s: feature index unusable (%s); exact search", bundle.name, err)
             memo["no_index"] = True
@@ -229,9 +247,14 @@ def related_features(bundle: Bundle, feature: int, k: int = 8) -> list[tuple[int
     return [(int(i), float(v)) for i, v in zip(idx, vals)]
 
 
-def cross_matches(left: Bundle, right: Bundle, feature: int, k: int = 6,
-                  left_codes: torch.Tensor | None = None, right_codes: torch.Tensor | None = None,
-                  ) -> tuple[list[tuple[int, float]], str]:
+def cross_matches(
+    left: Bundle,
+    right: Bundle,
+    feature: int,
+    k: int = 6,
+    left_codes: torch.Tensor | None = None,
+    right_codes: torch.Tensor | None = None,
+) -> tuple[list[tuple[int, float]], str]:
     """Best-matching features of ``right`` for ``feature`` of ``left``, and how they were found.
 
     Order of preference: the bundle's precomputed cross-model matches; decoder cosine when both
@@ -257,9 +280,11 @@ def cross_matches(left: Bundle, right: Bundle, feature: int, k: int = 6,
         if pairs is not None:
             method = str(getattr(m, "method", "") or "").replace("_", " ")
             return pairs, f"precomputed over the dataset ({method or 'cross-model matching'})"
-    same_space = (left.sae.cfg.d_in == right.sae.cfg.d_in
-                  and left.model.get("model_id") == right.model.get("model_id")
-                  and bundle_layer(left) == bundle_layer(right))
+    same_space = (
+        left.sae.cfg.d_in == right.sae.cfg.d_in
+        and left.model.get("model_id") == right.model.get("model_id")
+        and bundle_layer(left) == bundle_layer(right)
+    )
     if same_space:
         a = torch.nn.functional.normalize(left.sae.W_dec[f].detach().float(), dim=-1)
         b = torch.nn.functional.normalize(right.sae.W_dec.detach().float(), dim=-1)
@@ -275,8 +300,10 @@ def cross_matches(left: Bundle, right: Bundle, feature: int, k: int = 6,
         corr = ((y - y.mean(0)) / ystd.clamp_min(1e-8) * xc[:, None]).mean(0)
         corr[ystd == 0] = -1
         vals, idx = corr.topk(min(k, corr.numel()))
-        return ([(int(i), float(v)) for i, v in zip(idx, vals) if float(v) > 0],
-                "activation correlation over this image's patches (no precomputed matches)")
+        return (
+            [(int(i), float(v)) for i, v in zip(idx, vals) if float(v) > 0],
+            "activation correlation over this image's patches (no precomputed matches)",
+        )
     return [], "no cross-model matches available"
 
 
@@ -301,8 +328,9 @@ def _matches_for(m: Any, f: int, k: int) -> list[tuple[int, float]] | None:
 
 
 # ------------------------------------------------------------------------------ patch grids
-def map_selection(selection, grid_from: tuple[int, int], box_from, grid_to: tuple[int, int],
-                  box_to) -> set[tuple[int, int]]:
+def map_selection(
+    selection, grid_from: tuple[int, int], box_from, grid_to: tuple[int, int], box_to
+) -> set[tuple[int, int]]:
     """Patches of another model's grid covered by a selection: a target patch is selected when
     its centre falls inside a selected source patch (boxes in original-image pixels)."""
     if not selection:
@@ -324,8 +352,9 @@ def map_selection(selection, grid_from: tuple[int, int], box_from, grid_to: tupl
     return out
 
 
-def resample_codes(codes: torch.Tensor, grid_from: tuple[int, int], grid_to: tuple[int, int]
-                   ) -> torch.Tensor:
+def resample_codes(
+    codes: torch.Tensor, grid_from: tuple[int, int], grid_to: tuple[int, int]
+) -> torch.Tensor:
     """``[rows*cols, d]`` codes on one patch grid -> another grid (nearest patch)."""
     if tuple(grid_from) == tuple(grid_to):
         return codes
@@ -339,15 +368,19 @@ def resample_codes(codes: torch.Tensor, grid_from: tuple[int, int], grid_to: tup
 
 def share_backbone(a: Bundle, b: Bundle) -> None:
     """Two bundles on the same backbone load it (and its head) once."""
-    if a.model.get("model_id") and a.model.get("model_id") == b.model.get("model_id") \
-            and a.model.get("revision") == b.model.get("revision"):
+    if (
+        a.model.get("model_id")
+        and a.model.get("model_id") == b.model.get("model_id")
+        and a.model.get("revision") == b.model.get("revision")
+    ):
         b.backbone = a.backbone  # cached properties: assignment fills the cache
         b.head = a.head
 
 
 # ------------------------------------------------------------------------------ probe examples
-def probe_examples(source_spec: str | None, task: str, n: int = 6, start: int = 0,
-                   n_used: int = 0) -> list[tuple[str, str]]:
+def probe_examples(
+    source_spec: str | None, task: str, n: int = 6, start: int = 0, n_used: int = 0
+) -> list[tuple[str, str]]:
     """Images of a probe's own data set that the probe was *not* fitted on, saved once as PNG
     files (gradio examples need files): ``[(path, caption)]``, caption = the true label(s).
 
@@ -377,12 +410,18 @@ def probe_examples(source_spec: str | None, task: str, n: int = 6, start: int = 
             if task == "segmentation":
                 m = src.mask(i)
                 names = list(src.class_names)
-                present = [names[c] for c in np.unique(m) if 0 <= c < len(names)
-                           and str(names[c]).lower() != "background"]
+                present = [
+                    names[c]
+                    for c in np.unique(m)
+                    if 0 <= c < len(names) and str(names[c]).lower() != "background"
+                ]
                 caption = "contains " + ", ".join(present) if present else "no objects"
             else:
-                caption = f"true class {src.label_names[int(src.label(i))]}" \
-                    if getattr(src, "has_labels", False) else src.image_id(i)
+                caption = (
+                    f"true class {src.label_names[int(src.label(i))]}"
+                    if getattr(src, "has_labels", False)
+                    else src.image_id(i)
+                )
             if not path.is_file():
                 with atomic_path(path) as tmp:
                     src.load(i).convert("RGB").save(tmp, "PNG")
@@ -393,7 +432,25 @@ def probe_examples(source_spec: str | None, task: str, n: int = 6, start: int = 
         return []
 
 
-__all__ = ["AppSetupError", "FeatureStats", "bundle_layer", "bundle_title", "cross_matches",
-           "default_bundle_path", "default_pair_paths", "exemplars", "load_bundle", "map_selection",
-           "probe_examples", "related_features", "resample_codes", "share_backbone", "stats",
-           "thumbnail", "top_exemplars", "ENV_BUNDLE", "ENV_LEFT", "ENV_RIGHT"]
+__all__ = [
+    "AppSetupError",
+    "FeatureStats",
+    "bundle_layer",
+    "bundle_title",
+    "cross_matches",
+    "default_bundle_path",
+    "default_pair_paths",
+    "exemplars",
+    "load_bundle",
+    "map_selection",
+    "probe_examples",
+    "related_features",
+    "resample_codes",
+    "share_backbone",
+    "stats",
+    "thumbnail",
+    "top_exemplars",
+    "ENV_BUNDLE",
+    "ENV_LEFT",
+    "ENV_RIGHT",
+]

@@ -126,8 +126,15 @@ class SteerRow:
 
     @property
     def outputs(self) -> list:
-        return [self.edits_md, self.heat_before, self.heat_after, self.head_before,
-                self.head_after, self.head_diff, self.effect_md]
+        return [
+            self.edits_md,
+            self.heat_before,
+            self.heat_after,
+            self.head_before,
+            self.head_after,
+            self.head_diff,
+            self.effect_md,
+        ]
 
 
 @dataclass
@@ -151,8 +158,18 @@ class Page:
     @property
     def feat_outputs(self) -> list:
         f = self.feat
-        return [f.feature, f.stats_md, f.hist, f.ex_gallery, f.rel_gallery, self.rel_feats,
-                self.steer.steer_on, self.steer.scale, f.scatter_img, *self.steer.outputs]
+        return [
+            f.feature,
+            f.stats_md,
+            f.hist,
+            f.ex_gallery,
+            f.rel_gallery,
+            self.rel_feats,
+            self.steer.steer_on,
+            self.steer.scale,
+            f.scatter_img,
+            *self.steer.outputs,
+        ]
 
     @property
     def sel_inputs(self) -> list:
@@ -170,23 +187,37 @@ def _image_row(examples: bool) -> ImageRow:
             gr.Markdown("### ① Your image")
             upload = image_upload(300, examples)
             status = gr.Markdown(elem_id="status")
-            recon_img = gr.Image(label="SAE reconstruction error per patch (bright = poorly "
-                                 "explained)", interactive=False, format="png", height=200,
-                                 elem_id="recon-error", buttons=[])
+            recon_img = gr.Image(
+                label="SAE reconstruction error per patch (bright = poorly explained)",
+                interactive=False,
+                format="png",
+                height=200,
+                elem_id="recon-error",
+                buttons=[],
+            )
         with gr.Column(scale=4, min_width=260):
             gr.Markdown("### ② Select patches")
             picker, sel_text, clear_btn, all_btn, sel_info = patch_picker_controls()
         with gr.Column(scale=5, min_width=300):
             gr.Markdown("### ③ Top features of the selection")
-            gr.Markdown("Big tile: where the feature fires on your image; small tiles: its top "
-                        "dataset images. Caption: id · mean activation · share of patches "
-                        "where it fires. Click a card to open the feature.",
-                        elem_classes="sae-note")
-            top_gallery = gr.Gallery(show_label=False, columns=2, height=560,
-                                     allow_preview=False, format="jpeg",
-                                     elem_id="top-features", object_fit="contain")
-    return ImageRow(upload, status, recon_img, picker, sel_text, clear_btn, all_btn, sel_info,
-                    top_gallery)
+            gr.Markdown(
+                "Big tile: where the feature fires on your image; small tiles: its top "
+                "dataset images. Caption: id · mean activation · share of patches "
+                "where it fires. Click a card to open the feature.",
+                elem_classes="sae-note",
+            )
+            top_gallery = gr.Gallery(
+                show_label=False,
+                columns=2,
+                height=560,
+                allow_preview=False,
+                format="jpeg",
+                elem_id="top-features",
+                object_fit="contain",
+            )
+    return ImageRow(
+        upload, status, recon_img, picker, sel_text, clear_btn, all_btn, sel_info, top_gallery
+    )
 
 
 def _finder(bounds: tuple[float, float, float, float]) -> tuple:
@@ -196,14 +227,17 @@ def _finder(bounds: tuple[float, float, float, float]) -> tuple:
             fmin = gr.Slider(bounds[0], bounds[1], bounds[0], step=0.1, label="log10 frequency ≥")
             fmax = gr.Slider(bounds[0], bounds[1], bounds[1], step=0.1, label="log10 frequency ≤")
         with gr.Row():
-            amin = gr.Slider(bounds[2], bounds[3], bounds[2], step=0.1,
-                             label="log10 mean activation ≥")
-            amax = gr.Slider(bounds[2], bounds[3], bounds[3], step=0.1,
-                             label="log10 mean activation ≤")
+            amin = gr.Slider(
+                bounds[2], bounds[3], bounds[2], step=0.1, label="log10 mean activation ≥"
+            )
+            amax = gr.Slider(
+                bounds[2], bounds[3], bounds[3], step=0.1, label="log10 mean activation ≤"
+            )
         count_md = gr.Markdown()
         rand_in_btn = gr.Button("Random feature in range", size="sm")
-        scatter_img = gr.Image(show_label=False, interactive=False,
-                               format="png", elem_id="scatter", buttons=[])
+        scatter_img = gr.Image(
+            show_label=False, interactive=False, format="png", elem_id="scatter", buttons=[]
+        )
     return fmin, fmax, amin, amax, count_md, rand_in_btn, scatter_img
 
 
@@ -212,35 +246,65 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=260):
             with gr.Row():
-                feature = gr.Number(label="Feature id", precision=0, value=0, minimum=0,
-                                    maximum=d_sae - 1, elem_id="feature-id", scale=2)
+                feature = gr.Number(
+                    label="Feature id",
+                    precision=0,
+                    value=0,
+                    minimum=0,
+                    maximum=d_sae - 1,
+                    elem_id="feature-id",
+                    scale=2,
+                )
                 show_btn = gr.Button("Show", size="sm", variant="primary", scale=1)
                 rand_btn = gr.Button("Random", size="sm", scale=1, elem_id="random")
             stats_md = gr.Markdown(elem_id="feature-stats")
-            hist = gr.Image(label="Activation histogram", show_label=False, interactive=False,
-                            format="png", height=200, buttons=[])
+            hist = gr.Image(
+                label="Activation histogram",
+                show_label=False,
+                interactive=False,
+                format="png",
+                height=200,
+                buttons=[],
+            )
             finder = _finder(bounds)
         with gr.Column(scale=5, min_width=320):
-            gr.Markdown("**Top dataset images** — heat-map: the patches where the feature "
-                        "fires (colour scale shared by all tiles)")
-            ex_gallery = gr.Gallery(show_label=False, columns=4, height=560,
-                                    allow_preview=True, format="jpeg", elem_id="exemplars",
-                                    object_fit="contain")
+            gr.Markdown(
+                "**Top dataset images** — heat-map: the patches where the feature "
+                "fires (colour scale shared by all tiles)"
+            )
+            ex_gallery = gr.Gallery(
+                show_label=False,
+                columns=4,
+                height=560,
+                allow_preview=True,
+                format="jpeg",
+                elem_id="exemplars",
+                object_fit="contain",
+            )
         with gr.Column(scale=3, min_width=240):
-            gr.Markdown("**Related features** — closest decoder directions (cosine); each "
-                        "shows its top image. Click to open.")
-            rel_gallery = gr.Gallery(show_label=False, columns=3, height=420,
-                                     allow_preview=False, format="jpeg", elem_id="related",
-                                     object_fit="contain")
-    return FeatureRow(feature, show_btn, rand_btn, stats_md, hist, *finder, ex_gallery,
-                      rel_gallery)
+            gr.Markdown(
+                "**Related features** — closest decoder directions (cosine); each "
+                "shows its top image. Click to open."
+            )
+            rel_gallery = gr.Gallery(
+                show_label=False,
+                columns=3,
+                height=420,
+                allow_preview=False,
+                format="jpeg",
+                elem_id="related",
+                object_fit="contain",
+            )
+    return FeatureRow(feature, show_btn, rand_btn, stats_md, hist, *finder, ex_gallery, rel_gallery)
 
 
 def _steer_images(head_label: str, segmentation: bool) -> tuple:
     """Feature map before/after, and the segmentation head's output before/after/changed."""
+
     def image(label: str, elem_id: str) -> gr.Image:
-        return gr.Image(label=label, interactive=False, format="jpeg", height=260,
-                        elem_id=elem_id, buttons=[])
+        return gr.Image(
+            label=label, interactive=False, format="jpeg", height=260, elem_id=elem_id, buttons=[]
+        )
 
     with gr.Row():
         heat_before = image("Feature on your image", "heat-before")
@@ -257,8 +321,9 @@ def _steer_row(head_label: str, head_kind: str | None, has_head: bool) -> SteerR
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=260):
             steer_on = gr.Checkbox(value=True, label="Feature on", elem_id="feature-on")
-            scale = gr.Slider(0, 5, 1, step=0.25, label="Scale (0 = off, 1 = unchanged)",
-                              elem_id="scale")
+            scale = gr.Slider(
+                0, 5, 1, step=0.25, label="Scale (0 = off, 1 = unchanged)", elem_id="scale"
+            )
             scope = gr.Radio(SCOPES, value=SCOPES[0], label="Apply to", elem_id="scope")
             reset_btn = gr.Button("Reset all edits", size="sm", elem_id="reset")
             edits_md = gr.Markdown(elem_id="edits")
@@ -266,11 +331,13 @@ def _steer_row(head_label: str, head_kind: str | None, has_head: bool) -> SteerR
         with gr.Column(scale=8):
             images = _steer_images(head_label, head_kind == "segmentation")
     if head_kind == "segmentation":
-        gr.Markdown(f"{head_label}: the frozen head's output read from the final tokens — "
-                    "bright = salient, dark = background, orange line = the mask boundary "
-                    "(p = 0.5). *Changed pixels*: red where the edit raised it, blue where it "
-                    "lowered it (colour relative to the largest change; numbers on the left).",
-                    elem_classes="sae-note")
+        gr.Markdown(
+            f"{head_label}: the frozen head's output read from the final tokens — "
+            "bright = salient, dark = background, orange line = the mask boundary "
+            "(p = 0.5). *Changed pixels*: red where the edit raised it, blue where it "
+            "lowered it (colour relative to the largest change; numbers on the left).",
+            elem_classes="sae-note",
+        )
     if not has_head:
         gr.Markdown("_This bundle has no frozen head: steering shows the feature maps only._")
     return SteerRow(steer_on, scale, scope, reset_btn, edits_md, effect_md, *images)
@@ -279,34 +346,50 @@ def _steer_row(head_label: str, head_kind: str | None, has_head: bool) -> SteerR
 def _ood_tab(ood_note: str) -> tuple[gr.Markdown, gr.Gallery]:
     with gr.Tabs(elem_id="extra-tabs"):
         with gr.Tab("⑥ Out of distribution?", elem_id="ood-tab"):
-            gr.Markdown("Is your image like the images this SAE was trained on? Scores from the "
-                        "SAE (reconstruction error, rare features, distance to the nearest "
-                        "training images in code space) and from the raw layer tokens, read "
-                        "against held-out in-distribution images.", elem_classes="sae-note")
+            gr.Markdown(
+                "Is your image like the images this SAE was trained on? Scores from the "
+                "SAE (reconstruction error, rare features, distance to the nearest "
+                "training images in code space) and from the raw layer tokens, read "
+                "against held-out in-distribution images.",
+                elem_classes="sae-note",
+            )
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5, min_width=320):
                     ood_md = gr.Markdown(ood_note or NO_IMAGE_OOD, elem_id="ood-scores")
                 with gr.Column(scale=5, min_width=300):
-                    gr.Markdown("**Features that drive the score** — the active features that "
-                                "are rarest in the dataset, weighted by how strongly they fire "
-                                "on your image. Caption: id · contribution to the rare-feature "
-                                "score · share of dataset patches where it fires. Click to "
-                                "open.",
-                                elem_classes="sae-note")
-                    ood_gallery = gr.Gallery(show_label=False, columns=3, height=380,
-                                             allow_preview=False, format="jpeg",
-                                             elem_id="ood-features", object_fit="contain")
+                    gr.Markdown(
+                        "**Features that drive the score** — the active features that "
+                        "are rarest in the dataset, weighted by how strongly they fire "
+                        "on your image. Caption: id · contribution to the rare-feature "
+                        "score · share of dataset patches where it fires. Click to "
+                        "open.",
+                        elem_classes="sae-note",
+                    )
+                    ood_gallery = gr.Gallery(
+                        show_label=False,
+                        columns=3,
+                        height=380,
+                        allow_preview=False,
+                        format="jpeg",
+                        elem_id="ood-features",
+                        object_fit="contain",
+                    )
     return ood_md, ood_gallery
 
 
 def _header(h: Browser) -> str:
     eng, st, b = h.eng, h.st, h.b
     n_live = int((st.frequency > 0).sum()) if st is not None else None
-    desc = (f"{b.model.get('display_name') or b.model.get('model_id', '')} · layer {h.layer} · "
-            f"SAE {eng.sae.cfg.name} ({eng.d_sae:,} features"
-            + (f", {n_live:,} alive" if n_live is not None else "") + ")")
-    return (f"<div class='sae-header'><h1>Feature browser</h1>"
-            f"<p class='sae-sub'><b>{html.escape(eng.title)}</b> — {html.escape(desc)}</p></div>")
+    desc = (
+        f"{b.model.get('display_name') or b.model.get('model_id', '')} · layer {h.layer} · "
+        f"SAE {eng.sae.cfg.name} ({eng.d_sae:,} features"
+        + (f", {n_live:,} alive" if n_live is not None else "")
+        + ")"
+    )
+    return (
+        f"<div class='sae-header'><h1>Feature browser</h1>"
+        f"<p class='sae-sub'><b>{html.escape(eng.title)}</b> — {html.escape(desc)}</p></div>"
+    )
 
 
 def _layout(h: Browser, examples: bool) -> Page:
@@ -329,50 +412,84 @@ def _layout(h: Browser, examples: bool) -> Page:
 def _wire_image(h: Browser, p: Page) -> None:
     """Upload -> analysis -> feature panel; picker, Clear and Select-all -> top features."""
     im = p.image
-    im.upload.change(h.on_image, [im.upload, p.feat.feature],
-                     [im.upload, p.key, im.status, im.picker, im.sel_text, im.sel_info,
-                      im.top_gallery, p.top_feats, p.edits, p.feat.feature, im.recon_img],
-                     api_name="analyse", **MODEL).then(
-        h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private", **MODEL)
+    im.upload.change(
+        h.on_image,
+        [im.upload, p.feat.feature],
+        [
+            im.upload,
+            p.key,
+            im.status,
+            im.picker,
+            im.sel_text,
+            im.sel_info,
+            im.top_gallery,
+            p.top_feats,
+            p.edits,
+            p.feat.feature,
+            im.recon_img,
+        ],
+        api_name="analyse",
+        **MODEL,
+    ).then(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private", **MODEL)
     im.picker.pick(on_pick, None, im.sel_text, api_visibility="private", queue=False).then(
-        h.on_select, p.sel_inputs, p.sel_outputs, api_visibility="private", **MODEL)
+        h.on_select, p.sel_inputs, p.sel_outputs, api_visibility="private", **MODEL
+    )
     # the same, callable with a selection string ("r,c;r,c" or "all") from the API
     select_api = gr.Button(visible=False)
     select_api.click(h.on_select, p.sel_inputs, p.sel_outputs, api_name="select", **MODEL)
     im.clear_btn.click(h.on_clear, p.key, [im.picker, im.sel_text], api_visibility="private").then(
-        h.on_select, p.sel_inputs, p.sel_outputs, api_visibility="private", **MODEL)
+        h.on_select, p.sel_inputs, p.sel_outputs, api_visibility="private", **MODEL
+    )
     im.all_btn.click(h.on_all, p.key, [im.picker, im.sel_text], api_visibility="private").then(
-        h.on_select, p.sel_inputs, p.sel_outputs, api_visibility="private", **MODEL)
+        h.on_select, p.sel_inputs, p.sel_outputs, api_visibility="private", **MODEL
+    )
 
 
 def _then_feature(h: Browser, p: Page, event) -> None:
     """After ``event`` set the feature id, show that feature."""
-    event.then(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private",
-               **MODEL)
+    event.then(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private", **MODEL)
 
 
 def _wire_feature(h: Browser, p: Page) -> None:
     """Show / Random / finder / gallery clicks -> the feature panel."""
     f = p.feat
     f.show_btn.click(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_name="feature", **MODEL)
-    f.feature.submit(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private",
-                     **MODEL)
+    f.feature.submit(
+        h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private", **MODEL
+    )
     use_filter = gr.State(False)
     use_filter_on = gr.State(True)
-    _then_feature(h, p, f.rand_btn.click(h.on_random, [*f.ranges, use_filter], f.feature,
-                                         api_visibility="private"))
-    _then_feature(h, p, f.rand_in_btn.click(h.on_random, [*f.ranges, use_filter_on], f.feature,
-                                            api_visibility="private"))
-    _then_feature(h, p, p.image.top_gallery.select(pick_from, p.top_feats, f.feature,
-                                                   api_visibility="private"))
-    _then_feature(h, p, f.rel_gallery.select(pick_from, p.rel_feats, f.feature,
-                                             api_visibility="private"))
+    _then_feature(
+        h,
+        p,
+        f.rand_btn.click(h.on_random, [*f.ranges, use_filter], f.feature, api_visibility="private"),
+    )
+    _then_feature(
+        h,
+        p,
+        f.rand_in_btn.click(
+            h.on_random, [*f.ranges, use_filter_on], f.feature, api_visibility="private"
+        ),
+    )
+    _then_feature(
+        h,
+        p,
+        p.image.top_gallery.select(pick_from, p.top_feats, f.feature, api_visibility="private"),
+    )
+    _then_feature(
+        h, p, f.rel_gallery.select(pick_from, p.rel_feats, f.feature, api_visibility="private")
+    )
     if h.scatter is not None:
         for s in f.ranges:
-            s.release(h.on_filter, [*f.ranges, f.feature], [f.scatter_img, f.count_md],
-                      api_visibility="private")
-        _then_feature(h, p, f.scatter_img.select(h.on_scatter, f.ranges, f.feature,
-                                                 api_visibility="private"))
+            s.release(
+                h.on_filter,
+                [*f.ranges, f.feature],
+                [f.scatter_img, f.count_md],
+                api_visibility="private",
+            )
+        _then_feature(
+            h, p, f.scatter_img.select(h.on_scatter, f.ranges, f.feature, api_visibility="private")
+        )
 
 
 def _wire_steer_and_ood(h: Browser, p: Page) -> None:
@@ -383,16 +500,28 @@ def _wire_steer_and_ood(h: Browser, p: Page) -> None:
     s.steer_on.input(h.on_steer, steer_in, steer_all_out, api_name="toggle", **MODEL)
     s.scale.release(h.on_steer, steer_in, steer_all_out, api_visibility="private", **MODEL)
     s.scope.input(h.on_steer, steer_in, steer_all_out, api_visibility="private", **MODEL)
-    s.reset_btn.click(h.on_reset, [p.key, p.image.sel_text, p.feat.feature, s.scope],
-                      [p.edits, s.steer_on, s.scale, *s.outputs], api_name="reset", **MODEL)
+    s.reset_btn.click(
+        h.on_reset,
+        [p.key, p.image.sel_text, p.feat.feature, s.scope],
+        [p.edits, s.steer_on, s.scale, *s.outputs],
+        api_name="reset",
+        **MODEL,
+    )
     ood_feats = gr.State([])
     p.key.change(h.on_ood, p.key, [p.ood_md, p.ood_gallery, ood_feats], api_name="ood", **MODEL)
-    _then_feature(h, p, p.ood_gallery.select(pick_from, ood_feats, p.feat.feature,
-                                             api_visibility="private"))
+    _then_feature(
+        h, p, p.ood_gallery.select(pick_from, ood_feats, p.feat.feature, api_visibility="private")
+    )
 
 
-def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = True,
-              warm_up: bool = False, title: str | None = None) -> gr.Blocks:
+def build_app(
+    bundle=None,
+    *,
+    engine: Engine | None = None,
+    examples: bool = True,
+    warm_up: bool = False,
+    title: str | None = None,
+) -> gr.Blocks:
     """The feature browser for ``bundle`` (path, Hub id, Bundle, or None for the offline default)."""
     eng = engine or Engine(bundle)
     if warm_up:
@@ -406,8 +535,12 @@ def build_app(bundle=None, *, engine: Engine | None = None, examples: bool = Tru
         demo.load(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private")
         if h.scatter is not None:
             f = p.feat
-            demo.load(h.on_filter, [*f.ranges, f.feature], [f.scatter_img, f.count_md],
-                      api_visibility="private")
+            demo.load(
+                h.on_filter,
+                [*f.ranges, f.feature],
+                [f.scatter_img, f.count_md],
+                api_visibility="private",
+            )
     demo.engine = eng  # for tests and benchmarks
     return demo
 
@@ -416,20 +549,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = app_parser(
         "saescope-browser",
         "Feature browser: upload an image, select patches, see and steer the SAE "
-        "features that fire there. Prints the local URL when it is ready.")
+        "features that fire there. Prints the local URL when it is ready.",
+    )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return serve(lambda: build_app(args.bundle, examples=args.examples, warm_up=True),
-                 args, "feature browser", loading_line(args.bundle))
+    return serve(
+        lambda: build_app(args.bundle, examples=args.examples, warm_up=True),
+        args,
+        "feature browser",
+        loading_line(args.bundle),
+    )
 
 
-__all__ = ["build_app", "main", "parse_args", "HELP", "N_TOP", "N_EXEMPLARS", "N_RELATED",
-           "N_OOD", "NO_OOD", "SCOPES", "edits_markdown", "load_ood", "ood_markdown"]
+__all__ = [
+    "build_app",
+    "main",
+    "parse_args",
+    "HELP",
+    "N_TOP",
+    "N_EXEMPLARS",
+    "N_RELATED",
+    "N_OOD",
+    "NO_OOD",
+    "SCOPES",
+    "edits_markdown",
+    "load_ood",
+    "ood_markdown",
+]
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

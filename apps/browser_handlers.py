@@ -38,9 +38,11 @@ N_EXEMPLARS = 16
 N_RELATED = 9
 SCOPES = ["selected patches", "all patches"]
 N_OOD = 6
-NO_OOD = ("_This bundle has no `ood/` component, so there is no in-distribution reference to "
-          "score images against. Add one from the activation store the bundle was built on: "
-          "`saescope ood-fit --bundle BUNDLE --store STORE`._")
+NO_OOD = (
+    "_This bundle has no `ood/` component, so there is no in-distribution reference to "
+    "score images against. Add one from the activation store the bundle was built on: "
+    "`saescope ood-fit --bundle BUNDLE --store STORE`._"
+)
 NO_IMAGE_OOD = "_Upload an image to see how far it is from the bundle's dataset._"
 
 
@@ -52,7 +54,9 @@ def edits_markdown(edits: dict, scope: str, n_sel: int) -> str:
     if not edits:
         return "_No edits: the model runs unchanged._"
     where = "all patches" if scope == SCOPES[1] or n_sel == 0 else f"the {n_sel} selected patches"
-    items = ", ".join(f"**#{f}** {'off' if s == 0 else f'× {s:g}'}" for f, s in sorted(edits.items()))
+    items = ", ".join(
+        f"**#{f}** {'off' if s == 0 else f'× {s:g}'}" for f, s in sorted(edits.items())
+    )
     return f"Active edits on {where}: {items}"
 
 
@@ -66,25 +70,34 @@ def load_ood(bundle) -> tuple[OODSuite | None, str]:
         return None, f"_The bundle's OOD calibration cannot be read ({html.escape(str(err))})._"
 
 
-def ood_markdown(reports: list[ScoreReport], suite: OODSuite,
-                 contributions: list[FeatureContribution]) -> str:
+def ood_markdown(
+    reports: list[ScoreReport], suite: OODSuite, contributions: list[FeatureContribution]
+) -> str:
     """Verdict (from the combined SAE score when there is one) and every score's percentile."""
     if not reports:
         return "_No OOD score applies to this image._"
     main = next((r for r in reports if r.name == SAE_COMBINED), reports[0])
     word = "Out of distribution" if main.is_ood else "In distribution"
-    lines = [f"#### {'⚠️ ' if main.is_ood else '✅ '}{word}",
-             f"By {main.label}: this image scores higher than **{main.percentile:.0f}%** of "
-             f"held-out in-distribution images (it is called OOD above the threshold that keeps "
-             f"{suite.tpr:.0%} of them, {main.threshold:.3g}).", "",
-             "| score | value | in-distribution percentile | verdict at 95% TPR |", "|---|---|---|---|"]
+    lines = [
+        f"#### {'⚠️ ' if main.is_ood else '✅ '}{word}",
+        f"By {main.label}: this image scores higher than **{main.percentile:.0f}%** of "
+        f"held-out in-distribution images (it is called OOD above the threshold that keeps "
+        f"{suite.tpr:.0%} of them, {main.threshold:.3g}).",
+        "",
+        "| score | value | in-distribution percentile | verdict at 95% TPR |",
+        "|---|---|---|---|",
+    ]
     for r in reports:
-        lines.append(f"| {html.escape(r.label)} | {r.score:.3g} | {r.percentile:.0f}% | "
-                     f"{'**OOD**' if r.is_ood else 'in'} (> {r.threshold:.3g}) |")
+        lines.append(
+            f"| {html.escape(r.label)} | {r.score:.3g} | {r.percentile:.0f}% | "
+            f"{'**OOD**' if r.is_ood else 'in'} (> {r.threshold:.3g}) |"
+        )
     meta = suite.meta
-    lines.append(f"\n<span class='sae-note'>Reference: {meta.get('n_calibration', '?')} held-out "
-                 f"images of `{meta.get('source', '?')}` (scorers fitted on "
-                 f"{meta.get('n_fit', '?')}). Higher = less like the training data.</span>")
+    lines.append(
+        f"\n<span class='sae-note'>Reference: {meta.get('n_calibration', '?')} held-out "
+        f"images of `{meta.get('source', '?')}` (scorers fitted on "
+        f"{meta.get('n_fit', '?')}). Higher = less like the training data.</span>"
+    )
     if not contributions:
         lines.append("\n_No active feature is rarer than usual on this image._")
     return "\n".join(lines)
@@ -101,8 +114,9 @@ class Browser:
         self.scatter = FeatureScatter(st.frequency, st.mean_active) if st is not None else None
         self.bounds = self.scatter.bounds() if self.scatter is not None else (-6.0, 0.0, -3.0, 3.0)
         self.layer = eng.layer
-        self.head_label = {"saliency": "Saliency"}.get(eng.head_name,
-                                                       eng.head_name.capitalize() or "Head")
+        self.head_label = {"saliency": "Saliency"}.get(
+            eng.head_name, eng.head_name.capitalize() or "Head"
+        )
         self.pre = eng.backbone.preprocess
         self.ood_suite, self.ood_note = load_ood(self.b)
 
@@ -129,10 +143,12 @@ class Browser:
     def status_md(self, an) -> str:
         w, h = an.image.size
         t = an.timings
-        return (f"**{w}×{h}** image → {an.grid[0]}×{an.grid[1]} patches. "
-                f"SAE on this image: explains **{1 - an.fvu:.0%}** of the layer-{self.layer} "
-                f"variance (FVU {an.fvu:.3f}), **{an.l0:.0f}** features active per patch. "
-                f"<span class='sae-note'>(model {t['forward_s'] + t['head_s']:.2f} s)</span>")
+        return (
+            f"**{w}×{h}** image → {an.grid[0]}×{an.grid[1]} patches. "
+            f"SAE on this image: explains **{1 - an.fvu:.0%}** of the layer-{self.layer} "
+            f"variance (FVU {an.fvu:.3f}), **{an.l0:.0f}** features active per patch. "
+            f"<span class='sae-note'>(model {t['forward_s'] + t['head_s']:.2f} s)</span>"
+        )
 
     def _head_panels(self, an, out) -> tuple:
         """Head before/after/change images and the line that sums the change up."""
@@ -142,12 +158,17 @@ class Browser:
             hb = panels.probability_overlay(an.view, out.head_before)
             ha = panels.probability_overlay(an.view, out.head_after)
             hd, info = panels.change_overlay(an.view, out.head_before, out.head_after)
-            head_md = (f"{self.head_label}: mean {info['mean_before']:.3f} → "
-                       f"{info['mean_after']:.3f}; "
-                       f"**{info['changed_fraction']:.1%}** of pixels changed by more than "
-                       f"{info['threshold']:g} (largest change {info['max_change']:.3f})"
-                       + (f"; mask (p > 0.5) agreement {info['mask_agreement']:.1%}"
-                          if 'mask_agreement' in info else ""))
+            head_md = (
+                f"{self.head_label}: mean {info['mean_before']:.3f} → "
+                f"{info['mean_after']:.3f}; "
+                f"**{info['changed_fraction']:.1%}** of pixels changed by more than "
+                f"{info['threshold']:g} (largest change {info['max_change']:.3f})"
+                + (
+                    f"; mask (p > 0.5) agreement {info['mask_agreement']:.1%}"
+                    if "mask_agreement" in info
+                    else ""
+                )
+            )
         elif out.head_before is not None:
             head_md = panels.class_table(out.head_before, out.head_after)
         return hb, ha, hd, head_md
@@ -167,12 +188,22 @@ class Browser:
         before = with_colorbar(before, vmax, label=label)
         after = with_colorbar(after, vmax, label=label)
         hb, ha, hd, head_md = self._head_panels(an, out)
-        recon = (f"Edits moved the edited layer-{self.layer} tokens by **{out.token_change:.1%}** "
-                 f"and the final patch tokens by **{out.final_change:.1%}** on average "
-                 f"<span class='sae-note'>({out.seconds * 1000:.0f} ms)</span>" if edits else
-                 "No edits yet: *after* equals *before* exactly (the SAE's error term is added back).")
-        return (edits_markdown(edits, scope, n_sel), before, after, hb, ha, hd,
-                head_md + ("\n\n" if head_md else "") + recon)
+        recon = (
+            f"Edits moved the edited layer-{self.layer} tokens by **{out.token_change:.1%}** "
+            f"and the final patch tokens by **{out.final_change:.1%}** on average "
+            f"<span class='sae-note'>({out.seconds * 1000:.0f} ms)</span>"
+            if edits
+            else "No edits yet: *after* equals *before* exactly (the SAE's error term is added back)."
+        )
+        return (
+            edits_markdown(edits, scope, n_sel),
+            before,
+            after,
+            hb,
+            ha,
+            hd,
+            head_md + ("\n\n" if head_md else "") + recon,
+        )
 
     def _blank(self):
         return Image.new("RGB", (panels.TILE, panels.TILE), (241, 245, 249))
@@ -206,34 +237,84 @@ class Browser:
             if an is not None:
                 sel = parse_selection(sel_text, an.grid)
                 steer = self.steer_panels(an, f, edits, scope, sel)
-        return (f, md, hist, ex, rel_items, [g for g, _ in rel], gr.update(value=on),
-                gr.update(value=scale), scatter_img, *steer)
+        return (
+            f,
+            md,
+            hist,
+            ex,
+            rel_items,
+            [g for g, _ in rel],
+            gr.update(value=on),
+            gr.update(value=scale),
+            scatter_img,
+            *steer,
+        )
 
     def on_image(self, upload, feature):
         """Upload -> patch grid and top features; the feature panel follows in a second step
         (``feature_outputs``), so the features show as soon as the model has run."""
         if upload is None:  # cleared (keeps an error message from a refused upload visible)
-            return (gr.update(), None, gr.update(), picker_html(None, None), "", "", [], [], {},
-                    feature, None)
+            return (
+                gr.update(),
+                None,
+                gr.update(),
+                picker_html(None, None),
+                "",
+                "",
+                [],
+                [],
+                {},
+                feature,
+                None,
+            )
         image, problem = try_upload(upload)
         if image is None:
-            return (None, None, error_box(problem), picker_html(None, None), "", "", [], [], {},
-                    feature, None)
+            return (
+                None,
+                None,
+                error_box(problem),
+                picker_html(None, None),
+                "",
+                "",
+                [],
+                [],
+                {},
+                feature,
+                None,
+            )
         an = self.eng.analyse(image)
         cards, feats = self.top_cards(an, set())
         f = feats[0] if feats else feature
-        err = with_colorbar(panels.error_map(an.view.resize((224, 224)), an.patch_error),
-                            1.0, cmap="viridis", label="error")
-        return (gr.update(), an.key, self.status_md(an), picker_html(an.view, an.grid, ()), "",
-                describe_selection(set(), an.grid), cards, feats, {}, f, err)
+        err = with_colorbar(
+            panels.error_map(an.view.resize((224, 224)), an.patch_error),
+            1.0,
+            cmap="viridis",
+            label="error",
+        )
+        return (
+            gr.update(),
+            an.key,
+            self.status_md(an),
+            picker_html(an.view, an.grid, ()),
+            "",
+            describe_selection(set(), an.grid),
+            cards,
+            feats,
+            {},
+            f,
+            err,
+        )
 
     def on_select(self, key, sel_text, feature, edits, scope):
         an = self._analysis(key)
         sel = parse_selection(sel_text, an.grid)
         cards, feats = self.top_cards(an, sel)
         f = self._check_feature(feature)
-        steer = self.steer_panels(an, f, edits, scope, sel) if (edits and scope == SCOPES[0]) \
+        steer = (
+            self.steer_panels(an, f, edits, scope, sel)
+            if (edits and scope == SCOPES[0])
             else (gr.update(),) * 7
+        )
         return (describe_selection(sel, an.grid), cards, feats, *steer)
 
     def on_clear(self, key):
@@ -257,13 +338,27 @@ class Browser:
     def on_reset(self, key, sel_text, feature, scope):
         edits: dict = {}
         if not key:
-            return (edits, gr.update(value=True), gr.update(value=1.0),
-                    edits_markdown(edits, scope, 0), None, None, None, None, None, "")
+            return (
+                edits,
+                gr.update(value=True),
+                gr.update(value=1.0),
+                edits_markdown(edits, scope, 0),
+                None,
+                None,
+                None,
+                None,
+                None,
+                "",
+            )
         an = self._analysis(key)
         f = self._check_feature(feature)
         sel = parse_selection(sel_text, an.grid)
-        return (edits, gr.update(value=True), gr.update(value=1.0),
-                *self.steer_panels(an, f, edits, scope, sel))
+        return (
+            edits,
+            gr.update(value=True),
+            gr.update(value=1.0),
+            *self.steer_panels(an, f, edits, scope, sel),
+        )
 
     def on_ood(self, key):
         """OOD scores of the analysed image and the features that make it surprising."""
@@ -276,13 +371,17 @@ class Browser:
         pos = an.cache.layout.indices([TokenKind.PATCH])
         with self.eng.lock:
             reports, summary = score_tokens(suite, self.eng.sae, an.cache.tokens[0, pos].float())
-        contribs = suite.explain(summary.code_mean[0], N_OOD) if summary.code_mean is not None \
-            else []
+        contribs = (
+            suite.explain(summary.code_mean[0], N_OOD) if summary.code_mean is not None else []
+        )
         cards = []
         for c in contribs:
-            tiles = [t for t, _ in panels.exemplar_tiles(self.b, self.pre, c.feature, 5, panels.TILE)]
-            card = panels.feature_card(an.view, an.feature_map(c.feature), tiles, c.feature,
-                                       c.contribution)
+            tiles = [
+                t for t, _ in panels.exemplar_tiles(self.b, self.pre, c.feature, 5, panels.TILE)
+            ]
+            card = panels.feature_card(
+                an.view, an.feature_map(c.feature), tiles, c.feature, c.contribution
+            )
             freq = f"{c.frequency:.1%}" if c.frequency >= 1e-3 else f"1/{1 / c.frequency:,.0f}"
             cards.append((card, f"#{c.feature} · +{c.contribution:.2f} · {freq}"))
         return ood_markdown(reports, suite, contribs), cards, [c.feature for c in contribs]
@@ -291,8 +390,11 @@ class Browser:
         st, scatter = self.st, self.scatter
         if st is None:
             return random.randrange(self.eng.d_sae)
-        pool = np.nonzero(scatter.in_range(fmin, fmax, amin, amax))[0] if use_filter \
+        pool = (
+            np.nonzero(scatter.in_range(fmin, fmax, amin, amax))[0]
+            if use_filter
             else np.nonzero(st.frequency > 0)[0]
+        )
         if not len(pool):
             raise gr.Error("No feature matches these ranges; widen them.", title="Empty filter")
         return int(random.choice(pool.tolist()))
@@ -317,5 +419,15 @@ class Browser:
         return f
 
 
-__all__ = ["Browser", "N_TOP", "N_EXEMPLARS", "N_RELATED", "N_OOD", "NO_OOD", "SCOPES",
-           "edits_markdown", "load_ood", "ood_markdown"]
+__all__ = [
+    "Browser",
+    "N_TOP",
+    "N_EXEMPLARS",
+    "N_RELATED",
+    "N_OOD",
+    "NO_OOD",
+    "SCOPES",
+    "edits_markdown",
+    "load_ood",
+    "ood_markdown",
+]

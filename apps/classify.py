@@ -62,12 +62,16 @@ def prediction_callout(before: np.ndarray, after: np.ndarray, names: list[str]) 
     b, a = int(np.argmax(before)), int(np.argmax(after))
     tv = 0.5 * float(np.abs(np.asarray(after) - np.asarray(before)).sum())
     if b != a:
-        return (f"<div class='steer-callout changed' id='prediction'>Prediction changed: "
-                f"<b>{html.escape(names[b])}</b> ({before[b]:.0%}) → <b>{html.escape(names[a])}</b> "
-                f"({after[a]:.0%}) · total variation {tv:.2f}</div>")
-    return (f"<div class='steer-callout same' id='prediction'>Prediction unchanged: "
-            f"<b>{html.escape(names[b])}</b> ({before[b]:.0%} → {after[a]:.0%}) · total variation "
-            f"{tv:.2f}</div>")
+        return (
+            f"<div class='steer-callout changed' id='prediction'>Prediction changed: "
+            f"<b>{html.escape(names[b])}</b> ({before[b]:.0%}) → <b>{html.escape(names[a])}</b> "
+            f"({after[a]:.0%}) · total variation {tv:.2f}</div>"
+        )
+    return (
+        f"<div class='steer-callout same' id='prediction'>Prediction unchanged: "
+        f"<b>{html.escape(names[b])}</b> ({before[b]:.0%} → {after[a]:.0%}) · total variation "
+        f"{tv:.2f}</div>"
+    )
 
 
 class ClassifyTask(SteerTask):
@@ -86,16 +90,28 @@ class ClassifyTask(SteerTask):
 
     def before_panel(self) -> list:
         pred = gr.HTML(elem_id="pred-before")
-        bars = gr.Image(show_label=False, interactive=False, format="png", height=300,
-                        elem_id="probs-before", buttons=[])
+        bars = gr.Image(
+            show_label=False,
+            interactive=False,
+            format="png",
+            height=300,
+            elem_id="probs-before",
+            buttons=[],
+        )
         return [pred, bars]
 
     def after_panel(self) -> list:
         callout = gr.HTML(elem_id="pred-after")
         with gr.Row(equal_height=False):
-            bars = gr.Image(label="Class probabilities before (grey) and after the edits (blue)",
-                            interactive=False, format="png", height=360, elem_id="probs-after",
-                            buttons=[], scale=3)
+            bars = gr.Image(
+                label="Class probabilities before (grey) and after the edits (blue)",
+                interactive=False,
+                format="png",
+                height=360,
+                elem_id="probs-after",
+                buttons=[],
+                scale=3,
+            )
             with gr.Column(scale=2, min_width=220):
                 table = gr.Markdown(elem_id="probs-table")
         return [callout, bars, table]
@@ -107,8 +123,10 @@ class ClassifyTask(SteerTask):
     def render_before(self, an: Analysis, head: str, before: np.ndarray) -> tuple:
         names = self._names(head, len(before))
         i = int(np.argmax(before))
-        pred = (f"<div class='steer-callout same'>Predicted: <b>{html.escape(names[i])}</b> "
-                f"({before[i]:.1%})</div>")
+        pred = (
+            f"<div class='steer-callout same'>Predicted: <b>{html.escape(names[i])}</b> "
+            f"({before[i]:.1%})</div>"
+        )
         return pred, panels.probability_bars(before, None, names, size=(420, 300))
 
     def render_after(self, an: Analysis, head: str, out: SteerOutcome) -> tuple[tuple, str]:
@@ -119,22 +137,39 @@ class ClassifyTask(SteerTask):
         table = panels.class_table(before, after, names, k=min(N_ROWS, len(names)))
         b, a = int(np.argmax(before)), int(np.argmax(after))
         tv = 0.5 * float(np.abs(after - before).sum())
-        summary = (f"Predicted class **{names[b]} → {names[a]}**" if a != b
-                   else f"Predicted class unchanged (**{names[b]}**)") + \
-            f"; total variation between the distributions **{tv:.2f}**."
+        summary = (
+            f"Predicted class **{names[b]} → {names[a]}**"
+            if a != b
+            else f"Predicted class unchanged (**{names[b]}**)"
+        ) + f"; total variation between the distributions **{tv:.2f}**."
         return (callout, bars, table), summary
 
 
-def build_app(bundle=None, *, head: str | None = None, engine: Engine | None = None,
-              examples: bool = True, warm_up: bool = False, title: str | None = None) -> gr.Blocks:
+def build_app(
+    bundle=None,
+    *,
+    head: str | None = None,
+    engine: Engine | None = None,
+    examples: bool = True,
+    warm_up: bool = False,
+    title: str | None = None,
+) -> gr.Blocks:
     """The classification steering app for ``bundle`` (path, Hub id, Bundle, None = default)."""
-    return build_steer_app(ClassifyTask, bundle, head=head, engine=engine, examples=examples,
-                           warm_up=warm_up, title=title)
+    return build_steer_app(
+        ClassifyTask,
+        bundle,
+        head=head,
+        engine=engine,
+        examples=examples,
+        warm_up=warm_up,
+        title=title,
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     return steer_app_parser(
-        ClassifyTask, "saescope-classify",
+        ClassifyTask,
+        "saescope-classify",
         "Classification steering: select patches, suppress or amplify SAE features "
         "there, and see a frozen probe's class probabilities change. Prints the local URL.",
     ).parse_args(argv)

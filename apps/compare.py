@@ -75,8 +75,10 @@ def resolve_defaults(left, right, offline: bool) -> tuple:
             b = adapter.load_bundle(adapter.ONLINE_RIGHT)
             return a, b, None
         except adapter.AppSetupError as err:
-            note = (f"the online default bundles ({adapter.ONLINE_LEFT}, {adapter.ONLINE_RIGHT}) "
-                    f"are not reachable ({str(err)[:160]}); using the offline pair")
+            note = (
+                f"the online default bundles ({adapter.ONLINE_LEFT}, {adapter.ONLINE_RIGHT}) "
+                f"are not reachable ({str(err)[:160]}); using the offline pair"
+            )
             print(f"note: {note}", file=sys.stderr)
     a, b = adapter.default_pair_paths()
     return str(a), str(b), "offline"
@@ -100,8 +102,12 @@ class Side:
         items = []
         for f, score, n_fire in feats:
             tiles = [t for t, _ in panels.exemplar_tiles(self.bundle, self.pre, f, 5, panels.TILE)]
-            items.append((panels.feature_card(an.view, an.feature_map(f), tiles, f, score),
-                          f"#{f} · {score:.2f}"))
+            items.append(
+                (
+                    panels.feature_card(an.view, an.feature_map(f), tiles, f, score),
+                    f"#{f} · {score:.2f}",
+                )
+            )
         return items, [f for f, _, _ in feats]
 
     def feature(self, f: int, an=None, sel=()):
@@ -136,8 +142,9 @@ class Comparison:
                 raise ValueError(f"feature id must be a whole number, got {feature}")
             return side.eng.check_feature(int(float(feature)))
         except (TypeError, ValueError) as err:
-            raise gr.Error(f"{side.eng.title}: {err}", title="Unknown feature",
-                           print_exception=False) from None
+            raise gr.Error(
+                f"{side.eng.title}: {err}", title="Unknown feature", print_exception=False
+            ) from None
 
     def selections(self, lk, rk, sel_text):
         L, R = self.L, self.R
@@ -155,15 +162,19 @@ class Comparison:
         items = []
         for g, score in pairs:
             if da is not None:
-                tiles = [t for t, _ in panels.exemplar_tiles(dst.bundle, dst.pre, g, 5, panels.TILE)]
+                tiles = [
+                    t for t, _ in panels.exemplar_tiles(dst.bundle, dst.pre, g, 5, panels.TILE)
+                ]
                 img = panels.feature_card(da.view, da.feature_map(g), tiles, g, score)
             else:
                 tiles = panels.exemplar_tiles(dst.bundle, dst.pre, g, 1)
                 img = tiles[0][0] if tiles else None
             if img is not None:
                 items.append((img, f"#{g} · {score:.2f}"))
-        label = (f"**Best matches on the {dst.name}** ({html.escape(dst.eng.title)}) for "
-                 f"{src.name} #{f} — _{how}_")
+        label = (
+            f"**Best matches on the {dst.name}** ({html.escape(dst.eng.title)}) for "
+            f"{src.name} #{f} — _{how}_"
+        )
         return label, items, [g for g, _ in pairs]
 
     def open_feature(self, side_name, feature, lk, rk, sel_text):
@@ -187,22 +198,60 @@ class Comparison:
     def on_image(self, upload):
         L, R = self.L, self.R
         if upload is None:  # cleared (keeps an error message from a refused upload visible)
-            return (gr.update(), None, None, gr.update(), picker_html(None, None), "", "", [], [],
-                    [], [])
+            return (
+                gr.update(),
+                None,
+                None,
+                gr.update(),
+                picker_html(None, None),
+                "",
+                "",
+                [],
+                [],
+                [],
+                [],
+            )
         image, problem = try_upload(upload)
         if image is None:
-            return (None, None, None, error_box(problem), picker_html(None, None), "", "", [], [],
-                    [], [])
+            return (
+                None,
+                None,
+                None,
+                error_box(problem),
+                picker_html(None, None),
+                "",
+                "",
+                [],
+                [],
+                [],
+                [],
+            )
         t0 = time.perf_counter()
-        la, ra = L.eng.analyse(image), R.eng.analyse(image)  # one backbone: runs one after the other
+        la, ra = (
+            L.eng.analyse(image),
+            R.eng.analyse(image),
+        )  # one backbone: runs one after the other
         lc, lf = L.cards(la, set())
         rc, rf = R.cards(ra, set())
         w, h = image.size
-        status = (f"**{w}×{h}** image. Left SAE explains **{1 - la.fvu:.0%}** of its layer's "
-                  f"variance on it, right SAE **{1 - ra.fvu:.0%}** "
-                  f"<span class='sae-note'>({time.perf_counter() - t0:.2f} s)</span>")
-        return (gr.update(), la.key, ra.key, status, picker_html(la.view, la.grid, ()), "",
-                describe_selection(set(), la.grid), lc, lf, rc, rf)
+        status = (
+            f"**{w}×{h}** image. Left SAE explains **{1 - la.fvu:.0%}** of its layer's "
+            f"variance on it, right SAE **{1 - ra.fvu:.0%}** "
+            f"<span class='sae-note'>({time.perf_counter() - t0:.2f} s)</span>"
+        )
+        return (
+            gr.update(),
+            la.key,
+            ra.key,
+            status,
+            picker_html(la.view, la.grid, ()),
+            "",
+            describe_selection(set(), la.grid),
+            lc,
+            lf,
+            rc,
+            rf,
+        )
 
     def open_tops(self, lk, rk, lf, rf):
         """After an upload: open each side's strongest feature, with its matches."""
@@ -273,30 +322,61 @@ class Page:
 
 def side_header(side: Side) -> str:
     b = side.bundle
-    sub = (f"{b.model.get('display_name') or b.model.get('model_id', '')} · layer {side.eng.layer} · "
-           f"{side.eng.sae.cfg.name}, {side.eng.d_sae:,} features")
-    return (f"<div class='cmp-side'><div class='cmp-tag'>{side.name.upper()}</div>"
-            f"<b>{html.escape(side.eng.title)}</b><br><span class='sae-note'>{html.escape(sub)}</span></div>")
+    sub = (
+        f"{b.model.get('display_name') or b.model.get('model_id', '')} · layer {side.eng.layer} · "
+        f"{side.eng.sae.cfg.name}, {side.eng.d_sae:,} features"
+    )
+    return (
+        f"<div class='cmp-side'><div class='cmp-tag'>{side.name.upper()}</div>"
+        f"<b>{html.escape(side.eng.title)}</b><br><span class='sae-note'>{html.escape(sub)}</span></div>"
+    )
 
 
 def _feature_panel(side: Side, ids_state, match_state, name_state, top) -> FeaturePanel:
     with gr.Column(min_width=320):
         with gr.Row():
-            num = gr.Number(label=f"{side.name.capitalize()} feature id", precision=0,
-                            value=0, minimum=0, maximum=side.eng.d_sae - 1,
-                            elem_id=f"{side.name}-feature", scale=3)
+            num = gr.Number(
+                label=f"{side.name.capitalize()} feature id",
+                precision=0,
+                value=0,
+                minimum=0,
+                maximum=side.eng.d_sae - 1,
+                elem_id=f"{side.name}-feature",
+                scale=3,
+            )
             btn = gr.Button("Show", size="sm", variant="primary", scale=1, min_width=60)
         with gr.Row(equal_height=False):
             md = gr.Markdown()
-            heat = gr.Image(show_label=False, interactive=False, format="jpeg",
-                            height=200, buttons=[], elem_id=f"{side.name}-heat")
-        ex = gr.Gallery(show_label=False, columns=4, height=300, allow_preview=True,
-                        format="jpeg", elem_id=f"{side.name}-exemplars", object_fit="contain")
+            heat = gr.Image(
+                show_label=False,
+                interactive=False,
+                format="jpeg",
+                height=200,
+                buttons=[],
+                elem_id=f"{side.name}-heat",
+            )
+        ex = gr.Gallery(
+            show_label=False,
+            columns=4,
+            height=300,
+            allow_preview=True,
+            format="jpeg",
+            elem_id=f"{side.name}-exemplars",
+            object_fit="contain",
+        )
         mlabel = gr.Markdown()
-        mgal = gr.Gallery(show_label=False, columns=3, height=300, allow_preview=False,
-                          format="jpeg", elem_id=f"{side.name}-matches", object_fit="contain")
-    return FeaturePanel(num, btn, md, heat, ex, mlabel, mgal, ids_state, match_state, name_state,
-                        top)
+        mgal = gr.Gallery(
+            show_label=False,
+            columns=3,
+            height=300,
+            allow_preview=False,
+            format="jpeg",
+            elem_id=f"{side.name}-matches",
+            object_fit="contain",
+        )
+    return FeaturePanel(
+        num, btn, md, heat, ex, mlabel, mgal, ids_state, match_state, name_state, top
+    )
 
 
 def _layout(c: Comparison, mode: str | None, examples: bool) -> Page:
@@ -305,10 +385,12 @@ def _layout(c: Comparison, mode: str | None, examples: bool) -> Page:
     lkey, rkey = gr.State(None), gr.State(None)
     lfeats, rfeats, lmatch_ids, rmatch_ids = gr.State([]), gr.State([]), gr.State([]), gr.State([])
     left_name, right_name = gr.State("left"), gr.State("right")
-    note = (" — offline default: two layers of one model" if mode == "offline" else "")
-    gr.HTML(f"<div class='sae-header'><h1>Compare two SAEs</h1><p class='sae-sub'>"
-            f"<b>{html.escape(L.eng.title)}</b> vs <b>{html.escape(R.eng.title)}</b>"
-            f"{html.escape(note)}</p></div>")
+    note = " — offline default: two layers of one model" if mode == "offline" else ""
+    gr.HTML(
+        f"<div class='sae-header'><h1>Compare two SAEs</h1><p class='sae-sub'>"
+        f"<b>{html.escape(L.eng.title)}</b> vs <b>{html.escape(R.eng.title)}</b>"
+        f"{html.escape(note)}</p></div>"
+    )
     with gr.Accordion("How to read this page", open=False):
         gr.Markdown(HELP)
     with gr.Row(equal_height=False):
@@ -323,14 +405,41 @@ def _layout(c: Comparison, mode: str | None, examples: bool) -> Page:
     with gr.Row(equal_height=False):
         with gr.Column(min_width=320):
             gr.HTML(side_header(L))
-            ltop = gr.Gallery(show_label=False, columns=3, height=440, allow_preview=False,
-                              format="jpeg", elem_id="left-top", object_fit="contain")
+            ltop = gr.Gallery(
+                show_label=False,
+                columns=3,
+                height=440,
+                allow_preview=False,
+                format="jpeg",
+                elem_id="left-top",
+                object_fit="contain",
+            )
         with gr.Column(min_width=320):
             gr.HTML(side_header(R))
-            rtop = gr.Gallery(show_label=False, columns=3, height=440, allow_preview=False,
-                              format="jpeg", elem_id="right-top", object_fit="contain")
-    page = Page(lkey, rkey, lfeats, rfeats, upload, status, picker, sel_text, clear_btn, all_btn,
-                sel_info, ltop, rtop)
+            rtop = gr.Gallery(
+                show_label=False,
+                columns=3,
+                height=440,
+                allow_preview=False,
+                format="jpeg",
+                elem_id="right-top",
+                object_fit="contain",
+            )
+    page = Page(
+        lkey,
+        rkey,
+        lfeats,
+        rfeats,
+        upload,
+        status,
+        picker,
+        sel_text,
+        clear_btn,
+        all_btn,
+        sel_info,
+        ltop,
+        rtop,
+    )
     gr.Markdown("### ④ A feature and its best matches on the other side")
     with gr.Row(equal_height=False):
         page.left = _feature_panel(L, lfeats, lmatch_ids, left_name, ltop)
@@ -342,21 +451,44 @@ def _layout(c: Comparison, mode: str | None, examples: bool) -> Page:
 def _wire_image(c: Comparison, p: Page) -> None:
     """Upload -> both analyses and top features; picker, Clear, Select all -> top features."""
     P, Q = p.left, p.right
-    p.upload.change(c.on_image, p.upload,
-                    [p.upload, p.lkey, p.rkey, p.status, p.picker, p.sel_text, p.sel_info,
-                     p.ltop, p.lfeats, p.rtop, p.rfeats], api_name="analyse", **MODEL
-                    ).then(c.open_tops, [p.lkey, p.rkey, p.lfeats, p.rfeats],
-                           P.outputs + Q.outputs, api_visibility="private", **MODEL)
+    p.upload.change(
+        c.on_image,
+        p.upload,
+        [
+            p.upload,
+            p.lkey,
+            p.rkey,
+            p.status,
+            p.picker,
+            p.sel_text,
+            p.sel_info,
+            p.ltop,
+            p.lfeats,
+            p.rtop,
+            p.rfeats,
+        ],
+        api_name="analyse",
+        **MODEL,
+    ).then(
+        c.open_tops,
+        [p.lkey, p.rkey, p.lfeats, p.rfeats],
+        P.outputs + Q.outputs,
+        api_visibility="private",
+        **MODEL,
+    )
     sel_in = [p.lkey, p.rkey, p.sel_text]
     sel_out = [p.sel_info, p.ltop, p.lfeats, p.rtop, p.rfeats]
     p.picker.pick(on_pick, None, p.sel_text, api_visibility="private", queue=False).then(
-        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
+        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL
+    )
     select_api = gr.Button(visible=False)
     select_api.click(c.on_select, sel_in, sel_out, api_name="select", **MODEL)
     p.clear_btn.click(c.on_clear, p.lkey, [p.picker, p.sel_text], api_visibility="private").then(
-        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
+        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL
+    )
     p.all_btn.click(c.on_all, p.lkey, [p.picker, p.sel_text], api_visibility="private").then(
-        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
+        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL
+    )
 
 
 def _wire_side(c: Comparison, p: Page, name: str, pan: FeaturePanel, other: FeaturePanel) -> None:
@@ -366,15 +498,21 @@ def _wire_side(c: Comparison, p: Page, name: str, pan: FeaturePanel, other: Feat
     pan.btn.click(c.open_feature, f_in, pan.outputs, api_name=f"feature_{name}", **MODEL)
     pan.num.submit(c.open_feature, f_in, pan.outputs, api_visibility="private", **MODEL)
     pan.top.select(pick_from, pan.ids, pan.num, api_visibility="private").then(
-        c.open_feature, f_in, pan.outputs, api_visibility="private", **MODEL)
+        c.open_feature, f_in, pan.outputs, api_visibility="private", **MODEL
+    )
     # a click on a match opens that feature on the other side
     pan.mgal.select(pick_from, pan.match_ids, other.num, api_visibility="private").then(
-        c.open_feature, [other.name_state, other.num, p.lkey, p.rkey, p.sel_text], other.outputs,
-        api_visibility="private", **MODEL)
+        c.open_feature,
+        [other.name_state, other.num, p.lkey, p.rkey, p.sel_text],
+        other.outputs,
+        api_visibility="private",
+        **MODEL,
+    )
 
 
-def build_app(left=None, right=None, *, offline: bool = False, examples: bool = True,
-              warm_up: bool = False) -> gr.Blocks:
+def build_app(
+    left=None, right=None, *, offline: bool = False, examples: bool = True, warm_up: bool = False
+) -> gr.Blocks:
     """Side-by-side comparison of two bundles (paths, Hub ids or Bundles; None: defaults)."""
     left, right, mode = resolve_defaults(left, right, offline)
     lb, rb = adapter.load_bundle(left), adapter.load_bundle(right)
@@ -384,7 +522,9 @@ def build_app(left=None, right=None, *, offline: bool = False, examples: bool = 
         L.eng.warm_up()
         R.eng.warm_up()
     c = Comparison(L, R)
-    with gr.Blocks(title=f"saescope · {L.eng.title} vs {R.eng.title}", analytics_enabled=False) as demo:
+    with gr.Blocks(
+        title=f"saescope · {L.eng.title} vs {R.eng.title}", analytics_enabled=False
+    ) as demo:
         p = _layout(c, mode, examples)
         _wire_image(c, p)
         _wire_side(c, p, "left", p.left, p.right)
@@ -399,20 +539,35 @@ def parse_args(argv=None) -> argparse.Namespace:
         "saescope-compare",
         "Compare two SAEs on the same image and patches, side by side (default: CLIP "
         "ViT-B/16 vs DINOv2 ViT-B/14 online; offline: two layers of the offline DINOv2-S).",
-        bundle=False)
-    p.add_argument("--left", default=os.environ.get(adapter.ENV_LEFT) or None,
-                   help="left bundle (folder or Hub id)")
-    p.add_argument("--right", default=os.environ.get(adapter.ENV_RIGHT) or None,
-                   help="right bundle (folder or Hub id)")
-    p.add_argument("--offline", action="store_true",
-                   help="skip the online defaults: two layers of the offline model")
+        bundle=False,
+    )
+    p.add_argument(
+        "--left",
+        default=os.environ.get(adapter.ENV_LEFT) or None,
+        help="left bundle (folder or Hub id)",
+    )
+    p.add_argument(
+        "--right",
+        default=os.environ.get(adapter.ENV_RIGHT) or None,
+        help="right bundle (folder or Hub id)",
+    )
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip the online defaults: two layers of the offline model",
+    )
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    return serve(lambda: build_app(args.left, args.right, offline=args.offline,
-                                   examples=args.examples, warm_up=True), args, "comparison")
+    return serve(
+        lambda: build_app(
+            args.left, args.right, offline=args.offline, examples=args.examples, warm_up=True
+        ),
+        args,
+        "comparison",
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ that moves every word alike does not count).
 
 
 # ------------------------------------------------------------------------------ the demo artefact
-def build_demo_artefact(folder: str | os.PathLike, n_features: int = 12, seed: int = 0,
-                        progress: bool = False) -> Path:
+def build_demo_artefact(
+    folder: str | os.PathLike, n_features: int = 12, seed: int = 0, progress: bool = False
+) -> Path:
     """A tiny random pipeline + SAE + automatically named features, built offline.
 
     Small settings (a subset of the built-in corpus, a short fit, 2 prompts x 2 seeds x 2 steps
@@ -75,27 +76,62 @@ def build_demo_artefact(folder: str | os.PathLike, n_features: int = 12, seed: i
         pipe = D.load_pipeline(pipe_dir)
         prompts = corpus_prompts(True, None, max_prompts=600, seed=seed)
         acts = collect_activations(pipe, prompts, "all", progress=progress)
-        sae = fit_text_sae(acts, "topk", 4.0, 8, steps=150, batch_size=512, lr=2e-3, seed=seed,
-                           progress=progress, model_id=str(folder / "pipeline"), token_kinds=["text"])
+        sae = fit_text_sae(
+            acts,
+            "topk",
+            4.0,
+            8,
+            steps=150,
+            batch_size=512,
+            lr=2e-3,
+            seed=seed,
+            progress=progress,
+            model_id=str(folder / "pipeline"),
+            token_kinds=["text"],
+        )
         sae.cfg.metrics = sae_metrics(sae, acts)
         stats = D.feature_stats(sae, acts)
         art_dir = tmp / "artefact"
-        manifest = {"pipeline": str(folder / "pipeline"), "scorer": None, "tiny": True,
-                    "site": D.SITE, "d_model": D.text_width(pipe), "positions": "all",
-                    "image_size": D.image_size(pipe),
-                    "corpus": {"builtin": True, "n_prompts": len(prompts)}, "fit": sae.cfg.metrics}
+        manifest = {
+            "pipeline": str(folder / "pipeline"),
+            "scorer": None,
+            "tiny": True,
+            "site": D.SITE,
+            "d_model": D.text_width(pipe),
+            "positions": "all",
+            "image_size": D.image_size(pipe),
+            "corpus": {"builtin": True, "n_prompts": len(prompts)},
+            "fit": sae.cfg.metrics,
+        }
         words = D.vocabulary()
-        setting = D.Setting(prompts=D.neutral_prompts(D.OBJECTS[:2]), seeds=[0, 1], steps=2,
-                            guidance=5.0)
+        setting = D.Setting(
+            prompts=D.neutral_prompts(D.OBJECTS[:2]), seeds=[0, 1], steps=2, guidance=5.0
+        )
         feats = D.sample_features(stats, n_features, seed)
         strength = 8.0
         scorer = D.ClipScorer(str(pipe_dir / D.SCORER_DIR))
-        rows = D.name_probes(pipe, scorer, D.feature_probes(sae, stats, feats, strength), words,
-                             setting, progress=progress)
-        names = {r["feature"]: {k: v for k, v in r.items() if k not in ("label", "feature")} for r in rows}
-        manifest["naming"] = {"strength": strength, "words": words, "prompts": setting.prompts,
-                              "seeds": setting.seeds, "steps": setting.steps,
-                              "guidance": setting.guidance, "negative_prompt": "", "positions": "all"}
+        rows = D.name_probes(
+            pipe,
+            scorer,
+            D.feature_probes(sae, stats, feats, strength),
+            words,
+            setting,
+            progress=progress,
+        )
+        names = {
+            r["feature"]: {k: v for k, v in r.items() if k not in ("label", "feature")}
+            for r in rows
+        }
+        manifest["naming"] = {
+            "strength": strength,
+            "words": words,
+            "prompts": setting.prompts,
+            "seeds": setting.seeds,
+            "steps": setting.steps,
+            "guidance": setting.guidance,
+            "negative_prompt": "",
+            "positions": "all",
+        }
         D.save_artefact(art_dir, sae, stats, manifest, names)
         # the artefact lives beside its pipeline: folder/{pipeline, artefact}
         if folder.exists():
@@ -150,7 +186,9 @@ def parse_feature(value, d_sae: int) -> int:
         if float(text) != f:
             raise ValueError
     except ValueError:
-        raise ValueError(f"unknown feature {value!r}: pick one from the list or type an id") from None
+        raise ValueError(
+            f"unknown feature {value!r}: pick one from the list or type an id"
+        ) from None
     if not 0 <= f < d_sae:
         raise ValueError(f"unknown feature {f}: this SAE has features 0..{d_sae - 1}")
     return f
@@ -165,29 +203,40 @@ def _display(img: Image.Image) -> Image.Image:
 
 def scores_markdown(info: dict) -> str:
     f = info["feature"]
-    head = (f"**Feature #{f}**, strength {info['strength']:+g} "
-            f"(prompt embeddings moved by {info['embedding_change']:.3g} in norm).")
+    head = (
+        f"**Feature #{f}**, strength {info['strength']:+g} "
+        f"(prompt embeddings moved by {info['embedding_change']:.3g} in norm)."
+    )
     if "name" not in info:
         return head + "\n\nThis feature has no name yet (name it with `saescope diffusion-name`)."
     name = html.escape(info["name"])
     d = info["score_after"] - info["score_before"]
     dr = info["relative_after"] - info["relative_before"]
     verdict = "rose" if dr > 0 else "fell" if dr < 0 else "did not change"
-    return (head + f"\n\n| CLIP score of **{name}** | unsteered | steered | change |\n|---|---|---|---|\n"
-            f"| 100 · cos | {info['score_before']:.2f} | {info['score_after']:.2f} | {d:+.2f} |\n"
-            f"| relative to the vocabulary | {info['relative_before']:+.2f} | "
-            f"{info['relative_after']:+.2f} | {dr:+.2f} |\n\n"
-            f"The relative score of *{name}* {verdict}.")
+    return (
+        head
+        + f"\n\n| CLIP score of **{name}** | unsteered | steered | change |\n|---|---|---|---|\n"
+        f"| 100 · cos | {info['score_before']:.2f} | {info['score_after']:.2f} | {d:+.2f} |\n"
+        f"| relative to the vocabulary | {info['relative_before']:+.2f} | "
+        f"{info['relative_after']:+.2f} | {dr:+.2f} |\n\n"
+        f"The relative score of *{name}* {verdict}."
+    )
 
 
 # ------------------------------------------------------------------------------ the app
-def build_app(artefact=None, *, steerer=None, device: str = "cpu", title: str | None = None) -> gr.Blocks:
+def build_app(
+    artefact=None, *, steerer=None, device: str = "cpu", title: str | None = None
+) -> gr.Blocks:
     """The steering app for ``artefact`` (folder, Hub id, loaded Artefact, or None for the tiny
     offline demo)."""
     from saescope.core import diffusion as D
 
     if steerer is None:
-        art = artefact if isinstance(artefact, D.Artefact) else D.load_artefact(artefact or demo_artefact())
+        art = (
+            artefact
+            if isinstance(artefact, D.Artefact)
+            else D.load_artefact(artefact or demo_artefact())
+        )
         steerer = D.Steerer(art, device=device)
     art = steerer.art
     naming = art.manifest.get("naming") or {}
@@ -199,7 +248,11 @@ def build_app(artefact=None, *, steerer=None, device: str = "cpu", title: str | 
 
     def on_search(query):
         found = feature_choices(art, query)
-        msg = f"{len(found)} feature(s) match." if found else "No feature matches; try another name or id."
+        msg = (
+            f"{len(found)} feature(s) match."
+            if found
+            else "No feature matches; try another name or id."
+        )
         return gr.Dropdown(choices=found, value=found[0] if found else None), msg
 
     def on_generate(prompt, negative, seed, steps, guidance, feature, strength):
@@ -209,60 +262,109 @@ def build_app(artefact=None, *, steerer=None, device: str = "cpu", title: str | 
             prompt = D.check_prompt(prompt or "")
             if seed is None or float(seed) < 0 or float(seed) != int(float(seed)):
                 raise ValueError(f"seed must be a whole number >= 0, got {seed}")
-            before, after, info = steerer.pair(prompt, f, float(strength), seed=int(float(seed)),
-                                               steps=int(steps), guidance=float(guidance),
-                                               negative_prompt=negative or "")
+            before, after, info = steerer.pair(
+                prompt,
+                f,
+                float(strength),
+                seed=int(float(seed)),
+                steps=int(steps),
+                guidance=float(guidance),
+                negative_prompt=negative or "",
+            )
         except ValueError as err:
             gr.Warning(str(err), title="Cannot generate")
             return None, None, "", error_box(str(err))
         return _display(before), _display(after), scores_markdown(info), ""
 
     with gr.Blocks(title=title or "saescope · diffusion steering", analytics_enabled=False) as demo:
-        gr.HTML("<div class='sae-header'><h1>Diffusion steering</h1>"
-                f"<p class='sae-sub'><b>{html.escape(pipe_name)}</b> — SAE {html.escape(art.sae.cfg.name)} "
-                f"on the text encoder's token outputs ({art.sae.cfg.d_sae:,} features, "
-                f"{len(art.names)} named)</p></div>")
+        gr.HTML(
+            "<div class='sae-header'><h1>Diffusion steering</h1>"
+            f"<p class='sae-sub'><b>{html.escape(pipe_name)}</b> — SAE {html.escape(art.sae.cfg.name)} "
+            f"on the text encoder's token outputs ({art.sae.cfg.d_sae:,} features, "
+            f"{len(art.names)} named)</p></div>"
+        )
         if tiny:
-            gr.HTML(error_box("This is a tiny random test model: the pipeline, the SAE and the CLIP "
-                              "scorer have random weights, so the images are noise and the feature "
-                              "names carry no meaning. It shows the mechanism only; start the app "
-                              "with --artefact for a real pipeline."), elem_id="tiny-note")
+            gr.HTML(
+                error_box(
+                    "This is a tiny random test model: the pipeline, the SAE and the CLIP "
+                    "scorer have random weights, so the images are noise and the feature "
+                    "names carry no meaning. It shows the mechanism only; start the app "
+                    "with --artefact for a real pipeline."
+                ),
+                elem_id="tiny-note",
+            )
         with gr.Accordion("How to read this page", open=False):
             gr.Markdown(HELP)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=280):
-                prompt = gr.Textbox(label="Prompt", value="a photo of a house", lines=2,
-                                    elem_id="prompt")
-                negative = gr.Textbox(label="Negative prompt (never steered)", value="",
-                                      elem_id="negative")
+                prompt = gr.Textbox(
+                    label="Prompt", value="a photo of a house", lines=2, elem_id="prompt"
+                )
+                negative = gr.Textbox(
+                    label="Negative prompt (never steered)", value="", elem_id="negative"
+                )
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
-                    steps = gr.Slider(1, 50, int(naming.get("steps", 4)), step=1, label="Steps",
-                                      elem_id="steps")
-                    guidance = gr.Slider(0, 15, float(naming.get("guidance", 5.0)), step=0.5,
-                                         label="Guidance (≤ 1: off)", elem_id="guidance")
+                    steps = gr.Slider(
+                        1, 50, int(naming.get("steps", 4)), step=1, label="Steps", elem_id="steps"
+                    )
+                    guidance = gr.Slider(
+                        0,
+                        15,
+                        float(naming.get("guidance", 5.0)),
+                        step=0.5,
+                        label="Guidance (≤ 1: off)",
+                        elem_id="guidance",
+                    )
             with gr.Column(scale=5, min_width=280):
-                search = gr.Textbox(label="Search features by name or id", placeholder="e.g. red, 12",
-                                    elem_id="feature-search")
-                feature = gr.Dropdown(choices=choices, value=choices[0] if choices else None,
-                                      label="Feature", filterable=True, allow_custom_value=True,
-                                      elem_id="feature")
-                search_md = gr.Markdown(f"{len(choices)} feature(s).", elem_id="search-info",
-                                        elem_classes="sae-note")
-                strength = gr.Slider(-max_strength, max_strength, default_strength, step=0.5,
-                                     label="Strength (× max activation; negative suppresses)",
-                                     elem_id="strength")
+                search = gr.Textbox(
+                    label="Search features by name or id",
+                    placeholder="e.g. red, 12",
+                    elem_id="feature-search",
+                )
+                feature = gr.Dropdown(
+                    choices=choices,
+                    value=choices[0] if choices else None,
+                    label="Feature",
+                    filterable=True,
+                    allow_custom_value=True,
+                    elem_id="feature",
+                )
+                search_md = gr.Markdown(
+                    f"{len(choices)} feature(s).", elem_id="search-info", elem_classes="sae-note"
+                )
+                strength = gr.Slider(
+                    -max_strength,
+                    max_strength,
+                    default_strength,
+                    step=0.5,
+                    label="Strength (× max activation; negative suppresses)",
+                    elem_id="strength",
+                )
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
         err = gr.HTML("", elem_id="error")
         with gr.Row():
-            before = gr.Image(label="Unsteered", interactive=False, format="png", height=300,
-                              elem_id="img-before", buttons=[])
-            after = gr.Image(label="Steered", interactive=False, format="png", height=300,
-                             elem_id="img-after", buttons=[])
+            before = gr.Image(
+                label="Unsteered",
+                interactive=False,
+                format="png",
+                height=300,
+                elem_id="img-before",
+                buttons=[],
+            )
+            after = gr.Image(
+                label="Steered",
+                interactive=False,
+                format="png",
+                height=300,
+                elem_id="img-after",
+                buttons=[],
+            )
         scores = gr.Markdown(elem_id="scores")
 
-        search.change(on_search, search, [feature, search_md], api_visibility="private",
-                      queue=False)
+        search.change(
+            on_search, search, [feature, search_md], api_visibility="private", queue=False
+        )
         inputs = [prompt, negative, seed, steps, guidance, feature, strength]
         go.click(on_generate, inputs, [before, after, scores, err], api_name="generate")
         prompt.submit(on_generate, inputs, [before, after, scores, err], api_visibility="private")
@@ -274,16 +376,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="saescope-diffusion",
         description="Diffusion steering: generate with an SAE feature of the text encoder "
-        "amplified or suppressed, next to the unsteered image. Prints the local URL when ready.")
-    p.add_argument("--artefact", default=os.environ.get(ENV_ARTEFACT) or None,
-                   help="artefact folder or Hub id from 'saescope diffusion-fit' "
-                   "(default: a tiny random offline demo, built once)")
+        "amplified or suppressed, next to the unsteered image. Prints the local URL when ready.",
+    )
+    p.add_argument(
+        "--artefact",
+        default=os.environ.get(ENV_ARTEFACT) or None,
+        help="artefact folder or Hub id from 'saescope diffusion-fit' "
+        "(default: a tiny random offline demo, built once)",
+    )
     p.add_argument("--host", default=None, help="interface to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (1 is fastest for the tiny demo on a busy small machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 is fastest for the tiny demo on a busy small machine)",
+    )
     return p.parse_args(argv)
 
 

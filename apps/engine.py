@@ -19,8 +19,8 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -107,8 +107,13 @@ def image_key(image: Image.Image) -> str:
 class Engine:
     """SAE + backbone + head of one bundle, with a small cache of analysed images."""
 
-    def __init__(self, bundle: Bundle | str | None, max_cached: int = MAX_CACHED_IMAGES,
-                 view_scale: int = 2, head: str | None = None):
+    def __init__(
+        self,
+        bundle: Bundle | str | None,
+        max_cached: int = MAX_CACHED_IMAGES,
+        view_scale: int = 2,
+        head: str | None = None,
+    ):
         self.bundle = adapter.load_bundle(bundle)
         self.sae = self.bundle.sae.eval()
         self.backbone = self.bundle.backbone
@@ -117,10 +122,19 @@ class Engine:
         self.head = self.bundle.head if head is None else self.load_head(head)
         # its name: the one asked for, else the bundle's default (``Bundle.head`` is the first);
         # a head shared from another bundle (``adapter.share_backbone``) keeps its own name
-        self.default_head = None if self.head is None else (
-            head or (self.head_names[0] if self.head_names else getattr(self.head, "name", "head")))
-        self.layer = self.backbone.resolve_layer(self.sae.cfg.layer if self.sae.cfg.layer is not None
-                                                 else adapter.bundle_layer(self.bundle))
+        self.default_head = (
+            None
+            if self.head is None
+            else (
+                head
+                or (self.head_names[0] if self.head_names else getattr(self.head, "name", "head"))
+            )
+        )
+        self.layer = self.backbone.resolve_layer(
+            self.sae.cfg.layer
+            if self.sae.cfg.layer is not None
+            else adapter.bundle_layer(self.bundle)
+        )
         if self.sae.cfg.layer is None:
             self.sae.cfg.layer = self.layer
         self.title = adapter.bundle_title(self.bundle)
@@ -128,7 +142,9 @@ class Engine:
         self.lock = threading.RLock()
         self._cache: OrderedDict[str, Analysis] = OrderedDict()
         ch, cw = self.backbone.preprocess.crop_size
-        per_image = (ch // self.backbone.patch_size) * (cw // self.backbone.patch_size) * self.d_sae * 4
+        per_image = (
+            (ch // self.backbone.patch_size) * (cw // self.backbone.patch_size) * self.d_sae * 4
+        )
         self.max_cached = int(max(2, min(max_cached, CACHE_BUDGET_BYTES // max(per_image, 1))))
         self.stats = adapter.stats(self.bundle)
 
@@ -152,7 +168,8 @@ class Engine:
             raise adapter.AppSetupError(
                 f"bundle {self.bundle.name} has no head {name!r} (it has: "
                 f"{', '.join(self.head_names) or 'none'}); fit a probe with "
-                "saescope probe --bundle ...")
+                "saescope probe --bundle ..."
+            )
         return self.bundle.load_head(name)
 
     def get_head(self, name: str | None = None):
@@ -163,7 +180,9 @@ class Engine:
 
     def heads_of_kind(self, kind: str) -> list[str]:
         """Names of the bundle's heads of one kind (``segmentation`` / ``classification``)."""
-        return [n for n in self.head_names if getattr(self.get_head(n), "kind", "segmentation") == kind]
+        return [
+            n for n in self.head_names if getattr(self.get_head(n), "kind", "segmentation") == kind
+        ]
 
     def head_info(self, name: str | None = None) -> dict:
         """What the UI says about a head: kind, class names, channels, held-out metrics."""
@@ -175,8 +194,13 @@ class Engine:
         if not classes:  # the backbone's own one-channel head (saliency)
             classes = ["not salient", "salient"] if kind == "segmentation" else []
         metrics = dict(getattr(head, "metrics", {}) or {})
-        return {"name": name or self.default_head, "kind": kind, "classes": classes,
-                "metrics": metrics, "binary": not getattr(head, "class_names", None)}
+        return {
+            "name": name or self.default_head,
+            "kind": kind,
+            "classes": classes,
+            "metrics": metrics,
+            "binary": not getattr(head, "class_names", None),
+        }
 
     def check_feature(self, feature) -> int:
         return self.sae.check_feature(feature)
@@ -197,7 +221,9 @@ class Engine:
         with self.lock:
             an = self._cache.get(key)
             if an is None:
-                raise SessionExpired("this image is no longer in the server's cache; upload it again")
+                raise SessionExpired(
+                    "this image is no longer in the server's cache; upload it again"
+                )
             self._cache.move_to_end(key)
             return an
 
@@ -229,13 +255,25 @@ class Engine:
                 head_before = self._head_np(cache.base_head, self.head)
             t3 = time.perf_counter()
             view = model_view(image, self.backbone.preprocess, self.view_scale)
-            an = Analysis(key=key, image=image, view=view, grid=tuple(layout.grid), cache=cache,
-                          codes=codes.float().contiguous(),
-                          patch_error=(err / ref).reshape(layout.grid).numpy(), fvu=fvu, l0=l0,
-                          head_before=head_before,
-                          heads_before={} if head_before is None else {self.default_head: head_before},
-                          timings={"forward_s": t1 - t0, "sae_s": t2 - t1, "head_s": t3 - t2,
-                                   "total_s": time.perf_counter() - t0})
+            an = Analysis(
+                key=key,
+                image=image,
+                view=view,
+                grid=tuple(layout.grid),
+                cache=cache,
+                codes=codes.float().contiguous(),
+                patch_error=(err / ref).reshape(layout.grid).numpy(),
+                fvu=fvu,
+                l0=l0,
+                head_before=head_before,
+                heads_before={} if head_before is None else {self.default_head: head_before},
+                timings={
+                    "forward_s": t1 - t0,
+                    "sae_s": t2 - t1,
+                    "head_s": t3 - t2,
+                    "total_s": time.perf_counter() - t0,
+                },
+            )
             self._cache[key] = an
             while len(self._cache) > self.max_cached:
                 self._cache.popitem(last=False)
@@ -267,14 +305,21 @@ class Engine:
             return out
 
     # -- features ----------------------------------------------------------------------------
-    def top_features(self, an: Analysis, selection: Iterable[tuple[int, int]] | None, n: int = 12
-                     ) -> list[tuple[int, float, int]]:
+    def top_features(
+        self, an: Analysis, selection: Iterable[tuple[int, int]] | None, n: int = 12
+    ) -> list[tuple[int, float, int]]:
         return top_features_of_codes(an.codes, an.mask(selection), n)
 
     # -- steering ----------------------------------------------------------------------------
     @torch.inference_mode()
-    def steer(self, an: Analysis, edits: Sequence[Edit], selection: Iterable[tuple[int, int]] | None,
-              head: str | None = None, kinds: str = "patch") -> SteerOutcome:
+    def steer(
+        self,
+        an: Analysis,
+        edits: Sequence[Edit],
+        selection: Iterable[tuple[int, int]] | None,
+        head: str | None = None,
+        kinds: str = "patch",
+    ) -> SteerOutcome:
         """Apply ``edits`` (any number, at most one per feature) on the selected patches (all
         patches when ``selection`` is empty) and read ``head`` (default: the engine's head).
 
@@ -294,8 +339,9 @@ class Engine:
         with self.lock:
             t0 = time.perf_counter()
             hb = self.head_before(an, head) if module is not None else None
-            res = steer(self.backbone, self.sae, an.cache, edits, patches=patches, kinds=kinds,
-                        head=None)
+            res = steer(
+                self.backbone, self.sae, an.cache, edits, patches=patches, kinds=kinds, head=None
+            )
             layout = an.cache.layout
             pos_all = layout.indices([TokenKind.PATCH])
             codes_after = an.codes.clone()
@@ -307,22 +353,38 @@ class Engine:
                     codes_after[rows] = res.codes_after[0][is_patch].float()
                 before = res.tokens_before[0, res.positions].float()
                 after = res.tokens_after[0, res.positions].float()
-                token_change = float(((after - before).norm(dim=-1)
-                                      / before.norm(dim=-1).clamp_min(1e-12)).mean())
+                token_change = float(
+                    ((after - before).norm(dim=-1) / before.norm(dim=-1).clamp_min(1e-12)).mean()
+                )
                 fb = res.final_before[0, pos_all].float()
                 fa = res.final_after[0, pos_all].float()
-                final_change = float(((fa - fb).norm(dim=-1) / fb.norm(dim=-1).clamp_min(1e-12)).mean())
+                final_change = float(
+                    ((fa - fb).norm(dim=-1) / fb.norm(dim=-1).clamp_min(1e-12)).mean()
+                )
             else:
                 token_change = final_change = 0.0
             head_after = hb
             if module is not None and edits:
                 head_after = self._head_np(module(res.final_after, layout), module)
-            return SteerOutcome(list(edits), patches, codes_after, hb, head_after,
-                                token_change, final_change, time.perf_counter() - t0, name or "")
+            return SteerOutcome(
+                list(edits),
+                patches,
+                codes_after,
+                hb,
+                head_after,
+                token_change,
+                final_change,
+                time.perf_counter() - t0,
+                name or "",
+            )
 
 
-def slider_edits(values: Mapping[int, float], mode: str = "scale",
-                 reference: Mapping[int, float] | None = None, neutral: float = 1.0) -> list[Edit]:
+def slider_edits(
+    values: Mapping[int, float],
+    mode: str = "scale",
+    reference: Mapping[int, float] | None = None,
+    neutral: float = 1.0,
+) -> list[Edit]:
     """Feature sliders -> edits, one per feature; a slider at ``neutral`` is no edit at all.
 
     ``mode="scale"``: multiply the feature by the slider (0 = suppress, 1 = unchanged, >1 =

@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import threading
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -52,8 +52,9 @@ class TileCache:
 TILES = TileCache()
 
 
-def exemplar_tiles(bundle, preprocess, feature: int, n: int = 16, size: int = GALLERY_TILE
-                   ) -> list[tuple[Image.Image, str]]:
+def exemplar_tiles(
+    bundle, preprocess, feature: int, n: int = 16, size: int = GALLERY_TILE
+) -> list[tuple[Image.Image, str]]:
     """The feature's top exemplars with their patch heat-maps, ``[(tile, caption)]``."""
     out = []
     rows = adapter.top_exemplars(bundle, feature, n)
@@ -61,6 +62,7 @@ def exemplar_tiles(bundle, preprocess, feature: int, n: int = 16, size: int = GA
         return out
     vmax = max(v for _, _, v, _ in rows) or None
     for rank, (index, image_id, value, pmap) in enumerate(rows):
+
         def make(index=index, pmap=pmap):
             thumb = adapter.thumbnail(bundle, index)
             if thumb is None:
@@ -76,11 +78,17 @@ def exemplar_tiles(bundle, preprocess, feature: int, n: int = 16, size: int = GA
 
 def short_id(image_id: str, n: int = 22) -> str:
     s = str(image_id)
-    return s if len(s) <= n else "…" + s[-(n - 1):]
+    return s if len(s) <= n else "…" + s[-(n - 1) :]
 
 
-def feature_card(view: Image.Image, fmap: np.ndarray, tiles: Sequence[Image.Image], feature: int,
-                 score: float, unit: int = 72) -> Image.Image:
+def feature_card(
+    view: Image.Image,
+    fmap: np.ndarray,
+    tiles: Sequence[Image.Image],
+    feature: int,
+    score: float,
+    unit: int = 72,
+) -> Image.Image:
     """One top feature of a selection, square: its heat-map on the user's image (2 x 2 units,
     top left) framed by up to five of its top dataset images (right column, bottom row)."""
     big = unit * 2
@@ -89,13 +97,19 @@ def feature_card(view: Image.Image, fmap: np.ndarray, tiles: Sequence[Image.Imag
     size = unit * 3 + gap
     card = Image.new("RGB", (size, size), (255, 255, 255))
     card.paste(heat, (0, 0))
-    slots = [(big + gap, 0), (big + gap, unit), (big + gap, big + gap), (0, big + gap),
-             (unit, big + gap)]
+    slots = [
+        (big + gap, 0),
+        (big + gap, unit),
+        (big + gap, big + gap),
+        (0, big + gap),
+        (unit, big + gap),
+    ]
     for t, xy in zip(list(tiles)[:5], slots):
         card.paste(t.resize((unit, unit), Image.BICUBIC), xy)
-    for xy in slots[len(list(tiles)[:5]):]:
-        ImageDraw.Draw(card).rectangle([xy[0], xy[1], xy[0] + unit - 1, xy[1] + unit - 1],
-                                       fill=(241, 245, 249))
+    for xy in slots[len(list(tiles)[:5]) :]:
+        ImageDraw.Draw(card).rectangle(
+            [xy[0], xy[1], xy[0] + unit - 1, xy[1] + unit - 1], fill=(241, 245, 249)
+        )
     d = ImageDraw.Draw(card)
     label = f"#{feature}"
     font = _font(13)
@@ -119,13 +133,13 @@ def top_feature_cards(eng, an, sel: set, n: int) -> tuple[list[tuple[Image.Image
     return cards, [f for f, _, _ in feats]
 
 
-def probability_overlay(view: Image.Image, prob: np.ndarray, threshold: float = 0.5
-                        ) -> Image.Image:
+def probability_overlay(view: Image.Image, prob: np.ndarray, threshold: float = 0.5) -> Image.Image:
     """A [H, W] probability map over the image: salient parts keep their colours, the rest is
     darkened, and the ``threshold`` contour (the mask boundary) is drawn in orange."""
     w, h = view.size
-    p = np.asarray(Image.fromarray(np.clip(prob, 0, 1).astype(np.float32), "F")
-                   .resize((w, h), Image.BILINEAR))
+    p = np.asarray(
+        Image.fromarray(np.clip(prob, 0, 1).astype(np.float32), "F").resize((w, h), Image.BILINEAR)
+    )
     base = np.asarray(view.convert("RGB"), np.float32)
     shade = (0.18 + 0.82 * p)[..., None]
     tint = np.array([30, 41, 80], np.float32)
@@ -137,13 +151,17 @@ def probability_overlay(view: Image.Image, prob: np.ndarray, threshold: float = 
     edge = np.asarray(Image.fromarray(edge.astype(np.uint8) * 255).resize((w, h)).convert("L")) > 0
     from PIL import ImageFilter
 
-    edge = np.asarray(Image.fromarray(edge.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(3))) > 0
+    edge = (
+        np.asarray(Image.fromarray(edge.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(3)))
+        > 0
+    )
     out[edge] = (249, 115, 22)
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
-def change_overlay(view: Image.Image, before: np.ndarray, after: np.ndarray,
-                   threshold: float = 0.01) -> tuple[Image.Image, dict]:
+def change_overlay(
+    view: Image.Image, before: np.ndarray, after: np.ndarray, threshold: float = 0.01
+) -> tuple[Image.Image, dict]:
     """Where the head's output changed: red = up, blue = down, grey = unchanged (< threshold).
 
     The colour strength is relative to the largest change (at least 0.05), so that small but
@@ -153,15 +171,21 @@ def change_overlay(view: Image.Image, before: np.ndarray, after: np.ndarray,
     d = np.asarray(Image.fromarray(diff.astype(np.float32), "F").resize((w, h), Image.BILINEAR))
     base = np.asarray(view.convert("L").convert("RGB"), np.float32) * 0.45 + 120
     mag = np.clip(np.abs(d) / max(0.05, float(np.abs(d).max())), 0, 1)[..., None]
-    colour = np.where(d[..., None] > 0, np.array([220, 38, 38], np.float32), np.array([37, 99, 235], np.float32))
+    colour = np.where(
+        d[..., None] > 0, np.array([220, 38, 38], np.float32), np.array([37, 99, 235], np.float32)
+    )
     changed = np.abs(d) > threshold
     a = np.where(changed[..., None], 0.35 + 0.65 * mag, 0.0)
     out = base * (1 - a) + colour * a
     img = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
     frac = float((np.abs(diff) > threshold).mean())
-    info = {"changed_fraction": frac, "max_change": float(np.abs(diff).max()) if diff.size else 0.0,
-            "mean_before": float(np.mean(before)), "mean_after": float(np.mean(after)),
-            "threshold": threshold}
+    info = {
+        "changed_fraction": frac,
+        "max_change": float(np.abs(diff).max()) if diff.size else 0.0,
+        "mean_before": float(np.mean(before)),
+        "mean_after": float(np.mean(after)),
+        "threshold": threshold,
+    }
     if before.ndim == 2:
         info["mask_agreement"] = float(((before > 0.5) == (after > 0.5)).mean())
     return img, info
@@ -172,11 +196,12 @@ def error_map(view: Image.Image, patch_error: np.ndarray) -> Image.Image:
     return render_spotlight(view, np.clip(patch_error, 0, 1), vmax=1.0, cmap="viridis", dim=0.3)
 
 
-def class_table(before: np.ndarray, after: np.ndarray | None, labels: Sequence[str] | None = None,
-                k: int = 5) -> str:
+def class_table(
+    before: np.ndarray, after: np.ndarray | None, labels: Sequence[str] | None = None, k: int = 5
+) -> str:
     """Markdown: the head's top classes before and after the edits."""
     idx = np.argsort(-before)[:k]
-    name = (lambda i: labels[i] if labels and i < len(labels) else f"class {i}")
+    name = lambda i: labels[i] if labels and i < len(labels) else f"class {i}"
     rows = ["| class | before | after |", "|---|---|---|"]
     for i in idx:
         a = "" if after is None else f"{after[i]:.1%}"
@@ -188,10 +213,28 @@ def class_table(before: np.ndarray, after: np.ndarray | None, labels: Sequence[s
 # Class colours: background (class 0 of a segmentation probe, or "not salient") is drawn as the
 # image itself; the other classes get distinct, saturated colours (tab10, then tab20's lighter
 # half), the same colour for a class in every panel and in the legend.
-_PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-            (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (127, 127, 127),
-            (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-            (196, 156, 148), (247, 182, 210), (219, 219, 141), (158, 218, 229), (199, 199, 199)]
+_PALETTE = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (188, 189, 34),
+    (23, 190, 207),
+    (127, 127, 127),
+    (174, 199, 232),
+    (255, 187, 120),
+    (152, 223, 138),
+    (255, 152, 150),
+    (197, 176, 213),
+    (196, 156, 148),
+    (247, 182, 210),
+    (219, 219, 141),
+    (158, 218, 229),
+    (199, 199, 199),
+]
 BACKGROUND_NAMES = ("background", "not salient", "other", "unlabelled")
 
 
@@ -244,8 +287,9 @@ def _boundaries(labels: np.ndarray) -> np.ndarray:
     return edge
 
 
-def segmentation_overlay(view: Image.Image, probs: np.ndarray, names: Sequence[str],
-                         alpha: float = 0.6) -> Image.Image:
+def segmentation_overlay(
+    view: Image.Image, probs: np.ndarray, names: Sequence[str], alpha: float = 0.6
+) -> Image.Image:
     """The predicted class of every pixel over the image: class colours (see the legend),
     background left as the photo (dimmed), white lines between regions."""
     w, h = view.size
@@ -262,8 +306,9 @@ def segmentation_overlay(view: Image.Image, probs: np.ndarray, names: Sequence[s
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
 
 
-def class_change_overlay(view: Image.Image, before: np.ndarray, after: np.ndarray,
-                         names: Sequence[str]) -> tuple[Image.Image, dict]:
+def class_change_overlay(
+    view: Image.Image, before: np.ndarray, after: np.ndarray, names: Sequence[str]
+) -> tuple[Image.Image, dict]:
     """Pixels whose predicted class changed, in the colour of their *new* class with a magenta
     outline; unchanged pixels greyed out. Also returns the numbers behind the picture."""
     lb, la = class_map(before), class_map(after)
@@ -272,7 +317,9 @@ def class_change_overlay(view: Image.Image, before: np.ndarray, after: np.ndarra
     frac_b = np.bincount(lb.ravel(), minlength=n) / lb.size
     frac_a = np.bincount(la.ravel(), minlength=n) / la.size
     pairs = np.bincount((lb[changed] * n + la[changed]).ravel(), minlength=n * n) / lb.size
-    top = [(int(i // n), int(i % n), float(pairs[i])) for i in np.argsort(-pairs)[:4] if pairs[i] > 0]
+    top = [
+        (int(i // n), int(i % n), float(pairs[i])) for i in np.argsort(-pairs)[:4] if pairs[i] > 0
+    ]
     w, h = view.size
     ch = _labels_to(changed.astype(np.uint8), (w, h)).astype(bool)
     la_up = _labels_to(la, (w, h))
@@ -281,17 +328,28 @@ def class_change_overlay(view: Image.Image, before: np.ndarray, after: np.ndarra
     out = np.where(ch[..., None], colours[la_up] * 0.85 + 255 * 0.15, grey)
     from PIL import ImageFilter
 
-    ring = np.asarray(Image.fromarray(ch.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(5))) > 0
+    ring = (
+        np.asarray(Image.fromarray(ch.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(5))) > 0
+    )
     out[ring & ~ch] = (236, 72, 153)
-    info = {"changed_fraction": float(changed.mean()), "n_changed": int(changed.sum()),
-            "n_pixels": int(changed.size), "fraction_before": frac_b.tolist(),
-            "fraction_after": frac_a.tolist(), "transitions": top,
-            "max_prob_change": float(np.abs(np.asarray(after) - np.asarray(before)).max())}
+    info = {
+        "changed_fraction": float(changed.mean()),
+        "n_changed": int(changed.sum()),
+        "n_pixels": int(changed.size),
+        "fraction_before": frac_b.tolist(),
+        "fraction_after": frac_a.tolist(),
+        "transitions": top,
+        "max_prob_change": float(np.abs(np.asarray(after) - np.asarray(before)).max()),
+    }
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8)), info
 
 
-def legend_html(names: Sequence[str], before: Sequence[float] | None = None,
-                after: Sequence[float] | None = None, only_present: bool = False) -> str:
+def legend_html(
+    names: Sequence[str],
+    before: Sequence[float] | None = None,
+    after: Sequence[float] | None = None,
+    only_present: bool = False,
+) -> str:
     """Colour chips for the classes, with the share of pixels of each before (and after)."""
     colours = class_colours(names)
     chips = []
@@ -304,14 +362,20 @@ def legend_html(names: Sequence[str], before: Sequence[float] | None = None,
         if b is not None:
             share = f" {b:.0%}" if a is None or abs(a - b) < 5e-4 else f" {b:.0%}→{a:.0%}"
         r, g, bl = (int(v) for v in colours[i])
-        chips.append(f'<span class="seg-chip"><span class="seg-swatch" style="background:'
-                     f'rgb({r},{g},{bl})"></span>{html.escape(str(name))}'
-                     f'<span class="seg-share">{share}</span></span>')
+        chips.append(
+            f'<span class="seg-chip"><span class="seg-swatch" style="background:'
+            f'rgb({r},{g},{bl})"></span>{html.escape(str(name))}'
+            f'<span class="seg-share">{share}</span></span>'
+        )
     return f'<div class="seg-legend">{"".join(chips)}</div>'
 
 
-def probability_bars(before: np.ndarray, after: np.ndarray | None, names: Sequence[str],
-                     size: tuple[int, int] = (520, 300)) -> Image.Image:
+def probability_bars(
+    before: np.ndarray,
+    after: np.ndarray | None,
+    names: Sequence[str],
+    size: tuple[int, int] = (520, 300),
+) -> Image.Image:
     """Class probabilities before (grey) and after the edits (blue), one row per class."""
     import matplotlib
 
@@ -323,15 +387,26 @@ def probability_bars(before: np.ndarray, after: np.ndarray | None, names: Sequen
     y = np.arange(n)[::-1]
     fig, ax = plt.subplots(figsize=(size[0] / 100, size[1] / 100), dpi=100)
     hgt = 0.38 if after is not None else 0.7
-    ax.barh(y + (hgt / 2 if after is not None else 0), before, height=hgt, color="#94a3b8",
-            label="before")
+    ax.barh(
+        y + (hgt / 2 if after is not None else 0),
+        before,
+        height=hgt,
+        color="#94a3b8",
+        label="before",
+    )
     if after is not None:
         after = np.asarray(after, np.float64)
         ax.barh(y - hgt / 2, after, height=hgt, color="#2563eb", label="after the edits")
         for yy, v in zip(y, after):
             if v >= 0.005:
-                ax.text(min(v + 0.01, 0.9), yy - hgt / 2, f"{v:.0%}", va="center", fontsize=7,
-                        color="#1e3a8a")
+                ax.text(
+                    min(v + 0.01, 0.9),
+                    yy - hgt / 2,
+                    f"{v:.0%}",
+                    va="center",
+                    fontsize=7,
+                    color="#1e3a8a",
+                )
     ax.set_yticks(y)
     ax.set_yticklabels([str(c) for c in names], fontsize=8)
     ax.set_xlim(0, 1)
@@ -371,7 +446,22 @@ def metrics_line(info: dict) -> str:
     return ", ".join(parts)
 
 
-__all__ = ["TILES", "as_class_probs", "background_class", "change_overlay", "class_change_overlay",
-           "class_colours", "class_map", "class_table", "error_map", "exemplar_tiles", "feature_card",
-           "legend_html", "metrics_line", "probability_bars", "probability_overlay",
-           "segmentation_overlay", "short_id"]
+__all__ = [
+    "TILES",
+    "as_class_probs",
+    "background_class",
+    "change_overlay",
+    "class_change_overlay",
+    "class_colours",
+    "class_map",
+    "class_table",
+    "error_map",
+    "exemplar_tiles",
+    "feature_card",
+    "legend_html",
+    "metrics_line",
+    "probability_bars",
+    "probability_overlay",
+    "segmentation_overlay",
+    "short_id",
+]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Iterable
+from collections.abc import Iterable
 
 import gradio as gr
 from PIL import Image
@@ -48,7 +48,6 @@ def describe_selection(sel: set[tuple[int, int]], grid: tuple[int, int]) -> str:
     return f"{n} of {total} patches selected."
 
 
-
 def to_data_url(image: Image.Image, fmt: str = "JPEG", quality: int = 88) -> str:
     buf = io.BytesIO()
     image.save(buf, fmt, quality=quality)
@@ -59,8 +58,12 @@ def to_data_url(image: Image.Image, fmt: str = "JPEG", quality: int = 88) -> str
 _picker_nonce = 0
 
 
-def picker_html(view: Image.Image | None, grid: tuple[int, int] | None,
-                selected: Iterable[tuple[int, int]] = (), heat: Image.Image | None = None) -> str:
+def picker_html(
+    view: Image.Image | None,
+    grid: tuple[int, int] | None,
+    selected: Iterable[tuple[int, int]] = (),
+    heat: Image.Image | None = None,
+) -> str:
     """The patch picker: the model's view with its patch grid; selected cells highlighted.
 
     Each render carries a fresh nonce so that re-rendering the same selection still replaces
@@ -69,20 +72,25 @@ def picker_html(view: Image.Image | None, grid: tuple[int, int] | None,
     global _picker_nonce
     _picker_nonce += 1
     if view is None or grid is None:
-        return ('<div class="pp-empty" data-nonce="%d">Upload an image (or click an example) to '
-                'see its patch grid here.</div>' % _picker_nonce)
+        return (
+            '<div class="pp-empty" data-nonce="%d">Upload an image (or click an example) to '
+            "see its patch grid here.</div>" % _picker_nonce
+        )
     rows, cols = grid
     sel = {(int(r), int(c)) for r, c in selected}
     cells = "".join(
         f'<div class="pp-cell{" on" if (i // cols, i % cols) in sel else ""}" data-i="{i}"></div>'
-        for i in range(rows * cols))
+        for i in range(rows * cols)
+    )
     src = to_data_url(heat if heat is not None else view)
-    return (f'<div class="pp" data-rows="{rows}" data-cols="{cols}" data-nonce="{_picker_nonce}" '
-            f'style="aspect-ratio:{view.width}/{view.height}">'
-            f'<img src="{src}" alt="the image as the model sees it" draggable="false"/>'
-            f'<div class="pp-grid" style="grid-template-columns:repeat({cols},1fr);'
-            f'grid-template-rows:repeat({rows},1fr)">{cells}</div></div>'
-            f'<div class="pp-count">{len(sel)} selected</div>')
+    return (
+        f'<div class="pp" data-rows="{rows}" data-cols="{cols}" data-nonce="{_picker_nonce}" '
+        f'style="aspect-ratio:{view.width}/{view.height}">'
+        f'<img src="{src}" alt="the image as the model sees it" draggable="false"/>'
+        f'<div class="pp-grid" style="grid-template-columns:repeat({cols},1fr);'
+        f'grid-template-rows:repeat({rows},1fr)">{cells}</div></div>'
+        f'<div class="pp-count">{len(sel)} selected</div>'
+    )
 
 
 # Click toggles a patch; a drag selects the rectangle between the press and the pointer (or
@@ -157,8 +165,12 @@ PICKER_CSS = """
 """
 
 
-def outline_patches(image: Image.Image, grid: tuple[int, int], patches: Iterable[tuple[int, int]],
-                    colour=(0, 230, 255)) -> Image.Image:
+def outline_patches(
+    image: Image.Image,
+    grid: tuple[int, int],
+    patches: Iterable[tuple[int, int]],
+    colour=(0, 230, 255),
+) -> Image.Image:
     """Draw the outline of selected patches on an image (for static panels)."""
     from PIL import ImageDraw
 
@@ -179,8 +191,9 @@ def patch_picker_controls() -> tuple:
     """The patch picker, its hidden selection text, Clear / Select-all buttons and info line,
     created in the current Gradio layout context (the elem_ids are what PICKER_JS and the browser
     tests use). Returns ``(picker, sel_text, clear_btn, all_btn, sel_info)``."""
-    picker = gr.HTML(picker_html(None, None), js_on_load=PICKER_JS, apply_default_css=False,
-                     elem_id="picker")
+    picker = gr.HTML(
+        picker_html(None, None), js_on_load=PICKER_JS, apply_default_css=False, elem_id="picker"
+    )
     sel_text = gr.Textbox(visible=False, elem_id="selection")
     with gr.Row():
         clear_btn = gr.Button("Clear selection", size="sm", elem_id="clear-sel")
@@ -218,6 +231,19 @@ def picker_all(an) -> tuple[str, str]:
     return picker_html(an.view, an.grid, sel), format_selection(sel)
 
 
-__all__ = ["parse_selection", "format_selection", "describe_selection", "to_data_url",
-           "picker_html", "PICKER_JS", "PICKER_CSS", "outline_patches", "patch_picker_controls",
-           "picked_selection", "picker_cleared", "picker_all", "on_pick", "pick_from"]
+__all__ = [
+    "parse_selection",
+    "format_selection",
+    "describe_selection",
+    "to_data_url",
+    "picker_html",
+    "PICKER_JS",
+    "PICKER_CSS",
+    "outline_patches",
+    "patch_picker_controls",
+    "picked_selection",
+    "picker_cleared",
+    "picker_all",
+    "on_pick",
+    "pick_from",
+]

@@ -23,8 +23,9 @@ def fig_to_image(fig) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
-def histogram_image(hist: np.ndarray | None, edges: np.ndarray | None, feature: int,
-                    size=(420, 200)) -> Image.Image | None:
+def histogram_image(
+    hist: np.ndarray | None, edges: np.ndarray | None, feature: int, size=(420, 200)
+) -> Image.Image | None:
     """The feature's activation histogram (log-spaced bins) as a small bar chart."""
     if hist is None or edges is None or np.asarray(hist).sum() == 0:
         return None
@@ -38,8 +39,15 @@ def histogram_image(hist: np.ndarray | None, edges: np.ndarray | None, feature: 
     nz = np.nonzero(hist)[0]
     lo, hi = max(nz[0] - 1, 0), min(nz[-1] + 2, len(hist))
     fig, ax = plt.subplots(figsize=(size[0] / 100, size[1] / 100), dpi=100)
-    ax.bar(edges[lo:hi], hist[lo:hi], width=np.diff(edges)[lo:hi], align="edge",
-           color="#f97316", edgecolor="white", linewidth=0.4)
+    ax.bar(
+        edges[lo:hi],
+        hist[lo:hi],
+        width=np.diff(edges)[lo:hi],
+        align="edge",
+        color="#f97316",
+        edgecolor="white",
+        linewidth=0.4,
+    )
     ax.set_xscale("log")
     ax.set_yscale("log")
     from matplotlib.ticker import FuncFormatter, NullFormatter
@@ -81,8 +89,12 @@ class FeatureScatter:
         y = self.y[np.isfinite(self.y)]
         if not len(x):
             return (-6.0, 0.0, -3.0, 3.0)
-        return (float(np.floor(x.min() * 10) / 10), float(np.ceil(x.max() * 10) / 10),
-                float(np.floor(y.min() * 10) / 10), float(np.ceil(y.max() * 10) / 10))
+        return (
+            float(np.floor(x.min() * 10) / 10),
+            float(np.ceil(x.max() * 10) / 10),
+            float(np.floor(y.min() * 10) / 10),
+            float(np.ceil(y.max() * 10) / 10),
+        )
 
     def in_range(self, fmin: float, fmax: float, amin: float, amax: float) -> np.ndarray:
         with np.errstate(invalid="ignore"):
@@ -94,19 +106,23 @@ class FeatureScatter:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        key = (None if selected is None else selected.tobytes())
+        key = None if selected is None else selected.tobytes()
         if self._image is None or key != self._key:
             fig, ax = plt.subplots(figsize=(self.size[0] / 100, self.size[1] / 100), dpi=100)
             ok = np.isfinite(self.x) & np.isfinite(self.y)
             sel = ok if selected is None else ok & selected
             ax.scatter(self.x[ok & ~sel], self.y[ok & ~sel], s=3, c="#cbd5e1", linewidths=0)
-            ax.scatter(self.x[sel], self.y[sel], s=4, c="#2563eb", linewidths=0, alpha=.7)
+            ax.scatter(self.x[sel], self.y[sel], s=4, c="#2563eb", linewidths=0, alpha=0.7)
             ax.set_xlabel("log10 firing frequency (fraction of patches)", fontsize=8)
             ax.set_ylabel("log10 mean activation when firing", fontsize=8)
             ax.tick_params(labelsize=7)
             dead = int((~self.alive).sum())
-            ax.set_title(f"{int(ok.sum())} live features" + (f", {dead} never fired" if dead else "")
-                         + " — click a point", fontsize=9)
+            ax.set_title(
+                f"{int(ok.sum())} live features"
+                + (f", {dead} never fired" if dead else "")
+                + " — click a point",
+                fontsize=9,
+            )
             for s in ("top", "right"):
                 ax.spines[s].set_visible(False)
             fig.tight_layout()

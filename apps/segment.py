@@ -61,18 +61,35 @@ class SegmentTask(SteerTask):
         return 250 if "digit-scenes" in source else 0  # the probe used the first 200 of 300
 
     def before_panel(self) -> list:
-        img = gr.Image(show_label=False, interactive=False, format="png", height=300,
-                       elem_id="seg-before", buttons=[])
+        img = gr.Image(
+            show_label=False,
+            interactive=False,
+            format="png",
+            height=300,
+            elem_id="seg-before",
+            buttons=[],
+        )
         legend = gr.HTML(elem_id="legend-before")
         return [img, legend]
 
     def after_panel(self) -> list:
         with gr.Row():
-            after = gr.Image(label="Segmentation after the edits", interactive=False, format="png",
-                             height=320, elem_id="seg-after", buttons=[])
-            changed = gr.Image(label="Changed pixels (new class colour, pink outline)",
-                               interactive=False, format="png", height=320,
-                               elem_id="seg-changed", buttons=[])
+            after = gr.Image(
+                label="Segmentation after the edits",
+                interactive=False,
+                format="png",
+                height=320,
+                elem_id="seg-after",
+                buttons=[],
+            )
+            changed = gr.Image(
+                label="Changed pixels (new class colour, pink outline)",
+                interactive=False,
+                format="png",
+                height=320,
+                elem_id="seg-changed",
+                buttons=[],
+            )
         legend = gr.HTML(elem_id="legend-after")
         return [after, changed, legend]
 
@@ -83,8 +100,10 @@ class SegmentTask(SteerTask):
         names = self._names(head)
         probs = panels.as_class_probs(before)
         frac = np.bincount(panels.class_map(probs).ravel(), minlength=len(names)) / probs[0].size
-        return (panels.segmentation_overlay(an.view, probs, names),
-                panels.legend_html(names, frac, only_present=len(names) > 12))
+        return (
+            panels.segmentation_overlay(an.view, probs, names),
+            panels.legend_html(names, frac, only_present=len(names) > 12),
+        )
 
     def render_after(self, an: Analysis, head: str, out: SteerOutcome) -> tuple[tuple, str]:
         names = self._names(head)
@@ -96,25 +115,43 @@ class SegmentTask(SteerTask):
 
             after = outline_patches(after, an.grid, out.patches)
         moves = ", ".join(f"{names[a]} → {names[b]} {v:.1%}" for a, b, v in info["transitions"])
-        summary = (f"**{info['changed_fraction']:.1%}** of pixels changed class "
-                   f"({info['n_changed']:,} of {info['n_pixels']:,})"
-                   + (f"; largest moves: {moves}" if moves else "")
-                   + f". Largest change of a class probability: {info['max_prob_change']:.3f}.")
-        legend = panels.legend_html(names, info["fraction_before"], info["fraction_after"],
-                                    only_present=len(names) > 12)
+        summary = (
+            f"**{info['changed_fraction']:.1%}** of pixels changed class "
+            f"({info['n_changed']:,} of {info['n_pixels']:,})"
+            + (f"; largest moves: {moves}" if moves else "")
+            + f". Largest change of a class probability: {info['max_prob_change']:.3f}."
+        )
+        legend = panels.legend_html(
+            names, info["fraction_before"], info["fraction_after"], only_present=len(names) > 12
+        )
         return (after, changed, legend), summary
 
 
-def build_app(bundle=None, *, head: str | None = None, engine: Engine | None = None,
-              examples: bool = True, warm_up: bool = False, title: str | None = None) -> gr.Blocks:
+def build_app(
+    bundle=None,
+    *,
+    head: str | None = None,
+    engine: Engine | None = None,
+    examples: bool = True,
+    warm_up: bool = False,
+    title: str | None = None,
+) -> gr.Blocks:
     """The segmentation steering app for ``bundle`` (path, Hub id, Bundle, None = default)."""
-    return build_steer_app(SegmentTask, bundle, head=head, engine=engine, examples=examples,
-                           warm_up=warm_up, title=title)
+    return build_steer_app(
+        SegmentTask,
+        bundle,
+        head=head,
+        engine=engine,
+        examples=examples,
+        warm_up=warm_up,
+        title=title,
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     return steer_app_parser(
-        SegmentTask, "saescope-segment",
+        SegmentTask,
+        "saescope-segment",
         "Segmentation steering: select patches, suppress or amplify SAE features "
         "there, and see the frozen segmentation head's prediction change. Prints the local URL.",
     ).parse_args(argv)

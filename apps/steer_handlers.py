@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -43,19 +44,32 @@ def head_markdown(eng: Engine, name: str) -> str:
     classes = info.get("classes") or []
     shown = ", ".join(str(c) for c in classes[:12]) + (" …" if len(classes) > 12 else "")
     src = (info.get("metrics") or {}).get("source")
-    return (f"**{html.escape(name)}**: {info['kind']} head, {len(classes)} classes ({html.escape(shown)})."
-            f" {panels.metrics_line(info)}"
-            + (f"; fitted on {html.escape(str(src).split('?')[0])}." if src else "."))
+    return (
+        f"**{html.escape(name)}**: {info['kind']} head, {len(classes)} classes ({html.escape(shown)})."
+        f" {panels.metrics_line(info)}"
+        + (f"; fitted on {html.escape(str(src).split('?')[0])}." if src else ".")
+    )
 
 
 def edits_markdown(edits, scope: str, n_sel: int) -> str:
     if not edits:
         return "_No edits: every slider is at 1, the model runs unchanged._"
-    where = (f"the {n_sel} selected patches" if scope == SCOPES[0] and n_sel
-             else "all patches" + (" and the CLS token" if scope == SCOPE_CLS else ""))
+    where = (
+        f"the {n_sel} selected patches"
+        if scope == SCOPES[0] and n_sel
+        else "all patches" + (" and the CLS token" if scope == SCOPE_CLS else "")
+    )
     items = ", ".join(
-        f"**#{e.feature}** " + ("off" if e.scale == 0 else f"× {e.scale:g}" if e.scale is not None
-                                else f"= {e.value:.2f}") for e in edits)
+        f"**#{e.feature}** "
+        + (
+            "off"
+            if e.scale == 0
+            else f"× {e.scale:g}"
+            if e.scale is not None
+            else f"= {e.value:.2f}"
+        )
+        for e in edits
+    )
     return f"Active edits on {where}: {items}"
 
 
@@ -105,8 +119,11 @@ class Steering:
 
     def _head(self, name) -> str:
         if name not in self.names:
-            raise gr.Error(f"unknown head {name!r}; choose one of {', '.join(self.names)}",
-                           title="Unknown head", print_exception=False)
+            raise gr.Error(
+                f"unknown head {name!r}; choose one of {', '.join(self.names)}",
+                title="Unknown head",
+                print_exception=False,
+            )
         return name
 
     def _feature(self, value) -> int | None:
@@ -121,7 +138,7 @@ class Steering:
 
     def _slots(self, args: Sequence[Any]) -> tuple[list[int | None], list[float]]:
         ids = [self._feature(v) for v in args[:N_SLOTS]]
-        vals = [1.0 if v is None else float(v) for v in args[N_SLOTS:2 * N_SLOTS]]
+        vals = [1.0 if v is None else float(v) for v in args[N_SLOTS : 2 * N_SLOTS]]
         return ids, vals
 
     def _edits(self, an: Analysis, ids, vals, mode: str, patches):
@@ -137,7 +154,9 @@ class Steering:
             for f in values:
                 act = an.codes[:, f].numpy() if mask is None else an.codes[:, f].numpy()[mask]
                 on = act[act > 0]
-                typical = float(st.mean_active[f]) if st is not None and st.mean_active[f] > 0 else 1.0
+                typical = (
+                    float(st.mean_active[f]) if st is not None and st.mean_active[f] > 0 else 1.0
+                )
                 reference[f] = float(on.mean()) if len(on) else typical
         return slider_edits(values, "set" if mode == "set" else "scale", reference)
 
@@ -147,9 +166,11 @@ class Steering:
     def status_md(self, an: Analysis) -> str:
         w, h = an.image.size
         t = an.timings
-        return (f"**{w}×{h}** image → {an.grid[0]}×{an.grid[1]} patches; the SAE explains "
-                f"**{1 - an.fvu:.0%}** of the layer-{self.eng.layer} variance on it "
-                f"<span class='sae-note'>(model {t['forward_s'] + t['head_s']:.2f} s)</span>")
+        return (
+            f"**{w}×{h}** image → {an.grid[0]}×{an.grid[1]} patches; the SAE explains "
+            f"**{1 - an.fvu:.0%}** of the layer-{self.eng.layer} variance on it "
+            f"<span class='sae-note'>(model {t['forward_s'] + t['head_s']:.2f} s)</span>"
+        )
 
     def steer_outputs(self, an: Analysis, head: str, sel: set, scope: str, mode: str, ids, vals):
         """Edited output panels, edits line and timings for the current sliders."""
@@ -162,14 +183,18 @@ class Steering:
         t1 = time.perf_counter()
         values, summary = self.task.render_after(an, head, out)
         t2 = time.perf_counter()
-        timing = (f"<span class='sae-note'>steering {out.seconds * 1000:.0f} ms (blocks "
-                  f"{eng.layer + 1}.. + head) · rendering {(t2 - t1) * 1000:.0f} ms · total "
-                  f"{(t2 - t0) * 1000:.0f} ms</span>")
+        timing = (
+            f"<span class='sae-note'>steering {out.seconds * 1000:.0f} ms (blocks "
+            f"{eng.layer + 1}.. + head) · rendering {(t2 - t1) * 1000:.0f} ms · total "
+            f"{(t2 - t0) * 1000:.0f} ms</span>"
+        )
         effect = summary
         if edits:
-            effect += (f"\n\nThe edits moved the edited layer-{eng.layer} tokens by "
-                       f"**{out.token_change:.1%}** and the final patch tokens by "
-                       f"**{out.final_change:.1%}** on average.")
+            effect += (
+                f"\n\nThe edits moved the edited layer-{eng.layer} tokens by "
+                f"**{out.token_change:.1%}** and the final patch tokens by "
+                f"**{out.final_change:.1%}** on average."
+            )
         else:
             effect += "\n\n_No edits: after = before exactly (the SAE's error term is added back)._"
         return (*values, edits_markdown(edits, scope, len(sel)), effect, timing)
@@ -180,21 +205,56 @@ class Steering:
         n_after = len(task._after) + 3
         blank_slots = slot_updates([None] * N_SLOTS, [1.0] * N_SLOTS)
         if upload is None:  # cleared (keeps an error message from a refused upload visible)
-            return (gr.update(), None, gr.update(), picker_html(None, None), "", "",
-                    *task.empty_before(), [], [], *blank_slots, *([gr.update()] * n_after))
+            return (
+                gr.update(),
+                None,
+                gr.update(),
+                picker_html(None, None),
+                "",
+                "",
+                *task.empty_before(),
+                [],
+                [],
+                *blank_slots,
+                *([gr.update()] * n_after),
+            )
         image, problem = try_upload(upload)
         if image is None:
-            return (None, None, error_box(problem), picker_html(None, None), "", "",
-                    *task.empty_before(), [], [], *blank_slots, *task.empty_after(), "", "", "")
+            return (
+                None,
+                None,
+                error_box(problem),
+                picker_html(None, None),
+                "",
+                "",
+                *task.empty_before(),
+                [],
+                [],
+                *blank_slots,
+                *task.empty_after(),
+                "",
+                "",
+                "",
+            )
         head = self._head(head)
         an = self.eng.analyse(image)
         before = self.eng.head_before(an, head)
         items, cands = self.cards(an, set())
         ids, vals = refill([None] * N_SLOTS, [1.0] * N_SLOTS, cands)
         after = self.steer_outputs(an, head, set(), scope, _mode(mode), ids, vals)
-        return (gr.update(), an.key, self.status_md(an), picker_html(an.view, an.grid, ()), "",
-                describe_selection(set(), an.grid), *task.render_before(an, head, before),
-                items, cands, *slot_updates(ids, vals), *after)
+        return (
+            gr.update(),
+            an.key,
+            self.status_md(an),
+            picker_html(an.view, an.grid, ()),
+            "",
+            describe_selection(set(), an.grid),
+            *task.render_before(an, head, before),
+            items,
+            cands,
+            *slot_updates(ids, vals),
+            *after,
+        )
 
     def on_head(self, key, head, sel_text, mode, scope, *slots):
         task = self.task
@@ -205,8 +265,11 @@ class Steering:
         an = self._analysis(key)
         ids, vals = self._slots(slots)
         sel = parse_selection(sel_text, an.grid)
-        return (md, *task.render_before(an, head, self.eng.head_before(an, head)),
-                *self.steer_outputs(an, head, sel, scope, _mode(mode), ids, vals))
+        return (
+            md,
+            *task.render_before(an, head, self.eng.head_before(an, head)),
+            *self.steer_outputs(an, head, sel, scope, _mode(mode), ids, vals),
+        )
 
     def on_select(self, key, head, sel_text, mode, scope, *slots):
         an = self._analysis(key)
@@ -214,8 +277,13 @@ class Steering:
         sel = parse_selection(sel_text, an.grid)
         items, cands = self.cards(an, sel)
         ids, vals = refill(*self._slots(slots), cands)
-        return (describe_selection(sel, an.grid), items, cands, *slot_updates(ids, vals),
-                *self.steer_outputs(an, head, sel, scope, _mode(mode), ids, vals))
+        return (
+            describe_selection(sel, an.grid),
+            items,
+            cands,
+            *slot_updates(ids, vals),
+            *self.steer_outputs(an, head, sel, scope, _mode(mode), ids, vals),
+        )
 
     def on_steer(self, key, head, sel_text, mode, scope, *slots):
         an = self._analysis(key)
@@ -235,8 +303,10 @@ class Steering:
             return (*slot_updates(ids, vals), *self.task.empty_after(), "", "", "")
         an = self._analysis(key)
         sel = parse_selection(sel_text, an.grid)
-        return (*slot_updates(ids, vals),
-                *self.steer_outputs(an, self._head(head), sel, scope, _mode(mode), ids, vals))
+        return (
+            *slot_updates(ids, vals),
+            *self.steer_outputs(an, self._head(head), sel, scope, _mode(mode), ids, vals),
+        )
 
     def on_card(self, cands, key, head, sel_text, mode, scope, *slots, evt: gr.SelectData):
         """A click on a candidate card puts that feature in the first slot without an edit."""
@@ -258,5 +328,15 @@ class Steering:
         return picker_all(self._analysis(key))
 
 
-__all__ = ["Steering", "N_SLOTS", "N_CANDIDATES", "SLIDER_MAX", "MODES", "SCOPES", "SCOPE_CLS",
-           "slot_label", "head_markdown", "edits_markdown"]
+__all__ = [
+    "Steering",
+    "N_SLOTS",
+    "N_CANDIDATES",
+    "SLIDER_MAX",
+    "MODES",
+    "SCOPES",
+    "SCOPE_CLS",
+    "slot_label",
+    "head_markdown",
+    "edits_markdown",
+]

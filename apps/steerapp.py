@@ -83,9 +83,13 @@ class SteerTask:
         for name in self.eng.heads_of_kind(self.kind):
             m = self.eng.head_info(name).get("metrics") or {}
             used = int(m.get("n_train_images", 0)) + int(m.get("n_test_images", 0))
-            out += adapter.probe_examples(m.get("source"), self.kind, self.n_examples,
-                                          start=self.examples_from(m.get("source") or ""),
-                                          n_used=used)
+            out += adapter.probe_examples(
+                m.get("source"),
+                self.kind,
+                self.n_examples,
+                start=self.examples_from(m.get("source") or ""),
+                n_used=used,
+            )
         return out
 
     n_examples = 6
@@ -112,13 +116,18 @@ def _check_heads(eng: Engine, task: SteerTask, head: str | None) -> tuple[list, 
         raise adapter.AppSetupError(
             f"bundle {eng.bundle.name} has no {task.kind} head (it has: "
             f"{', '.join(eng.head_names) or 'none'}); fit one with saescope probe "
-            f"--bundle {eng.bundle.path} --task {task.kind}")
+            f"--bundle {eng.bundle.path} --task {task.kind}"
+        )
     names = [n for _, n in choices]
     if head is not None and head not in names:
-        raise adapter.AppSetupError(f"{head!r} is not a {task.kind} head of bundle "
-                                    f"{eng.bundle.name} (choose from: {', '.join(names)})")
+        raise adapter.AppSetupError(
+            f"{head!r} is not a {task.kind} head of bundle "
+            f"{eng.bundle.name} (choose from: {', '.join(names)})"
+        )
     # default: the head with the most classes (a real multi-class probe before a binary map)
-    default_head = head or max(names, key=lambda n: (len(eng.head_info(n)["classes"]), -names.index(n)))
+    default_head = head or max(
+        names, key=lambda n: (len(eng.head_info(n)["classes"]), -names.index(n))
+    )
     return choices, names, default_head
 
 
@@ -149,31 +158,52 @@ class Page:
 
     @property
     def state_in(self) -> list:
-        return [self.key, self.head_dd, self.sel_text, self.mode, self.scope, *self.slot_ids,
-                *self.sliders]
+        return [
+            self.key,
+            self.head_dd,
+            self.sel_text,
+            self.mode,
+            self.scope,
+            *self.slot_ids,
+            *self.sliders,
+        ]
 
 
 # ------------------------------------------------------------------------------ layout
 def _header(eng: Engine, task: SteerTask) -> str:
     st, b = eng.stats, eng.bundle
     n_live = int((st.frequency > 0).sum()) if st is not None else None
-    desc = (f"{b.model.get('display_name') or b.model.get('model_id', '')} · SAE on layer {eng.layer} "
-            f"({eng.d_sae:,} features" + (f", {n_live:,} alive" if n_live is not None else "") + ")")
-    return (f"<div class='sae-header'><h1>{html.escape(task.title)}</h1>"
-            f"<p class='sae-sub'><b>{html.escape(eng.title)}</b> — {html.escape(desc)}</p></div>")
+    desc = (
+        f"{b.model.get('display_name') or b.model.get('model_id', '')} · SAE on layer {eng.layer} "
+        f"({eng.d_sae:,} features" + (f", {n_live:,} alive" if n_live is not None else "") + ")"
+    )
+    return (
+        f"<div class='sae-header'><h1>{html.escape(task.title)}</h1>"
+        f"<p class='sae-sub'><b>{html.escape(eng.title)}</b> — {html.escape(desc)}</p></div>"
+    )
 
 
 def _upload_with_examples(task: SteerTask, examples: bool) -> gr.Image:
-    upload = SafeImage(label="Upload an image", type="filepath",
-                       sources=["upload", "clipboard"], height=260, elem_id="upload")
+    upload = SafeImage(
+        label="Upload an image",
+        type="filepath",
+        sources=["upload", "clipboard"],
+        height=260,
+        elem_id="upload",
+    )
     if examples:
-        ex = task.examples() + [(p, f"photo: {Path(p).stem.split('_')[0]}")
-                                for p in example_images()]
+        ex = task.examples() + [
+            (p, f"photo: {Path(p).stem.split('_')[0]}") for p in example_images()
+        ]
         if ex:
-            gr.Examples([p for p, _ in ex], inputs=upload, label="Examples (held-out "
-                        "images of the probe's data set, then photos)",
-                        examples_per_page=12, example_labels=[c for _, c in ex],
-                        elem_id="examples")
+            gr.Examples(
+                [p for p, _ in ex],
+                inputs=upload,
+                label="Examples (held-out images of the probe's data set, then photos)",
+                examples_per_page=12,
+                example_labels=[c for _, c in ex],
+                elem_id="examples",
+            )
     return upload
 
 
@@ -187,10 +217,16 @@ def _top(eng: Engine, task: SteerTask, choices: list, default_head: str, example
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=260):
             gr.Markdown("### ① Image and head")
-            head_dd = gr.Dropdown(choices, value=default_head, label="Frozen head to read",
-                                  elem_id="head", interactive=True)
-            head_md = gr.Markdown(head_markdown(eng, default_head), elem_id="head-info",
-                                  elem_classes="sae-note")
+            head_dd = gr.Dropdown(
+                choices,
+                value=default_head,
+                label="Frozen head to read",
+                elem_id="head",
+                interactive=True,
+            )
+            head_md = gr.Markdown(
+                head_markdown(eng, default_head), elem_id="head-info", elem_classes="sae-note"
+            )
             upload = _upload_with_examples(task, examples)
             status = gr.Markdown(elem_id="status")
         with gr.Column(scale=4, min_width=260):
@@ -200,15 +236,37 @@ def _top(eng: Engine, task: SteerTask, choices: list, default_head: str, example
             gr.Markdown(f"### {task.before_title}")
             task._before = task.before_panel()
     gr.Markdown("### ③ Candidate features of the selection", elem_classes="sae-section")
-    gr.Markdown("The features with the highest mean activation over the selected patches (the "
-                "whole image when none is selected). Big tile: where it fires on your image; "
-                "small tiles: its top dataset images. Caption: id · mean activation · share of "
-                "patches where it fires. The top five are on the sliders below; click a card to "
-                "put it on a free slider.", elem_classes="sae-note")
-    gallery = gr.Gallery(show_label=False, columns=5, height=480, allow_preview=False,
-                         format="jpeg", elem_id="candidates", object_fit="contain")
-    return Page(key, cand_state, head_dd, head_md, upload, status, picker, sel_text, clear_btn,
-                all_btn, sel_info, gallery)
+    gr.Markdown(
+        "The features with the highest mean activation over the selected patches (the "
+        "whole image when none is selected). Big tile: where it fires on your image; "
+        "small tiles: its top dataset images. Caption: id · mean activation · share of "
+        "patches where it fires. The top five are on the sliders below; click a card to "
+        "put it on a free slider.",
+        elem_classes="sae-note",
+    )
+    gallery = gr.Gallery(
+        show_label=False,
+        columns=5,
+        height=480,
+        allow_preview=False,
+        format="jpeg",
+        elem_id="candidates",
+        object_fit="contain",
+    )
+    return Page(
+        key,
+        cand_state,
+        head_dd,
+        head_md,
+        upload,
+        status,
+        picker,
+        sel_text,
+        clear_btn,
+        all_btn,
+        sel_info,
+        gallery,
+    )
 
 
 def _slots(d_sae: int) -> tuple[list, list]:
@@ -216,11 +274,29 @@ def _slots(d_sae: int) -> tuple[list, list]:
     slot_ids, sliders = [], []
     for j in range(N_SLOTS):
         with gr.Row(elem_classes="steer-slot"):
-            slot_ids.append(gr.Number(value=None, precision=0, minimum=0, maximum=d_sae - 1,
-                                      label="feature", elem_id=f"slot-{j}-feature", scale=1,
-                                      min_width=90))
-            sliders.append(gr.Slider(0, SLIDER_MAX, 1.0, step=0.05, label=slot_label(None),
-                                     elem_id=f"slot-{j}", scale=4))
+            slot_ids.append(
+                gr.Number(
+                    value=None,
+                    precision=0,
+                    minimum=0,
+                    maximum=d_sae - 1,
+                    label="feature",
+                    elem_id=f"slot-{j}-feature",
+                    scale=1,
+                    min_width=90,
+                )
+            )
+            sliders.append(
+                gr.Slider(
+                    0,
+                    SLIDER_MAX,
+                    1.0,
+                    step=0.05,
+                    label=slot_label(None),
+                    elem_id=f"slot-{j}",
+                    scale=4,
+                )
+            )
     return slot_ids, sliders
 
 
@@ -230,15 +306,18 @@ def _steer_row(p: Page, eng: Engine, task: SteerTask) -> None:
     gr.Markdown("### ④ Steer: suppress or amplify features", elem_classes="sae-section")
     with gr.Row(equal_height=False):
         with gr.Column(scale=4, min_width=300):
-            p.mode = gr.Radio(list(MODES.values()), value=MODES["scale"], label="Sliders",
-                              elem_id="mode")
+            p.mode = gr.Radio(
+                list(MODES.values()), value=MODES["scale"], label="Sliders", elem_id="mode"
+            )
             p.scope = gr.Radio(scopes, value=scopes[0], label="Apply on", elem_id="scope")
             p.slot_ids, p.sliders = _slots(eng.d_sae)
-            gr.Markdown("0 = suppress · 1 = unchanged · 5 = amplify five-fold. In *set* mode "
-                        "the feature is set to slider × its mean activation on the chosen "
-                        "patches (its typical activation where it is silent there), which also "
-                        "adds it where it did not fire; 1 still means *leave it alone*.",
-                        elem_classes="sae-note")
+            gr.Markdown(
+                "0 = suppress · 1 = unchanged · 5 = amplify five-fold. In *set* mode "
+                "the feature is set to slider × its mean activation on the chosen "
+                "patches (its typical activation where it is silent there), which also "
+                "adds it where it did not fire; 1 still means *leave it alone*.",
+                elem_classes="sae-note",
+            )
             p.reset_btn = gr.Button("Reset sliders", size="sm", elem_id="reset")
             p.edits_md = gr.Markdown(elem_id="edits")
             p.timing_md = gr.Markdown(elem_id="timing")
@@ -252,20 +331,40 @@ def _wire_image(h: Steering, p: Page, after_out: list) -> None:
     """Upload / head choice -> outputs; picker, Clear, Select all -> candidates and sliders."""
     task = h.task
     slots = [*p.slot_ids, *p.sliders]
-    p.upload.change(h.on_image, [p.upload, p.head_dd, p.mode, p.scope, *slots],
-                    [p.upload, p.key, p.status, p.picker, p.sel_text, p.sel_info, *task._before,
-                     p.gallery, p.cand_state, *slots, *after_out], api_name="analyse", **MODEL)
-    p.head_dd.change(h.on_head, p.state_in, [p.head_md, *task._before, *after_out],
-                     api_name="head", **MODEL)
+    p.upload.change(
+        h.on_image,
+        [p.upload, p.head_dd, p.mode, p.scope, *slots],
+        [
+            p.upload,
+            p.key,
+            p.status,
+            p.picker,
+            p.sel_text,
+            p.sel_info,
+            *task._before,
+            p.gallery,
+            p.cand_state,
+            *slots,
+            *after_out,
+        ],
+        api_name="analyse",
+        **MODEL,
+    )
+    p.head_dd.change(
+        h.on_head, p.state_in, [p.head_md, *task._before, *after_out], api_name="head", **MODEL
+    )
     sel_out = [p.sel_info, p.gallery, p.cand_state, *slots, *after_out]
     p.picker.pick(on_pick, None, p.sel_text, api_visibility="private", queue=False).then(
-        h.on_select, p.state_in, sel_out, api_visibility="private", **MODEL)
+        h.on_select, p.state_in, sel_out, api_visibility="private", **MODEL
+    )
     select_api = gr.Button(visible=False)  # the same, from the API ("r,c;r,c" or "all")
     select_api.click(h.on_select, p.state_in, sel_out, api_name="select", **MODEL)
     p.clear_btn.click(h.on_clear, p.key, [p.picker, p.sel_text], api_visibility="private").then(
-        h.on_select, p.state_in, sel_out, api_visibility="private", **MODEL)
+        h.on_select, p.state_in, sel_out, api_visibility="private", **MODEL
+    )
     p.all_btn.click(h.on_all, p.key, [p.picker, p.sel_text], api_visibility="private").then(
-        h.on_select, p.state_in, sel_out, api_visibility="private", **MODEL)
+        h.on_select, p.state_in, sel_out, api_visibility="private", **MODEL
+    )
 
 
 def _wire_sliders(h: Steering, p: Page, after_out: list) -> None:
@@ -276,22 +375,36 @@ def _wire_sliders(h: Steering, p: Page, after_out: list) -> None:
     steer_api.click(h.on_steer, state_in, steer_out, api_name="steer", **MODEL)
     for s in p.sliders:
         # every move while dragging; the queue keeps only the latest pending one
-        s.input(h.on_steer, state_in, steer_out, api_visibility="private",
-                trigger_mode="always_last", **MODEL)
+        s.input(
+            h.on_steer,
+            state_in,
+            steer_out,
+            api_visibility="private",
+            trigger_mode="always_last",
+            **MODEL,
+        )
     for n in p.slot_ids:
         n.submit(h.on_slot, slots, p.sliders, api_visibility="private").then(
-            h.on_steer, state_in, steer_out, api_visibility="private", **MODEL)
+            h.on_steer, state_in, steer_out, api_visibility="private", **MODEL
+        )
     for r in (p.mode, p.scope):
         r.input(h.on_steer, state_in, steer_out, api_visibility="private", **MODEL)
     p.reset_btn.click(h.on_reset, state_in, [*slots, *after_out], api_name="reset", **MODEL)
-    p.gallery.select(h.on_card, [p.cand_state, *state_in], slots,
-                     api_visibility="private").then(
-        h.on_steer, state_in, steer_out, api_visibility="private", **MODEL)
+    p.gallery.select(h.on_card, [p.cand_state, *state_in], slots, api_visibility="private").then(
+        h.on_steer, state_in, steer_out, api_visibility="private", **MODEL
+    )
 
 
-def build_steer_app(task_cls: type[SteerTask], bundle=None, *, head: str | None = None,
-                    engine: Engine | None = None, examples: bool = True, warm_up: bool = False,
-                    title: str | None = None) -> gr.Blocks:
+def build_steer_app(
+    task_cls: type[SteerTask],
+    bundle=None,
+    *,
+    head: str | None = None,
+    engine: Engine | None = None,
+    examples: bool = True,
+    warm_up: bool = False,
+    title: str | None = None,
+) -> gr.Blocks:
     """The page for one :class:`SteerTask` on ``bundle`` (path, Hub id, Bundle, None = default)."""
     eng = engine or Engine(bundle)
     task = task_cls(eng)
@@ -300,8 +413,9 @@ def build_steer_app(task_cls: type[SteerTask], bundle=None, *, head: str | None 
         eng.warm_up()
         eng.head_info(default_head)
     h = Steering(eng, task, names)
-    with gr.Blocks(title=title or f"saescope · {task.title} · {eng.title}",
-                   analytics_enabled=False) as demo:
+    with gr.Blocks(
+        title=title or f"saescope · {task.title} · {eng.title}", analytics_enabled=False
+    ) as demo:
         p = _top(eng, task, choices, default_head, examples)
         _steer_row(p, eng, task)
         after_out = [*task._after, p.edits_md, p.effect_md, p.timing_md]
@@ -316,18 +430,36 @@ def build_steer_app(task_cls: type[SteerTask], bundle=None, *, head: str | None 
 def steer_app_parser(task: type, prog: str, description: str):
     """The command line of a steering app: the shared options plus ``--head``."""
     p = app_parser(prog, description)
-    p.add_argument("--head", default=os.environ.get("SAESCOPE_HEAD") or None,
-                   help=f"{task.kind} head to start with (default: the one with most classes)")
+    p.add_argument(
+        "--head",
+        default=os.environ.get("SAESCOPE_HEAD") or None,
+        help=f"{task.kind} head to start with (default: the one with most classes)",
+    )
     return p
 
 
 def steer_app_main(task: type, args) -> int:
     """Build ``task``'s app (warm) from parsed arguments and serve it."""
-    return serve(lambda: build_steer_app(task, args.bundle, head=args.head, examples=args.examples,
-                                         warm_up=True),
-                 args, task.title.lower(), loading_line(args.bundle))
+    return serve(
+        lambda: build_steer_app(
+            task, args.bundle, head=args.head, examples=args.examples, warm_up=True
+        ),
+        args,
+        task.title.lower(),
+        loading_line(args.bundle),
+    )
 
 
-__all__ = ["MODES", "N_CANDIDATES", "N_SLOTS", "SCOPES", "SCOPE_CLS", "SteerTask",
-           "build_steer_app", "head_choices", "head_markdown", "steer_app_parser",
-           "steer_app_main"]
+__all__ = [
+    "MODES",
+    "N_CANDIDATES",
+    "N_SLOTS",
+    "SCOPES",
+    "SCOPE_CLS",
+    "SteerTask",
+    "build_steer_app",
+    "head_choices",
+    "head_markdown",
+    "steer_app_parser",
+    "steer_app_main",
+]

@@ -20,13 +20,16 @@ STEER_CSS = """
 """
 
 THEME = gr.themes.Soft(
-    primary_hue="blue", secondary_hue="orange", neutral_hue="slate",
+    primary_hue="blue",
+    secondary_hue="orange",
+    neutral_hue="slate",
     # system fonts: nothing is fetched from a font CDN (works offline)
     font=["ui-sans-serif", "system-ui", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"],
     font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
 )
 
-CSS = """
+CSS = (
+    """
 .sae-header h1 { margin-bottom: .1em; }
 .sae-sub { opacity: .8; margin-top: 0; }
 .sae-error { background: #fef2f2; color: #991b1b; border: 1px solid #fecaca; border-radius: 6px;
@@ -37,7 +40,10 @@ CSS = """
 footer { display: none !important; }
 .cmp-side { padding: .4em .6em; border-left: 4px solid var(--color-accent); }
 .cmp-tag { font-size: .75em; letter-spacing: .08em; opacity: .7; }
-""" + PICKER_CSS + STEER_CSS
+"""
+    + PICKER_CSS
+    + STEER_CSS
+)
 
 
 __all__ = ["THEME", "CSS", "STEER_CSS"]

@@ -17,10 +17,12 @@ def stats_markdown(feature: int, st: dict | None, title: str = "") -> str:
     head = f"### Feature {feature}" + (f" · {html.escape(title)}" if title else "")
     if not st:
         return head + "\n\n_No statistics in this bundle._"
-    return (head + "\n\n"
-            f"- fires on **{fmt_freq(st['frequency'])}**\n"
-            f"- mean activation when firing **{st['mean_active']:.3g}**\n"
-            f"- max activation **{st['max']:.3g}**")
+    return (
+        head + "\n\n"
+        f"- fires on **{fmt_freq(st['frequency'])}**\n"
+        f"- mean activation when firing **{st['mean_active']:.3g}**\n"
+        f"- max activation **{st['max']:.3g}**"
+    )
 
 
 def error_box(message: str) -> str:

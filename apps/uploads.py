@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import gradio as gr
 from PIL import Image
@@ -47,6 +48,7 @@ def _define_safe_image():
     hook = meta.create_or_modify_pyi
     meta.create_or_modify_pyi = lambda *args, **kwargs: None
     try:
+
         class SafeImage(gr.Image):
             """A ``gr.Image`` upload that hands the raw file to the app instead of decoding it.
 
@@ -77,10 +79,15 @@ def read_upload(src: Any, name: str | None = None) -> Image.Image:
     try:
         return load_image(src, max_pixels=APP_MAX_PIXELS, min_side=APP_MIN_SIDE, name=label)
     except ImageError as err:
-        raise gr.Error(upload_message(err), title="Cannot use this image", print_exception=False) from None
+        raise gr.Error(
+            upload_message(err), title="Cannot use this image", print_exception=False
+        ) from None
     except Exception as err:  # anything else a decoder may throw: still a message, no traceback
-        raise gr.Error(f"{label}: could not be read as an image ({type(err).__name__}).",
-                       title="Cannot use this image", print_exception=False) from None
+        raise gr.Error(
+            f"{label}: could not be read as an image ({type(err).__name__}).",
+            title="Cannot use this image",
+            print_exception=False,
+        ) from None
 
 
 def try_upload(src: Any) -> tuple[Image.Image | None, str | None]:
@@ -107,8 +114,9 @@ def upload_message(err: Exception) -> str:
     return msg
 
 
-def example_images(names: Iterable[str] = ("chelsea", "astronaut", "coffee", "rocket",
-                                          "motorcycle_left")) -> list[str]:
+def example_images(
+    names: Iterable[str] = ("chelsea", "astronaut", "coffee", "rocket", "motorcycle_left"),
+) -> list[str]:
     """The packaged scikit-image photos saved once as JPEG files (gradio examples need files)."""
     from saescope.core.paths import cache_dir
 
@@ -120,8 +128,11 @@ def example_images(names: Iterable[str] = ("chelsea", "astronaut", "coffee", "ro
             try:
                 import skimage.data as data
 
-                arr = getattr(data, "stereo_motorcycle")()[0] if name == "motorcycle_left" \
+                arr = (
+                    data.stereo_motorcycle()[0]
+                    if name == "motorcycle_left"
                     else getattr(data, name)()
+                )
                 img = load_image(arr)
                 img.thumbnail((640, 640))
                 with atomic_path(path) as tmp:
@@ -134,8 +145,13 @@ def example_images(names: Iterable[str] = ("chelsea", "astronaut", "coffee", "ro
 
 def image_upload(height: int, examples: bool = True):
     """The safe upload box with the example photos under it (in the current layout context)."""
-    upload = SafeImage(label="Upload an image", type="filepath", sources=["upload", "clipboard"],
-                       height=height, elem_id="upload")
+    upload = SafeImage(
+        label="Upload an image",
+        type="filepath",
+        sources=["upload", "clipboard"],
+        height=height,
+        elem_id="upload",
+    )
     if examples:
         ex_files = example_images()
         if ex_files:
@@ -143,5 +159,14 @@ def image_upload(height: int, examples: bool = True):
     return upload
 
 
-__all__ = ["APP_MAX_PIXELS", "APP_MIN_SIDE", "MAX_FILE_SIZE", "SafeImage", "read_upload",
-           "try_upload", "upload_message", "example_images", "image_upload"]
+__all__ = [
+    "APP_MAX_PIXELS",
+    "APP_MIN_SIDE",
+    "MAX_FILE_SIZE",
+    "SafeImage",
+    "read_upload",
+    "try_upload",
+    "upload_message",
+    "example_images",
+    "image_upload",
+]

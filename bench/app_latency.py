@@ -69,8 +69,14 @@ def make_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def client_session(url: str, images: list[Path], toggles: int, out_dir: Path,
-                   results: dict, barrier: threading.Barrier | None = None) -> None:
+def client_session(
+    url: str,
+    images: list[Path],
+    toggles: int,
+    out_dir: Path,
+    results: dict,
+    barrier: threading.Barrier | None = None,
+) -> None:
     from gradio_client import Client, handle_file
 
     # URLs only: the server's latency; the browser rows include loading the images
@@ -113,7 +119,8 @@ def browser_timings(url: str, images: list[Path], reps: int = 3) -> dict | None:
                 " if (!s || s.innerText === old || !s.innerText.includes('explains')) return false;"
                 " const imgs = [...document.querySelectorAll('#top-features img')];"
                 " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-                arg=old)
+                arg=old,
+            )
             up.append(time.perf_counter() - t)
             # select a block of patches (one drag), then toggle the opened feature off and on
             box = page.locator("#picker .pp-grid").bounding_box()
@@ -121,7 +128,9 @@ def browser_timings(url: str, images: list[Path], reps: int = 3) -> dict | None:
             page.mouse.down()
             page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.6, steps=5)
             page.mouse.up()
-            page.wait_for_function("!document.querySelector('#sel-info').innerText.startsWith('No')")
+            page.wait_for_function(
+                "!document.querySelector('#sel-info').innerText.startsWith('No')"
+            )
             page.wait_for_timeout(1500)  # let the selection's top features settle
             for _ in range(2):
                 # the edits line always changes ("Active edits ..." <-> "No edits"); the head map
@@ -137,7 +146,8 @@ def browser_timings(url: str, images: list[Path], reps: int = 3) -> dict | None:
                     " #head-diff img')];"
                     " return imgs.length > 0"
                     " && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-                    arg=old_edits)
+                    arg=old_edits,
+                )
                 tog.append(time.perf_counter() - t)
         page.context.close()
     return {"upload": summary(up), "toggle": summary(tog), "raw": {"upload": up, "toggle": tog}}
@@ -171,9 +181,15 @@ def main(argv=None) -> int:
     eng = demo.engine
     _, url = launch(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
     url = url.rstrip("/")
-    data: dict = {"bundle": str(eng.bundle.path), "title": eng.title, "sae": eng.sae.cfg.name,
-                  "d_sae": eng.d_sae, "layer": eng.layer, "startup_s": startup,
-                  "torch_threads": torch.get_num_threads()}
+    data: dict = {
+        "bundle": str(eng.bundle.path),
+        "title": eng.title,
+        "sae": eng.sae.cfg.name,
+        "d_sae": eng.d_sae,
+        "layer": eng.layer,
+        "startup_s": startup,
+        "torch_threads": torch.get_num_threads(),
+    }
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -185,17 +201,24 @@ def main(argv=None) -> int:
 
             conc: dict = {}
             barrier = threading.Barrier(args.clients)
-            threads = [threading.Thread(target=client_session, args=(
-                url, [imgs[args.images + i]], 2, tmp / f"c{i}", conc, barrier))
-                for i in range(args.clients)]
+            threads = [
+                threading.Thread(
+                    target=client_session,
+                    args=(url, [imgs[args.images + i]], 2, tmp / f"c{i}", conc, barrier),
+                )
+                for i in range(args.clients)
+            ]
             t = time.perf_counter()
             for th in threads:
                 th.start()
             for th in threads:
                 th.join()
             wall = time.perf_counter() - t
-            data["concurrent"] = {"clients": args.clients, "wall_s": wall,
-                                  **{k: summary(v) for k, v in conc.items()}}
+            data["concurrent"] = {
+                "clients": args.clients,
+                "wall_s": wall,
+                **{k: summary(v) for k, v in conc.items()},
+            }
             if args.browser:
                 data["browser"] = browser_timings(url, imgs[: args.images])
             # server-side compute floor: backbone + SAE + head, and one toggle's rerun
@@ -216,8 +239,9 @@ def main(argv=None) -> int:
 
     def row(name, s, target=None):
         ok = "" if target is None else (" ✅" if s["median_s"] < target else " ❌")
-        return (f"| {name} | {s['n']} | {s['median_s']:.2f}{ok} | {s['p90_s']:.2f} | "
-                f"{s['max_s']:.2f} |")
+        return (
+            f"| {name} | {s['n']} | {s['median_s']:.2f}{ok} | {s['p90_s']:.2f} | {s['max_s']:.2f} |"
+        )
 
     lines = [
         f"Feature browser (`apps/browser.py`) on **{data['title']}** (SAE {data['sae']}, "

@@ -8,8 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def available() -> bool:
@@ -25,7 +33,12 @@ def available() -> bool:
 
 def new_page(p, profile: str, timeout_ms: int = 120_000):
     """A page in a fresh persistent context (``p``: a started sync Playwright)."""
-    ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
-                                               args=ARGS, viewport={"width": 1440, "height": 1000})
+    ctx = p.chromium.launch_persistent_context(
+        profile,
+        executable_path=CHROMIUM,
+        headless=True,
+        args=ARGS,
+        viewport={"width": 1440, "height": 1000},
+    )
     ctx.set_default_timeout(timeout_ms)
     return ctx.new_page()

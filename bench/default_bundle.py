@@ -22,10 +22,12 @@ from pathlib import Path
 from bench.report import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-LOAD = ("from saescope.train.default_bundle import ensure_default_bundle\n"
-        "from saescope.core.bundle import Bundle\n"
-        "b = Bundle.load(ensure_default_bundle())\n"
-        "b.sae; b.exemplars; b.thumbnails; b.backbone; b.head\n")
+LOAD = (
+    "from saescope.train.default_bundle import ensure_default_bundle\n"
+    "from saescope.core.bundle import Bundle\n"
+    "b = Bundle.load(ensure_default_bundle())\n"
+    "b.sae; b.exemplars; b.thumbnails; b.backbone; b.head\n"
+)
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -48,22 +50,28 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         build = timed([sys.executable, "-m", "train", "default-bundle"], env)
         starts = [timed([sys.executable, "-c", LOAD], env) for _ in range(3)]
-        size = sum(p.stat().st_size for p in (cache / "bundles").rglob("*") if p.is_file()
-                   and "dinov2-s-saliency-l" in str(p))
+        size = sum(
+            p.stat().st_size
+            for p in (cache / "bundles").rglob("*")
+            if p.is_file() and "dinov2-s-saliency-l" in str(p)
+        )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     start = sorted(starts)[1]
     print(f"build from an empty cache: {build:.0f} s; cached start (median of 3): {start:.1f} s")
-    md = ["## Offline default bundles (`python -m bench.default_bundle`)\n",
-          "`saescope default-bundle` in an empty cache: ONNX conversion of the offline "
-          "DINOv2-S, extraction of layers 6 and 10 over 420 packaged photos and digits, two TopK "
-          "SAEs (8x, k=32, 3 epochs), exemplars, FAISS indices, thumbnails, cross-layer matches.\n",
-          "| measurement | seconds | target |", "|---|---|---|",
-          f"| build from an empty cache | **{build:.0f}** | < 300 |",
-          "| second start: load + verify bundle, SAE, exemplars, model, head "
-          f"(new process, median of 3) | "
-          f"**{start:.1f}** | < 10 |",
-          f"\nBoth bundles together: {size / 1e6:.0f} MB on disk."]
+    md = [
+        "## Offline default bundles (`python -m bench.default_bundle`)\n",
+        "`saescope default-bundle` in an empty cache: ONNX conversion of the offline "
+        "DINOv2-S, extraction of layers 6 and 10 over 420 packaged photos and digits, two TopK "
+        "SAEs (8x, k=32, 3 epochs), exemplars, FAISS indices, thumbnails, cross-layer matches.\n",
+        "| measurement | seconds | target |",
+        "|---|---|---|",
+        f"| build from an empty cache | **{build:.0f}** | < 300 |",
+        "| second start: load + verify bundle, SAE, exemplars, model, head "
+        f"(new process, median of 3) | "
+        f"**{start:.1f}** | < 10 |",
+        f"\nBoth bundles together: {size / 1e6:.0f} MB on disk.",
+    ]
     data = {"build_s": build, "start_s": starts, "bytes": size}
     write_section("default_bundle", "\n".join(md), data)
     return data

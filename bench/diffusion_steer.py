@@ -40,8 +40,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, c - h), min(1.0, c + h))
 
 
-def run_pipeline(spec: str, label: str, args: argparse.Namespace, *, steps: int, guidance: float,
-                 scorer: str | None = None, max_prompts: int | None = None) -> dict:
+def run_pipeline(
+    spec: str,
+    label: str,
+    args: argparse.Namespace,
+    *,
+    steps: int,
+    guidance: float,
+    scorer: str | None = None,
+    max_prompts: int | None = None,
+) -> dict:
     """Fit, name and evaluate on one pipeline; returns the rows of the table and timings."""
     from saescope.core import diffusion as D
     from saescope.train.diffusion import (
@@ -79,8 +87,12 @@ def run_pipeline(spec: str, label: str, args: argparse.Namespace, *, steps: int,
         steps=steps,
         guidance=guidance,
     )
-    eval_set = D.Setting(prompts=D.neutral_prompts(D.OBJECTS[args.prompts:2 * args.prompts]),
-                         seeds=list(range(1000, 1000 + args.seeds)), steps=steps, guidance=guidance)
+    eval_set = D.Setting(
+        prompts=D.neutral_prompts(D.OBJECTS[args.prompts : 2 * args.prompts]),
+        seeds=list(range(1000, 1000 + args.seeds)),
+        steps=steps,
+        guidance=guidance,
+    )
     feats = D.sample_features(stats, args.features, args.seed)
     rows, examples = [], []
     t1 = time.perf_counter()
@@ -89,25 +101,50 @@ def run_pipeline(spec: str, label: str, args: argparse.Namespace, *, steps: int,
         controls = D.random_probes(probes, args.seed + 1)
         for kind, ps in (("SAE features", probes), ("random directions", controls)):
             named = D.name_probes(pipe, sc, ps, words, name_set, desc=f"name {kind} x{strength:g}")
-            res = D.evaluate_probes(pipe, sc, ps, [n["name"] for n in named], words, eval_set,
-                                    desc=f"eval {kind} x{strength:g}")
+            res = D.evaluate_probes(
+                pipe,
+                sc,
+                ps,
+                [n["name"] for n in named],
+                words,
+                eval_set,
+                desc=f"eval {kind} x{strength:g}",
+            )
             n = res["n"]
             k = round(res["fraction_amplify_raises"] * n)
-            rows.append({"pipeline": label, "strength": strength, "directions": kind, **{
-                key: v for key, v in res.items() if key != "rows"},
-                "ci95": wilson(k, n),
-                "push_norm_mean": float(torch.stack([p.vector.norm() for p in ps]).mean())})
+            rows.append(
+                {
+                    "pipeline": label,
+                    "strength": strength,
+                    "directions": kind,
+                    **{key: v for key, v in res.items() if key != "rows"},
+                    "ci95": wilson(k, n),
+                    "push_norm_mean": float(torch.stack([p.vector.norm() for p in ps]).mean()),
+                }
+            )
             if kind == "SAE features" and strength == args.strengths[len(args.strengths) // 2]:
-                examples = [{"feature": r["feature"], "name": r["name"],
-                             "delta_naming": nm["delta"], "delta_heldout": r["delta_amplify"]}
-                            for r, nm in zip(res["rows"], named)][:8]
+                examples = [
+                    {
+                        "feature": r["feature"],
+                        "name": r["name"],
+                        "delta_naming": nm["delta"],
+                        "delta_heldout": r["delta_amplify"],
+                    }
+                    for r, nm in zip(res["rows"], named)
+                ][:8]
     token_norm = float(acts.norm(dim=-1).mean())
-    return {"pipeline": label, "spec": spec, "rows": rows, "examples": examples,
-            "sae": {"name": sae.cfg.name, **metrics, "live": len(D.alive_features(stats))},
-            "corpus_prompts": len(prompts), "token_norm_mean": token_norm,
-            "threads": torch.get_num_threads(),
-            "seconds": {"encode": t_enc, "fit": t_fit, "name_and_eval": time.perf_counter() - t1},
-            "settings": {"naming": vars(name_set), "eval": vars(eval_set), "words": len(words)}}
+    return {
+        "pipeline": label,
+        "spec": spec,
+        "rows": rows,
+        "examples": examples,
+        "sae": {"name": sae.cfg.name, **metrics, "live": len(D.alive_features(stats))},
+        "corpus_prompts": len(prompts),
+        "token_norm_mean": token_norm,
+        "threads": torch.get_num_threads(),
+        "seconds": {"encode": t_enc, "fit": t_fit, "name_and_eval": time.perf_counter() - t1},
+        "settings": {"naming": vars(name_set), "eval": vars(eval_set), "words": len(words)},
+    }
 
 
 def real_loadable(spec: str) -> str | None:
@@ -147,7 +184,8 @@ def markdown(results: list[dict], skipped: dict[str, str], args: argparse.Namesp
                 f"| {r['pipeline']} | {r['strength']:g} | {r['directions']} | {r['n']} | "
                 f"**{r['fraction_amplify_raises']:.0%}** [{lo:.0%}, {hi:.0%}] | "
                 f"{r['fraction_suppress_lowers']:.0%} | {r['fraction_amplify_raises_raw']:.0%} | "
-                f"{r['fraction_top1']:.0%} ({r['chance_top1']:.1%}) |")
+                f"{r['fraction_top1']:.0%} ({r['chance_top1']:.1%}) |"
+            )
     for res in results:
         s = res["sae"]
         lines += [
@@ -159,9 +197,15 @@ def markdown(results: list[dict], skipped: dict[str, str], args: argparse.Namesp
             f"naming + evaluation {res['seconds']['name_and_eval']:.0f} s.",
         ]
         if res["examples"]:
-            lines.append("Examples (middle strength): " + ", ".join(
-                f"#{e['feature']} *{e['name']}* ({e['delta_naming']:+.2f} naming, "
-                f"{e['delta_heldout']:+.2f} held out)" for e in res["examples"]) + ".")
+            lines.append(
+                "Examples (middle strength): "
+                + ", ".join(
+                    f"#{e['feature']} *{e['name']}* ({e['delta_naming']:+.2f} naming, "
+                    f"{e['delta_heldout']:+.2f} held out)"
+                    for e in res["examples"]
+                )
+                + "."
+            )
     for spec, why in skipped.items():
         lines += ["", f"Real pipeline `{spec}` not run: it cannot be loaded here ({why})."]
     for res in results:  # the comparison with the control, from the numbers above
@@ -204,11 +248,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads for the tiny pipeline (1: OpenMP spinning made it 10x "
-                   "slower with 2 on a busy 2-core machine)")
-    p.add_argument("--real", nargs="*", default=["stabilityai/sd-turbo"],
-                   help="Hub pipelines to run too when loadable (sd-turbo: 1 step, no guidance)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for the tiny pipeline (1: OpenMP spinning made it 10x "
+        "slower with 2 on a busy 2-core machine)",
+    )
+    p.add_argument(
+        "--real",
+        nargs="*",
+        default=["stabilityai/sd-turbo"],
+        help="Hub pipelines to run too when loadable (sd-turbo: 1 step, no guidance)",
+    )
     p.add_argument("--real-max-prompts", type=int, default=600)
     p.add_argument("--no-write", dest="write", action="store_false")
     args = p.parse_args(argv)
@@ -220,8 +272,11 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         torch.set_num_threads(args.threads)
         tiny = D.save_tiny(Path(tmp) / "tiny", seed=args.seed)
-        results.append(run_pipeline(str(tiny), "tiny random SD (32 px, 4 steps, CFG 5)", args,
-                                    steps=4, guidance=5.0))
+        results.append(
+            run_pipeline(
+                str(tiny), "tiny random SD (32 px, 4 steps, CFG 5)", args, steps=4, guidance=5.0
+            )
+        )
         torch.set_num_threads(threads)
     for spec in args.real or []:
         why = real_loadable(spec)
@@ -230,9 +285,17 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"skipping {spec}: {why}")
             continue
         turbo = "turbo" in spec
-        results.append(run_pipeline(spec, spec, args, steps=1 if turbo else 20,
-                                    guidance=0.0 if turbo else 7.5, scorer=D.DEFAULT_SCORER,
-                                    max_prompts=args.real_max_prompts))
+        results.append(
+            run_pipeline(
+                spec,
+                spec,
+                args,
+                steps=1 if turbo else 20,
+                guidance=0.0 if turbo else 7.5,
+                scorer=D.DEFAULT_SCORER,
+                max_prompts=args.real_max_prompts,
+            )
+        )
     md = markdown(results, skipped, args)
     print(md)
     data = {"results": results, "skipped": skipped, "args": vars(args)}

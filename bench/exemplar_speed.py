@@ -48,9 +48,15 @@ def _make_sae(store, arch: str, expansion: float, k: int, relu_l0: int):
     from saescope.core.sae import SAE, SAEConfig
 
     d = store.d_model
-    cfg = SAEConfig(d_in=d, d_sae=int(d * expansion), architecture=arch,
-                    k=k if arch == "topk" else None, model_id=store.model_id, layer=store.layer,
-                    token_kinds=[kind.value for kind in store.kinds])
+    cfg = SAEConfig(
+        d_in=d,
+        d_sae=int(d * expansion),
+        architecture=arch,
+        k=k if arch == "topk" else None,
+        model_id=store.model_id,
+        layer=store.layer,
+        token_kinds=[kind.value for kind in store.kinds],
+    )
     sae = SAE(cfg, seed=0).eval()
     sample = store.sample(20_000)
     sae.set_normalization(sample)
@@ -68,8 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
     from saescope.train.exemplars import build_exemplars
     from saescope.train.extract import extract
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--images", type=int, default=128)
     p.add_argument("--batch", type=int, default=16, help="images per batch (both passes)")
     p.add_argument("--expansion", type=float, default=16.0)
@@ -86,42 +93,72 @@ def main(argv: list[str] | None = None) -> dict:
         path = args.store
         if path is None:
             bb = load_backbone("offline:dinov2-s-saliency")
-            path = extract(bb, "builtin:photos?views=8", Path(tmp) / "acts", layers=[args.layer],
-                           max_images=args.images, progress=False)[0]
+            path = extract(
+                bb,
+                "builtin:photos?views=8",
+                Path(tmp) / "acts",
+                layers=[args.layer],
+                max_images=args.images,
+                progress=False,
+            )[0]
         store = ActivationStore(path)
         kinds = [kind.value for kind in store.kinds]
-        rows, data = [], {"images": store.n_images, "tokens": store.n_tokens, "batch": args.batch,
-                          "k": args.k, "saes": {}}
+        rows, data = (
+            [],
+            {
+                "images": store.n_images,
+                "tokens": store.n_tokens,
+                "batch": args.batch,
+                "k": args.k,
+                "saes": {},
+            },
+        )
         for arch in ("topk", "relu"):
             sae = _make_sae(store, arch, args.expansion, args.sae_k, args.relu_l0)
             _encode_pass(sae, store, args.batch, kinds)  # warm-up (page cache, allocator)
             enc, exm = [], []
             for _ in range(args.repeats):  # interleaved, so load changes hit both alike
                 enc.append(_time(lambda sae=sae: _encode_pass(sae, store, args.batch, kinds)))
-                exm.append(_time(lambda sae=sae: build_exemplars(
-                    sae, store, k=args.k, batch_images=args.batch, progress=False)))
+                exm.append(
+                    _time(
+                        lambda sae=sae: build_exemplars(
+                            sae, store, k=args.k, batch_images=args.batch, progress=False
+                        )
+                    )
+                )
             e_w, x_w = min(w for w, _ in enc), min(w for w, _ in exm)
             e_c, x_c = min(c for _, c in enc), min(c for _, c in exm)
             med = statistics.median(w for w, _ in exm) / statistics.median(w for w, _ in enc)
             ratio, cpu_ratio = x_w / e_w, x_c / e_c
             name = sae.cfg.name
-            print(f"{name}: encode {e_w:.2f}s  exemplars {x_w:.2f}s  ratio {ratio:.2f} "
-                  f"(CPU {cpu_ratio:.2f}, medians {med:.2f}; wall runs: encode "
-                  f"{[round(w, 2) for w, _ in enc]}, exemplars {[round(w, 2) for w, _ in exm]})")
-            data["saes"][name] = {"encode_wall_cpu_s": enc, "exemplars_wall_cpu_s": exm,
-                                  "ratio_min_wall": ratio, "ratio_min_cpu": cpu_ratio,
-                                  "ratio_median_wall": med, "d_sae": sae.cfg.d_sae}
-            rows.append(f"| {name} ({sae.cfg.d_sae} latents) | {e_w:.2f} | {x_w:.2f} | "
-                        f"**{ratio:.2f}** | {cpu_ratio:.2f} | {med:.2f} |")
-    md = (f"### Exemplar pass vs plain encode (`python -m bench.exemplar_speed`)\n\n"
-          f"{data['images']} images x {store.tokens_per_image} tokens of the offline DINOv2-S "
-          f"(layer {store.layer}), batches of {args.batch} images, k={args.k} exemplars per "
-          f"feature, {args.repeats} interleaved runs of each pass. Both passes read the store "
-          "the same way; the exemplar pass includes statistics, histogram, top-k, patch maps, "
-          "ordering and id resolution. Ratio = fastest exemplar run / fastest encode run "
-          "(also in process CPU time, and medians). Target: <= 1.3.\n\n"
-          "| SAE | encode (s) | exemplars (s) | ratio | CPU ratio | median ratio |\n"
-          "|---|---|---|---|---|---|\n" + "\n".join(rows))
+            print(
+                f"{name}: encode {e_w:.2f}s  exemplars {x_w:.2f}s  ratio {ratio:.2f} "
+                f"(CPU {cpu_ratio:.2f}, medians {med:.2f}; wall runs: encode "
+                f"{[round(w, 2) for w, _ in enc]}, exemplars {[round(w, 2) for w, _ in exm]})"
+            )
+            data["saes"][name] = {
+                "encode_wall_cpu_s": enc,
+                "exemplars_wall_cpu_s": exm,
+                "ratio_min_wall": ratio,
+                "ratio_min_cpu": cpu_ratio,
+                "ratio_median_wall": med,
+                "d_sae": sae.cfg.d_sae,
+            }
+            rows.append(
+                f"| {name} ({sae.cfg.d_sae} latents) | {e_w:.2f} | {x_w:.2f} | "
+                f"**{ratio:.2f}** | {cpu_ratio:.2f} | {med:.2f} |"
+            )
+    md = (
+        f"### Exemplar pass vs plain encode (`python -m bench.exemplar_speed`)\n\n"
+        f"{data['images']} images x {store.tokens_per_image} tokens of the offline DINOv2-S "
+        f"(layer {store.layer}), batches of {args.batch} images, k={args.k} exemplars per "
+        f"feature, {args.repeats} interleaved runs of each pass. Both passes read the store "
+        "the same way; the exemplar pass includes statistics, histogram, top-k, patch maps, "
+        "ordering and id resolution. Ratio = fastest exemplar run / fastest encode run "
+        "(also in process CPU time, and medians). Target: <= 1.3.\n\n"
+        "| SAE | encode (s) | exemplars (s) | ratio | CPU ratio | median ratio |\n"
+        "|---|---|---|---|---|---|\n" + "\n".join(rows)
+    )
     if not args.no_write:
         write_section("exemplar_speed", md, data)
     return data

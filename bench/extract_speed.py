@@ -44,9 +44,14 @@ print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_max
 
 
 def peak_rss(source: str, layer: int, n: int, shard_images: int, out: Path) -> float:
-    res = subprocess.run([sys.executable, "-c", _PEAK_RSS, source, str(out), str(layer), str(n),
-                          str(shard_images)], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, source, str(out), str(layer), str(n), str(shard_images)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mb"]
 
 
@@ -95,8 +100,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     def extraction() -> None:
         shutil.rmtree(tmp / "acts", ignore_errors=True)
-        extract(bb, src, tmp / "acts", layers=[args.layer], batch_size=args.batch,
-                max_images=args.images, progress=False)
+        extract(
+            bb,
+            src,
+            tmp / "acts",
+            layers=[args.layer],
+            batch_size=args.batch,
+            max_images=args.images,
+            progress=False,
+        )
 
     bare_to_layer()  # warm-up (allocator, thread pools)
     # This VM's throughput drifts by +-15% between runs, so the passes are interleaved over
@@ -129,25 +141,37 @@ def main(argv: list[str] | None = None) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     n1, n3 = args.memory_images, 3 * args.memory_images
     ratio_b, ratio_a = ext / bare, ext / timings["bare_full"]
-    print(f"extraction / bare forward to layer {layer}: {ratio_b:.1%}; "
-          f"/ full bare forward: {ratio_a:.1%}")
-    md = ["## Activation extraction (`python -m bench.extract_speed`)\n",
-          f"Offline DINOv2-S, layer {layer} (requested {args.layer}), patch tokens, float16, batch "
-          f"{args.batch}, {args.images} packaged-photo views at 224 px. Medians of {args.rounds} "
-          "interleaved rounds (this VM drifts by about 15% between runs).\n",
-          "| pipeline | images/s | ratio to bare forward (same depth) |", "|---|---|---|",
-          f"| bare forward, blocks 0..{layer} (baseline) | {bare:.2f} | 100% |",
-          f"| bare transformers forward, all blocks | {timings['bare_full']:.2f} | "
-          f"{timings['bare_full'] / bare:.0%} |",
-          f"| `train.extract` end to end (decode, preprocess, forward, fp16, shards, checksums) | "
-          f"{ext:.2f} | **{ratio_b:.1%}** |",
-          f"\nAgainst the full bare forward, extraction runs at **{ratio_a:.1%}** (it stops after "
-          f"the deepest requested block). Storage: **{bpv:.4f} bytes per stored value** (float16 + "
-          f"npy headers). Peak RSS: {mem[n1]:.0f} MB for {n1} images, {mem[n3]:.0f} MB for {n3} "
-          f"images ({mem[n3] / mem[n1]:.2f}x for 3x the data). Target: >= 90% of the bare forward, "
-          "2 bytes per value, flat memory."]
-    data = {"timings": timings, "runs": runs, "ratio_same_depth": ratio_b, "ratio_full": ratio_a,
-            "bytes_per_value": bpv, "peak_rss_mb": mem, "args": vars(args)}
+    print(
+        f"extraction / bare forward to layer {layer}: {ratio_b:.1%}; "
+        f"/ full bare forward: {ratio_a:.1%}"
+    )
+    md = [
+        "## Activation extraction (`python -m bench.extract_speed`)\n",
+        f"Offline DINOv2-S, layer {layer} (requested {args.layer}), patch tokens, float16, batch "
+        f"{args.batch}, {args.images} packaged-photo views at 224 px. Medians of {args.rounds} "
+        "interleaved rounds (this VM drifts by about 15% between runs).\n",
+        "| pipeline | images/s | ratio to bare forward (same depth) |",
+        "|---|---|---|",
+        f"| bare forward, blocks 0..{layer} (baseline) | {bare:.2f} | 100% |",
+        f"| bare transformers forward, all blocks | {timings['bare_full']:.2f} | "
+        f"{timings['bare_full'] / bare:.0%} |",
+        f"| `train.extract` end to end (decode, preprocess, forward, fp16, shards, checksums) | "
+        f"{ext:.2f} | **{ratio_b:.1%}** |",
+        f"\nAgainst the full bare forward, extraction runs at **{ratio_a:.1%}** (it stops after "
+        f"the deepest requested block). Storage: **{bpv:.4f} bytes per stored value** (float16 + "
+        f"npy headers). Peak RSS: {mem[n1]:.0f} MB for {n1} images, {mem[n3]:.0f} MB for {n3} "
+        f"images ({mem[n3] / mem[n1]:.2f}x for 3x the data). Target: >= 90% of the bare forward, "
+        "2 bytes per value, flat memory.",
+    ]
+    data = {
+        "timings": timings,
+        "runs": runs,
+        "ratio_same_depth": ratio_b,
+        "ratio_full": ratio_a,
+        "bytes_per_value": bpv,
+        "peak_rss_mb": mem,
+        "args": vars(args),
+    }
     if not args.no_write:
         write_section("extract_speed", "\n".join(md), data)
     return data

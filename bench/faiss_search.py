@@ -32,8 +32,16 @@ TARGET_P95_MS = 20.0
 TARGET_RECALL = 0.95
 
 
-def clustered(n: int, d: int = D, n_centres: int = 2000, rank: int = 16, seed: int = 0,
-              spread: float = 4.0, noise: float = 0.5, chunk: int = 100_000) -> np.ndarray:
+def clustered(
+    n: int,
+    d: int = D,
+    n_centres: int = 2000,
+    rank: int = 16,
+    seed: int = 0,
+    spread: float = 4.0,
+    noise: float = 0.5,
+    chunk: int = 100_000,
+) -> np.ndarray:
     """``n`` float32 vectors from a Gaussian mixture with low-rank clusters (see module docstring).
 
     The mixture (centres, bases, weights) depends on ``seed`` only through a fixed generator, so
@@ -57,7 +65,7 @@ def clustered(n: int, d: int = D, n_centres: int = 2000, rank: int = 16, seed: i
         bounds = np.flatnonzero(np.diff(which[order])) + 1
         for grp in np.split(order, bounds):
             block[grp] += z[grp] @ bases[which[grp[0]]]
-        out[a:a + m] = block
+        out[a : a + m] = block
     return out
 
 
@@ -70,7 +78,7 @@ def from_store(path: str, n: int, seed: int = 0, noise: float = 0.05) -> np.ndar
     rng = np.random.default_rng(seed + 1)
     scale = noise * float(base.std())
     rows = rng.integers(0, len(base), size=n)
-    return (base[rows] + scale * rng.standard_normal((n, base.shape[1]), dtype=np.float32))
+    return base[rows] + scale * rng.standard_normal((n, base.shape[1]), dtype=np.float32)
 
 
 def latencies_ms(vi: VectorIndex, queries: np.ndarray, k: int = 10) -> np.ndarray:
@@ -86,11 +94,12 @@ def latencies_ms(vi: VectorIndex, queries: np.ndarray, k: int = 10) -> np.ndarra
 
 
 def peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run_size(x: np.ndarray, queries: np.ndarray, index_types: list[str], n_latency: int,
-             n_exact_latency: int) -> list[dict[str, Any]]:
+def run_size(
+    x: np.ndarray, queries: np.ndarray, index_types: list[str], n_latency: int, n_exact_latency: int
+) -> list[dict[str, Any]]:
     """Exact baseline plus each index type (``auto`` = the automatic choice) on data ``x``."""
     n = len(x)
     t = time.perf_counter()
@@ -108,26 +117,34 @@ def run_size(x: np.ndarray, queries: np.ndarray, index_types: list[str], n_laten
         lat = ex_lat if vi.index_type == "flat" else latencies_ms(vi, queries[:n_latency])
         p50, p95 = np.percentile(lat, [50, 95])
         row = {
-            "n": n, "requested": kind, "index_type": vi.index_type,
+            "n": n,
+            "requested": kind,
+            "index_type": vi.index_type,
             "params": {k: v for k, v in vi.params.items()},
             "build_s": round(build, 2),
             "index_bytes": exact_bytes if vi.index_type == "flat" else vi.nbytes(),
             "recall_at_10": round(recall_from_ids(found, truth), 4),
             "tuned_recall": vi.tuning.get("recall_at_k"),
-            "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
+            "p50_ms": round(float(p50), 3),
+            "p95_ms": round(float(p95), 3),
             "mean_ms": round(float(lat.mean()), 3),
             "exact_p50_ms": round(float(np.percentile(ex_lat, 50)), 3),
             "exact_p95_ms": round(float(np.percentile(ex_lat, 95)), 3),
-            "exact_build_s": round(exact_build, 2), "exact_bytes": exact_bytes,
+            "exact_build_s": round(exact_build, 2),
+            "exact_bytes": exact_bytes,
             "speedup_p50": round(float(np.percentile(ex_lat, 50) / p50), 1),
-            "queries": len(queries), "latency_queries": len(lat),
+            "queries": len(queries),
+            "latency_queries": len(lat),
         }
         rows.append(row)
-        print(f"[faiss_search] n={n} {kind} -> {row['index_type']} {row['params']}: "
-              f"build {row['build_s']} s, recall@10 {row['recall_at_10']}, p50 {row['p50_ms']} ms, "
-              f"p95 {row['p95_ms']} ms (exact p50 {row['exact_p50_ms']} ms), "
-              f"{row['index_bytes'] / 2**20:.0f} MiB, peak RSS {peak_rss_gib():.1f} GiB",
-              file=sys.stderr, flush=True)
+        print(
+            f"[faiss_search] n={n} {kind} -> {row['index_type']} {row['params']}: "
+            f"build {row['build_s']} s, recall@10 {row['recall_at_10']}, p50 {row['p50_ms']} ms, "
+            f"p95 {row['p95_ms']} ms (exact p50 {row['exact_p50_ms']} ms), "
+            f"{row['index_bytes'] / 2**20:.0f} MiB, peak RSS {peak_rss_gib():.1f} GiB",
+            file=sys.stderr,
+            flush=True,
+        )
         del vi
     return rows
 
@@ -155,15 +172,19 @@ def markdown(rows: list[dict[str, Any]], data_desc: str, threads: int, d: int = 
             f"| {r['n']:,} | {label} | {params or '-'} | {r['build_s']:.1f} | "
             f"{r['index_bytes'] / 2**20:.0f} | {r['recall_at_10']:.3f} | {r['p50_ms']:.2f} | "
             f"{r['p95_ms']:.2f} | {r['exact_p50_ms']:.2f} / {r['exact_p95_ms']:.2f} | "
-            f"{r['speedup_p50']:.1f}x |")
+            f"{r['speedup_p50']:.1f}x |"
+        )
     auto_big = [r for r in rows if r["n"] == big and r["requested"] == "auto"]
     if auto_big:
         r = auto_big[0]
         ok = r["p95_ms"] < TARGET_P95_MS and r["recall_at_10"] >= TARGET_RECALL
-        lines += ["", f"At {big:,} vectors the automatic choice ({r['index_type']}) "
-                  f"{'meets' if ok else 'MISSES'} the targets p95 < {TARGET_P95_MS:g} ms and "
-                  f"recall@10 >= {TARGET_RECALL}: p95 {r['p95_ms']:.2f} ms, recall@10 "
-                  f"{r['recall_at_10']:.3f}, {r['speedup_p50']:.0f}x faster than exact search."]
+        lines += [
+            "",
+            f"At {big:,} vectors the automatic choice ({r['index_type']}) "
+            f"{'meets' if ok else 'MISSES'} the targets p95 < {TARGET_P95_MS:g} ms and "
+            f"recall@10 >= {TARGET_RECALL}: p95 {r['p95_ms']:.2f} ms, recall@10 "
+            f"{r['recall_at_10']:.3f}, {r['speedup_p50']:.0f}x faster than exact search.",
+        ]
     return "\n".join(lines)
 
 
@@ -174,8 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--latency-queries", type=int, default=1000)
     ap.add_argument("--exact-latency-queries", type=int, default=200)
-    ap.add_argument("--extra", nargs="*", default=["ivfpq"],
-                    help="index types forced at the largest size, beside the automatic one")
+    ap.add_argument(
+        "--extra",
+        nargs="*",
+        default=["ivfpq"],
+        help="index types forced at the largest size, beside the automatic one",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-write", action="store_true", help="print only, do not touch RESULTS.md")
     args = ap.parse_args(argv)
@@ -194,8 +219,11 @@ def main(argv: list[str] | None = None) -> int:
                 "16-dim subspace plus isotropic noise (overlapping clusters)"
             )
         width = x.shape[1]
-        print(f"[faiss_search] generated {n:,} x {width} in {time.perf_counter() - t:.1f} s",
-              file=sys.stderr, flush=True)
+        print(
+            f"[faiss_search] generated {n:,} x {width} in {time.perf_counter() - t:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
         kinds = ["auto"] + (list(args.extra) if n == big else [])
         rows += run_size(x, q, kinds, args.latency_queries, args.exact_latency_queries)
         del x
@@ -204,8 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         from bench.report import write_section
 
-        write_section("faiss_search", md, {"rows": rows, "threads": threads, "data": desc,
-                                           "peak_rss_gib": round(peak_rss_gib(), 2)})
+        write_section(
+            "faiss_search",
+            md,
+            {
+                "rows": rows,
+                "threads": threads,
+                "data": desc,
+                "peak_rss_gib": round(peak_rss_gib(), 2),
+            },
+        )
     return 0
 
 

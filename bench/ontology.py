@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     from saescope.train.fit import FitConfig, SAESpec, fit
     from saescope.train.ontology import class_activations, save_outputs, text_table
 
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="runs/bench_ontology")
     p.add_argument("--views", type=int, default=10, help="views per packaged photo")
     p.add_argument("--digits", type=int, default=200, help="sklearn digits")
@@ -58,26 +59,39 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     out = Path(args.out)
     wn = load_wordnet()
-    spec = (f"builtin:photos?views={args.views}+builtin:digits?max_images={args.digits}"
-            f"+builtin:fashion-mnist?split=test&max_images={args.fashion}")
+    spec = (
+        f"builtin:photos?views={args.views}+builtin:digits?max_images={args.digits}"
+        f"+builtin:fashion-mnist?split=test&max_images={args.fashion}"
+    )
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
     backbone = load_backbone("offline:dinov2-s-saliency")
-    store = ActivationStore(extract(backbone, open_source(spec), out / "acts", layers=[args.layer],
-                                    kinds="patch")[0])
+    store = ActivationStore(
+        extract(backbone, open_source(spec), out / "acts", layers=[args.layer], kinds="patch")[0]
+    )
     t_extract = time.perf_counter() - t0
-    print(f"store: {store.n_images} images, {store.n_tokens:,} tokens, layer {store.layer}; "
-          f"extraction {t_extract:.0f} s")
+    print(
+        f"store: {store.n_images} images, {store.n_tokens:,} tokens, layer {store.layer}; "
+        f"extraction {t_extract:.0f} s"
+    )
     t1 = time.perf_counter()
-    folder = fit(FitConfig(store=str(store.path), out=str(out / "saes"),
-                           saes=[SAESpec("topk", args.expansion, k=args.k)],
-                           tokens=int(store.n_tokens * args.epochs), batch_size=args.batch_size,
-                           lr=4e-4, plots=False))[0]
+    folder = fit(
+        FitConfig(
+            store=str(store.path),
+            out=str(out / "saes"),
+            saes=[SAESpec("topk", args.expansion, k=args.k)],
+            tokens=int(store.n_tokens * args.epochs),
+            batch_size=args.batch_size,
+            lr=4e-4,
+            plots=False,
+        )
+    )[0]
     t_fit = time.perf_counter() - t1
     sae = from_pretrained(folder)
     t2 = time.perf_counter()
-    mapping = map_labels(store.label_names, wn,
-                         dataset_kind=(store.manifest.get("source") or {}).get("kind"))
+    mapping = map_labels(
+        store.label_names, wn, dataset_kind=(store.manifest.get("source") or {}).get("kind")
+    )
     acc, names = class_activations(sae, store, batch_images=16, exclude=sorted(mapping.unmapped))
     result = analyze(acc, mapping, wn, min_images=args.min_images)
     t_analyse = time.perf_counter() - t2
@@ -89,16 +103,27 @@ def main(argv: list[str] | None = None) -> dict:
     s = result.summary()
     within = Counter(
         "one dataset" if len({dataset_of(names[c]) for c in f.top_classes}) == 1 else "mixed"
-        for f in result.features)
+        for f in result.features
+    )
     per_dataset = Counter(dataset_of(names[f.top_classes[0]]) for f in result.features)
     n = max(1, s["n_analysed"])
-    data = {"summary": s, "top_k": acc.top_k, "summary_all_images": s_all,
-            "within_one_dataset": within["one dataset"] / n,
-            "features_by_dataset_of_top_class": dict(per_dataset), "spec": spec,
-            "store_images": store.n_images, "store_tokens": store.n_tokens,
-            "sae": sae.cfg.name, "sae_metrics": sae.cfg.metrics, "t_extract": t_extract,
-            "t_fit": t_fit, "t_analyse": t_analyse, "load_average_1min": [load0, load1],
-            "args": vars(args)}
+    data = {
+        "summary": s,
+        "top_k": acc.top_k,
+        "summary_all_images": s_all,
+        "within_one_dataset": within["one dataset"] / n,
+        "features_by_dataset_of_top_class": dict(per_dataset),
+        "spec": spec,
+        "store_images": store.n_images,
+        "store_tokens": store.n_tokens,
+        "sae": sae.cfg.name,
+        "sae_metrics": sae.cfg.metrics,
+        "t_extract": t_extract,
+        "t_fit": t_fit,
+        "t_analyse": t_analyse,
+        "load_average_1min": [load0, load1],
+        "args": vars(args),
+    }
     base = s["baseline"]
     hist = ", ".join(f"{d}: {c}" for d, c in s["depth_histogram"].items())
     md = [
@@ -123,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"(random class sets: {base['mean_depth']:.2f}); "
         f"depth histogram {hist}",
         f"- top classes from a single dataset: {data['within_one_dataset']:.1%} of features; "
-        f"largest class by dataset: " + ", ".join(f"{k.split(':')[-1]} {v}" for k, v in
-                                                   sorted(per_dataset.items())),
+        f"largest class by dataset: "
+        + ", ".join(f"{k.split(':')[-1]} {v}" for k, v in sorted(per_dataset.items())),
         f"- hierarchy coverage: **{s['nodes_covered']} of {s['hierarchy_nodes']} nodes "
         f"({s['node_coverage']:.1%})** are some feature's LCH; {s['class_top1_coverage']:.1%} of "
         f"classes are some feature's largest class, {s['class_top_set_coverage']:.1%} are in "

@@ -54,10 +54,20 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     t0 = time.perf_counter()
     backbone = load_backbone("offline:dinov2-s-saliency")
-    train_store = extract(backbone, open_source(f"builtin:photos?views={args.views}"), out / "acts",
-                          layers=[args.layer], kinds="patch")[0]
-    eval_store = extract(backbone, open_source("builtin:photos?views=4&seed=7"), out / "acts_eval",
-                         layers=[args.layer], kinds="patch")[0]
+    train_store = extract(
+        backbone,
+        open_source(f"builtin:photos?views={args.views}"),
+        out / "acts",
+        layers=[args.layer],
+        kinds="patch",
+    )[0]
+    eval_store = extract(
+        backbone,
+        open_source("builtin:photos?views=4&seed=7"),
+        out / "acts_eval",
+        layers=[args.layer],
+        kinds="patch",
+    )[0]
     store = ActivationStore(train_store)
     t_extract = time.perf_counter() - t0
     print(
@@ -66,31 +76,50 @@ def main(argv: list[str] | None = None) -> dict:
     specs = [SAESpec("topk", args.expansion, k=args.k)]
     specs += [SAESpec("relu", args.expansion, k=None, l1_coefficient=c) for c in args.l1]
     t1 = time.perf_counter()
-    folders = fit(FitConfig(store=str(train_store), out=str(out / "saes"), saes=specs,
-                            tokens=int(store.n_tokens * args.epochs), batch_size=args.batch_size,
-                            lr=4e-4))
+    folders = fit(
+        FitConfig(
+            store=str(train_store),
+            out=str(out / "saes"),
+            saes=specs,
+            tokens=int(store.n_tokens * args.epochs),
+            batch_size=args.batch_size,
+            lr=4e-4,
+        )
+    )
     t_fit = time.perf_counter() - t1
     evals = ActivationStore(eval_store)
     rows = []
     for folder in folders:
         sae = from_pretrained(folder)
         m = evaluate_sae(sae, evals, max_tokens=evals.n_tokens, progress=False)
-        rows.append({"name": folder.name, "architecture": sae.cfg.architecture,
-                     "l1": sae.cfg.l1_coefficient, "fvu": m["fvu"], "l0": m["l0"],
-                     "mse": m["mse"], "dead_fraction": m["dead_fraction"],
-                     "dense_fraction": m["dense_fraction"]})
+        rows.append(
+            {
+                "name": folder.name,
+                "architecture": sae.cfg.architecture,
+                "l1": sae.cfg.l1_coefficient,
+                "fvu": m["fvu"],
+                "l0": m["l0"],
+                "mse": m["mse"],
+                "dead_fraction": m["dead_fraction"],
+                "dense_fraction": m["dense_fraction"],
+            }
+        )
     topk = rows[0]
     relus = rows[1:]
     at_l0, nearest = interpolate_at_l0(relus, topk["l0"])
     ratio = (at_l0 if at_l0 is not None else nearest["fvu"]) / topk["fvu"]
     for r in rows:
-        print(f"{r['name']:24s} FVU {r['fvu']:.4f}  L0 {r['l0']:7.1f}  "
-              f"dead {r['dead_fraction']:.2%}  "
-              f"dense {r['dense_fraction']:.2%}")
-    print(f"ReLU+L1 FVU at TopK's L0 ({topk['l0']:.1f}): "
-          f"{f'interpolated {at_l0:.4f}' if at_l0 is not None else 'outside sweep range'}; "
-          f"nearest {nearest['name']} (L0 {nearest['l0']:.1f}) FVU {nearest['fvu']:.4f}; "
-          f"ReLU/TopK FVU ratio {ratio:.2f}x")
+        print(
+            f"{r['name']:24s} FVU {r['fvu']:.4f}  L0 {r['l0']:7.1f}  "
+            f"dead {r['dead_fraction']:.2%}  "
+            f"dense {r['dense_fraction']:.2%}"
+        )
+    print(
+        f"ReLU+L1 FVU at TopK's L0 ({topk['l0']:.1f}): "
+        f"{f'interpolated {at_l0:.4f}' if at_l0 is not None else 'outside sweep range'}; "
+        f"nearest {nearest['name']} (L0 {nearest['l0']:.1f}) FVU {nearest['fvu']:.4f}; "
+        f"ReLU/TopK FVU ratio {ratio:.2f}x"
+    )
     md = [
         "## SAE quality on the offline DINOv2-S (`python -m bench.quality`)\n",
         f"Layer {store.layer} (requested {args.layer}), all {store.tokens_per_image} patch tokens "
@@ -102,8 +131,11 @@ def main(argv: list[str] | None = None) -> dict:
         "| SAE | L1 | FVU | L0 | dead | dense |",
         "|---|---|---|---|---|---|",
     ]
-    md += [f"| {r['name']} | {r['l1'] if r['architecture'] == 'relu' else '-'} | {r['fvu']:.4f} | "
-           f"{r['l0']:.1f} | {r['dead_fraction']:.2%} | {r['dense_fraction']:.2%} |" for r in rows]
+    md += [
+        f"| {r['name']} | {r['l1'] if r['architecture'] == 'relu' else '-'} | {r['fvu']:.4f} | "
+        f"{r['l0']:.1f} | {r['dead_fraction']:.2%} | {r['dense_fraction']:.2%} |"
+        for r in rows
+    ]
     md.append(
         f"\nReLU+L1 at TopK's L0 ({topk['l0']:.1f}): "
         + (
@@ -117,8 +149,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"sparsity). TopK dead latents: **{topk['dead_fraction']:.2%}** (target < 1%). "
         f"Extraction {t_extract:.0f} s, training the {len(rows)} SAEs in one pass {t_fit:.0f} s."
     )
-    data = {"rows": rows, "relu_fvu_at_topk_l0": at_l0, "ratio": ratio, "n_tokens": store.n_tokens,
-            "t_extract": t_extract, "t_fit": t_fit, "args": vars(args)}
+    data = {
+        "rows": rows,
+        "relu_fvu_at_topk_l0": at_l0,
+        "ratio": ratio,
+        "n_tokens": store.n_tokens,
+        "t_extract": t_extract,
+        "t_fit": t_fit,
+        "args": vars(args),
+    }
     if not args.no_write:
         write_section("quality", "\n".join(md), data)
     return data

@@ -16,14 +16,39 @@ import argparse
 import importlib
 import time
 
-FAST = ["train_speed", "extract_speed", "exemplar_speed", "default_bundle", "app_latency",
-        "steer_apps", "diffusion_steer"]
+FAST = [
+    "train_speed",
+    "extract_speed",
+    "exemplar_speed",
+    "default_bundle",
+    "app_latency",
+    "steer_apps",
+    "diffusion_steer",
+]
 LONG = ["faiss_search", "quality", "ontology"]
-STEPS_FAST = [["steer-eval", "--max-images", "50"],
-              ["steer-eval", "--head", "digit-scenes", "--max-images", "40"]]
-STEPS_LONG = [["ood-eval", "--model", "offline:dinov2-s-saliency", "--layer", "10",
-               "--in", "builtin:digits", "builtin:fashion-mnist", "--out", "builtin:lfw",
-               "builtin:photos", "--n-train", "400", "--n-test", "200"]]
+STEPS_FAST = [
+    ["steer-eval", "--max-images", "50"],
+    ["steer-eval", "--head", "digit-scenes", "--max-images", "40"],
+]
+STEPS_LONG = [
+    [
+        "ood-eval",
+        "--model",
+        "offline:dinov2-s-saliency",
+        "--layer",
+        "10",
+        "--in",
+        "builtin:digits",
+        "builtin:fashion-mnist",
+        "--out",
+        "builtin:lfw",
+        "builtin:photos",
+        "--n-train",
+        "400",
+        "--n-test",
+        "200",
+    ]
+]
 
 
 def main(argv: list[str] | None = None) -> int:

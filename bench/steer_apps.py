@@ -44,8 +44,15 @@ def client_moves(
     up, steer = [], []
     for path in images:
         t = time.perf_counter()
-        out = client.predict(handle_file(path), head, MODE, "selected patches", *([None] * 5),
-                             *([1.0] * 5), api_name="/analyse")
+        out = client.predict(
+            handle_file(path),
+            head,
+            MODE,
+            "selected patches",
+            *([None] * 5),
+            *([1.0] * 5),
+            api_name="/analyse",
+        )
         up.append(time.perf_counter() - t)
         ids = [u.get("value") if isinstance(u, dict) else None for u in out[8:13]]
         for j in range(moves):
@@ -81,7 +88,9 @@ def browser_moves(url: str, caption: str, panel: str, moves: int, reps: int) -> 
                 box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.75, steps=5
             )
             page.mouse.up()
-            page.wait_for_function("!document.querySelector('#sel-info').innerText.startsWith('No')")
+            page.wait_for_function(
+                "!document.querySelector('#sel-info').innerText.startsWith('No')"
+            )
             page.wait_for_timeout(1500)  # the selection's candidates settle
             for j in range(moves):
                 old = page.locator("#edits").inner_text()
@@ -93,7 +102,8 @@ def browser_moves(url: str, caption: str, panel: str, moves: int, reps: int) -> 
                     " const imgs = [...document.querySelectorAll(panel)];"
                     " return imgs.length > 0"
                     " && imgs.every(i => i.complete && i.naturalWidth > 0); }",
-                    arg=[old, panel])
+                    arg=[old, panel],
+                )
                 out.append(time.perf_counter() - t)
         page.context.close()
     return out
@@ -112,8 +122,12 @@ def compute_floor(demo, images: list[str], head: str, moves: int) -> list[float]
         feats = [f for f, _, _ in eng.top_features(an, None, 2)]
         for j in range(moves):
             t = time.perf_counter()
-            res = eng.steer(an, [Edit(feats[0], scale=SLIDES[j % len(SLIDES)]),
-                                 Edit(feats[1], scale=4.0)], None, head=head)
+            res = eng.steer(
+                an,
+                [Edit(feats[0], scale=SLIDES[j % len(SLIDES)]), Edit(feats[1], scale=4.0)],
+                None,
+                head=head,
+            )
             task.render_after(an, head, res)
             out.append(time.perf_counter() - t)
     return out
@@ -175,31 +189,47 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     load_before = os.getloadavg()
-    apps = {n: run_app(n, str(bundle.path), args.images, args.moves, args.browser)
-            for n in ("segment", "classify")}
+    apps = {
+        n: run_app(n, str(bundle.path), args.images, args.moves, args.browser)
+        for n in ("segment", "classify")
+    }
     load_after = os.getloadavg()
 
     def row(label, s, target=True):
         if not s:
             return None
         ok = (" ✅" if s["median_s"] < TARGET_S else " ❌") if target else ""
-        return (f"| {label} | {s['n']} | {s['median_s']:.2f}{ok} | {s['p90_s']:.2f} | "
-                f"{s['max_s']:.2f} |")
+        return (
+            f"| {label} | {s['n']} | {s['median_s']:.2f}{ok} | {s['p90_s']:.2f} | "
+            f"{s['max_s']:.2f} |"
+        )
 
-    lines = [f"Steering response of `apps/segment.py` and `apps/classify.py` on "
-             f"**{adapter.bundle_title(bundle)}** (heads: "
-             f"{apps['segment']['head']} segmentation probe, {apps['classify']['head']} "
-             f"classification probe), held-out examples of each probe's data set, 8 × 8 patch "
-             f"selection or all patches, one or two features edited at once.", "",
-             "| measurement | n | median s | p90 s | max s |", "|---|---|---|---|---|"]
+    lines = [
+        f"Steering response of `apps/segment.py` and `apps/classify.py` on "
+        f"**{adapter.bundle_title(bundle)}** (heads: "
+        f"{apps['segment']['head']} segmentation probe, {apps['classify']['head']} "
+        f"classification probe), held-out examples of each probe's data set, 8 × 8 patch "
+        f"selection or all patches, one or two features edited at once.",
+        "",
+        "| measurement | n | median s | p90 s | max s |",
+        "|---|---|---|---|---|",
+    ]
     for name, label in (("segment", "segmentation"), ("classify", "classification")):
         a = apps[name]
-        lines += [r for r in (
-            row(f"{label}: compute only (blocks L+1.. + head + rendering)", a["compute"]),
-            row(f"{label}: slider → answer (gradio_client `/steer`)", a["client_steer"]),
-            row(f"{label}: slider → new output displayed (Chromium)", a["browser_steer"]),
-            row(f"{label}: upload → everything shown (gradio_client `/analyse`, for scale)",
-                a["client_analyse"], target=False)) if r]
+        lines += [
+            r
+            for r in (
+                row(f"{label}: compute only (blocks L+1.. + head + rendering)", a["compute"]),
+                row(f"{label}: slider → answer (gradio_client `/steer`)", a["client_steer"]),
+                row(f"{label}: slider → new output displayed (Chromium)", a["browser_steer"]),
+                row(
+                    f"{label}: upload → everything shown (gradio_client `/analyse`, for scale)",
+                    a["client_analyse"],
+                    target=False,
+                ),
+            )
+            if r
+        ]
     lines += [
         "",
         f"Target: steering response < {TARGET_S:g} s (✅/❌ on the median). The browser rows "

@@ -89,10 +89,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     x = torch.randn(b, d) * 3 + 1
     rows = []
-    for name, arch, dense in [("TopK (sparse decode)", "topk", False),
-                              ("BatchTopK (sparse decode)", "batchtopk", False),
-                              ("ReLU+L1 (dense)", "relu", False),
-                              ("TopK naive dense decode (baseline)", "topk", True)]:
+    for name, arch, dense in [
+        ("TopK (sparse decode)", "topk", False),
+        ("BatchTopK (sparse decode)", "batchtopk", False),
+        ("ReLU+L1 (dense)", "relu", False),
+        ("TopK naive dense decode (baseline)", "topk", True),
+    ]:
         sae = SAE(SAEConfig(d_in=d, d_sae=w, architecture=arch, k=k, l1_coefficient=1e-3))
         sae.set_normalization(x)
         tps = time_steps(sae, x, args.steps, dense_decode=dense)
@@ -113,8 +115,11 @@ def main(argv: list[str] | None = None) -> dict:
         "| step | tokens/s | useful MFLOP/token | fraction of matmul limit |",
         "|---|---|---|---|",
     ]
-    md += [f"| {r['step']} | {r['tokens_per_s']:,.0f} | {r['flops_per_token'] / 1e6:.2f} | "
-           f"{r['fraction_of_limit']:.1%} |" for r in rows]
+    md += [
+        f"| {r['step']} | {r['tokens_per_s']:,.0f} | {r['flops_per_token'] / 1e6:.2f} | "
+        f"{r['fraction_of_limit']:.1%} |"
+        for r in rows
+    ]
     md.append(
         f"\nTopK with sparse (embedding-bag) decoding runs **{speedup:.2f}x** the tokens/s of the "
         "naive dense-decode TopK step. Target: the TopK step at 16x reaches >= 40% of the limit."

@@ -23,10 +23,11 @@ import io
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,21 +50,33 @@ class BundleError(ValueError):
 
 
 def _bundle_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
-                  and not p.name.endswith(".tmp") and ".cache" not in p.parts)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.name != MANIFEST
+        and not p.name.endswith(".tmp")
+        and ".cache" not in p.parts
+    )
 
 
 def write_manifest(folder: str | os.PathLike, info: dict[str, Any]) -> dict:
     """Checksum every file under ``folder`` and write ``bundle.json`` (atomically)."""
     folder = Path(folder)
-    files = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size,
-                                                "sha256": sha256_file(p)}
-             for p in _bundle_files(folder)}
-    manifest = {**formats.BUNDLE.header(), "library_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **info,
-                "files": files}
-    atomic_write_text(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True),
-                      fsync=False)
+    files = {
+        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in _bundle_files(folder)
+    }
+    manifest = {
+        **formats.BUNDLE.header(),
+        "library_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **info,
+        "files": files,
+    }
+    atomic_write_text(
+        folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True), fsync=False
+    )
     return manifest
 
 
@@ -73,8 +86,11 @@ def update_manifest(folder: str | os.PathLike, change) -> dict:
     Used to add components (matches, probes, OOD calibration) to an existing bundle.
     """
     manifest = read_manifest(folder)
-    info = {k: v for k, v in manifest.items()
-            if k not in ("files", "format", "format_version", "library_version", "created")}
+    info = {
+        k: v
+        for k, v in manifest.items()
+        if k not in ("files", "format", "format_version", "library_version", "created")
+    }
     change(info)
     return write_manifest(folder, info)
 
@@ -89,8 +105,9 @@ def read_manifest(folder: str | os.PathLike) -> dict:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise BundleError(f"{path} is not valid JSON (truncated download?): {err}") from err
-    formats.BUNDLE.check(manifest, folder if manifest.get("format") == FORMAT else path,
-                         error=BundleError)
+    formats.BUNDLE.check(
+        manifest, folder if manifest.get("format") == FORMAT else path, error=BundleError
+    )
     return manifest
 
 
@@ -115,14 +132,21 @@ def verify_bundle(folder: str | os.PathLike, checksums: bool = True) -> dict:
     if corrupt:
         problems.append("checksum mismatch: " + ", ".join(corrupt))
     if problems:
-        raise BundleError(f"bundle {folder} is incomplete or corrupt ({'; '.join(problems)}); "
-                          "re-download it or rebuild it")
+        raise BundleError(
+            f"bundle {folder} is incomplete or corrupt ({'; '.join(problems)}); "
+            "re-download it or rebuild it"
+        )
     return manifest
 
 
 # ------------------------------------------------------------------------------ thumbnails
-def pack_thumbnails(folder: Path, images: Iterable[tuple[int, str, Image.Image]], size: int,
-                    source_spec: str | None, quality: int = 85) -> int:
+def pack_thumbnails(
+    folder: Path,
+    images: Iterable[tuple[int, str, Image.Image]],
+    size: int,
+    source_spec: str | None,
+    quality: int = 85,
+) -> int:
     """JPEG-encode ``(image_index, image_id, image)`` thumbnails into one packed file.
 
     One file instead of thousands keeps Hub uploads and downloads fast.
@@ -140,10 +164,19 @@ def pack_thumbnails(folder: Path, images: Iterable[tuple[int, str, Image.Image]]
     offsets = np.zeros(len(blobs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(b) for b in blobs])
     data = np.concatenate(blobs) if blobs else np.zeros(0, np.uint8)
-    save_file({"data": torch.from_numpy(data.copy()), "offsets": torch.from_numpy(offsets),
-               "image_index": torch.tensor(index, dtype=torch.int64)}, str(folder / THUMBS))
-    (folder / THUMBS_META).write_text(json.dumps(
-        {"size": size, "source": source_spec, "image_ids": ids, "sizes": sizes}, indent=1))
+    save_file(
+        {
+            "data": torch.from_numpy(data.copy()),
+            "offsets": torch.from_numpy(offsets),
+            "image_index": torch.tensor(index, dtype=torch.int64),
+        },
+        str(folder / THUMBS),
+    )
+    (folder / THUMBS_META).write_text(
+        json.dumps(
+            {"size": size, "source": source_spec, "image_ids": ids, "sizes": sizes}, indent=1
+        )
+    )
     return len(blobs)
 
 
@@ -158,12 +191,17 @@ class Thumbnails:
     source: str | None = None
 
     @classmethod
-    def load(cls, folder: Path) -> "Thumbnails":
+    def load(cls, folder: Path) -> Thumbnails:
         t = load_file(str(folder / THUMBS))
         meta = json.loads((folder / THUMBS_META).read_text())
         idx = t["image_index"].numpy()
-        return cls(t["data"].numpy(), t["offsets"].numpy(), {int(i): n for n, i in enumerate(idx)},
-                   meta["image_ids"], meta.get("source"))
+        return cls(
+            t["data"].numpy(),
+            t["offsets"].numpy(),
+            {int(i): n for n, i in enumerate(idx)},
+            meta["image_ids"],
+            meta.get("source"),
+        )
 
     def __contains__(self, image_index: int) -> bool:
         return int(image_index) in self.position
@@ -175,7 +213,7 @@ class Thumbnails:
         n = self.position.get(int(image_index))
         if n is None:
             raise KeyError(f"image {image_index} has no thumbnail in this bundle")
-        blob = self.data[self.offsets[n]: self.offsets[n + 1]].tobytes()
+        blob = self.data[self.offsets[n] : self.offsets[n + 1]].tobytes()
         return Image.open(io.BytesIO(blob)).convert("RGB")
 
     def image_id(self, image_index: int) -> str:
@@ -183,8 +221,9 @@ class Thumbnails:
 
 
 # ------------------------------------------------------------------------------ loading
-def resolve_bundle(name_or_path: str | os.PathLike, revision: str | None = None,
-                   token: str | None = None) -> Path:
+def resolve_bundle(
+    name_or_path: str | os.PathLike, revision: str | None = None, token: str | None = None
+) -> Path:
     """A local folder, or a Hub repo id downloaded (or found in the cache) with huggingface_hub."""
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -195,14 +234,18 @@ def resolve_bundle(name_or_path: str | os.PathLike, revision: str | None = None,
     from huggingface_hub.errors import HFValidationError
 
     try:
-        return Path(snapshot_download(str(name_or_path), revision=revision, token=token,
-                                      repo_type="model"))
+        return Path(
+            snapshot_download(str(name_or_path), revision=revision, token=token, repo_type="model")
+        )
     except HFValidationError as err:
-        raise BundleError(f"bundle {str(name_or_path)!r} is neither a folder nor a Hub "
-                          "repo id") from err
+        raise BundleError(
+            f"bundle {str(name_or_path)!r} is neither a folder nor a Hub repo id"
+        ) from err
     except Exception as err:
-        raise BundleError(f"could not fetch bundle {str(name_or_path)!r} from the Hugging Face Hub "
-                          f"(offline, private, or no such repo?): {err}") from err
+        raise BundleError(
+            f"could not fetch bundle {str(name_or_path)!r} from the Hugging Face Hub "
+            f"(offline, private, or no such repo?): {err}"
+        ) from err
 
 
 @dataclass
@@ -214,8 +257,13 @@ class Bundle:
     _cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, name_or_path: str | os.PathLike, revision: str | None = None,
-             verify: bool = True, token: str | None = None) -> "Bundle":
+    def load(
+        cls,
+        name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        verify: bool = True,
+        token: str | None = None,
+    ) -> Bundle:
         folder = resolve_bundle(name_or_path, revision, token)
         manifest = verify_bundle(folder, checksums=verify) if verify else read_manifest(folder)
         return cls(folder, manifest)
@@ -243,8 +291,10 @@ class Bundle:
 
     def component_path(self, component: str) -> Path:
         if component not in self.components:
-            raise BundleError(f"bundle {self.name} has no {component!r} component "
-                              f"(it has: {', '.join(sorted(self.components)) or 'none'})")
+            raise BundleError(
+                f"bundle {self.name} has no {component!r} component "
+                f"(it has: {', '.join(sorted(self.components)) or 'none'})"
+            )
         return self.path / self.components[component]
 
     # -- components ----------------------------------------------------------------------
@@ -286,15 +336,17 @@ class Bundle:
         ids, scores = related_features(self.feature_index, self.sae, feature, k + 1)
         return [(int(i), float(s)) for i, s in zip(ids, scores) if int(i) != int(feature)][:k]
 
-    def matches(self, other: "Bundle"):
+    def matches(self, other: Bundle):
         """Cross-model feature matches against ``other`` (core.matches.Matches, A = self)."""
         from saescope.core.matches import Matches
 
         table = self.components.get("matches", {})
         if other.name not in table:
-            raise BundleError(f"bundle {self.name} has no feature matches with {other.name} "
-                              f"(it has: {', '.join(sorted(table)) or 'none'}); build them with "
-                              "saescope bundle ... --match-with")
+            raise BundleError(
+                f"bundle {self.name} has no feature matches with {other.name} "
+                f"(it has: {', '.join(sorted(table)) or 'none'}); build them with "
+                "saescope bundle ... --match-with"
+            )
         return Matches.load(self.path / table[other.name])
 
     @cached_property
@@ -316,9 +368,11 @@ class Bundle:
         """Manifest entry of a probe: path, kind, classes and held-out metrics."""
         table = self.components.get("probes", {})
         if name not in table:
-            raise BundleError(f"bundle {self.name} has no probe {name!r} "
-                              f"(it has: {', '.join(sorted(table)) or 'none'}); fit one with "
-                              "saescope probe --bundle ...")
+            raise BundleError(
+                f"bundle {self.name} has no probe {name!r} "
+                f"(it has: {', '.join(sorted(table)) or 'none'}); fit one with "
+                "saescope probe --bundle ..."
+            )
         entry = table[name]
         return entry if isinstance(entry, dict) else {"path": entry}
 
@@ -343,11 +397,17 @@ class Bundle:
             from saescope.core.heads import HeadError, load_head
 
             rel = Path(self.probe_info(name)["path"])
-            head = load_head(self.path / rel.parent, rel.name, device=self.backbone.device,
-                             dtype=self.backbone.dtype)
+            head = load_head(
+                self.path / rel.parent,
+                rel.name,
+                device=self.backbone.device,
+                dtype=self.backbone.dtype,
+            )
             if head.backbone_id and head.backbone_id != self.model.get("model_id"):
-                raise HeadError(f"probe {name!r} was fitted on {head.backbone_id!r}, but bundle "
-                                f"{self.name} uses {self.model.get('model_id')!r}")
+                raise HeadError(
+                    f"probe {name!r} was fitted on {head.backbone_id!r}, but bundle "
+                    f"{self.name} uses {self.model.get('model_id')!r}"
+                )
         cache[name] = head
         return head
 
@@ -359,20 +419,38 @@ class Bundle:
         return self.load_head(names[0]) if names else None
 
 
-def push_bundle(folder: str | os.PathLike, repo_id: str, private: bool = False,
-                token: str | None = None, api: Any = None) -> str:
+def push_bundle(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    api: Any = None,
+) -> str:
     """Verify, then upload a bundle folder with huggingface_hub; returns the repo URL."""
     verify_bundle(folder)
     from huggingface_hub import HfApi
 
     api = api or HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=None,
-                      commit_message=f"Upload saescope bundle {Path(folder).name}",
-                      repo_type="model")
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        path_in_repo=None,
+        commit_message=f"Upload saescope bundle {Path(folder).name}",
+        repo_type="model",
+    )
     return f"https://huggingface.co/{repo_id}"
 
 
-__all__ = ["Bundle", "BundleError", "Thumbnails", "pack_thumbnails", "push_bundle",
-           "read_manifest", "resolve_bundle", "update_manifest", "verify_bundle",
-           "write_manifest"]
+__all__ = [
+    "Bundle",
+    "BundleError",
+    "Thumbnails",
+    "pack_thumbnails",
+    "push_bundle",
+    "read_manifest",
+    "resolve_bundle",
+    "update_manifest",
+    "verify_bundle",
+    "write_manifest",
+]

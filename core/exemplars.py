@@ -95,8 +95,10 @@ class Exemplars:
         except (TypeError, ValueError) as err:
             raise ValueError(f"feature id must be an integer, got {feature!r}") from err
         if f != feature or not 0 <= f < self.n_features:
-            raise ValueError(f"unknown feature {feature!r}: these exemplars cover features "
-                             f"0..{self.n_features - 1}")
+            raise ValueError(
+                f"unknown feature {feature!r}: these exemplars cover features "
+                f"0..{self.n_features - 1}"
+            )
         return f
 
     def top(self, feature: int, n: int | None = None) -> list[Exemplar]:
@@ -116,8 +118,9 @@ class Exemplars:
     def feature_stats(self, feature: int) -> dict[str, Any]:
         """Frequency, means, max and histogram of one feature as plain Python values."""
         f = self.check_feature(feature)
-        d: dict[str, Any] = {k: float(self.stats[k][f])
-                             for k in ("frequency", "mean", "mean_active", "max")}
+        d: dict[str, Any] = {
+            k: float(self.stats[k][f]) for k in ("frequency", "mean", "mean_active", "max")
+        }
         d["histogram"] = self.stats["histogram"][f].tolist()
         d["bin_edges"] = self.stats["bin_edges"].tolist()
         return d
@@ -130,8 +133,9 @@ class Exemplars:
             src = self.meta.get("source") or {}
             if not src.get("spec"):
                 raise ExemplarError("these exemplars record no image source to load pixels from")
-            self._source = open_source(src["spec"], start=int(src.get("start") or 0),
-                                       stop=src.get("stop"))
+            self._source = open_source(
+                src["spec"], start=int(src.get("start") or 0), stop=src.get("stop")
+            )
         return self._source
 
     def load_image(self, image_index: int):
@@ -140,10 +144,15 @@ class Exemplars:
             raise ValueError(f"image {image_index} is not one of the exemplar images")
         image_id, source_index = self.images[int(image_index)]
         source = self.open_source()
-        if source_index is None or not 0 <= source_index < len(source) \
-                or source.image_id(source_index) != image_id:
-            raise ExemplarError(f"image {image_id!r} is not at source index {source_index} of "
-                                f"{source.spec!r} any more (the source changed)")
+        if (
+            source_index is None
+            or not 0 <= source_index < len(source)
+            or source.image_id(source_index) != image_id
+        ):
+            raise ExemplarError(
+                f"image {image_id!r} is not at source index {source_index} of "
+                f"{source.spec!r} any more (the source changed)"
+            )
         return source.load(source_index)
 
     def save(self, folder: str | os.PathLike, map_dtype: str = "float16") -> Path:
@@ -161,11 +170,20 @@ class Exemplars:
         else:
             tensors["maps"] = self.maps.half().contiguous()
         idx = sorted(self.images)
-        meta = {**self.meta, **formats.EXEMPLARS.header(), "k": self.k,
-                "n_features": self.n_features, "grid": list(self.grid),
-                "n_patches": self.grid[0] * self.grid[1], "map_dtype": map_dtype,
-                "images": {"index": idx, "id": [self.images[i][0] for i in idx],
-                           "source_index": [self.images[i][1] for i in idx]}}
+        meta = {
+            **self.meta,
+            **formats.EXEMPLARS.header(),
+            "k": self.k,
+            "n_features": self.n_features,
+            "grid": list(self.grid),
+            "n_patches": self.grid[0] * self.grid[1],
+            "map_dtype": map_dtype,
+            "images": {
+                "index": idx,
+                "id": [self.images[i][0] for i in idx],
+                "source_index": [self.images[i][1] for i in idx],
+            },
+        }
         with atomic_path(folder / EXEMPLARS_FILE, fsync=False) as tmp:
             save_file(tensors, str(tmp), metadata={"format": FORMAT, "map_dtype": map_dtype})
         stats = {k: v.contiguous() for k, v in self.stats.items()}
@@ -175,7 +193,7 @@ class Exemplars:
         return folder
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "Exemplars":
+    def load(cls, folder: str | os.PathLike) -> Exemplars:
         folder = Path(folder)
         paths = [folder / n for n in (META_FILE, EXEMPLARS_FILE, STATS_FILE)]
         missing = [p.name for p in paths if not p.is_file()]
@@ -188,22 +206,42 @@ class Exemplars:
             raise ExemplarError(f"{folder}: unreadable exemplar files ({err})") from err
         if meta.get("format") != FORMAT:
             raise ExemplarError(f"{paths[0]} is not an exemplars manifest")
-        formats.EXEMPLARS.check(meta, folder, error=ExemplarError, check_name=False,
-                                default_version=FORMAT_VERSION)
+        formats.EXEMPLARS.check(
+            meta, folder, error=ExemplarError, check_name=False, default_version=FORMAT_VERSION
+        )
         maps = tensors["maps"]
         if meta.get("map_dtype") == "uint8":
             maps = (maps.float() * tensors["map_scales"][..., None]).half()
         imgs = meta.pop("images")
-        images = {int(i): (str(n), None if s is None else int(s))
-                  for i, n, s in zip(imgs["index"], imgs["id"], imgs["source_index"])}
+        images = {
+            int(i): (str(n), None if s is None else int(s))
+            for i, n, s in zip(imgs["index"], imgs["id"], imgs["source_index"])
+        }
         grid = (int(meta["grid"][0]), int(meta["grid"][1]))
-        for key in ("format", "format_version", "k", "n_features", "grid", "n_patches",
-                    "map_dtype"):
+        for key in (
+            "format",
+            "format_version",
+            "k",
+            "n_features",
+            "grid",
+            "n_patches",
+            "map_dtype",
+        ):
             meta.pop(key, None)
-        return cls(tensors["indices"].long(), tensors["values"].float(), maps, stats, grid,
-                   images, meta)
+        return cls(
+            tensors["indices"].long(), tensors["values"].float(), maps, stats, grid, images, meta
+        )
 
 
-
-__all__ = ["Exemplar", "Exemplars", "ExemplarError", "histogram_edges", "FORMAT", "FORMAT_VERSION",
-           "EXEMPLARS_FILE", "STATS_FILE", "META_FILE", "MAP_DTYPES"]
+__all__ = [
+    "Exemplar",
+    "Exemplars",
+    "ExemplarError",
+    "histogram_edges",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "EXEMPLARS_FILE",
+    "STATS_FILE",
+    "META_FILE",
+    "MAP_DTYPES",
+]

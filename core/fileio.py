@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 BLOCK = 1 << 22  # 4 MiB reads: sequential-read speed without holding a large file in memory
 
@@ -90,8 +91,9 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
         fsync_dir(path.parent)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *,
-                 fsync: bool = True) -> tuple[int, str]:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[Any], Any], *, fsync: bool = True
+) -> tuple[int, str]:
     """Write ``path`` via ``write(fileobj)`` atomically; return (bytes written, their sha256)."""
     path = Path(path)
     with atomic_path(path, fsync=False) as tmp:
@@ -106,7 +108,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], Any], *,
     return hw.n, hw.sha.hexdigest()
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> tuple[int, str]:
+def atomic_write_bytes(
+    path: str | os.PathLike, data: bytes, *, fsync: bool = True
+) -> tuple[int, str]:
     """Write ``data`` to ``path`` atomically; return (bytes, sha256)."""
     return atomic_write(path, lambda fh: fh.write(data), fsync=fsync)
 
@@ -116,11 +120,26 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = True)
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 2,
-                      sort_keys: bool = False, fsync: bool = True) -> tuple[int, str]:
+def atomic_write_json(
+    path: str | os.PathLike,
+    obj: Any,
+    *,
+    indent: int | None = 2,
+    sort_keys: bool = False,
+    fsync: bool = True,
+) -> tuple[int, str]:
     """Write ``obj`` as JSON to ``path`` atomically; return (bytes, sha256)."""
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys), fsync=fsync)
 
 
-__all__ = ["sha256_file", "temp_path", "is_temp_path", "fsync_dir", "atomic_path", "atomic_write",
-           "atomic_write_bytes", "atomic_write_text", "atomic_write_json"]
+__all__ = [
+    "sha256_file",
+    "temp_path",
+    "is_temp_path",
+    "fsync_dir",
+    "atomic_path",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+]

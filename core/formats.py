@@ -7,8 +7,9 @@ artefact. Bump a format's version here when its files change incompatibly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,24 +24,35 @@ class Format:
         """The ``format`` / ``format_version`` fields a writer puts in its manifest."""
         return {"format": self.name, "format_version": self.version}
 
-    def check(self, info: Mapping[str, Any], where: Any, *, error: type[Exception] = ValueError,
-              check_name: bool = True, default_version: int | None = None) -> int:
+    def check(
+        self,
+        info: Mapping[str, Any],
+        where: Any,
+        *,
+        error: type[Exception] = ValueError,
+        check_name: bool = True,
+        default_version: int | None = None,
+    ) -> int:
         """Refuse ``info`` if it is another format or from a newer saescope; return its version.
 
         ``where`` names the file or folder in the message. ``default_version`` is assumed when
         the manifest has no version field (formats that predate the field).
         """
         if check_name and info.get("format") != self.name:
-            raise error(f"{where} is not a saescope {self.kind} (format={info.get('format')!r}, "
-                        f"expected {self.name!r})")
+            raise error(
+                f"{where} is not a saescope {self.kind} (format={info.get('format')!r}, "
+                f"expected {self.name!r})"
+            )
         raw = info.get("format_version", default_version)
         try:
             version = int(raw)
         except (TypeError, ValueError):
             raise error(f"{where}: unknown {self.kind} format version {raw!r}") from None
         if version > self.version:
-            raise error(f"{where}: unknown {self.kind} format version {version}, newer than this "
-                        f"saescope reads ({self.version}); upgrade saescope")
+            raise error(
+                f"{where}: unknown {self.kind} format version {version}, newer than this "
+                f"saescope reads ({self.version}); upgrade saescope"
+            )
         if version < 1:
             raise error(f"{where}: unknown {self.kind} format version {version}")
         return version
@@ -58,7 +70,18 @@ ONTOLOGY = Format("saescope.ontology", 1, "ontology report")
 DIFFUSION_STEERING = Format("saescope.diffusion_steering", 1, "diffusion steering artefact")
 OFFLINE_MODEL = Format("saescope.offline_model", 1, "converted offline model")
 
-ALL = [SAE, BUNDLE, ACTIVATION_STORE, EXEMPLARS, VECTOR_INDEX, FEATURE_MATCHES, PATCH_IMAGES, OOD,
-       ONTOLOGY, DIFFUSION_STEERING, OFFLINE_MODEL]
+ALL = [
+    SAE,
+    BUNDLE,
+    ACTIVATION_STORE,
+    EXEMPLARS,
+    VECTOR_INDEX,
+    FEATURE_MATCHES,
+    PATCH_IMAGES,
+    OOD,
+    ONTOLOGY,
+    DIFFUSION_STEERING,
+    OFFLINE_MODEL,
+]
 
 __all__ = ["Format", "ALL", *[f for f in dir() if f.isupper() and f != "ALL"]]

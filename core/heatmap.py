@@ -11,8 +11,8 @@ everything else is numpy + PIL, so rendering is fast enough for apps and works h
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Sequence
+from collections.abc import Sequence
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -66,7 +66,7 @@ def model_view(image: Image.Image, preprocess: Preprocess, scale: int = 2) -> Im
     return view.resize((cw * scale, ch * scale), Image.BICUBIC)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _lut(cmap: str) -> np.ndarray:
     import matplotlib
 
@@ -84,8 +84,9 @@ def colormap_lut(cmap: str = "inferno") -> np.ndarray:
     return _lut(cmap)
 
 
-def value_range(maps: Sequence[np.ndarray] | np.ndarray, vmin: float = 0.0,
-                vmax: float | None = None) -> tuple[float, float]:
+def value_range(
+    maps: Sequence[np.ndarray] | np.ndarray, vmin: float = 0.0, vmax: float | None = None
+) -> tuple[float, float]:
     """(vmin, vmax) for a colour scale: vmax defaults to the largest finite value.
 
     A scale that would be empty (all-NaN, constant at vmin, or vmax <= vmin) becomes
@@ -112,9 +113,15 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
-def overlay(image: Image.Image, patch_map: np.ndarray, vmin: float = 0.0,
-            vmax: float | None = None, cmap: str = "inferno", alpha: float = 0.55,
-            smooth: bool = True) -> Image.Image:
+def overlay(
+    image: Image.Image,
+    patch_map: np.ndarray,
+    vmin: float = 0.0,
+    vmax: float | None = None,
+    cmap: str = "inferno",
+    alpha: float = 0.55,
+    smooth: bool = True,
+) -> Image.Image:
     """The image with the patch grid's colours blended in (no legend), same size as ``image``.
 
     NaN patches are left uncoloured; values outside [vmin, vmax] are clipped (negatives show as
@@ -123,7 +130,8 @@ def overlay(image: Image.Image, patch_map: np.ndarray, vmin: float = 0.0,
     grid = np.asarray(patch_map, dtype=np.float32)
     if grid.ndim != 2 or 0 in grid.shape:
         raise ValueError(
-            f"patch_map must be a non-empty [rows, cols] array, got shape {grid.shape}")
+            f"patch_map must be a non-empty [rows, cols] array, got shape {grid.shape}"
+        )
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     vmin, vmax = value_range(grid, vmin, vmax)
@@ -140,8 +148,14 @@ def overlay(image: Image.Image, patch_map: np.ndarray, vmin: float = 0.0,
     return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
 
 
-def colorbar(height: int, vmin: float, vmax: float, cmap: str = "inferno",
-             label: str | None = "activation", width: int | None = None) -> Image.Image:
+def colorbar(
+    height: int,
+    vmin: float,
+    vmax: float,
+    cmap: str = "inferno",
+    label: str | None = "activation",
+    width: int | None = None,
+) -> Image.Image:
     """A vertical colour bar, ``height`` pixels tall: high values on top, min/mid/max labels."""
     fs = int(np.clip(height / 16, 8, 14))
     font = _font(fs)
@@ -173,10 +187,17 @@ def colorbar(height: int, vmin: float, vmax: float, cmap: str = "inferno",
     return panel
 
 
-def render_heatmap(image: Image.Image, patch_map: np.ndarray, vmax: float | None = None,
-                   cmap: str = "inferno", alpha: float = 0.55, legend: bool = True,
-                   vmin: float = 0.0, smooth: bool = True,
-                   label: str | None = "activation") -> Image.Image:
+def render_heatmap(
+    image: Image.Image,
+    patch_map: np.ndarray,
+    vmax: float | None = None,
+    cmap: str = "inferno",
+    alpha: float = 0.55,
+    legend: bool = True,
+    vmin: float = 0.0,
+    smooth: bool = True,
+    label: str | None = "activation",
+) -> Image.Image:
     """Patch activations over ``image`` (the model's crop), with a colour bar on the right.
 
     The [rows, cols] grid is stretched over the whole image, so pass the crop the model saw
@@ -191,8 +212,13 @@ def render_heatmap(image: Image.Image, patch_map: np.ndarray, vmax: float | None
     return with_colorbar(heat, hi, lo, cmap, label)
 
 
-def with_colorbar(image: Image.Image, vmax: float, vmin: float = 0.0, cmap: str = "inferno",
-                  label: str | None = "activation") -> Image.Image:
+def with_colorbar(
+    image: Image.Image,
+    vmax: float,
+    vmin: float = 0.0,
+    cmap: str = "inferno",
+    label: str | None = "activation",
+) -> Image.Image:
     """``image`` with a vertical :func:`colorbar` of its own height on its right.
 
     An empty scale (``vmax <= vmin``) is drawn as ``(vmin, vmin + 1)``.
@@ -204,8 +230,14 @@ def with_colorbar(image: Image.Image, vmax: float, vmin: float = 0.0, cmap: str 
     return out
 
 
-def render_spotlight(image: Image.Image, patch_map: np.ndarray, vmax: float | None = None,
-                     cmap: str = "inferno", alpha: float = 0.75, dim: float = 0.55) -> Image.Image:
+def render_spotlight(
+    image: Image.Image,
+    patch_map: np.ndarray,
+    vmax: float | None = None,
+    cmap: str = "inferno",
+    alpha: float = 0.75,
+    dim: float = 0.55,
+) -> Image.Image:
     """``patch_map [rows, cols]`` over ``image``: activations in colour, the rest dimmed.
 
     The apps' style: where a feature is silent the picture darkens (by ``dim``) and colour
@@ -234,9 +266,16 @@ def _fit(image: Image.Image, box: int) -> Image.Image:
     return image.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
 
 
-def exemplar_grid(images_and_maps: Sequence[tuple], cols: int = 4, thumb: int = 128,
-                  vmax: float | None = None, cmap: str = "inferno", alpha: float = 0.55,
-                  legend: bool = True, pad: int = 4) -> Image.Image:
+def exemplar_grid(
+    images_and_maps: Sequence[tuple],
+    cols: int = 4,
+    thumb: int = 128,
+    vmax: float | None = None,
+    cmap: str = "inferno",
+    alpha: float = 0.55,
+    legend: bool = True,
+    pad: int = 4,
+) -> Image.Image:
     """Thumbnails of exemplars with their heat-maps, on one shared colour scale.
 
     ``images_and_maps``: ``(image, patch_map)`` or ``(image, patch_map, caption)`` items (images
@@ -268,9 +307,13 @@ def exemplar_grid(images_and_maps: Sequence[tuple], cols: int = 4, thumb: int = 
             text = str(it[2])
             while len(text) > 1 and font.getlength(text) > thumb:
                 text = text[:-2] + "…"
-            draw.text((pad + (i % cols) * tile_w + thumb // 2,
-                       pad + (i // cols) * tile_h + thumb + 2), text, fill=TEXT, font=font,
-                      anchor="mt")
+            draw.text(
+                (pad + (i % cols) * tile_w + thumb // 2, pad + (i // cols) * tile_h + thumb + 2),
+                text,
+                fill=TEXT,
+                font=font,
+                anchor="mt",
+            )
     if not legend:
         return canvas
     bar = colorbar(min(grid_h, max(thumb, 96)), lo, hi, cmap)
@@ -280,6 +323,16 @@ def exemplar_grid(images_and_maps: Sequence[tuple], cols: int = 4, thumb: int = 
     return out
 
 
-__all__ = ["crop_for_preprocess", "crop_box", "model_view", "render_heatmap", "render_spotlight",
-           "with_colorbar", "overlay", "colorbar", "exemplar_grid", "colormap_lut",
-           "value_range"]
+__all__ = [
+    "crop_for_preprocess",
+    "crop_box",
+    "model_view",
+    "render_heatmap",
+    "render_spotlight",
+    "with_colorbar",
+    "overlay",
+    "colorbar",
+    "exemplar_grid",
+    "colormap_lut",
+    "value_range",
+]

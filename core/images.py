@@ -22,7 +22,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 Mpx: far above any photo a ViT needs, far below a bomb
 DEFAULT_MIN_SIDE = 8
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+ImageInput = Union[
+    str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray
+]
 
 # PIL's bomb guard is a module global; the lock makes our temporary adjustment of it (and the
 # warning filter that turns its warning into an error) safe between our own loader threads.
@@ -95,8 +97,9 @@ def _check_size(size: tuple[int, int], label: str, max_pixels: int | None, min_s
             f"{max_pixels:,} (decompression-bomb guard); raise max_pixels only for trusted files"
         )
     if min(w, h) < min_side:
-        raise ImageError(f"{label}: the image is too small ({w}x{h}); each side must be at least "
-                         f"{min_side} px")
+        raise ImageError(
+            f"{label}: the image is too small ({w}x{h}); each side must be at least {min_side} px"
+        )
 
 
 def _decode(fh: BinaryIO, label: str, max_pixels: int | None, min_side: int) -> Image.Image:
@@ -118,8 +121,16 @@ def _decode(fh: BinaryIO, label: str, max_pixels: int | None, min_side: int) -> 
         raise ImageError(f"{label}: refused as a possible decompression bomb ({err})") from err
     except UnidentifiedImageError as err:
         raise ImageError(f"{label}: not an image, or an unsupported image format") from err
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError,
-            TypeError, MemoryError) as err:
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        struct.error,
+        IndexError,
+        TypeError,
+        MemoryError,
+    ) as err:
         msg = str(err) or type(err).__name__
         if "truncated" in msg.lower():
             raise ImageError(f"{label}: the file is truncated ({msg})") from err
@@ -209,5 +220,11 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     raise ImageError(f"cannot make an image from an array of shape {arr.shape}")
 
 
-__all__ = ["ImageError", "load_image", "to_rgb", "array_to_image", "DEFAULT_MAX_PIXELS",
-           "DEFAULT_MIN_SIDE"]
+__all__ = [
+    "ImageError",
+    "load_image",
+    "to_rgb",
+    "array_to_image",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MIN_SIDE",
+]

@@ -37,8 +37,9 @@ MATCHES_FORMAT = formats.FEATURE_MATCHES.name
 MATCHES_FORMAT_VERSION = formats.FEATURE_MATCHES.version
 
 
-def related_features(index: VectorIndex, sae: SAE, feature: int, k: int = 10
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def related_features(
+    index: VectorIndex, sae: SAE, feature: int, k: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """``(feature ids [k], cosines [k])`` of the decoder directions nearest to ``feature``'s.
 
     The feature itself comes first (cosine 1).
@@ -73,19 +74,25 @@ class Matches:
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"a_to_b.indices": self.a_to_b_indices.to(torch.int64).contiguous(),
-                   "a_to_b.scores": self.a_to_b_scores.to(torch.float32).contiguous(),
-                   "b_to_a.indices": self.b_to_a_indices.to(torch.int64).contiguous(),
-                   "b_to_a.scores": self.b_to_a_scores.to(torch.float32).contiguous()}
-        metadata = {"format": MATCHES_FORMAT, "format_version": str(MATCHES_FORMAT_VERSION),
-                    "method": self.method, "k": str(self.a_to_b_indices.shape[1]),
-                    "meta": json.dumps(self.meta)}
+        tensors = {
+            "a_to_b.indices": self.a_to_b_indices.to(torch.int64).contiguous(),
+            "a_to_b.scores": self.a_to_b_scores.to(torch.float32).contiguous(),
+            "b_to_a.indices": self.b_to_a_indices.to(torch.int64).contiguous(),
+            "b_to_a.scores": self.b_to_a_scores.to(torch.float32).contiguous(),
+        }
+        metadata = {
+            "format": MATCHES_FORMAT,
+            "format_version": str(MATCHES_FORMAT_VERSION),
+            "method": self.method,
+            "k": str(self.a_to_b_indices.shape[1]),
+            "meta": json.dumps(self.meta),
+        }
         with atomic_path(path, fsync=False) as tmp:
             save_file(tensors, str(tmp), metadata=metadata)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Matches":
+    def load(cls, path: str | os.PathLike) -> Matches:
         from safetensors import safe_open
 
         path = Path(path)
@@ -97,12 +104,28 @@ class Matches:
             raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
         if md.get("format") != MATCHES_FORMAT:
             raise ValueError(f"{path} is not a saescope feature-matches file")
-        formats.FEATURE_MATCHES.check(md, path, check_name=False,
-                                      default_version=MATCHES_FORMAT_VERSION)
-        return cls(tensors["a_to_b.indices"], tensors["a_to_b.scores"], tensors["b_to_a.indices"],
-                   tensors["b_to_a.scores"], md.get("method", ""), json.loads(md.get("meta", "{}")))
+        formats.FEATURE_MATCHES.check(
+            md, path, check_name=False, default_version=MATCHES_FORMAT_VERSION
+        )
+        return cls(
+            tensors["a_to_b.indices"],
+            tensors["a_to_b.scores"],
+            tensors["b_to_a.indices"],
+            tensors["b_to_a.scores"],
+            md.get("method", ""),
+            json.loads(md.get("meta", "{}")),
+        )
 
 
-__all__ = ["Matches", "related_features", "read_patch_images", "PATCHES_FILE", "PATCH_IMAGES_FILE",
-           "FEATURES_FILE", "MATCHES_FILE", "DECODER_MATCHES_FILE", "MATCHES_FORMAT",
-           "MATCHES_FORMAT_VERSION"]
+__all__ = [
+    "Matches",
+    "related_features",
+    "read_patch_images",
+    "PATCHES_FILE",
+    "PATCH_IMAGES_FILE",
+    "FEATURES_FILE",
+    "MATCHES_FILE",
+    "DECODER_MATCHES_FILE",
+    "MATCHES_FORMAT",
+    "MATCHES_FORMAT_VERSION",
+]

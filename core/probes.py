@@ -18,8 +18,8 @@ whole images the probe never saw (the split is by image, also for segmentation p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -51,9 +51,17 @@ def pool_tokens(final_tokens: torch.Tensor, layout: TokenLayout, pooling: str) -
 class LinearProbe(Head):
     """Standardise, then one linear layer: a frozen classification or segmentation head."""
 
-    def __init__(self, d_in: int, class_names: Sequence[str], kind: str = "classification",
-                 pooling: str = "cls", patch_size: int = 14, name: str = "probe",
-                 backbone_id: str | None = None, metrics: dict | None = None) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        class_names: Sequence[str],
+        kind: str = "classification",
+        pooling: str = "cls",
+        patch_size: int = 14,
+        name: str = "probe",
+        backbone_id: str | None = None,
+        metrics: dict | None = None,
+    ) -> None:
         super().__init__()
         if kind not in PROBE_KINDS:
             raise ValueError(f"unknown probe kind {kind!r}; use one of {PROBE_KINDS}")
@@ -71,17 +79,29 @@ class LinearProbe(Head):
         self.register_buffer("mean", torch.zeros(self.d_features))
         self.register_buffer("std", torch.ones(self.d_features))
         self.metrics = dict(metrics or {})
-        self.config = {"d_in": self.d_in, "class_names": self.class_names, "kind": kind,
-                       "pooling": pooling, "patch_size": self.patch_size, "name": name,
-                       "backbone_id": backbone_id, "metrics": self.metrics}
+        self.config = {
+            "d_in": self.d_in,
+            "class_names": self.class_names,
+            "kind": kind,
+            "pooling": pooling,
+            "patch_size": self.patch_size,
+            "name": name,
+            "backbone_id": backbone_id,
+            "metrics": self.metrics,
+        }
 
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
 
     def describe(self) -> dict:
-        return {**super().describe(), "output": "probability", "classes": self.class_names,
-                "pooling": self.pooling, "metrics": self.metrics}
+        return {
+            **super().describe(),
+            "output": "probability",
+            "classes": self.class_names,
+            "pooling": self.pooling,
+            "metrics": self.metrics,
+        }
 
     # -- computation -------------------------------------------------------------------------
     def features(self, final_tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
@@ -89,8 +109,10 @@ class LinearProbe(Head):
         if final_tokens.shape[-1] != self.d_in:
             from saescope.core.heads.base import HeadError
 
-            raise HeadError(f"probe {self.name!r} was fitted on {self.d_in}-d tokens, got "
-                            f"{final_tokens.shape[-1]}-d (a probe from another backbone?)")
+            raise HeadError(
+                f"probe {self.name!r} was fitted on {self.d_in}-d tokens, got "
+                f"{final_tokens.shape[-1]}-d (a probe from another backbone?)"
+            )
         if self.kind == "classification":
             return pool_tokens(final_tokens, layout, self.pooling)
         return layout.select(final_tokens, [TokenKind.PATCH])
@@ -98,15 +120,18 @@ class LinearProbe(Head):
     def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.linear((feats.to(self.mean.dtype) - self.mean) / self.std)
 
-    def forward(self, final_tokens: torch.Tensor, layout: TokenLayout,
-                return_logits: bool = False) -> torch.Tensor:
+    def forward(
+        self, final_tokens: torch.Tensor, layout: TokenLayout, return_logits: bool = False
+    ) -> torch.Tensor:
         feats = self.features(final_tokens, layout)
         if self.kind == "classification":
             logits = self.logits_from_features(feats)
             return logits if return_logits else torch.softmax(logits, -1)
         b = final_tokens.shape[0]
         rows, cols = layout.grid
-        logits = self.logits_from_features(feats).transpose(1, 2).reshape(b, self.n_classes, rows, cols)
+        logits = (
+            self.logits_from_features(feats).transpose(1, 2).reshape(b, self.n_classes, rows, cols)
+        )
         size = (rows * self.patch_size, cols * self.patch_size)
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits if return_logits else torch.softmax(logits, 1)
@@ -136,10 +161,12 @@ class ProbeReport:
         return asdict(self)
 
     def summary(self) -> str:
-        s = (f"{self.kind} probe, {self.n_classes} classes: held-out accuracy "
-             f"{self.test_accuracy:.3f} (balanced {self.test_balanced_accuracy:.3f}, chance "
-             f"{self.chance_accuracy:.3f}) on {self.n_test_images} unseen images; train "
-             f"{self.train_accuracy:.3f}")
+        s = (
+            f"{self.kind} probe, {self.n_classes} classes: held-out accuracy "
+            f"{self.test_accuracy:.3f} (balanced {self.test_balanced_accuracy:.3f}, chance "
+            f"{self.chance_accuracy:.3f}) on {self.n_test_images} unseen images; train "
+            f"{self.train_accuracy:.3f}"
+        )
         if self.test_miou is not None:
             s += f"; patch mIoU {self.test_miou:.3f}"
         if self.pixel_accuracy is not None:
@@ -160,15 +187,28 @@ def split_by_group(groups: np.ndarray, test_fraction: float, seed: int = 0) -> n
     return np.isin(groups, test_groups)
 
 
-def _lbfgs_logreg(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-                  weights: torch.Tensor | None, max_iter: int) -> nn.Linear:
+def _lbfgs_logreg(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    l2: float,
+    weights: torch.Tensor | None,
+    max_iter: int,
+) -> nn.Linear:
     """Multinomial logistic regression on standardised ``x`` (L2 on the weights, not the bias)."""
     torch.manual_seed(0)
     lin = nn.Linear(x.shape[1], n_classes)
     nn.init.zeros_(lin.weight)
     nn.init.zeros_(lin.bias)
-    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=max_iter, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
+    opt = torch.optim.LBFGS(
+        lin.parameters(),
+        lr=1.0,
+        max_iter=max_iter,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+    )
 
     def closure():
         opt.zero_grad()
@@ -196,13 +236,25 @@ def _miou(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:
     return float(np.mean(ious)) if ious else 0.0
 
 
-def fit_linear_probe(features: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
-                     class_names: Sequence[str], *, kind: str = "classification",
-                     groups: np.ndarray | None = None, test_fraction: float = 0.2,
-                     l2: float = 1e-3, balanced: bool = False, max_iter: int = 100, seed: int = 0,
-                     pooling: str = "cls", patch_size: int = 14, name: str = "probe",
-                     backbone_id: str | None = None, d_in: int | None = None,
-                     test_mask: np.ndarray | None = None) -> tuple[LinearProbe, ProbeReport]:
+def fit_linear_probe(
+    features: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray,
+    class_names: Sequence[str],
+    *,
+    kind: str = "classification",
+    groups: np.ndarray | None = None,
+    test_fraction: float = 0.2,
+    l2: float = 1e-3,
+    balanced: bool = False,
+    max_iter: int = 100,
+    seed: int = 0,
+    pooling: str = "cls",
+    patch_size: int = 14,
+    name: str = "probe",
+    backbone_id: str | None = None,
+    d_in: int | None = None,
+    test_mask: np.ndarray | None = None,
+) -> tuple[LinearProbe, ProbeReport]:
     """Fit a :class:`LinearProbe` on ``features`` [N, D'] with integer ``labels`` [N].
 
     ``groups`` [N] says which image each row comes from (defaults to one image per row); whole
@@ -214,11 +266,15 @@ def fit_linear_probe(features: torch.Tensor | np.ndarray, labels: torch.Tensor |
     x = torch.as_tensor(np.asarray(features, dtype=np.float32))
     y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
-        raise ValueError(f"features must be [N, D] and labels [N]; got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"features must be [N, D] and labels [N]; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     n_classes = len(class_names)
     if len(y) and (y.max() >= n_classes or y.min() < -1):
-        raise ValueError(f"labels must lie in [0, {n_classes}) (or -1 to ignore); got "
-                         f"{int(y.min())}..{int(y.max())}")
+        raise ValueError(
+            f"labels must lie in [0, {n_classes}) (or -1 to ignore); got "
+            f"{int(y.min())}..{int(y.max())}"
+        )
     groups = np.arange(len(y)) if groups is None else np.asarray(groups)
     if test_mask is None:
         test_mask = split_by_group(groups, test_fraction, seed)
@@ -239,11 +295,20 @@ def fit_linear_probe(features: torch.Tensor | np.ndarray, labels: torch.Tensor |
     d_feat = x.shape[1]
     if d_in is None:
         d_in = d_feat // 2 if (kind == "classification" and pooling == "cls+mean") else d_feat
-    probe = LinearProbe(d_in, class_names, kind=kind, pooling=pooling, patch_size=patch_size,
-                        name=name, backbone_id=backbone_id)
+    probe = LinearProbe(
+        d_in,
+        class_names,
+        kind=kind,
+        pooling=pooling,
+        patch_size=patch_size,
+        name=name,
+        backbone_id=backbone_id,
+    )
     if probe.d_features != d_feat:
-        raise ValueError(f"features have {d_feat} dims but a {pooling!r} probe on {d_in}-d tokens "
-                         f"reads {probe.d_features}")
+        raise ValueError(
+            f"features have {d_feat} dims but a {pooling!r} probe on {d_in}-d tokens "
+            f"reads {probe.d_features}"
+        )
     with torch.no_grad():
         probe.linear.load_state_dict(lin.state_dict())
         probe.mean.copy_(mean)
@@ -253,21 +318,32 @@ def fit_linear_probe(features: torch.Tensor | np.ndarray, labels: torch.Tensor |
     recalls = _recalls(pred[tn], yn[tn], n_classes)
     majority = int(torch.bincount(ytr, minlength=n_classes).argmax())
     report = ProbeReport(
-        kind=kind, n_classes=n_classes, n_train=int((~tn).sum()), n_test=int(tn.sum()),
-        n_train_images=len(np.unique(groups[~tn])), n_test_images=len(np.unique(groups[tn])),
+        kind=kind,
+        n_classes=n_classes,
+        n_train=int((~tn).sum()),
+        n_test=int(tn.sum()),
+        n_train_images=len(np.unique(groups[~tn])),
+        n_test_images=len(np.unique(groups[tn])),
         train_accuracy=float((pred[~tn] == yn[~tn]).mean()),
         test_accuracy=float((pred[tn] == yn[tn]).mean()),
         test_balanced_accuracy=float(np.mean(list(recalls.values()))) if recalls else 0.0,
-        chance_accuracy=float((yn[tn] == majority).mean()), l2=l2,
+        chance_accuracy=float((yn[tn] == majority).mean()),
+        l2=l2,
         per_class_recall={probe.class_names[c]: r for c, r in recalls.items()},
-        test_miou=_miou(pred[tn], yn[tn], n_classes) if kind == "segmentation" else None)
+        test_miou=_miou(pred[tn], yn[tn], n_classes) if kind == "segmentation" else None,
+    )
     probe.metrics = report.to_dict()
     probe.config["metrics"] = probe.metrics
     return probe.eval().requires_grad_(False), report
 
 
-def majority_patch_labels(mask: np.ndarray, grid: tuple[int, int], patch_size: int,
-                          ignore: int = -1, min_fraction: float = 0.0) -> np.ndarray:
+def majority_patch_labels(
+    mask: np.ndarray,
+    grid: tuple[int, int],
+    patch_size: int,
+    ignore: int = -1,
+    min_fraction: float = 0.0,
+) -> np.ndarray:
     """Patch label = the majority pixel label inside the patch ([rows, cols] int64).
 
     ``mask`` is the per-pixel label map already cropped like the image ([rows * p, cols * p]).
@@ -277,7 +353,11 @@ def majority_patch_labels(mask: np.ndarray, grid: tuple[int, int], patch_size: i
     rows, cols = grid
     if mask.shape != (rows * patch_size, cols * patch_size):
         raise ValueError(f"mask {mask.shape} does not match the patch grid {grid} x {patch_size}px")
-    blocks = mask.reshape(rows, patch_size, cols, patch_size).transpose(0, 2, 1, 3).reshape(rows, cols, -1)
+    blocks = (
+        mask.reshape(rows, patch_size, cols, patch_size)
+        .transpose(0, 2, 1, 3)
+        .reshape(rows, cols, -1)
+    )
     out = np.full((rows, cols), ignore, np.int64)
     for r in range(rows):
         for c in range(cols):
@@ -291,5 +371,13 @@ def majority_patch_labels(mask: np.ndarray, grid: tuple[int, int], patch_size: i
     return out
 
 
-__all__ = ["LinearProbe", "POOLINGS", "PROBE_KINDS", "ProbeReport", "fit_linear_probe",
-           "majority_patch_labels", "pool_tokens", "split_by_group"]
+__all__ = [
+    "LinearProbe",
+    "POOLINGS",
+    "PROBE_KINDS",
+    "ProbeReport",
+    "fit_linear_probe",
+    "majority_patch_labels",
+    "pool_tokens",
+    "split_by_group",
+]

@@ -52,8 +52,11 @@ def save_sae(sae: SAE, folder: str | os.PathLike) -> Path:
     tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}
     config_text = json.dumps(sae.cfg.to_dict(), indent=2, sort_keys=True)
     with atomic_path(folder / WEIGHTS_NAME) as tmp_w:
-        save_file(tensors, str(tmp_w),
-                  metadata={"format": formats.SAE.name, "architecture": sae.cfg.architecture})
+        save_file(
+            tensors,
+            str(tmp_w),
+            metadata={"format": formats.SAE.name, "architecture": sae.cfg.architecture},
+        )
     atomic_write_text(folder / CONFIG_NAME, config_text)
     return folder
 
@@ -149,8 +152,9 @@ def _from_hub(repo_id: str, revision: str | None, subfolder: str | None, token: 
     return load_sae_folder(folder)
 
 
-def check_compatible(sae: SAE, model_id: str | None = None, layer: int | None = None,
-                     d_in: int | None = None) -> None:
+def check_compatible(
+    sae: SAE, model_id: str | None = None, layer: int | None = None, d_in: int | None = None
+) -> None:
     """Raise a clear :class:`ShapeMismatch` if ``sae`` was not made for this model/layer/width."""
     cfg = sae.cfg
     if d_in is not None and d_in != cfg.d_in:
@@ -161,9 +165,15 @@ def check_compatible(sae: SAE, model_id: str | None = None, layer: int | None = 
         raise ShapeMismatch(f"SAE was trained on layer {cfg.layer}, not layer {layer}")
 
 
-def push_to_hub(sae: SAE, repo_id: str, private: bool = False, token: str | None = None,
-                commit_message: str | None = None, path_in_repo: str | None = None,
-                api: Any = None) -> str:
+def push_to_hub(
+    sae: SAE,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    commit_message: str | None = None,
+    path_in_repo: str | None = None,
+    api: Any = None,
+) -> str:
     """Save ``sae`` to a temporary folder and upload it with huggingface_hub; return the URL."""
     from huggingface_hub import HfApi
 
@@ -184,8 +194,10 @@ def push_to_hub(sae: SAE, repo_id: str, private: bool = False, token: str | None
 
 def write_model_card(sae: SAE, path: Path) -> None:
     cfg = sae.cfg
-    metrics = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
-                        for k, v in sorted(cfg.metrics.items()))
+    metrics = "\n".join(
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+        for k, v in sorted(cfg.metrics.items())
+    )
     path.write_text(
         "---\nlibrary_name: saescope\ntags:\n- sparse-autoencoder\n- interpretability\n"
         "- vision\n---\n"
@@ -243,8 +255,9 @@ def _saev_architecture(header: dict) -> tuple[dict, str, int | None]:
     return cfg, arch, int(k) if k is not None else None
 
 
-def import_saev(path: str | os.PathLike, normalization_sample: torch.Tensor | None = None,
-                **provenance: Any) -> SAE:
+def import_saev(
+    path: str | os.PathLike, normalization_sample: torch.Tensor | None = None, **provenance: Any
+) -> SAE:
     """Import a saev checkpoint (config keys like ``d_vit``, ``exp_factor``).
 
     saev computes ``x @ W_enc + b_enc`` without subtracting ``b_dec``; our encoder subtracts it,
@@ -262,7 +275,9 @@ def import_saev(path: str | os.PathLike, normalization_sample: torch.Tensor | No
         if key not in state:
             raise CheckpointError(f"{path}: saev state dict lacks {key}")
     cfg = SAEConfig(
-        d_in=int(d_in), d_sae=int(d_sae), architecture=arch,
+        d_in=int(d_in),
+        d_sae=int(d_sae),
+        architecture=arch,
         k=k if get_architecture(arch).k_sparse else None,
         normalization="none" if normalization_sample is None else "standardize",
         hyperparameters={"imported_from": "saev", "saev_header": header},
@@ -271,8 +286,12 @@ def import_saev(path: str | os.PathLike, normalization_sample: torch.Tensor | No
     w_enc, w_dec = state["W_enc"].float(), state["W_dec"].float()
     b_enc, b_dec = state["b_enc"].float(), state["b_dec"].float()
     tensors = {
-        "W_enc": w_enc, "W_dec": w_dec, "b_dec": b_dec, "b_enc": b_enc + b_dec @ w_enc,
-        "norm_mean": torch.zeros(cfg.d_in), "norm_scale": torch.ones(()),
+        "W_enc": w_enc,
+        "W_dec": w_dec,
+        "b_dec": b_dec,
+        "b_enc": b_enc + b_dec @ w_enc,
+        "norm_mean": torch.zeros(cfg.d_in),
+        "norm_scale": torch.ones(()),
         "threshold": torch.zeros(()),
     }
     sae = _sae_from_tensors(cfg, tensors, str(path))
@@ -321,8 +340,12 @@ def import_saelens(folder: str | os.PathLike) -> SAE:
         )
     d_in, d_sae = int(cfg_d["d_in"]), int(cfg_d["d_sae"])
     cfg = SAEConfig(
-        d_in=d_in, d_sae=d_sae, architecture=arch, k=int(k) if k else None,
-        normalization="none", model_id=cfg_d.get("model_name"),
+        d_in=d_in,
+        d_sae=d_sae,
+        architecture=arch,
+        k=int(k) if k else None,
+        normalization="none",
+        model_id=cfg_d.get("model_name"),
         hyperparameters={"imported_from": "saelens", "saelens_cfg": cfg_d},
     )
     if str(cfg_d.get("normalize_activations", "none")) not in ("none", "None", ""):
@@ -335,8 +358,12 @@ def import_saelens(folder: str | os.PathLike) -> SAE:
     if not cfg_d.get("apply_b_dec_to_input", True):
         b_enc = b_enc + b_dec @ w_enc  # their encoder does not subtract b_dec; ours does
     tensors = {
-        "W_enc": w_enc, "W_dec": w_dec, "b_enc": b_enc, "b_dec": b_dec,
-        "norm_mean": torch.zeros(d_in), "norm_scale": torch.ones(()),
+        "W_enc": w_enc,
+        "W_dec": w_dec,
+        "b_enc": b_enc,
+        "b_dec": b_dec,
+        "norm_mean": torch.zeros(d_in),
+        "norm_scale": torch.ones(()),
         "threshold": torch.zeros(()),
     }
     try:

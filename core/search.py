@@ -11,8 +11,9 @@ that crop into patches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -37,8 +38,10 @@ def _sae_layer(backbone, sae: SAE) -> int:
     try:
         return backbone.resolve_layer(layer)
     except ValueError as err:
-        raise ShapeMismatch(f"SAE {cfg.name} was trained on layer {layer}, which "
-                            f"{backbone.model_id} does not have: {err}") from err
+        raise ShapeMismatch(
+            f"SAE {cfg.name} was trained on layer {layer}, which "
+            f"{backbone.model_id} does not have: {err}"
+        ) from err
 
 
 def check_backbone_sae(backbone, sae: SAE) -> int:
@@ -46,8 +49,10 @@ def check_backbone_sae(backbone, sae: SAE) -> int:
     layer = _sae_layer(backbone, sae)
     check_compatible(sae, backbone.model_id, layer, backbone.d_model)
     if TokenKind.PATCH not in parse_kinds(sae.cfg.token_kinds):
-        raise ShapeMismatch(f"SAE {sae.cfg.name} was trained on {sae.cfg.token_kinds} tokens, "
-                            "not patches: it cannot map patches")
+        raise ShapeMismatch(
+            f"SAE {sae.cfg.name} was trained on {sae.cfg.token_kinds} tokens, "
+            "not patches: it cannot map patches"
+        )
     return layer
 
 
@@ -74,21 +79,26 @@ def patch_mask(grid: tuple[int, int], patches: Patches) -> torch.Tensor:
     arr = np.asarray(patches)
     if arr.dtype == bool:
         if arr.shape != (rows, cols):
-            raise PatchSelectionError(f"patch mask has shape {arr.shape}, the patch grid is "
-                                      f"{rows}x{cols}")
+            raise PatchSelectionError(
+                f"patch mask has shape {arr.shape}, the patch grid is {rows}x{cols}"
+            )
         mask = torch.from_numpy(arr.copy())
     else:
         if arr.size == 0:
             raise PatchSelectionError("no patches selected")
         if arr.ndim != 2 or arr.shape[1] != 2 or not np.issubdtype(arr.dtype, np.integer):
-            raise PatchSelectionError("patches must be (row, col) integer pairs or a boolean "
-                                      f"[rows, cols] mask, got an array of shape {arr.shape} "
-                                      f"and dtype {arr.dtype}")
+            raise PatchSelectionError(
+                "patches must be (row, col) integer pairs or a boolean "
+                f"[rows, cols] mask, got an array of shape {arr.shape} "
+                f"and dtype {arr.dtype}"
+            )
         bad = (arr[:, 0] < 0) | (arr[:, 0] >= rows) | (arr[:, 1] < 0) | (arr[:, 1] >= cols)
         if bad.any():
             r, c = (int(v) for v in arr[bad][0])
-            raise PatchSelectionError(f"patch ({r}, {c}) is outside the {rows}x{cols} grid "
-                                      f"(rows 0..{rows - 1}, cols 0..{cols - 1})")
+            raise PatchSelectionError(
+                f"patch ({r}, {c}) is outside the {rows}x{cols} grid "
+                f"(rows 0..{rows - 1}, cols 0..{cols - 1})"
+            )
         mask = torch.zeros(rows, cols, dtype=torch.bool)
         mask[torch.from_numpy(arr[:, 0]), torch.from_numpy(arr[:, 1])] = True
     if not mask.any():
@@ -96,8 +106,9 @@ def patch_mask(grid: tuple[int, int], patches: Patches) -> torch.Tensor:
     return mask
 
 
-def patch_mask_from_box(grid: tuple[int, int], size: tuple[int, int],
-                        box: tuple[float, float, float, float]) -> np.ndarray:
+def patch_mask_from_box(
+    grid: tuple[int, int], size: tuple[int, int], box: tuple[float, float, float, float]
+) -> np.ndarray:
     """Patches overlapping ``box`` = (left, top, right, bottom) in pixels of an image of ``size``
     (width, height) that the grid covers, e.g. the model's crop."""
     rows, cols = grid
@@ -120,8 +131,9 @@ def _top(summed: torch.Tensor, n: int) -> list[tuple[int, float]]:
     return [(int(i), float(v)) for v, i in zip(vals, idx) if v > 0]
 
 
-def top_features_for_patches(backbone, sae: SAE, image: Image.Image, patches: Patches = None,
-                             n: int = 10) -> list[tuple[int, float]]:
+def top_features_for_patches(
+    backbone, sae: SAE, image: Image.Image, patches: Patches = None, n: int = 10
+) -> list[tuple[int, float]]:
     """The ``n`` features with the largest activation summed over ``patches`` (None = all).
 
     Features that do not fire on the selection are left out, so the list may be shorter.
@@ -131,8 +143,9 @@ def top_features_for_patches(backbone, sae: SAE, image: Image.Image, patches: Pa
     return _top(codes[mask].sum(0), n)
 
 
-def top_features_of_codes(codes: torch.Tensor, mask: np.ndarray | None, n: int = 12
-                          ) -> list[tuple[int, float, int]]:
+def top_features_of_codes(
+    codes: torch.Tensor, mask: np.ndarray | None, n: int = 12
+) -> list[tuple[int, float, int]]:
     """Top features of a patch selection from codes already computed (the apps cache them):
     ``[(feature, mean activation over the selection, number of selected patches where it
     fires)]``, strongest first; features silent on the selection are left out.
@@ -181,9 +194,15 @@ def _check_exemplars(sae: SAE, exemplars) -> None:
         raise ShapeMismatch("these exemplars were built for another SAE: " + "; ".join(problems))
 
 
-def search_by_example(backbone, sae: SAE, exemplars, image: Image.Image,
-                      patches: Patches = None, n_features: int = 5,
-                      n_exemplars: int = 8) -> list[FeatureMatch]:
+def search_by_example(
+    backbone,
+    sae: SAE,
+    exemplars,
+    image: Image.Image,
+    patches: Patches = None,
+    n_features: int = 5,
+    n_exemplars: int = 8,
+) -> list[FeatureMatch]:
     """Top features of the highlighted patches, each with its map on ``image`` and its exemplars.
 
     ``exemplars`` is a :class:`saescope.core.exemplars.Exemplars` built for this SAE (checked).
@@ -191,17 +210,33 @@ def search_by_example(backbone, sae: SAE, exemplars, image: Image.Image,
     _check_exemplars(sae, exemplars)
     codes, layout = patch_codes(backbone, sae, image)
     if tuple(layout.grid) != tuple(exemplars.grid):
-        raise ShapeMismatch(f"the image gives a {layout.grid} patch grid, the exemplars have "
-                            f"{exemplars.grid}")
+        raise ShapeMismatch(
+            f"the image gives a {layout.grid} patch grid, the exemplars have {exemplars.grid}"
+        )
     mask = patch_mask(layout.grid, patches).reshape(-1)
     out = []
     for f, score in _top(codes[mask].sum(0), n_features):
-        out.append(FeatureMatch(f, score, codes[:, f].reshape(layout.grid).numpy().copy(),
-                                exemplars.top(f, n_exemplars), exemplars.feature_stats(f)))
+        out.append(
+            FeatureMatch(
+                f,
+                score,
+                codes[:, f].reshape(layout.grid).numpy().copy(),
+                exemplars.top(f, n_exemplars),
+                exemplars.feature_stats(f),
+            )
+        )
     return out
 
 
-__all__ = ["patch_codes", "patch_mask", "patch_mask_from_box", "top_features_for_patches",
-           "top_features_of_codes",
-           "feature_map", "search_by_example", "FeatureMatch", "PatchSelectionError",
-           "check_backbone_sae"]
+__all__ = [
+    "patch_codes",
+    "patch_mask",
+    "patch_mask_from_box",
+    "top_features_for_patches",
+    "top_features_of_codes",
+    "feature_map",
+    "search_by_example",
+    "FeatureMatch",
+    "PatchSelectionError",
+    "check_backbone_sae",
+]

@@ -12,8 +12,8 @@ CLS and register tokens only when asked for with ``kinds``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -69,25 +69,35 @@ def cache_layer(backbone, sae: SAE, pixels: torch.Tensor) -> LayerCache:
     if backbone.d_model != sae.cfg.d_in:
         from saescope.core.sae import ShapeMismatch
 
-        raise ShapeMismatch(f"SAE width {sae.cfg.d_in} does not match backbone width {backbone.d_model}")
+        raise ShapeMismatch(
+            f"SAE width {sae.cfg.d_in} does not match backbone width {backbone.d_model}"
+        )
     out = backbone.forward_layers(pixels, [layer])
     return LayerCache(out.tokens[layer], out.layout, layer)
 
 
-def edit_positions(layout: TokenLayout, patches: Iterable[tuple[int, int]] | np.ndarray | None = None,
-                   kinds: Sequence[TokenKind] | str = "patch") -> list[int]:
+def edit_positions(
+    layout: TokenLayout,
+    patches: Iterable[tuple[int, int]] | np.ndarray | None = None,
+    kinds: Sequence[TokenKind] | str = "patch",
+) -> list[int]:
     """Sequence positions to edit: the given patches (a list of (row, col) or a boolean mask
     [rows, cols]) or all patches, plus CLS/register tokens when ``kinds`` names them."""
     kinds = parse_kinds(kinds)
-    positions = [p for p in layout.indices([k for k in kinds if k != TokenKind.PATCH])] \
-        if any(k != TokenKind.PATCH for k in kinds) else []
+    positions = (
+        [p for p in layout.indices([k for k in kinds if k != TokenKind.PATCH])]
+        if any(k != TokenKind.PATCH for k in kinds)
+        else []
+    )
     if TokenKind.PATCH in kinds:
         if patches is None:
             positions += layout.indices([TokenKind.PATCH])
         else:
             if isinstance(patches, np.ndarray) and patches.dtype == bool:
                 if patches.shape != tuple(layout.grid):
-                    raise ValueError(f"patch mask has shape {patches.shape}, the grid is {layout.grid}")
+                    raise ValueError(
+                        f"patch mask has shape {patches.shape}, the grid is {layout.grid}"
+                    )
                 patches = [tuple(rc) for rc in np.argwhere(patches)]
             positions += sorted({layout.patch_index(int(r), int(c)) for r, c in patches})
     if not positions:
@@ -115,9 +125,15 @@ def apply_edits(codes: torch.Tensor, edits: Sequence[Edit], sae: SAE) -> torch.T
 
 
 @torch.inference_mode()
-def steer(backbone, sae: SAE, cache: LayerCache, edits: Sequence[Edit],
-          patches: Iterable[tuple[int, int]] | np.ndarray | None = None,
-          kinds: Sequence[TokenKind] | str = "patch", head=None) -> SteerResult:
+def steer(
+    backbone,
+    sae: SAE,
+    cache: LayerCache,
+    edits: Sequence[Edit],
+    patches: Iterable[tuple[int, int]] | np.ndarray | None = None,
+    kinds: Sequence[TokenKind] | str = "patch",
+    head=None,
+) -> SteerResult:
     """Apply ``edits`` to the chosen tokens at the SAE's layer and run the rest of the model."""
     positions = edit_positions(cache.layout, patches, kinds)
     x = cache.tokens[:, positions]
@@ -125,7 +141,9 @@ def steer(backbone, sae: SAE, cache: LayerCache, edits: Sequence[Edit],
     edited = apply_edits(codes, edits, sae)
     tokens = cache.tokens
     if edits:
-        tokens = splice(cache.tokens, positions, x + (sae.decode(edited) - sae.decode(codes)).to(x.dtype))
+        tokens = splice(
+            cache.tokens, positions, x + (sae.decode(edited) - sae.decode(codes)).to(x.dtype)
+        )
     if cache.base_final is None:
         cache.base_final = backbone.run_from(cache.layer, cache.tokens)
         if head is not None:
@@ -140,7 +158,9 @@ def steer(backbone, sae: SAE, cache: LayerCache, edits: Sequence[Edit],
     return result
 
 
-def random_direction_like(sae: SAE, feature: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_direction_like(
+    sae: SAE, feature: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """A random unit direction in activation space with the decoder row's norm (a control)."""
     row = sae.W_dec[sae.check_feature(feature)]
     r = torch.randn(row.shape, generator=generator, dtype=row.dtype)

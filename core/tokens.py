@@ -6,9 +6,9 @@ grid). The layout travels with the tokens so that downstream code never guesses.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable, Sequence
 
 import torch
 
@@ -112,7 +112,7 @@ class TokenLayout:
         return {"n_cls": self.n_cls, "n_registers": self.n_registers, "grid": list(self.grid)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TokenLayout":
+    def from_dict(cls, d: dict) -> TokenLayout:
         return cls(int(d["n_cls"]), int(d["n_registers"]), (int(d["grid"][0]), int(d["grid"][1])))
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
 
 DEFAULT_DIR = "/usr/share/wordnet"
 ROOT_OFFSET = 1740  # entity.n.01, the single root of the WordNet 3.0 noun hierarchy
@@ -54,8 +54,15 @@ class Synset:
 
     __slots__ = ("wn", "offset", "lemmas", "gloss", "_parents", "_instance", "_name")
 
-    def __init__(self, wn: "WordNet", offset: int, lemmas: list[str], gloss: str,
-                 parents: tuple[int, ...], instance: tuple[int, ...]):
+    def __init__(
+        self,
+        wn: WordNet,
+        offset: int,
+        lemmas: list[str],
+        gloss: str,
+        parents: tuple[int, ...],
+        instance: tuple[int, ...],
+    ):
         self.wn, self.offset, self.lemmas, self.gloss = wn, offset, lemmas, gloss
         self._parents, self._instance = parents, instance
         self._name: str | None = None
@@ -82,30 +89,30 @@ class Synset:
     def __hash__(self) -> int:
         return hash(self.offset)
 
-    def __lt__(self, other: "Synset") -> bool:
+    def __lt__(self, other: Synset) -> bool:
         return self.name < other.name
 
     def __repr__(self) -> str:
         return f"Synset('{self.name}')"
 
     # hierarchy --------------------------------------------------------------------------
-    def hypernyms(self) -> list["Synset"]:
+    def hypernyms(self) -> list[Synset]:
         """Class hypernyms (``@`` pointers)."""
         return [self.wn.by_offset(o) for o in self._parents]
 
-    def instance_hypernyms(self) -> list["Synset"]:
+    def instance_hypernyms(self) -> list[Synset]:
         """Classes this synset is an instance of (``@i`` pointers)."""
         return [self.wn.by_offset(o) for o in self._instance]
 
-    def parents(self) -> list["Synset"]:
+    def parents(self) -> list[Synset]:
         """Hypernyms and instance hypernyms: the edges every depth and path follows."""
         return [self.wn.by_offset(o) for o in self._parents + self._instance]
 
-    def hypernym_paths(self) -> list[list["Synset"]]:
+    def hypernym_paths(self) -> list[list[Synset]]:
         """Every path from the root to this synset (root first, this synset last)."""
         return [[self.wn.by_offset(o) for o in p] for p in self.wn._paths(self.offset)]
 
-    def ancestors(self) -> frozenset["Synset"]:
+    def ancestors(self) -> frozenset[Synset]:
         """This synset and everything above it."""
         return frozenset(self.wn.by_offset(o) for o in self.wn._ancestors(self.offset))
 
@@ -119,7 +126,7 @@ class Synset:
         """Edges on the shortest path to the root."""
         return self.wn._depth(self.offset, longest=False)
 
-    def is_a(self, other: "Synset") -> bool:
+    def is_a(self, other: Synset) -> bool:
         """True when ``other`` is this synset or one of its ancestors."""
         return other.offset in self.wn._ancestors(self.offset)
 
@@ -137,7 +144,8 @@ class WordNet:
                 "WORDNET_DIR to any WordNet 3.0 `dict` folder (the Princeton WordNet-3.0 tarball's "
                 "dict/, or nltk_data/corpora/wordnet after `pip install nltk` and "
                 "`nltk.download('wordnet')`). The pip `wn` package keeps WordNet in its own "
-                "SQLite database, which this reader does not use.")
+                "SQLite database, which this reader does not use."
+            )
         self._data = data.read_bytes()
         self._index_path = index
         self._index: dict[str, list[int]] | None = None
@@ -153,7 +161,7 @@ class WordNet:
         if not 0 <= offset < len(data) or (offset and data[offset - 1] != 0x0A):
             raise WordNetError(f"no noun synset at offset {offset:08d} in {self.root}/data.noun")
         end = data.find(b"\n", offset)
-        line = data[offset: end if end >= 0 else len(data)].decode("utf-8", "replace")
+        line = data[offset : end if end >= 0 else len(data)].decode("utf-8", "replace")
         head, _, gloss = line.partition(" | ")
         tok = head.split()
         if not tok or not tok[0].isdigit() or int(tok[0]) != offset or tok[2] != "n":
@@ -165,7 +173,7 @@ class WordNet:
         parents: list[int] = []
         instance: list[int] = []
         for j in range(n_ptr):
-            sym, target, pos = tok[i + 1 + 4 * j: i + 4 + 4 * j]
+            sym, target, pos = tok[i + 1 + 4 * j : i + 4 + 4 * j]
             if pos == "n" and sym == "@":
                 parents.append(int(target))
             elif pos == "n" and sym == "@i":
@@ -206,7 +214,7 @@ class WordNet:
         while pos < len(data):
             end = data.find(b"\n", pos)
             end = len(data) if end < 0 else end
-            if data[pos:pos + 1].isdigit():
+            if data[pos : pos + 1].isdigit():
                 out.append(pos)
             pos = end + 1
         return out
@@ -228,8 +236,9 @@ class WordNet:
             return self.by_offset(text)
         m = _NAME.match(text)
         if not m:
-            raise WordNetError(f"not a synset name or id: {key!r} (expected e.g. 'cat.n.01' or "
-                               "'n02121808')")
+            raise WordNetError(
+                f"not a synset name or id: {key!r} (expected e.g. 'cat.n.01' or 'n02121808')"
+            )
         if m.group("pos") != "n":
             raise WordNetError(f"{key!r}: only nouns are loaded (part of speech 'n')")
         senses = self.sense_offsets(m.group("lemma"))
@@ -275,8 +284,11 @@ class WordNet:
         got = self._path_cache.get(offset)
         if got is None:
             parents = self._parent_offsets(offset)
-            got = [(offset,)] if not parents else \
-                [p + (offset,) for q in parents for p in self._paths(q)]
+            got = (
+                [(offset,)]
+                if not parents
+                else [p + (offset,) for q in parents for p in self._paths(q)]
+            )
             self._path_cache[offset] = got
         return got
 
@@ -317,5 +329,14 @@ def load(root: str | os.PathLike | None = None) -> WordNet:
     return _load(str(Path(root) if root is not None else wordnet_dir()))
 
 
-__all__ = ["WordNet", "Synset", "WordNetMissing", "WordNetError", "load", "available",
-           "wordnet_dir", "DEFAULT_DIR", "ROOT_OFFSET"]
+__all__ = [
+    "WordNet",
+    "Synset",
+    "WordNetMissing",
+    "WordNetError",
+    "load",
+    "available",
+    "wordnet_dir",
+    "DEFAULT_DIR",
+    "ROOT_OFFSET",
+]

@@ -43,9 +43,17 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 EXTRACT_WORKER = Path(__file__).with_name("extract_worker.py")
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 BROWSER_TIMEOUT = 120_000  # ms: a busy 2-core CI machine is slow, a real hang still fails
 SCREENSHOTS = Path(os.environ.get("SAESCOPE_SCREENSHOTS") or ROOT / "runs" / "screenshots")
 SCENES = "builtin:digit-scenes?n=300"
@@ -65,17 +73,25 @@ def one_torch_thread() -> Iterator[None]:
 
 
 # ------------------------------------------------------------------------------ tiny models
-def _tiny_dinov2(folder: Path, seed: int = 0, layers: int = 3, width: int = 32,
-                 image_size: int = 56):
+def _tiny_dinov2(
+    folder: Path, seed: int = 0, layers: int = 3, width: int = 32, image_size: int = 56
+):
     """Save a random ``Dinov2Model`` to ``folder`` and load it as a saescope backbone."""
     from transformers import Dinov2Config, Dinov2Model
 
     from saescope.core.backbones import load_backbone
 
     torch.manual_seed(seed)
-    Dinov2Model(Dinov2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
-                             intermediate_size=2 * width, image_size=image_size,
-                             patch_size=14)).save_pretrained(folder)
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * width,
+            image_size=image_size,
+            patch_size=14,
+        )
+    ).save_pretrained(folder)
     return load_backbone(str(folder))
 
 
@@ -96,19 +112,37 @@ def _make_tiny_model(path: Path, registers: int = 0, crop: int = 56, seed: int =
     )
 
     torch.manual_seed(seed)
-    common = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                  image_size=28, patch_size=14)
+    common = dict(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=28,
+        patch_size=14,
+    )
     if registers:
-        model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers,
-                                                                   **common))
+        model = Dinov2WithRegistersModel(
+            Dinov2WithRegistersConfig(num_register_tokens=registers, **common)
+        )
     else:
         model = Dinov2Model(Dinov2Config(**common))
     model.save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps({
-        "do_resize": True, "size": {"shortest_edge": crop + 8}, "do_center_crop": True,
-        "crop_size": {"height": crop, "width": crop}, "do_normalize": True,
-        "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225],
-        "do_rescale": True, "rescale_factor": 1 / 255, "resample": 3}))
+    (path / "preprocessor_config.json").write_text(
+        json.dumps(
+            {
+                "do_resize": True,
+                "size": {"shortest_edge": crop + 8},
+                "do_center_crop": True,
+                "crop_size": {"height": crop, "width": crop},
+                "do_normalize": True,
+                "image_mean": [0.485, 0.456, 0.406],
+                "image_std": [0.229, 0.224, 0.225],
+                "do_rescale": True,
+                "rescale_factor": 1 / 255,
+                "resample": 3,
+            }
+        )
+    )
     return path
 
 
@@ -165,8 +199,9 @@ class LocalHub:
     def create_repo(self, repo_id: str, private: bool, exist_ok: bool, repo_type: str) -> None:
         (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
 
-    def upload_folder(self, repo_id: str, folder_path: str, path_in_repo, commit_message: str,
-                      repo_type: str) -> None:
+    def upload_folder(
+        self, repo_id: str, folder_path: str, path_in_repo, commit_message: str, repo_type: str
+    ) -> None:
         shutil.copytree(folder_path, self.root / repo_id / (path_in_repo or ""), dirs_exist_ok=True)
 
 
@@ -185,7 +220,7 @@ def _synthetic_items(n: int = 12, size: int = 96, seed: int = 0) -> list[tuple[s
         a = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
         c = rng.integers(80, 255, 3)
         r0, c0 = rng.integers(0, size // 2, 2)
-        a[r0:r0 + size // 3, c0:c0 + size // 3] = c
+        a[r0 : r0 + size // 3, c0 : c0 + size // 3] = c
         out.append((f"synthetic/{i:02d}", Image.fromarray(a)))
     return out
 
@@ -198,16 +233,34 @@ def _photo_items(n: int) -> list[tuple[str, Image.Image]]:
     return [(src.image_id(i), src.load(i)) for i in range(min(n, len(src)))]
 
 
-def _fit_sae(bb, layer: int, items: list[tuple[str, Image.Image]], *, expansion: int, k: int,
-             seed: int, train_steps: int, layer_requested: int):
+def _fit_sae(
+    bb,
+    layer: int,
+    items: list[tuple[str, Image.Image]],
+    *,
+    expansion: int,
+    k: int,
+    seed: int,
+    train_steps: int,
+    layer_requested: int,
+):
     """A random TopK SAE whose normalisation and decoder bias come from real activations of
     ``items``, optionally refined by a few Adam steps, so features fire in structured places."""
     from saescope.core.sae import SAE, SAEConfig
 
     torch.manual_seed(seed)
-    sae = SAE(SAEConfig(d_in=bb.d_model, d_sae=bb.d_model * expansion, architecture="topk", k=k,
-                        model_id=bb.model_id, layer=layer, layer_requested=layer_requested),
-              seed=seed)
+    sae = SAE(
+        SAEConfig(
+            d_in=bb.d_model,
+            d_sae=bb.d_model * expansion,
+            architecture="topk",
+            k=k,
+            model_id=bb.model_id,
+            layer=layer,
+            layer_requested=layer_requested,
+        ),
+        seed=seed,
+    )
     with torch.inference_mode():
         px = bb.preprocess([im for _, im in items])
         out = bb.forward_layers(px, [layer])
@@ -229,10 +282,19 @@ def _fit_sae(bb, layer: int, items: list[tuple[str, Image.Image]], *, expansion:
     return sae.eval()
 
 
-def _build_bundle(folder: Path, model_id: str, layer: int, *,
-                  items: list[tuple[str, Image.Image]], expansion: int = 8, k: int = 8,
-                  title: str | None = None, seed: int = 0, exemplar_k: int = 8,
-                  train_steps: int = 0) -> Path:
+def _build_bundle(
+    folder: Path,
+    model_id: str,
+    layer: int,
+    *,
+    items: list[tuple[str, Image.Image]],
+    expansion: int = 8,
+    k: int = 8,
+    title: str | None = None,
+    seed: int = 0,
+    exemplar_k: int = 8,
+    train_steps: int = 0,
+) -> Path:
     """A complete bundle (sae + exemplars + thumbnails + manifest) for ``model_id`` at ``layer``."""
     from saescope.core.backbones import load_backbone
     from saescope.core.bundle import pack_thumbnails, write_manifest
@@ -244,20 +306,34 @@ def _build_bundle(folder: Path, model_id: str, layer: int, *,
     folder.mkdir(parents=True, exist_ok=True)
     bb = load_backbone(model_id)
     L = bb.resolve_layer(layer)
-    sae = _fit_sae(bb, L, items, expansion=expansion, k=k, seed=seed, train_steps=train_steps,
-                   layer_requested=layer)
+    sae = _fit_sae(
+        bb,
+        L,
+        items,
+        expansion=expansion,
+        k=k,
+        seed=seed,
+        train_steps=train_steps,
+        layer_requested=layer,
+    )
     save_sae(sae, folder / "sae")
     source = ListSource(items, spec="memory:test-images")
     ex = build_exemplars_from_images(sae, bb, source, k=exemplar_k, progress=False)
     ex.save(folder / "exemplars")
     used = sorted(ex.images)
-    pack_thumbnails(folder, [(i, items[i][0], items[i][1]) for i in used], size=160,
-                    source_spec=source.spec)
-    info = {"name": folder.name,
-            "title": title or f"{bb.describe().get('display_name', model_id)} — layer {L}",
-            "model": {"model_id": bb.model_id, "layer": L,
-                      "display_name": bb.describe().get("display_name")},
-            "components": {"sae": "sae", "exemplars": "exemplars"}}
+    pack_thumbnails(
+        folder, [(i, items[i][0], items[i][1]) for i in used], size=160, source_spec=source.spec
+    )
+    info = {
+        "name": folder.name,
+        "title": title or f"{bb.describe().get('display_name', model_id)} — layer {L}",
+        "model": {
+            "model_id": bb.model_id,
+            "layer": L,
+            "display_name": bb.describe().get("display_name"),
+        },
+        "components": {"sae": "sae", "exemplars": "exemplars"},
+    }
     write_manifest(folder, info)
     return folder
 
@@ -266,27 +342,50 @@ def _save_tiny_dinov2(folder: Path, layers: int = 2, width: int = 32, seed: int 
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(seed)
-    Dinov2Model(Dinov2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=2,
-                             intermediate_size=width * 2, image_size=224,
-                             patch_size=14)).save_pretrained(folder)
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=width * 2,
+            image_size=224,
+            patch_size=14,
+        )
+    ).save_pretrained(folder)
     return str(folder)
 
 
 def _tiny_bundle(root: Path, name: str = "tiny", layer: int = 0, seed: int = 0) -> Path:
     model = _save_tiny_dinov2(root / f"{name}-model", seed=seed)
-    return _build_bundle(root / name, model, layer, items=_synthetic_items(seed=seed),
-                         expansion=4, k=4, title=f"Tiny random DINOv2 — layer {layer}", seed=seed)
+    return _build_bundle(
+        root / name,
+        model,
+        layer,
+        items=_synthetic_items(seed=seed),
+        expansion=4,
+        k=4,
+        title=f"Tiny random DINOv2 — layer {layer}",
+        seed=seed,
+    )
 
 
-def _offline_bundle(root: Path, layer: int = -2, n_images: int = 24, name: str | None = None,
-                    train_steps: int = 60) -> Path:
+def _offline_bundle(
+    root: Path, layer: int = -2, n_images: int = 24, name: str | None = None, train_steps: int = 60
+) -> Path:
     from saescope.core.backbones import load_backbone
 
     L = load_backbone("offline").resolve_layer(layer)
-    return _build_bundle(root / (name or f"offline-l{L}"), "offline:dinov2-s-saliency", layer,
-                         items=_photo_items(n_images), expansion=4, k=16, exemplar_k=8,
-                         train_steps=train_steps,
-                         title=f"DINOv2-S (saliency fine-tune) — layer {L}")
+    return _build_bundle(
+        root / (name or f"offline-l{L}"),
+        "offline:dinov2-s-saliency",
+        layer,
+        items=_photo_items(n_images),
+        expansion=4,
+        k=16,
+        exemplar_k=8,
+        train_steps=train_steps,
+        title=f"DINOv2-S (saliency fine-tune) — layer {L}",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -324,11 +423,21 @@ def _add_probes(bundle: Path, n_scenes: int = 40, n_digits: int = 60) -> Path:
     from saescope.train.probes import add_probe_to_bundle, fit_probe
 
     backbone = Bundle.load(bundle, verify=False).backbone
-    seg, _, _ = fit_probe(backbone, open_segmentation_source(SCENES, max_images=n_scenes),
-                          "segmentation", name="digit-scenes", progress=False)
+    seg, _, _ = fit_probe(
+        backbone,
+        open_segmentation_source(SCENES, max_images=n_scenes),
+        "segmentation",
+        name="digit-scenes",
+        progress=False,
+    )
     add_probe_to_bundle(bundle, seg)
-    cls, _, _ = fit_probe(backbone, open_source(DIGITS, max_images=n_digits), "classification",
-                          name="digits", progress=False)
+    cls, _, _ = fit_probe(
+        backbone,
+        open_source(DIGITS, max_images=n_digits),
+        "classification",
+        name="digits",
+        progress=False,
+    )
     add_probe_to_bundle(bundle, cls)
     return bundle
 
@@ -445,7 +554,7 @@ def _front_matter(readme: Path) -> dict[str, str]:
     text = readme.read_text()
     assert text.startswith("---\n"), f"{readme} must start with Space front matter"
     out = {}
-    for line in text[4: text.index("\n---", 4)].splitlines():
+    for line in text[4 : text.index("\n---", 4)].splitlines():
         m = re.match(r"^([A-Za-z_]+):\s*(.*)$", line)
         if m:
             out[m.group(1)] = m.group(2).strip().strip('"')
@@ -483,8 +592,10 @@ def chromium() -> dict[str, Any]:
     Chromium (a test tool's own browser download cannot work offline); skips when it is missing.
     Session-scoped, so the skip comes before any module fixture builds a bundle."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) "
-                    "to run the real-browser app tests")
+        pytest.skip(
+            f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium) "
+            "to run the real-browser app tests"
+        )
     return {"executable_path": CHROMIUM, "headless": True, "args": CHROMIUM_ARGS}
 
 
@@ -495,8 +606,9 @@ def browser_page(chromium):
 
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(profile, **chromium,
-                                                   viewport={"width": 1440, "height": 1000})
+        ctx = p.chromium.launch_persistent_context(
+            profile, **chromium, viewport={"width": 1440, "height": 1000}
+        )
         ctx.set_default_timeout(BROWSER_TIMEOUT)
         try:
             yield ctx
@@ -529,14 +641,16 @@ class PageActions:
 
     def srcs(self, selector: str) -> list[str]:
         return self.page.locator(selector).evaluate_all(
-            "els => els.map(e => e.currentSrc || e.src)")
+            "els => els.map(e => e.currentSrc || e.src)"
+        )
 
     def image_bytes(self, selector: str) -> bytes:
         src = self.page.locator(selector).first.evaluate("e => e.currentSrc || e.src")
         return self.page.request.get(src).body()
 
-    def drag(self, grid_selector: str, start: tuple[float, float],
-             end: tuple[float, float]) -> None:
+    def drag(
+        self, grid_selector: str, start: tuple[float, float], end: tuple[float, float]
+    ) -> None:
         """Press at ``start`` and release at ``end`` (fractions of the grid's box)."""
         box = self.page.locator(grid_selector).bounding_box()
         x0, y0 = box["x"] + box["width"] * start[0], box["y"] + box["height"] * start[1]
@@ -548,8 +662,7 @@ class PageActions:
 
     def click_cell(self, grid_selector: str, frac: tuple[float, float]) -> None:
         box = self.page.locator(grid_selector).bounding_box()
-        self.page.mouse.click(box["x"] + box["width"] * frac[0],
-                              box["y"] + box["height"] * frac[1])
+        self.page.mouse.click(box["x"] + box["width"] * frac[0], box["y"] + box["height"] * frac[1])
 
     def upload(self, path: Path) -> None:
         self.page.locator("#upload input[type=file]").set_input_files(str(path))

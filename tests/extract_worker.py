@@ -32,8 +32,15 @@ class SlowSource(SubsetSource):
         return super().load(index)
 
 
-def run_extract(model: str, images: str, out: str, delay: float = 0.0, shard_images: int = 4,
-                batch_size: int = 3, layers: list[int] | None = None) -> None:
+def run_extract(
+    model: str,
+    images: str,
+    out: str,
+    delay: float = 0.0,
+    shard_images: int = 4,
+    batch_size: int = 3,
+    layers: list[int] | None = None,
+) -> None:
     """The extraction every process of the kill test runs (same settings, one torch thread)."""
     import torch
 
@@ -47,8 +54,17 @@ def run_extract(model: str, images: str, out: str, delay: float = 0.0, shard_ima
         source = open_source(images)
         if delay:
             source = SlowSource(source, delay)
-        extract(load_backbone(model), source, out, layers=layers or [-2], kinds="all",
-                batch_size=batch_size, shard_images=shard_images, progress=False, workers=2)
+        extract(
+            load_backbone(model),
+            source,
+            out,
+            layers=layers or [-2],
+            kinds="all",
+            batch_size=batch_size,
+            shard_images=shard_images,
+            progress=False,
+            workers=2,
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -63,8 +79,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=3)
     p.add_argument("--layer", type=int, action="append", default=None)
     args = p.parse_args(argv)
-    run_extract(args.model, args.images, args.out, args.delay, args.shard_images, args.batch_size,
-                args.layer)
+    run_extract(
+        args.model,
+        args.images,
+        args.out,
+        args.delay,
+        args.shard_images,
+        args.batch_size,
+        args.layer,
+    )
     return 0
 
 

@@ -16,8 +16,10 @@ import pytest
 # Debian's chromium: the `chromium` fixture (tests/conftest.py) skips these tests without it.
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed "
-                                 "(pip install -r requirements-apps.txt)")
+playwright = pytest.importorskip(
+    "playwright.sync_api",
+    reason="playwright is not installed (pip install -r requirements-apps.txt)",
+)
 
 
 def bundle_at(offline_bundle, tmp_path_factory, layer: int) -> Path:
@@ -74,7 +76,9 @@ def test_browser_upload_select_toggle(browser_app, page, ui, tmp_path) -> None:
     expect(page.locator("#sel-info")).to_contain_text(f"{n_sel} of 256 patches selected")
     page.wait_for_function(
         "old => JSON.stringify([...document.querySelectorAll('#top-features .caption-label')]"
-        ".map(e => e.innerText)) !== old", arg=__import__("json").dumps(captions_all))
+        ".map(e => e.innerText)) !== old",
+        arg=__import__("json").dumps(captions_all),
+    )
 
     # open the strongest feature of the selection by clicking its card
     top_caption = page.locator("#top-features .caption-label").first.inner_text()
@@ -91,9 +95,11 @@ def test_browser_upload_select_toggle(browser_app, page, ui, tmp_path) -> None:
     page.locator("#feature-on input").click()
     expect(page.locator("#edits")).to_contain_text("off")
     expect(page.locator("#effect")).to_contain_text("Edits moved")
-    page.wait_for_function("old => { const i = document.querySelector('#head-after img');"
-                           " return i && (i.currentSrc || i.src) !== old; }",
-                           arg=head_after_src[0] if head_after_src else "")
+    page.wait_for_function(
+        "old => { const i = document.querySelector('#head-after img');"
+        " return i && (i.currentSrc || i.src) !== old; }",
+        arg=head_after_src[0] if head_after_src else "",
+    )
     after = ui.image_bytes("#heat-after img")
     assert after != after_before_toggle and after != heat_before
     assert ui.image_bytes("#head-diff img")
@@ -105,8 +111,7 @@ def test_browser_upload_select_toggle(browser_app, page, ui, tmp_path) -> None:
     expect(page.locator("#feature-on input")).to_be_checked()
 
 
-def test_browser_bad_uploads_show_a_message(browser_app, page, ui, awkward_files,
-                                            tmp_path) -> None:
+def test_browser_bad_uploads_show_a_message(browser_app, page, ui, awkward_files, tmp_path) -> None:
     from playwright.sync_api import expect
 
     files = awkward_files(tmp_path / "bad")
@@ -166,14 +171,18 @@ def test_compare_side_by_side_and_matches(compare_app, page, ui, tmp_path) -> No
     assert "layer 6" in header and "layer 10" in header and "CLIP" not in header
     ui.upload(photo_file(tmp_path, 2))
     expect(page.locator("#picker .pp-cell")).to_have_count(256)
-    page.wait_for_function("document.querySelectorAll('#left-top img').length > 0 && "
-                           "document.querySelectorAll('#right-top img').length > 0")
+    page.wait_for_function(
+        "document.querySelectorAll('#left-top img').length > 0 && "
+        "document.querySelectorAll('#right-top img').length > 0"
+    )
     before = page.locator("#right-top .caption-label").all_inner_texts()
     ui.drag("#picker .pp-grid", (0.2, 0.2), (0.5, 0.6))
     expect(page.locator("#sel-info")).to_contain_text("On the right model's grid")
     page.wait_for_function(
         "old => JSON.stringify([...document.querySelectorAll('#right-top .caption-label')]"
-        ".map(e => e.innerText)) !== old", arg=__import__("json").dumps(before))
+        ".map(e => e.innerText)) !== old",
+        arg=__import__("json").dumps(before),
+    )
 
     # the strongest feature of each side was opened on upload; open another one on the left
     card = page.locator("#left-top .thumbnail-item").nth(1)

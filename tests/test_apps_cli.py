@@ -23,7 +23,13 @@ def test_app_cli_shared_options_and_missing_bundle(app: str, tmp_path: Path) -> 
     args = ["--left", missing, "--right", missing] if app == "compare" else ["--bundle", missing]
     # the console script a user runs (pyproject [project.scripts])
     script = str(Path(sys.executable).parent / f"saescope-{app}")
-    r = subprocess.run([script, *args], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [script, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "error:" in r.stderr and "no-such-bundle" in r.stderr and "Traceback" not in r.stderr

@@ -74,7 +74,9 @@ def test_segment_example_select_slide(segment_app, page, ui, wait_for) -> None:
     set_slider(page, 0, 5)
     expect(page.locator("#edits")).to_contain_text("Active edits on all patches")
     set_slider(page, 1, 5)
-    expect(page.locator("#edits")).to_contain_text("× 5", )
+    expect(page.locator("#edits")).to_contain_text(
+        "× 5",
+    )
     expect(page.locator("#edits")).to_contain_text(", #")  # two features edited at once
     expect(page.locator("#effect")).not_to_contain_text("0.0% of pixels changed class")
     assert wait_for(lambda: ui.image_bytes("#seg-after img") != after_before, timeout=60)
@@ -89,8 +91,7 @@ def test_segment_example_select_slide(segment_app, page, ui, wait_for) -> None:
     expect(page.locator("#slot-0 input[type=range]")).to_have_value("1")
 
 
-def test_segment_bad_upload_then_photo(segment_app, page, ui, awkward_files,
-                                      tmp_path) -> None:
+def test_segment_bad_upload_then_photo(segment_app, page, ui, awkward_files, tmp_path) -> None:
     from playwright.sync_api import expect
 
     files = awkward_files(tmp_path / "bad")
@@ -139,7 +140,8 @@ def test_classify_example_select_slide(classify_app, page, ui) -> None:
         set_slider(page, slot, 5)
     expect(page.locator("#edits")).to_contain_text("and the CLS token")
     expect(page.locator("#effect")).to_contain_text("total variation")
-    page.wait_for_function("old => document.querySelector('#probs-table').innerText !== old",
-                           arg=table_before)
+    page.wait_for_function(
+        "old => document.querySelector('#probs-table').innerText !== old", arg=table_before
+    )
     assert ui.image_bytes("#probs-after img")
     ui.shot("classify")

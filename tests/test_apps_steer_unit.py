@@ -85,8 +85,9 @@ def test_several_edits_at_once(engine) -> None:
     assert not np.allclose(both.head_after, two.head_after)
     # the codes after the edits: both features edited on every patch
     assert float(both.codes_after[:, feats[0]].abs().sum()) == 0.0
-    torch.testing.assert_close(both.codes_after[:, feats[1]], 4 * an.codes[:, feats[1]], rtol=1e-4,
-                               atol=1e-4)
+    torch.testing.assert_close(
+        both.codes_after[:, feats[1]], 4 * an.codes[:, feats[1]], rtol=1e-4, atol=1e-4
+    )
     with pytest.raises(ValueError, match="edited twice"):
         engine.steer(an, [Edit(feats[0], scale=0.0), Edit(feats[0], scale=2.0)], None)
 
@@ -144,15 +145,24 @@ def test_probability_bars_and_metrics_line() -> None:
         np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.8, 0.1]), ["a", "b", "c"]
     )
     assert img.size[0] > 300
-    line = panels.metrics_line({"metrics": {"test_accuracy": 0.9, "test_miou": 0.4,
-                                            "pixel_accuracy": 0.93, "n_test_images": 40}})
+    line = panels.metrics_line(
+        {
+            "metrics": {
+                "test_accuracy": 0.9,
+                "test_miou": 0.4,
+                "pixel_accuracy": 0.93,
+                "n_test_images": 40,
+            }
+        }
+    )
     assert "pixel accuracy **0.93**" in line and "mIoU **0.40**" in line and "40 unseen" in line
 
 
 def test_probe_examples_are_held_out(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SAESCOPE_CACHE", str(tmp_path))
-    ex = adapter.probe_examples("builtin:digit-scenes?n=300", "segmentation", 4, start=250,
-                                n_used=200)
+    ex = adapter.probe_examples(
+        "builtin:digit-scenes?n=300", "segmentation", 4, start=250, n_used=200
+    )
     idx = [int(Path(p).stem) for p, _ in ex]
     assert len(ex) == 4 and min(idx) == 250 and max(idx) == 299
     assert all(c.startswith("contains ") for _, c in ex)
@@ -184,27 +194,35 @@ def test_segment_app_api(bundle, serve, tmp_path) -> None:
         path = tmp_path / "scene.png"
         scene(285).save(path)
         mode, scope = "scale the feature (× slider)", "selected patches"
-        out = client.predict(handle_file(str(path)), "digit-scenes", mode, scope, *slots(),
-                             api_name="/analyse")
+        out = client.predict(
+            handle_file(str(path)), "digit-scenes", mode, scope, *slots(), api_name="/analyse"
+        )
         # outputs as the API sees them (states left out): status, picker, selection, info,
         # segmentation, legend, candidates, N slot ids, N sliders, after panels
         assert "patches" in out[1] and "background" in out[6] and len(out[7]) > 0
-        ids = [u["value"] for u in out[8:8 + N]]
+        ids = [u["value"] for u in out[8 : 8 + N]]
         assert all(isinstance(f, int) for f in ids)
         assert "No edits" in out[-3] and "0.0%" in out[-2]
         sel = ";".join(f"{r},{c}" for r in range(3, 13) for c in range(3, 13))
         sel_out = client.predict("digit-scenes", sel, mode, scope, *slots(ids), api_name="/select")
         assert "100 of 256 patches selected" in sel_out[0]
-        ids = [u["value"] for u in sel_out[2:2 + N]]
-        edited = client.predict("digit-scenes", sel, mode, "all patches",
-                                *slots(ids, (0.0, 5.0, 5.0, 1.0, 1.0)), api_name="/steer")
+        ids = [u["value"] for u in sel_out[2 : 2 + N]]
+        edited = client.predict(
+            "digit-scenes",
+            sel,
+            mode,
+            "all patches",
+            *slots(ids, (0.0, 5.0, 5.0, 1.0, 1.0)),
+            api_name="/steer",
+        )
         after_img, changed_img, legend, edits_md, effect, timing = edited
         assert "Active edits on all patches" in edits_md and "off" in edits_md
         assert "of pixels changed class" in effect and "steering" in timing
         assert Path(after_img).is_file() and Path(changed_img).is_file()
-        reset = client.predict("digit-scenes", sel, mode, scope, *slots(ids, (0.0,) * N),
-                               api_name="/reset")
-        assert all(u["value"] == 1.0 for u in reset[N:2 * N]) and "No edits" in reset[-3]
+        reset = client.predict(
+            "digit-scenes", sel, mode, scope, *slots(ids, (0.0,) * N), api_name="/reset"
+        )
+        assert all(u["value"] == 1.0 for u in reset[N : 2 * N]) and "No edits" in reset[-3]
         # switching the head: the same image read by another segmentation head is not offered
         with pytest.raises(Exception, match="unknown head|not in the list|choices"):
             client.predict("digits", sel, mode, scope, *slots(ids), api_name="/head")
@@ -227,12 +245,24 @@ def test_classify_app_api_and_bad_uploads(bundle, serve, awkward_files, tmp_path
         path = tmp_path / "digit.png"
         open_source("builtin:digits?size=112").load(1600).save(path)
         mode = "scale the feature (× slider)"
-        out = client.predict(handle_file(str(path)), "digits", mode, "selected patches", *slots(),
-                             api_name="/analyse")
+        out = client.predict(
+            handle_file(str(path)),
+            "digits",
+            mode,
+            "selected patches",
+            *slots(),
+            api_name="/analyse",
+        )
         assert "Predicted:" in out[5]
-        ids = [u["value"] for u in out[8:8 + N]]
-        edited = client.predict("digits", "", mode, "all patches + CLS token",
-                                *slots(ids, (5.0,) * N), api_name="/steer")
+        ids = [u["value"] for u in out[8 : 8 + N]]
+        edited = client.predict(
+            "digits",
+            "",
+            mode,
+            "all patches + CLS token",
+            *slots(ids, (5.0,) * N),
+            api_name="/steer",
+        )
         callout, bars, table, edits_md, effect, timing = edited
         assert "Prediction" in callout and "| class | before | after |" in table
         assert "and the CLS token" in edits_md and "total variation" in effect
@@ -244,8 +274,14 @@ def test_classify_app_api_and_bad_uploads(bundle, serve, awkward_files, tmp_path
             ("huge.png", "above the limit"),
             ("corrupt.png", "corrupt"),
         ]:
-            bad = client.predict(handle_file(str(files[name])), "digits", mode, "selected patches",
-                                 *slots(), api_name="/analyse")
+            bad = client.predict(
+                handle_file(str(files[name])),
+                "digits",
+                mode,
+                "selected patches",
+                *slots(),
+                api_name="/analyse",
+            )
             assert "sae-error" in bad[1] and words in bad[1].lower(), (name, bad[1])
             assert "pp-empty" in bad[2]  # no patch grid: nothing half-shown
     finally:

@@ -44,15 +44,21 @@ def files(tmp_path_factory, awkward_files) -> dict[str, Path]:
 # names of the conftest ``awkward_files``: good images in odd modes, and bad files with the words
 # their error message must contain
 GOOD = ["rgb.png", "grey.png", "rgba.png", "cmyk.jpg", "sixteen.png", "palette.gif"]
-BAD = {"tiny.png": "too small", "not_an_image.png": "not an image", "empty.jpg": "empty",
-       "truncated.jpg": "truncated", "corrupt.png": "corrupt", "bomb.png": "bomb",
-       "huge.png": "above the limit"}
+BAD = {
+    "tiny.png": "too small",
+    "not_an_image.png": "not an image",
+    "empty.jpg": "empty",
+    "truncated.jpg": "truncated",
+    "corrupt.png": "corrupt",
+    "bomb.png": "bomb",
+    "huge.png": "above the limit",
+}
 
 
 def photo(w: int = 300, h: int = 200, seed: int = 1) -> Image.Image:
     rng = np.random.default_rng(seed)
     a = rng.integers(0, 50, (h, w, 3)).astype(np.uint8)
-    a[h // 4: h // 2, w // 3: w // 2] = (220, 40, 40)
+    a[h // 4 : h // 2, w // 3 : w // 2] = (220, 40, 40)
     return Image.fromarray(a)
 
 
@@ -211,7 +217,7 @@ def test_picker_html_has_the_grid_and_a_fresh_nonce() -> None:
     view = photo(224, 224)
     a = picker_html(view, (4, 5), {(0, 0), (3, 4)})
     b = picker_html(view, (4, 5), {(0, 0), (3, 4)})
-    assert a.count('class="pp-cell') == 20 and a.count('pp-cell on') == 2
+    assert a.count('class="pp-cell') == 20 and a.count("pp-cell on") == 2
     assert a != b  # nonce: re-rendering the same selection still refreshes the DOM
     assert "Upload an image" in picker_html(None, None)
 
@@ -300,8 +306,12 @@ def test_app_api_reports_bad_input_clearly(served, files, tmp_path) -> None:
 
     client = Client(served.url, verbose=False, download_files=str(tmp_path))
     # a refused upload: the upload box is cleared, the status says why, nothing else breaks
-    for name, words in [("not_an_image.png", "not an image"), ("bomb.png", "decompression bomb"),
-                        ("huge.png", "above the limit"), ("truncated.jpg", "truncated")]:
+    for name, words in [
+        ("not_an_image.png", "not an image"),
+        ("bomb.png", "decompression bomb"),
+        ("huge.png", "above the limit"),
+        ("truncated.jpg", "truncated"),
+    ]:
         out = client.predict(handle_file(str(files[name])), 0, api_name="/analyse")
         assert out[0] is None and words in out[1] and name in out[1] and "sae-error" in out[1]
         assert "Traceback" not in out[1] and "pp-empty" in out[2]

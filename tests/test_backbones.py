@@ -34,10 +34,18 @@ def _save_tiny(kind: str, path) -> torch.nn.Module:
 
     torch.manual_seed(0)
     if kind == "clip":  # a full CLIP checkpoint (text + vision), as on the Hub
-        text = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                    intermediate_size=64, vocab_size=99, bos_token_id=0, eos_token_id=1)
-        cfg = tf.CLIPConfig(vision_config=dict(TINY, intermediate_size=64), text_config=text,
-                            projection_dim=16)
+        text = dict(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            vocab_size=99,
+            bos_token_id=0,
+            eos_token_id=1,
+        )
+        cfg = tf.CLIPConfig(
+            vision_config=dict(TINY, intermediate_size=64), text_config=text, projection_dim=16
+        )
         full = tf.CLIPModel(cfg)
         full.save_pretrained(path)
         return full.vision_model
@@ -57,8 +65,13 @@ def _save_tiny(kind: str, path) -> torch.nn.Module:
 
 
 KINDS = ["clip", "clip_vision", "dinov2", "dinov2_reg", "vit"]
-FAMILY = {"clip": "clip", "clip_vision": "clip", "dinov2": "dinov2",
-          "dinov2_reg": "dinov2-registers", "vit": "vit"}
+FAMILY = {
+    "clip": "clip",
+    "clip_vision": "clip",
+    "dinov2": "dinov2",
+    "dinov2_reg": "dinov2-registers",
+    "vit": "vit",
+}
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -143,10 +156,17 @@ def test_family_default_preprocess(tmp_path):
 def test_preprocessor_config_is_read(tmp_path):
     _save_tiny("clip_vision", tmp_path)
     cfg = {  # as written by CLIPImageProcessor
-        "crop_size": {"height": 28, "width": 28}, "do_center_crop": True, "do_normalize": True,
-        "do_rescale": True, "do_resize": True, "image_mean": [0.1, 0.2, 0.3],
-        "image_std": [0.4, 0.5, 0.6], "resample": 3, "rescale_factor": 0.00392156862745098,
-        "size": {"shortest_edge": 32}, "image_processor_type": "CLIPImageProcessor",
+        "crop_size": {"height": 28, "width": 28},
+        "do_center_crop": True,
+        "do_normalize": True,
+        "do_rescale": True,
+        "do_resize": True,
+        "image_mean": [0.1, 0.2, 0.3],
+        "image_std": [0.4, 0.5, 0.6],
+        "resample": 3,
+        "rescale_factor": 0.00392156862745098,
+        "size": {"shortest_edge": 32},
+        "image_processor_type": "CLIPImageProcessor",
     }
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
     bb = load_backbone(str(tmp_path))
@@ -165,8 +185,14 @@ def test_preprocessor_config_is_read(tmp_path):
 
 
 def test_preprocess_from_vit_style_dict():
-    vit = {"do_normalize": True, "do_resize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3,
-           "resample": 2, "size": {"height": 224, "width": 224}}
+    vit = {
+        "do_normalize": True,
+        "do_resize": True,
+        "image_mean": [0.5] * 3,
+        "image_std": [0.5] * 3,
+        "resample": 2,
+        "size": {"height": 224, "width": 224},
+    }
     p = preprocess_from_dict(vit, Preprocess((1, 1), 1, (0, 0, 0), (1, 1, 1)))
     assert (p.resize_shortest_edge, p.crop_size, p.resample) == (224, (224, 224), 2)
 

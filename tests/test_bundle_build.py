@@ -28,11 +28,27 @@ def trained(tmp_path_factory, tiny_dinov2):
 
     root = tmp_path_factory.mktemp("bundle")
     bb = tiny_dinov2(root / "m")
-    stores = extract(bb, open_source("builtin:photos?views=2+builtin:digits?max_images=30"),
-                     root / "acts", layers=[1, 2], progress=False)
-    saes = [fit(FitConfig(store=str(s), out=str(root / f"sae{i}"), saes=[SAESpec("topk", 4, k=4)],
-                          batch_size=512, tokens=20_000, progress=False, plots=False))[0]
-            for i, s in enumerate(stores)]
+    stores = extract(
+        bb,
+        open_source("builtin:photos?views=2+builtin:digits?max_images=30"),
+        root / "acts",
+        layers=[1, 2],
+        progress=False,
+    )
+    saes = [
+        fit(
+            FitConfig(
+                store=str(s),
+                out=str(root / f"sae{i}"),
+                saes=[SAESpec("topk", 4, k=4)],
+                batch_size=512,
+                tokens=20_000,
+                progress=False,
+                plots=False,
+            )
+        )[0]
+        for i, s in enumerate(stores)
+    ]
     return root, stores, saes
 
 
@@ -55,7 +71,7 @@ def test_build_bundle_contents_and_loading(trained, tmp_path: Path) -> None:
     related = b.related(f, k=5)
     assert len(related) == 5 and all(r != f for r, _ in related)
     assert 0 <= b.stats(f)["frequency"] <= 1
-    ids = b.patch_index.search(np.asarray(b.sae.W_dec[f:f + 1].detach()), k=3)[1]
+    ids = b.patch_index.search(np.asarray(b.sae.W_dec[f : f + 1].detach()), k=3)[1]
     assert ids.shape == (1, 3)
     with pytest.raises(FileExistsError):
         build_bundle(saes[0], stores[0], out, progress=False)
@@ -84,8 +100,10 @@ def test_matches_push_and_load_back_by_hub_id_offline(local_hub, trained, tmp_pa
     shutil.copytree(hub / "team" / "tiny-l1", cache / "snapshots" / commit)
     (cache / "refs").mkdir()
     (cache / "refs" / "main").write_text(commit)
-    code = ("from core.bundle import Bundle\nb = Bundle.load('team/tiny-l1')\n"
-            "print(b.name, b.sae.cfg.d_sae, len(b.exemplars.top(0)))")
+    code = (
+        "from core.bundle import Bundle\nb = Bundle.load('team/tiny-l1')\n"
+        "print(b.name, b.sae.cfg.d_sae, len(b.exemplars.top(0)))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**ENV, "HF_HUB_CACHE": str(tmp_path / "cache")},

@@ -30,11 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_bundle(folder: Path) -> Path:
     save_sae(SAE(SAEConfig(d_in=8, d_sae=32, k=4, model_id="tiny", layer=1)), folder / "sae")
     rng = np.random.default_rng(0)
-    imgs = [(i * 3, f"img/{i}", Image.fromarray(rng.integers(0, 255, (40 + i, 60, 3), np.uint8)))
-            for i in range(5)]
+    imgs = [
+        (i * 3, f"img/{i}", Image.fromarray(rng.integers(0, 255, (40 + i, 60, 3), np.uint8)))
+        for i in range(5)
+    ]
     pack_thumbnails(folder, imgs, size=32, source_spec="builtin:photos?views=2")
-    write_manifest(folder, {"name": "tiny", "model": {"model_id": "tiny"},
-                            "components": {"sae": "sae"}})
+    write_manifest(
+        folder, {"name": "tiny", "model": {"model_id": "tiny"}, "components": {"sae": "sae"}}
+    )
     return folder
 
 
@@ -42,8 +45,12 @@ def test_manifest_lists_every_file_with_checksums(tmp_path: Path) -> None:
     small_bundle(tmp_path)
     m = read_manifest(tmp_path)
     assert m["format_version"] == 1 and m["name"] == "tiny"
-    assert set(m["files"]) == {"sae/config.json", "sae/sae.safetensors", "thumbnails.safetensors",
-                               "thumbnails.json"}
+    assert set(m["files"]) == {
+        "sae/config.json",
+        "sae/sae.safetensors",
+        "thumbnails.safetensors",
+        "thumbnails.json",
+    }
     assert all(len(v["sha256"]) == 64 and v["bytes"] > 0 for v in m["files"].values())
     b = Bundle.load(tmp_path)
     assert b.sae.cfg.d_sae == 32 and b.has("sae") and not b.has("exemplars")
@@ -97,13 +104,20 @@ def test_bundle_by_hub_id_offline_from_cache(tmp_path: Path) -> None:
     small_bundle(repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    code = ("from core.bundle import Bundle, BundleError\n"
-            "b = Bundle.load('team/tiny-bundle'); print(b.name, b.sae.cfg.d_sae)\n"
-            "try:\n    Bundle.load('team/absent')\nexcept BundleError as e:\n    print('ERR', e)\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
-           "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120)
+    code = (
+        "from core.bundle import Bundle, BundleError\n"
+        "b = Bundle.load('team/tiny-bundle'); print(b.name, b.sae.cfg.d_sae)\n"
+        "try:\n    Bundle.load('team/absent')\nexcept BundleError as e:\n    print('ERR', e)\n"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "PYTHONPATH": str(ROOT),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "tiny 32"

@@ -29,8 +29,18 @@ def tiny(tmp_path_factory):
     folder = D.save_tiny(tmp_path_factory.mktemp("diffusion") / "tiny")
     pipe = D.load_pipeline(folder)
     acts = collect_activations(pipe, corpus_prompts(True, None, max_prompts=160), progress=False)
-    sae = fit_text_sae(acts, "topk", 4.0, 4, steps=40, batch_size=256, lr=3e-3, progress=False,
-                       model_id=str(folder), token_kinds=["text"])
+    sae = fit_text_sae(
+        acts,
+        "topk",
+        4.0,
+        4,
+        steps=40,
+        batch_size=256,
+        lr=3e-3,
+        progress=False,
+        model_id=str(folder),
+        token_kinds=["text"],
+    )
     scorer = D.ClipScorer(folder / D.SCORER_DIR)
     return folder, pipe, scorer, sae, D.feature_stats(sae, acts)
 
@@ -212,8 +222,9 @@ def test_naming_and_evaluation_run_end_to_end(tiny) -> None:
         )
         assert n["top"][0][0] == n["name"]
     eval_set = D.Setting(prompts=D.neutral_prompts(["dog"]), seeds=[100], steps=2)
-    res = D.evaluate_probes(pipe, scorer, probes, [n["name"] for n in named], words, eval_set,
-                            progress=False)
+    res = D.evaluate_probes(
+        pipe, scorer, probes, [n["name"] for n in named], words, eval_set, progress=False
+    )
     assert res["n"] == 2 and 0.0 <= res["fraction_amplify_raises"] <= 1.0
     assert res["fraction_amplify_raises"] == np.mean([r["delta_amplify"] > 0 for r in res["rows"]])
     assert all(r["delta_amplify"] != 0 for r in res["rows"])  # the push really changed the images
@@ -221,8 +232,13 @@ def test_naming_and_evaluation_run_end_to_end(tiny) -> None:
 
 def test_push_to_a_hub_target_and_load_back(tiny, local_hub, tmp_path) -> None:
     folder, _, _, sae, stats = tiny
-    art = D.save_artefact(tmp_path / "art", sae, stats, {"pipeline": str(folder), "scorer": None},
-                          {0: {"name": "blue", "delta": 0.1}})
+    art = D.save_artefact(
+        tmp_path / "art",
+        sae,
+        stats,
+        {"pipeline": str(folder), "scorer": None},
+        {0: {"name": "blue", "delta": 0.1}},
+    )
     url = D.push_artefact(art, "me/text-sae", api=local_hub(tmp_path / "hub"))
     assert url.endswith("me/text-sae")
     back = D.load_artefact(tmp_path / "hub" / "me" / "text-sae")

@@ -59,8 +59,9 @@ def test_space_folder_is_complete(front_matter) -> None:
     )
 
 
-def test_space_serves_the_artefact_from_the_environment(demo_cache, serve, monkeypatch,
-                                                        tmp_path) -> None:
+def test_space_serves_the_artefact_from_the_environment(
+    demo_cache, serve, monkeypatch, tmp_path
+) -> None:
     from gradio_client import Client
 
     from saescope.apps.diffusion import feature_choices
@@ -113,7 +114,8 @@ def test_app_in_a_real_browser(demo_cache, chromium, serve, tmp_path) -> None:
     try:
         with sync_api.sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
-                profile, **chromium, viewport={"width": 1280, "height": 1000})
+                profile, **chromium, viewport={"width": 1280, "height": 1000}
+            )
             ctx.set_default_timeout(TIMEOUT)
             sync_api.expect.set_options(timeout=TIMEOUT)
             page = ctx.new_page()
@@ -150,7 +152,8 @@ def test_app_in_a_real_browser(demo_cache, chromium, serve, tmp_path) -> None:
             page.wait_for_function(
                 "old => { const i = document.querySelector('#img-after img');"
                 " return i && i.src !== old; }",
-                arg=old_src)
+                arg=old_src,
+            )
             expect(page.locator("#scores")).to_contain_text("strength +0")
             assert img(page.locator("#img-after img")) == img(page.locator("#img-before img"))
 

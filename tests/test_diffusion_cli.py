@@ -31,8 +31,14 @@ def tiny_folder(tmp_path_factory) -> Path:
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    out = subprocess.run([sys.executable, "-m", "saescope.train", *args], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "saescope.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, f"{args[0]} failed:\n{out.stderr[-3000:]}"
     return out
 
@@ -48,9 +54,29 @@ def test_fit_name_eval_chain(tiny_folder: Path, tmp_path: Path) -> None:
     extra = tmp_path / "mine.txt"
     extra.write_text("# my prompts\na lighthouse at dusk\n\na bowl of ramen, watercolor\n")
     art = tmp_path / "art"
-    out = run_cli(["diffusion-fit", "--pipeline", str(tiny_folder), "--out", str(art),
-                   "--prompts", str(extra), "--max-prompts", "240", "--steps", "60",
-                   "--batch-size", "256", "--k", "4", "--threads", "1", "--no-progress"], tmp_path)
+    out = run_cli(
+        [
+            "diffusion-fit",
+            "--pipeline",
+            str(tiny_folder),
+            "--out",
+            str(art),
+            "--prompts",
+            str(extra),
+            "--max-prompts",
+            "240",
+            "--steps",
+            "60",
+            "--batch-size",
+            "256",
+            "--k",
+            "4",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+        tmp_path,
+    )
     assert "resolved config" in out.stderr and "FVU" in out.stdout
     manifest = json.loads((art / D.MANIFEST).read_text())
     assert manifest["pipeline"] == str(tiny_folder.resolve()) and manifest["tiny"]
@@ -94,10 +120,29 @@ def test_fit_name_eval_chain(tiny_folder: Path, tmp_path: Path) -> None:
         (repo / "refs").mkdir(parents=True)
         (repo / "refs" / "main").write_text(commit)
     ev = tmp_path / "eval"
-    out = run_cli(["diffusion-eval", "--artefact", "me/tiny-steer", "--pipeline", "me/tiny-pipe",
-                   "--scorer", str(tiny_folder / D.SCORER_DIR), "--out", str(ev), "--seeds", "100",
-                   "101", "--objects", "dog", "--threads", "1", "--no-progress"], tmp_path,
-                  env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)})
+    out = run_cli(
+        [
+            "diffusion-eval",
+            "--artefact",
+            "me/tiny-steer",
+            "--pipeline",
+            "me/tiny-pipe",
+            "--scorer",
+            str(tiny_folder / D.SCORER_DIR),
+            "--out",
+            str(ev),
+            "--seeds",
+            "100",
+            "101",
+            "--objects",
+            "dog",
+            "--threads",
+            "1",
+            "--no-progress",
+        ],
+        tmp_path,
+        env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)},
+    )
     assert json.loads((ev / "diffusion_eval_config.json").read_text())["pipeline"] == "me/tiny-pipe"
     result = json.loads((ev / "eval.json").read_text())
     feats = result["features"]
@@ -117,8 +162,12 @@ def test_bad_input_gives_one_clear_line(tiny_folder: Path, tmp_path: Path, capsy
     pipe = D.load_pipeline(tiny_folder)
     acts = collect_activations(pipe, D.builtin_corpus()[:40], progress=False)
     sae = fit_text_sae(acts, k=4, steps=5, batch_size=128, progress=False)
-    art = D.save_artefact(tmp_path / "art", sae, D.feature_stats(sae, acts),
-                          {"pipeline": str(tiny_folder), "scorer": None, "tiny": True})
+    art = D.save_artefact(
+        tmp_path / "art",
+        sae,
+        D.feature_stats(sae, acts),
+        {"pipeline": str(tiny_folder), "scorer": None, "tiny": True},
+    )
 
     code, err = in_process(["diffusion-eval", "--artefact", str(art), "--no-progress"], capsys)
     assert code == 2 and "has no feature names yet" in err and "Traceback" not in err
@@ -141,8 +190,12 @@ def test_bad_input_gives_one_clear_line(tiny_folder: Path, tmp_path: Path, capsy
     assert code == 2 and "seeds [1] were used for naming" in err
 
     wide = SAE(SAEConfig(d_in=48, d_sae=96, k=4))
-    wrong = D.save_artefact(tmp_path / "wrong", wide, D.feature_stats(wide, torch.randn(8, 48)),
-                            {"pipeline": str(tiny_folder), "scorer": None, "tiny": True})
+    wrong = D.save_artefact(
+        tmp_path / "wrong",
+        wide,
+        D.feature_stats(wide, torch.randn(8, 48)),
+        {"pipeline": str(tiny_folder), "scorer": None, "tiny": True},
+    )
     code, err = in_process(["diffusion-name", "--artefact", str(wrong)], capsys)
     assert code == 2 and "SAE width 48 does not match the text encoder width 32" in err
 
@@ -163,6 +216,8 @@ def test_bad_input_gives_one_clear_line(tiny_folder: Path, tmp_path: Path, capsy
     )
     assert code == 2 and "holds no prompts" in err
 
-    code, err = in_process(["diffusion-fit", "--pipeline", str(tmp_path / "nowhere"), "--out",
-                            str(tmp_path / "y")], capsys)
+    code, err = in_process(
+        ["diffusion-fit", "--pipeline", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")],
+        capsys,
+    )
     assert code == 2 and "could not load pipeline" in err

@@ -39,16 +39,35 @@ def tiny(tmp_path_factory, tiny_dinov2) -> dict:
 
     root = tmp_path_factory.mktemp("exemplars")
     backbone = tiny_dinov2(root / "model")
-    path = extract(backbone, open_source("builtin:digits"), root / "acts", layers=[-2],
-                   kinds="cls,patch", max_images=N_IMAGES, progress=False)[0]
+    path = extract(
+        backbone,
+        open_source("builtin:digits"),
+        root / "acts",
+        layers=[-2],
+        kinds="cls,patch",
+        max_images=N_IMAGES,
+        progress=False,
+    )[0]
     return {"root": root, "backbone": backbone, "store": ActivationStore(path)}
 
 
-def make_sae(store: ActivationStore, arch: str = "topk", kinds=("patch",), d_sae: int = 128,
-             seed: int = 0, **over) -> SAE:
+def make_sae(
+    store: ActivationStore,
+    arch: str = "topk",
+    kinds=("patch",),
+    d_sae: int = 128,
+    seed: int = 0,
+    **over,
+) -> SAE:
     prov = {"model_id": store.model_id, "layer": store.layer, **over}
-    cfg = SAEConfig(d_in=store.d_model, d_sae=d_sae, architecture=arch,
-                    k=8 if arch == "topk" else None, token_kinds=list(kinds), **prov)
+    cfg = SAEConfig(
+        d_in=store.d_model,
+        d_sae=d_sae,
+        architecture=arch,
+        k=8 if arch == "topk" else None,
+        token_kinds=list(kinds),
+        **prov,
+    )
     sae = SAE(cfg, seed=seed)
     sae.set_normalization(store.sample(5000, kinds=list(kinds)))
     if arch == "relu":  # sparser than the tied init: most latents start below zero
@@ -74,9 +93,16 @@ def brute_force(sae: SAE, store: ActivationStore, k: int) -> dict:
     b = np.clip(np.searchsorted(edges, flat.numpy()[tok, feat], side="right") - 1, 0, nb - 1)
     hist = np.bincount(feat * nb + b, minlength=F * nb).reshape(F, nb)
     count = (flat > 0).sum(0).double()
-    return {"image_max": image_max, "patches": patches, "frequency": count / flat.shape[0],
-            "mean": flat.double().mean(0), "mean_active": flat.double().sum(0) / count.clamp_min(1),
-            "max": flat.amax(0), "histogram": hist, "k": k}
+    return {
+        "image_max": image_max,
+        "patches": patches,
+        "frequency": count / flat.shape[0],
+        "mean": flat.double().mean(0),
+        "mean_active": flat.double().sum(0) / count.clamp_min(1),
+        "max": flat.amax(0),
+        "histogram": hist,
+        "k": k,
+    }
 
 
 def check_against(ex: Exemplars, bf: dict, atol: float = 1e-4) -> None:
@@ -90,15 +116,17 @@ def check_against(ex: Exemplars, bf: dict, atol: float = 1e-4) -> None:
         want_v = np.array([float(m[i]) for i in order])
         np.testing.assert_allclose([e.value for e in got], want_v, rtol=1e-5, atol=atol)
         for j, e in enumerate(got):
-            near_tie = np.any(np.abs(want_v - want_v[j]) < atol) and \
-                np.sum(np.abs(want_v - want_v[j]) < atol) > 1
+            near_tie = (
+                np.any(np.abs(want_v - want_v[j]) < atol)
+                and np.sum(np.abs(want_v - want_v[j]) < atol) > 1
+            )
             if not near_tie:
                 assert e.image_index == order[j], f"feature {f} rank {j}"
             want_map = bf["patches"][e.image_index, :, f].numpy().reshape(rows, cols)
             assert e.patch_map.shape == (rows, cols)
             np.testing.assert_allclose(e.patch_map, want_map, rtol=2e-3, atol=2e-3)
             assert float(m[e.image_index]) == pytest.approx(e.value, rel=1e-5, abs=atol)
-        assert (ex.indices[f, len(got):] == -1).all()
+        assert (ex.indices[f, len(got) :] == -1).all()
     np.testing.assert_allclose(ex.stats["frequency"], bf["frequency"], atol=2e-4)
     np.testing.assert_allclose(ex.stats["mean"], bf["mean"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(ex.stats["mean_active"], bf["mean_active"], rtol=1e-3, atol=1e-4)
@@ -107,13 +135,15 @@ def check_against(ex: Exemplars, bf: dict, atol: float = 1e-4) -> None:
     assert hist.dtype == np.int64 and hist.shape == bf["histogram"].shape
     # bin membership may flip for values within float rounding of an edge
     assert np.abs(hist - bf["histogram"]).sum() <= max(4, 1e-4 * bf["histogram"].sum())
-    np.testing.assert_array_equal(hist.sum(1), np.round(ex.stats["frequency"].double().numpy()
-                                                        * ex.meta["n_tokens"]))
+    np.testing.assert_array_equal(
+        hist.sum(1), np.round(ex.stats["frequency"].double().numpy() * ex.meta["n_tokens"])
+    )
 
 
-@pytest.mark.parametrize("arch,kinds,batch", [("topk", ("patch",), 16),
-                                              ("relu", ("patch",), 7),
-                                              ("topk", ("cls", "patch"), 32)])
+@pytest.mark.parametrize(
+    "arch,kinds,batch",
+    [("topk", ("patch",), 16), ("relu", ("patch",), 7), ("topk", ("cls", "patch"), 32)],
+)
 def test_matches_brute_force(tiny: dict, arch: str, kinds, batch: int) -> None:
     store = tiny["store"]
     sae = make_sae(store, arch, kinds)
@@ -140,13 +170,21 @@ def test_images_path_equals_store_path(tiny: dict, tmp_path: Path) -> None:
     from saescope.train.extract import extract
 
     backbone, spec = tiny["backbone"], tiny["store"].manifest["source"]["spec"]
-    path = extract(backbone, spec, tmp_path / "acts32", layers=[-2], dtype="float32",
-                   max_images=20, progress=False)[0]
+    path = extract(
+        backbone,
+        spec,
+        tmp_path / "acts32",
+        layers=[-2],
+        dtype="float32",
+        max_images=20,
+        progress=False,
+    )[0]
     store = ActivationStore(path)
     sae = make_sae(store)
     a = build_exemplars(sae, store, k=4, batch_images=8, progress=False)
-    b = build_exemplars_from_images(sae, backbone, spec, k=4, batch_images=6, progress=False,
-                                    max_images=20)
+    b = build_exemplars_from_images(
+        sae, backbone, spec, k=4, batch_images=6, progress=False, max_images=20
+    )
     torch.testing.assert_close(a.values, b.values, rtol=1e-4, atol=1e-4)
     assert (a.indices == b.indices).float().mean() > 0.99  # exact ties aside
     torch.testing.assert_close(a.maps, b.maps, rtol=1e-3, atol=1e-3)
@@ -165,8 +203,9 @@ def test_ids_and_images_reload(tiny: dict) -> None:
     src = open_source(store.manifest["source"]["spec"])
     for e in ex.top(5):
         assert e.image_id == ids[e.image_index]
-        assert np.array_equal(np.asarray(ex.load_image(e.image_index)),
-                              np.asarray(src.load(e.image_index)))
+        assert np.array_equal(
+            np.asarray(ex.load_image(e.image_index)), np.asarray(src.load(e.image_index))
+        )
     assert set(ex.images) == set(ex.indices[ex.indices >= 0].tolist())
 
 
@@ -198,8 +237,9 @@ def test_save_load_round_trip(tiny: dict, tmp_path: Path) -> None:
 
 def test_mismatches_and_unknown_features(tiny: dict) -> None:
     store = tiny["store"]
-    ex = build_exemplars(make_sae(store), store, k=2, batch_images=50, progress=False,
-                         max_images=10)
+    ex = build_exemplars(
+        make_sae(store), store, k=2, batch_images=50, progress=False, max_images=10
+    )
     for bad in (128, -1, "x", 2.5):
         with pytest.raises(ValueError, match="unknown feature|must be an integer"):
             ex.top(bad)
@@ -242,10 +282,29 @@ def test_memory_does_not_grow_with_store_size(tiny: dict) -> None:
 def test_cli(tiny: dict, tmp_path: Path, capsys) -> None:
     store = tiny["store"]
     save_sae(make_sae(store), tmp_path / "sae")
-    res = subprocess.run([sys.executable, "-m", "saescope.train", "exemplars",
-                          "--sae", str(tmp_path / "sae"), "--store", str(store.path),
-                          "--out", str(tmp_path / "ex"), "--k", "3", "--map-dtype", "uint8"],
-                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saescope.train",
+            "exemplars",
+            "--sae",
+            str(tmp_path / "sae"),
+            "--store",
+            str(store.path),
+            "--out",
+            str(tmp_path / "ex"),
+            "--k",
+            "3",
+            "--map-dtype",
+            "uint8",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert '"k": 3' in res.stderr and "resolved config" in res.stderr  # resolved config printed
     assert "exemplars" in res.stderr and "100/100" in res.stderr  # tqdm progress
@@ -256,14 +315,37 @@ def test_cli(tiny: dict, tmp_path: Path, capsys) -> None:
     from saescope.train.__main__ import main
 
     save_sae(make_sae(store, layer=0), tmp_path / "bad")
-    code = main(["exemplars", "--sae", str(tmp_path / "bad"), "--store", str(store.path),
-                 "--out", str(tmp_path / "ex2"), "--no-progress"])
+    code = main(
+        [
+            "exemplars",
+            "--sae",
+            str(tmp_path / "bad"),
+            "--store",
+            str(store.path),
+            "--out",
+            str(tmp_path / "ex2"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "error:" in err and "layer" in err
     # straight from images: --source instead of --store (the backbone is the SAE's model)
-    code = main(["exemplars", "--sae", str(tmp_path / "sae"), "--source", "builtin:digits",
-                 "--max-images", "12", "--k", "2", "--out", str(tmp_path / "ex3"),
-                 "--no-progress"])
+    code = main(
+        [
+            "exemplars",
+            "--sae",
+            str(tmp_path / "sae"),
+            "--source",
+            "builtin:digits",
+            "--max-images",
+            "12",
+            "--k",
+            "2",
+            "--out",
+            str(tmp_path / "ex3"),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     ex = Exemplars.load(tmp_path / "ex3")
     assert ex.meta["n_images"] == 12 and ex.meta["source"]["spec"].startswith("builtin:digits")

@@ -51,8 +51,16 @@ def _all_tokens(store: ActivationStore) -> torch.Tensor:
 def test_round_trip_exact_and_manifest(tiny, images, tmp_path):
     backbone = load_backbone(str(tiny))
     source = open_source(images)
-    [path] = extract(backbone, source, tmp_path / "s", layers=[-2], dtype="float32",
-                     batch_size=4, shard_images=6, progress=False)
+    [path] = extract(
+        backbone,
+        source,
+        tmp_path / "s",
+        layers=[-2],
+        dtype="float32",
+        batch_size=4,
+        shard_images=6,
+        progress=False,
+    )
     assert path == tmp_path / "s"
     st = ActivationStore(path, verify=True)
     good, out = _direct(backbone, source, [1])
@@ -66,8 +74,11 @@ def test_round_trip_exact_and_manifest(tiny, images, tmp_path):
     assert m["format_version"] == 1 and m["complete"] is True
     assert m["model_id"] == str(tiny) and m["model"]["d_model"] == 32
     assert (m["layer"], m["layer_requested"]) == (1, -2)
-    assert m["token_kinds"] == ["patch"] and m["layout"] == {"n_cls": 1, "n_registers": 0,
-                                                               "grid": [4, 4]}
+    assert m["token_kinds"] == ["patch"] and m["layout"] == {
+        "n_cls": 1,
+        "n_registers": 0,
+        "grid": [4, 4],
+    }
     assert (m["tokens_per_image"], m["d_model"], m["dtype"]) == (16, 32, "float32")
     assert [s["n_images"] for s in m["shards"]] == [6, 6, 6, 6, 4]
     assert {s["id"] for s in m["skipped"]} == {"a/img_0007.png", "b/img_0020.png"}
@@ -79,8 +90,15 @@ def test_round_trip_exact_and_manifest(tiny, images, tmp_path):
 def test_float16_matches_and_layers_from_one_pass(tiny, images, tmp_path):
     backbone = load_backbone(str(tiny))
     source = open_source(images, max_images=12)
-    paths = extract(backbone, source, tmp_path / "multi", layers=[0, -1, 2], batch_size=5,
-                    shard_images=4, progress=False)
+    paths = extract(
+        backbone,
+        source,
+        tmp_path / "multi",
+        layers=[0, -1, 2],
+        batch_size=5,
+        shard_images=4,
+        progress=False,
+    )
     assert paths == [tmp_path / "multi" / "layer_00", tmp_path / "multi" / "layer_02"]
     good, out = _direct(backbone, source, [0, 2])
     for path, layer in zip(paths, (0, 2)):
@@ -98,16 +116,29 @@ def test_kinds_with_registers(tiny_reg, make_tiny_model, tmp_path):
     source = open_source("builtin:digits?size=32", max_images=5)
     _, out = _direct(backbone, source, [1])
     full = out.tokens[1]
-    for kinds, sl in (("cls", slice(0, 1)), ("register", slice(1, 5)), ("patch", slice(5, 21)),
-                      ("cls,register", slice(0, 5)), ("all", slice(0, 21))):
-        [p] = extract(backbone, source, tmp_path / kinds, layers=[1], kinds=kinds, dtype="float32",
-                      progress=False)
+    for kinds, sl in (
+        ("cls", slice(0, 1)),
+        ("register", slice(1, 5)),
+        ("patch", slice(5, 21)),
+        ("cls,register", slice(0, 5)),
+        ("all", slice(0, 21)),
+    ):
+        [p] = extract(
+            backbone,
+            source,
+            tmp_path / kinds,
+            layers=[1],
+            kinds=kinds,
+            dtype="float32",
+            progress=False,
+        )
         st = ActivationStore(p)
         assert torch.allclose(_all_tokens(st), full[:, sl], atol=1e-5), kinds
     st = ActivationStore(tmp_path / "all")
     assert st.tokens(0, kinds="register").shape == (4, 32)
-    assert torch.allclose(st.tokens(2, kinds="cls,patch"),
-                          torch.cat([full[2, :1], full[2, 5:]]), atol=1e-5)
+    assert torch.allclose(
+        st.tokens(2, kinds="cls,patch"), torch.cat([full[2, :1], full[2, 5:]]), atol=1e-5
+    )
     with pytest.raises(ValueError, match="no register tokens"):
         extract(
             load_backbone(_tiny_plain(make_tiny_model, tmp_path)),
@@ -175,8 +206,13 @@ def _assert_same_store(a: Path, b: Path) -> None:
 
 def _helper(script: Path, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.Popen([sys.executable, str(script), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _n_shards(out: Path) -> int:
@@ -220,14 +256,45 @@ def test_cli_help_and_run(tiny, tmp_path, capsys):
         timeout=120,
     )
     assert helptext.returncode == 0
-    for opt in ("--model", "--source", "--layer", "--kinds", "--out", "--shard-images",
-                "--dtype", "--max-images", "--overwrite", "--no-resume", "--device"):
+    for opt in (
+        "--model",
+        "--source",
+        "--layer",
+        "--kinds",
+        "--out",
+        "--shard-images",
+        "--dtype",
+        "--max-images",
+        "--overwrite",
+        "--no-resume",
+        "--device",
+    ):
         assert opt in helptext.stdout
     assert "offline:dinov2-s-saliency" in helptext.stdout
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "saescope.train", "extract", "--model", str(tiny), "--source",
-           "builtin:digits?size=28", "--max-images", "9", "--layer", "0", "--layer", "-1",
-           "--kinds", "cls,patch", "--out", str(out), "--shard-images", "4", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "saescope.train",
+        "extract",
+        "--model",
+        str(tiny),
+        "--source",
+        "builtin:digits?size=28",
+        "--max-images",
+        "9",
+        "--layer",
+        "0",
+        "--layer",
+        "-1",
+        "--kinds",
+        "cls,patch",
+        "--out",
+        str(out),
+        "--shard-images",
+        "4",
+        "--no-progress",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     cfg = json.loads((out / "extract_config.json").read_text())
@@ -254,13 +321,23 @@ def test_memory_flat_as_dataset_grows(tiny, tmp_path):
     rng = np.random.default_rng(0)
     from PIL import Image
 
-    items = [(f"m{i}", Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)))
-             for i in range(160)]
+    items = [
+        (f"m{i}", Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)))
+        for i in range(160)
+    ]
     peaks = []
     for n in (30, 120):
         tracemalloc.start()
-        extract(backbone, ListSource(items[:n]), tmp_path / f"m{n}", layers=[1], shard_images=8,
-                batch_size=4, progress=False, verify="size")
+        extract(
+            backbone,
+            ListSource(items[:n]),
+            tmp_path / f"m{n}",
+            layers=[1],
+            shard_images=8,
+            batch_size=4,
+            progress=False,
+            verify="size",
+        )
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < peaks[0] * 1.5 + 500_000, peaks
@@ -286,11 +363,17 @@ def test_real_offline_model_throughput(tmp_path):
         pixels = backbone.preprocess(images)
         t = time.perf_counter()
         for a in range(0, len(pixels), 16):
-            backbone.forward_layers(pixels[a:a + 16], [-2])
+            backbone.forward_layers(pixels[a : a + 16], [-2])
         bare = max(bare, len(pixels) / (time.perf_counter() - t))
         t = time.perf_counter()
-        extract(backbone, source, tmp_path / f"real{attempt}", layers=[-2], batch_size=16,
-                progress=False)
+        extract(
+            backbone,
+            source,
+            tmp_path / f"real{attempt}",
+            layers=[-2],
+            batch_size=16,
+            progress=False,
+        )
         full = max(full, len(source) / (time.perf_counter() - t))
     st = ActivationStore(tmp_path / "real0")
     assert st.n_images == 40 and st.tokens_per_image == 256 and st.d_model == 384

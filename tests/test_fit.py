@@ -28,13 +28,25 @@ def tiny_store(tmp_path_factory, tiny_dinov2) -> Path:
 
     root = tmp_path_factory.mktemp("fitstore")
     backbone = tiny_dinov2(root / "model")
-    return extract(backbone, open_source("builtin:digits"), root / "acts", layers=[-2],
-                   max_images=160, progress=False)[0]
+    return extract(
+        backbone,
+        open_source("builtin:digits"),
+        root / "acts",
+        layers=[-2],
+        max_images=160,
+        progress=False,
+    )[0]
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "saescope.train", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "saescope.train", *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_sweep_trains_every_member_and_records_provenance(tiny_store: Path, tmp_path: Path) -> None:
@@ -43,8 +55,16 @@ def test_sweep_trains_every_member_and_records_provenance(tiny_store: Path, tmp_
 
     store = ActivationStore(tiny_store)
     specs = [SAESpec("topk", 4, k=4), SAESpec("topk", 4, k=8), SAESpec("relu", 4, None, 3e-3)]
-    folders = fit(FitConfig(store=str(tiny_store), out=str(tmp_path), saes=specs, batch_size=256,
-                            tokens=20_000, progress=False))
+    folders = fit(
+        FitConfig(
+            store=str(tiny_store),
+            out=str(tmp_path),
+            saes=specs,
+            batch_size=256,
+            tokens=20_000,
+            progress=False,
+        )
+    )
     assert [f.name for f in folders] == ["topk-k4-x4", "topk-k8-x4", "relu-l0.003-x4"]
     for folder in folders:
         sae = from_pretrained(folder)
@@ -70,31 +90,77 @@ def test_sweep_trains_every_member_and_records_provenance(tiny_store: Path, tmp_
 def test_training_reduces_loss(tiny_store: Path, tmp_path: Path) -> None:
     from saescope.train.fit import FitConfig, SAESpec, fit
 
-    fit(FitConfig(store=str(tiny_store), out=str(tmp_path), saes=[SAESpec("topk", 4, k=4)],
-                  batch_size=256, tokens=30_000, progress=False, plots=False, log_every=1))
-    log = [json.loads(line)["saes"]["topk-k4-x4"]
-           for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    fit(
+        FitConfig(
+            store=str(tiny_store),
+            out=str(tmp_path),
+            saes=[SAESpec("topk", 4, k=4)],
+            batch_size=256,
+            tokens=30_000,
+            progress=False,
+            plots=False,
+            log_every=1,
+        )
+    )
+    log = [
+        json.loads(line)["saes"]["topk-k4-x4"]
+        for line in (tmp_path / "log.jsonl").read_text().splitlines()
+    ]
     assert log[-1]["fvu"] < 0.6 * log[2]["fvu"]
 
 
 def _final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return {f"{d.name}/{k}": v for d in sorted(out.iterdir()) if (d / "sae.safetensors").exists()
-            for k, v in load_file(str(d / "sae.safetensors")).items()}
+    return {
+        f"{d.name}/{k}": v
+        for d in sorted(out.iterdir())
+        if (d / "sae.safetensors").exists()
+        for k, v in load_file(str(d / "sae.safetensors")).items()
+    }
 
 
 @pytest.mark.slow
 def test_fit_killed_with_sigkill_resumes_to_identical_weights(
     tiny_store: Path, tmp_path: Path
 ) -> None:
-    args = ["fit", "--store", str(tiny_store), "--arch", "topk", "batchtopk", "--k", "4",
-            "--expansion", "4", "--batch-size", "128", "--tokens", "120000", "--threads", "1",
-            "--no-plots", "--no-progress"]
+    args = [
+        "fit",
+        "--store",
+        str(tiny_store),
+        "--arch",
+        "topk",
+        "batchtopk",
+        "--k",
+        "4",
+        "--expansion",
+        "4",
+        "--batch-size",
+        "128",
+        "--tokens",
+        "120000",
+        "--threads",
+        "1",
+        "--no-plots",
+        "--no-progress",
+    ]
     clean = run_cli(*args, "--out", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "saescope.train", *args, "--out", str(out),
-                             "--checkpoint-every", "0"], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "saescope.train",
+            *args,
+            "--out",
+            str(out),
+            "--checkpoint-every",
+            "0",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state = out / "checkpoint" / "state.json"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -131,8 +197,22 @@ def test_cli_help_for_every_step(capsys) -> None:
 
 
 def test_cli_fit_and_evaluate_write_config_and_metrics(tiny_store: Path, tmp_path: Path) -> None:
-    out = run_cli("fit", "--store", str(tiny_store), "--out", str(tmp_path), "--k", "4",
-                  "--expansion", "2", "--batch-size", "256", "--tokens", "5000", "--no-progress")
+    out = run_cli(
+        "fit",
+        "--store",
+        str(tiny_store),
+        "--out",
+        str(tmp_path),
+        "--k",
+        "4",
+        "--expansion",
+        "2",
+        "--batch-size",
+        "256",
+        "--tokens",
+        "5000",
+        "--no-progress",
+    )
     assert out.returncode == 0, out.stderr
     cfg = json.loads((tmp_path / "fit_config.json").read_text())
     assert cfg["k"] == [4] and cfg["store"] == str(tiny_store) and "saescope_version" in cfg
@@ -163,8 +243,14 @@ def test_cli_clear_errors(tiny_store: Path, tmp_path: Path) -> None:
 def test_resume_refuses_a_different_sweep(tiny_store: Path, tmp_path: Path) -> None:
     from saescope.train.fit import FitConfig, SAESpec, fit
 
-    base = dict(store=str(tiny_store), out=str(tmp_path), batch_size=256, tokens=3000,
-                progress=False, plots=False)
+    base = dict(
+        store=str(tiny_store),
+        out=str(tmp_path),
+        batch_size=256,
+        tokens=3000,
+        progress=False,
+        plots=False,
+    )
     fit(FitConfig(saes=[SAESpec("topk", 2, k=4)], **base))
     with pytest.raises(ValueError, match="different sweep"):
         fit(FitConfig(saes=[SAESpec("topk", 2, k=8)], **base))

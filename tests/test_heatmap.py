@@ -45,8 +45,9 @@ def test_crop_box_locates_the_crop_in_the_original() -> None:
     left, top, right, bottom = crop_box(image.size, SQUARE)
     assert top == 0 and bottom == 300 and right - left == pytest.approx(300, abs=1)
     assert left == pytest.approx((451 - 300) / 2, abs=1.5)
-    back = image.crop(tuple(round(v) for v in (left, top, right, bottom))).resize((224, 224),
-                                                                                 Image.BICUBIC)
+    back = image.crop(tuple(round(v) for v in (left, top, right, bottom))).resize(
+        (224, 224), Image.BICUBIC
+    )
     diff = np.abs(np.asarray(back, float) - np.asarray(crop_for_preprocess(image, SQUARE), float))
     assert diff.mean() < 40  # same region (random pixels, different resampling order)
 
@@ -117,8 +118,10 @@ def test_bad_maps_are_refused() -> None:
 
 
 def test_exemplar_grid_layout_and_shared_scale() -> None:
-    items = [(photo(224, 224, i), np.random.default_rng(i).random((16, 16)) * (i + 1), f"img {i}")
-             for i in range(5)]
+    items = [
+        (photo(224, 224, i), np.random.default_rng(i).random((16, 16)) * (i + 1), f"img {i}")
+        for i in range(5)
+    ]
     items.append((photo(300, 100), np.ones((16, 16))))  # a wide image, no caption
     out = exemplar_grid(items, cols=3, thumb=64)
     rows = 2
@@ -129,8 +132,10 @@ def test_exemplar_grid_layout_and_shared_scale() -> None:
     assert one.width == 32 + 8
     # same map, different vmax: the shared scale makes the weaker tile darker
     m = np.ones((4, 4))
-    tiles = np.asarray(exemplar_grid([(grey(64, 64), m), (grey(64, 64), 4 * m)], cols=2,
-                                     thumb=64, legend=False), float)
+    tiles = np.asarray(
+        exemplar_grid([(grey(64, 64), m), (grey(64, 64), 4 * m)], cols=2, thumb=64, legend=False),
+        float,
+    )
     assert tiles[4:68, 4:68].sum() < tiles[4:68, 72:136].sum()
     with pytest.raises(ValueError, match="at least one"):
         exemplar_grid([], cols=2)

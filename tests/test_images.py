@@ -37,15 +37,43 @@ def _png_header_only(width: int, height: int) -> bytes:
 def _gradient(w: int = 40, h: int = 30) -> Image.Image:
     x = np.linspace(0, 255, w, dtype=np.uint8)[None, :, None]
     y = np.linspace(0, 255, h, dtype=np.uint8)[:, None, None]
-    return Image.fromarray(np.concatenate([np.broadcast_to(x, (h, w, 1)),
-                                           np.broadcast_to(y, (h, w, 1)),
-                                           np.full((h, w, 1), 77, np.uint8)], axis=2), "RGB")
+    return Image.fromarray(
+        np.concatenate(
+            [
+                np.broadcast_to(x, (h, w, 1)),
+                np.broadcast_to(y, (h, w, 1)),
+                np.full((h, w, 1), 77, np.uint8),
+            ],
+            axis=2,
+        ),
+        "RGB",
+    )
 
 
 # -- modes ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", ["1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "CMYK",
-                                  "YCbCr", "I;16", "I;16B", "I", "F", "HSV"])
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "1",
+        "L",
+        "LA",
+        "La",
+        "P",
+        "PA",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "CMYK",
+        "YCbCr",
+        "I;16",
+        "I;16B",
+        "I",
+        "F",
+        "HSV",
+    ],
+)
 def test_every_mode_becomes_rgb(mode):
     image = load_image(Image.new(mode, (13, 11)))
     assert image.mode == "RGB" and image.size == (13, 11)
@@ -122,6 +150,7 @@ def test_path_and_file_object(tmp_path):
 
 # -- failures ------------------------------------------------------------------------------
 
+
 def test_corrupt_bytes():
     with pytest.raises(ImageError, match="not an image"):
         load_image(b"this is certainly not a picture" * 10)
@@ -139,7 +168,8 @@ def test_corrupt_png_data(tmp_path):
 def test_truncated_jpeg(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-        buf, format="JPEG", quality=90)
+        buf, format="JPEG", quality=90
+    )
     path = tmp_path / "cut.jpg"
     path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(ImageError, match="truncated") as info:
@@ -195,6 +225,7 @@ def test_image_error_is_value_error():
 
 # -- properties ----------------------------------------------------------------------------
 
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(min_size=0, max_size=400))
 def test_arbitrary_bytes_never_escape(data):
@@ -206,8 +237,11 @@ def test_arbitrary_bytes_never_escape(data):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.sampled_from(["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP"]),
-       st.integers(1, 300))
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP"]),
+    st.integers(1, 300),
+)
 def test_truncations_never_escape(seed, fmt, cut):
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
@@ -221,9 +255,13 @@ def test_truncations_never_escape(seed, fmt, cut):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64, bool]),
-       st.sampled_from([0, 1, 3, 4]), st.integers(8, 30), st.integers(8, 30),
-       st.integers(0, 2**31 - 1))
+@given(
+    st.sampled_from([np.uint8, np.uint16, np.int32, np.float32, np.float64, bool]),
+    st.sampled_from([0, 1, 3, 4]),
+    st.integers(8, 30),
+    st.integers(8, 30),
+    st.integers(0, 2**31 - 1),
+)
 def test_arrays_become_rgb(dtype, channels, h, w, seed):
     rng = np.random.default_rng(seed)
     shape = (h, w) if channels == 0 else (h, w, channels)

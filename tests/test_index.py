@@ -128,9 +128,14 @@ def test_input_validation():
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 300), d=st.integers(1, 12), k=st.integers(1, 20),
-       metric=st.sampled_from(["cosine", "ip", "l2"]),
-       index_type=st.sampled_from(["flat", "ivf", "hnsw"]), seed=st.integers(0, 2**16))
+@given(
+    n=st.integers(1, 300),
+    d=st.integers(1, 12),
+    k=st.integers(1, 20),
+    metric=st.sampled_from(["cosine", "ip", "l2"]),
+    index_type=st.sampled_from(["flat", "ivf", "hnsw"]),
+    seed=st.integers(0, 2**16),
+)
 def test_scores_sorted_and_ids_valid(n, d, k, metric, index_type, seed):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, d)).astype(np.float32)
@@ -195,8 +200,14 @@ def stores(tmp_path_factory, tiny_dinov2) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("indexstores")
     backbone = tiny_dinov2(root / "model")
-    l0, l2 = extract(backbone, open_source("builtin:digits"), root / "acts", layers=[0, 2],
-                     max_images=60, progress=False)
+    l0, l2 = extract(
+        backbone,
+        open_source("builtin:digits"),
+        root / "acts",
+        layers=[0, 2],
+        max_images=60,
+        progress=False,
+    )
     return {"root": root, "l0": l0, "l2": l2}
 
 
@@ -212,8 +223,15 @@ def _mapped_store(src, out: Path, m: np.ndarray, keep: np.ndarray, extra_ids: li
     from saescope.core.store import StoreWriter, new_manifest
 
     model = {"model_id": "test/linear-map", "revision": None, "d_model": int(m.shape[1])}
-    manifest = new_manifest(model=model, layer=0, layer_requested=0, kinds="patch",
-                            layout=src.layout, dtype="float32", shard_images=1000)
+    manifest = new_manifest(
+        model=model,
+        layer=0,
+        layer_requested=0,
+        kinds="patch",
+        layout=src.layout,
+        dtype="float32",
+        shard_images=1000,
+    )
     toks = np.zeros((len(keep), src.tokens_per_image, m.shape[1]), np.float32)
     for r, i in enumerate(keep):
         toks[r] = src.tokens(int(i), kinds="patch").numpy() @ m
@@ -235,16 +253,25 @@ def test_activation_correlation_finds_a_planted_pair_across_models(stores, tmp_p
     rng = np.random.default_rng(0)
     m = rng.standard_normal((32, 48)).astype(np.float32)
     keep = rng.permutation(60)[:45]  # B holds 45 of A's images, shuffled, plus 3 of its own
-    b_store = ActivationStore(_mapped_store(a_store, tmp_path / "b", m, keep,
-                                            ["x1", "x2", "x3"]))
+    b_store = ActivationStore(_mapped_store(a_store, tmp_path / "b", m, keep, ["x1", "x2", "x3"]))
     ia, ib = pair_images(a_store, b_store)
     assert len(ia) == 45 and [a_store.image_ids[i] for i in ia] == [
         b_store.image_ids[j] for j in ib
     ]
 
     sae_a = _store_sae(a_store, 64, seed=0)
-    sae_b = SAE(SAEConfig(d_in=48, d_sae=80, architecture="relu", k=None,
-                          model_id="test/linear-map", layer=0, normalization="none"), seed=1)
+    sae_b = SAE(
+        SAEConfig(
+            d_in=48,
+            d_sae=80,
+            architecture="relu",
+            k=None,
+            model_id="test/linear-map",
+            layer=0,
+            normalization="none",
+        ),
+        seed=1,
+    )
     with torch.no_grad():  # B's feature 11 reads exactly A's feature 3 through the map
         sae_a.b_dec.zero_()
         w_a = sae_a.W_enc[:, 3] / sae_a.norm_scale
@@ -258,14 +285,21 @@ def test_activation_correlation_finds_a_planted_pair_across_models(stores, tmp_p
     for s in (full.a_to_b_scores, full.b_to_a_scores):
         assert (s[:, :-1] >= s[:, 1:]).all() and (s.abs() <= 1).all()
     # blockwise (several passes over the images) gives the same answer
-    blocks = activation_correlation(sae_a, a_store, sae_b, b_store, k=4, progress=False,
-                                    max_matrix_bytes=8 * 80 * 25, batch_images=16)
+    blocks = activation_correlation(
+        sae_a,
+        a_store,
+        sae_b,
+        b_store,
+        k=4,
+        progress=False,
+        max_matrix_bytes=8 * 80 * 25,
+        batch_images=16,
+    )
     assert blocks.meta["blocks"] == 3
     torch.testing.assert_close(blocks.a_to_b_scores, full.a_to_b_scores, atol=1e-5, rtol=0)
     torch.testing.assert_close(blocks.b_to_a_scores, full.b_to_a_scores, atol=1e-5, rtol=0)
     # per image (max-pooled) the planted pair is still each other's best match
-    img = activation_correlation(sae_a, a_store, sae_b, b_store, k=4, mode="image",
-                                 progress=False)
+    img = activation_correlation(sae_a, a_store, sae_b, b_store, k=4, mode="image", progress=False)
     assert img.meta["n_samples"] == 45 and img.a_to_b_indices[3, 0] == 11
     # safetensors round trip
     path = full.save(tmp_path / "m.safetensors")
@@ -280,8 +314,15 @@ def test_activation_correlation_needs_shared_images(stores, tmp_path):
     from saescope.train.indices import activation_correlation
 
     a_store = ActivationStore(stores["l0"])
-    b_store = ActivationStore(_mapped_store(a_store, tmp_path / "b", np.eye(32, dtype=np.float32),
-                                            np.array([], np.int64), ["only-b-1", "only-b-2"]))
+    b_store = ActivationStore(
+        _mapped_store(
+            a_store,
+            tmp_path / "b",
+            np.eye(32, dtype=np.float32),
+            np.array([], np.int64),
+            ["only-b-1", "only-b-2"],
+        )
+    )
     sae = _store_sae(a_store, 16, seed=0)
     other = _sae(32, 16, seed=1, model_id="test/linear-map", layer=0)
     with pytest.raises(ValueError, match="share no image ids"):

@@ -93,8 +93,10 @@ def test_one_import_root_and_no_sys_path_edits() -> None:
     for path in _python_files("core", "train", "apps", "bench", "tests", "spaces", "saescope"):
         text = path.read_text()
         rel = path.relative_to(ROOT)
-        problems += [f"{rel}: bare import of '{m.group(1)}' (use saescope.{m.group(1)})"
-                     for m in bare.finditer(text)]
+        problems += [
+            f"{rel}: bare import of '{m.group(1)}' (use saescope.{m.group(1)})"
+            for m in bare.finditer(text)
+        ]
         if path.name != Path(__file__).name and re.search(
             r"sys\.path\.(insert|append)|sys\.path\s*=", text
         ):
@@ -108,8 +110,10 @@ def test_layers_import_one_way() -> None:
         for line, name in _imports(path):
             top = name.split(".")[0]
             if top == "bench":
-                problems.append(f"{path.relative_to(ROOT)}:{line} imports {name} (bench is not "
-                                "part of the library)")
+                problems.append(
+                    f"{path.relative_to(ROOT)}:{line} imports {name} (bench is not "
+                    "part of the library)"
+                )
                 continue
             target = _project_module(name)
             if not target:
@@ -117,11 +121,14 @@ def test_layers_import_one_way() -> None:
             src, dst = _layer(mod), _layer(target)
             where = f"{path.relative_to(ROOT)}:{line}"
             if LAYERS[dst] > LAYERS[src]:
-                problems.append(f"{where} ({src}) imports {target} ({dst}): layers run "
-                                "core <- train <- apps")
+                problems.append(
+                    f"{where} ({src}) imports {target} ({dst}): layers run core <- train <- apps"
+                )
             elif src == "apps" and dst == "train" and target not in APPS_MAY_USE_TRAIN:
-                problems.append(f"{where} (apps) imports {target}: apps use train only to build "
-                                f"the default artefacts ({sorted(APPS_MAY_USE_TRAIN)})")
+                problems.append(
+                    f"{where} (apps) imports {target}: apps use train only to build "
+                    f"the default artefacts ({sorted(APPS_MAY_USE_TRAIN)})"
+                )
     assert not problems, "\n".join(sorted(set(problems)))
 
 
@@ -166,8 +173,10 @@ def test_every_package_is_listed_in_pyproject() -> None:
     found = {_module_name(p) for p in _python_files(*LAYERS) if p.name == "__init__.py"} | {
         "saescope"
     }
-    assert found == listed, f"missing from pyproject: {sorted(found - listed)}; " \
-                            f"listed but absent: {sorted(listed - found)}"
+    assert found == listed, (
+        f"missing from pyproject: {sorted(found - listed)}; "
+        f"listed but absent: {sorted(listed - found)}"
+    )
     for pkg, folder in cfg["package-dir"].items():
         assert (ROOT / folder / "__init__.py").is_file(), (pkg, folder)
 
@@ -183,14 +192,18 @@ def test_modules_and_functions_stay_small() -> None:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 if n > MAX_FUNCTION_LINES:
-                    problems.append(f"{rel}:{node.lineno} {node.name}: {n} lines "
-                                    f"(max {MAX_FUNCTION_LINES})")
+                    problems.append(
+                        f"{rel}:{node.lineno} {node.name}: {n} lines (max {MAX_FUNCTION_LINES})"
+                    )
     assert not problems, "\n".join(problems)
 
 
 def test_the_version_is_defined_once() -> None:
-    hits = [p.relative_to(ROOT) for p in _python_files("core", "train", "apps", "saescope")
-            if re.search(r"^__version__\s*=", p.read_text(), re.M)]
+    hits = [
+        p.relative_to(ROOT)
+        for p in _python_files("core", "train", "apps", "saescope")
+        if re.search(r"^__version__\s*=", p.read_text(), re.M)
+    ]
     assert hits == [Path("saescope/__init__.py")], hits
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert not re.search(r'^version\s*=\s*"', pyproject, re.M), (

@@ -33,8 +33,10 @@ from saescope.core.ontology import (
 from saescope.core.wordnet import available, load
 
 pytestmark = pytest.mark.skipif(
-    not available(), reason="WordNet 3.0 not installed: apt-get install wordnet-base (or set "
-    "WORDNET_DIR to a WordNet 3.0 dict folder)")
+    not available(),
+    reason="WordNet 3.0 not installed: apt-get install wordnet-base (or set "
+    "WORDNET_DIR to a WordNet 3.0 dict folder)",
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -102,15 +104,28 @@ def test_builtin_map_means_what_we_intend(wn) -> None:
 
 
 def test_map_labels_rules_and_warnings(wn) -> None:
-    names = ["builtin:photos:chelsea", "builtin:digits:7", "n02084071", "horse.n.01",
-             "builtin:lfw:non-face", "mystery", "folder:n01440764", "builtin:fashion-mnist:Bag"]
+    names = [
+        "builtin:photos:chelsea",
+        "builtin:digits:7",
+        "n02084071",
+        "horse.n.01",
+        "builtin:lfw:non-face",
+        "mystery",
+        "folder:n01440764",
+        "builtin:fashion-mnist:Bag",
+    ]
     with pytest.warns(
         UserWarning, match=r"2 of 8 labels do not map.*'builtin:lfw:non-face'.*'mystery'"
     ):
         m = map_labels(names, wn)
     assert {i: s.name for i, s in m.synsets.items()} == {
-        0: "domestic_cat.n.01", 1: "seven.n.01", 2: "dog.n.01", 3: "horse.n.01",
-        6: "tench.n.01", 7: "bag.n.04"}
+        0: "domestic_cat.n.01",
+        1: "seven.n.01",
+        2: "dog.n.01",
+        3: "horse.n.01",
+        6: "tench.n.01",
+        7: "bag.n.04",
+    }
     assert m.how == {0: "builtin", 1: "builtin", 2: "id", 3: "name", 6: "id", 7: "builtin"}
     assert sorted(m.unmapped) == [4, 5]
     # a bare label uses the store's own source kind
@@ -137,9 +152,16 @@ def test_map_labels_rules_and_warnings(wn) -> None:
 
 
 # ------------------------------------------------------------------------------ analysis
-LABELS = ["builtin:photos:chelsea", "builtin:photos:horse", "builtin:digits:1", "builtin:digits:2",
-          "builtin:fashion-mnist:Sandal", "builtin:fashion-mnist:Sneaker", "builtin:lfw:non-face",
-          "builtin:fashion-mnist:Coat"]
+LABELS = [
+    "builtin:photos:chelsea",
+    "builtin:photos:horse",
+    "builtin:digits:1",
+    "builtin:digits:2",
+    "builtin:fashion-mnist:Sandal",
+    "builtin:fashion-mnist:Sneaker",
+    "builtin:lfw:non-face",
+    "builtin:fashion-mnist:Coat",
+]
 CAT, HORSE, ONE, TWO, SANDAL, SNEAKER, NONFACE, COAT = range(8)
 
 
@@ -155,18 +177,25 @@ def synthetic() -> tuple[np.ndarray, np.ndarray]:
         rows = np.flatnonzero(labels == cls)[:count]
         acts[rows, f] = scale * (1 + 0.1 * rng.random(len(rows)))
 
-    fire(0, CAT)                                    # one class: its own synset
-    fire(1, CAT, 1.2), fire(1, HORSE)                # cat + horse -> placental mammal
-    fire(2, ONE, 1.2), fire(2, TWO)                  # two digits -> digit
-    fire(3, SANDAL, 1.2), fire(3, SNEAKER)           # two shoes -> shoe
-    fire(4, ONE, 9.0), fire(4, CAT, 1.0)             # 90% digit one -> top class 'one' alone
-    fire(5, CAT, 1.2), fire(5, ONE)                  # cat + numeral share only the root
-    fire(6, NONFACE)                                 # only an unmapped class: not analysed
-    fire(7, CAT, count=2)                            # too rare
+    fire(0, CAT)  # one class: its own synset
+    fire(1, CAT, 1.2), fire(1, HORSE)  # cat + horse -> placental mammal
+    fire(2, ONE, 1.2), fire(2, TWO)  # two digits -> digit
+    fire(3, SANDAL, 1.2), fire(3, SNEAKER)  # two shoes -> shoe
+    fire(4, ONE, 9.0), fire(4, CAT, 1.0)  # 90% digit one -> top class 'one' alone
+    fire(5, CAT, 1.2), fire(5, ONE)  # cat + numeral share only the root
+    fire(6, NONFACE)  # only an unmapped class: not analysed
+    fire(7, CAT, count=2)  # too rare
     fire(9, SANDAL, 1.2), fire(9, SNEAKER, 1.1), fire(9, COAT)  # two shoes and a coat
     # strong on cats, weak on every other mapped class (as max-pooled features are)
-    for cls, value in [(CAT, 5.0), (HORSE, 0.6), (ONE, 0.55), (TWO, 0.5), (SANDAL, 0.5),
-                       (SNEAKER, 0.5), (COAT, 0.5)]:
+    for cls, value in [
+        (CAT, 5.0),
+        (HORSE, 0.6),
+        (ONE, 0.55),
+        (TWO, 0.5),
+        (SANDAL, 0.5),
+        (SNEAKER, 0.5),
+        (COAT, 0.5),
+    ]:
         acts[labels == cls, 10] = value
     return acts, labels
 
@@ -180,8 +209,16 @@ def test_known_answers_on_synthetic_activations(wn) -> None:
     by = {f.feature: f for f in res.features}
     assert sorted(by) == [0, 1, 2, 3, 4, 5, 9, 10]
     lch = {f: by[f].lch[0].name for f in by}
-    assert lch == {0: "domestic_cat.n.01", 1: "placental.n.01", 2: "digit.n.01", 3: "shoe.n.01",
-                   4: "one.n.01", 5: "entity.n.01", 9: "covering.n.02", 10: "entity.n.01"}
+    assert lch == {
+        0: "domestic_cat.n.01",
+        1: "placental.n.01",
+        2: "digit.n.01",
+        3: "shoe.n.01",
+        4: "one.n.01",
+        5: "entity.n.01",
+        9: "covering.n.02",
+        10: "entity.n.01",
+    }
     assert by[10].top_classes == [CAT, HORSE, ONE, TWO]  # the weak tail needs three more classes
     for f in by:
         assert by[f].depth == wn.synset(lch[f]).max_depth
@@ -206,8 +243,10 @@ def test_known_answers_on_synthetic_activations(wn) -> None:
     # classes that are some feature's largest class: cat, one, sandal (3 of 7 mapped)
     assert s["class_top1_coverage"] == pytest.approx(3 / 7)
     assert s["class_top_set_coverage"] == pytest.approx(1.0)  # every mapped class is in a top set
-    assert s["depth_histogram"] == {str(d): c for d, c in sorted(
-        __import__("collections").Counter(f.depth for f in res.features).items())}
+    assert s["depth_histogram"] == {
+        str(d): c
+        for d, c in sorted(__import__("collections").Counter(f.depth for f in res.features).items())
+    }
     assert s["baseline"]["mean_depth"] >= 0 and 0 <= s["baseline"]["fraction_below_root"] <= 1
     # over each feature's 32 strongest images: the weak tails drop out
     top = analyze(acc, mapping, wn, coverage=0.8, max_top=5, min_images=3)
@@ -242,17 +281,19 @@ def test_cap_weighting_and_batches(wn) -> None:
     # class weighting matters when class sizes differ: 30 cats at 1.0 vs 10 horses at 2.0
     lab_w = np.array([CAT] * 30 + [HORSE] * 10)
     acc_w = ClassActivations.from_activations(
-        np.where(lab_w == CAT, 1.0, 2.0)[:, None], lab_w, n_classes=len(LABELS))
+        np.where(lab_w == CAT, 1.0, 2.0)[:, None], lab_w, n_classes=len(LABELS)
+    )
     unbal = analyze(acc_w, mapping, wn, images="all", coverage=0.5, min_images=1)
-    bal = analyze(acc_w, mapping, wn, images="all", coverage=0.5, min_images=1,
-                  class_weighting="balanced")
+    bal = analyze(
+        acc_w, mapping, wn, images="all", coverage=0.5, min_images=1, class_weighting="balanced"
+    )
     assert unbal.features[0].top_classes == [CAT]  # 30 of 50
     assert bal.features[0].top_classes == [HORSE]  # mean 2.0 vs 1.0
     # streaming in batches (with unlabelled images) equals all at once
     acc2 = ClassActivations(2, len(LABELS))
     t = torch.from_numpy(acts)
     for a in range(0, len(labels), 7):
-        acc2.update(t[a:a + 7], torch.from_numpy(labels[a:a + 7]))
+        acc2.update(t[a : a + 7], torch.from_numpy(labels[a : a + 7]))
     acc2.update(torch.ones(3, 2), [-1, -1, -1])
     assert torch.allclose(acc2.mass, acc.mass) and torch.equal(acc2.fires, acc.fires)
     assert acc2.n_skipped == 3 and torch.equal(acc2.images, acc.images)
@@ -282,8 +323,12 @@ N_CLASSES = 8
 @settings(
     max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(seed=st.integers(0, 10 ** 6), coverage=st.floats(0.3, 1.0), max_top=st.integers(1, 6),
-       density=st.floats(0.05, 0.9))
+@given(
+    seed=st.integers(0, 10**6),
+    coverage=st.floats(0.3, 1.0),
+    max_top=st.integers(1, 6),
+    density=st.floats(0.05, 0.9),
+)
 def test_properties_on_random_activations(wn, seed, coverage, max_top, density) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, N_CLASSES, 60)
@@ -292,8 +337,9 @@ def test_properties_on_random_activations(wn, seed, coverage, max_top, density) 
         warnings.simplefilter("ignore")
         mapping = map_labels(LABELS, wn)
     acc = ClassActivations.from_activations(acts, labels, n_classes=N_CLASSES)
-    res = analyze(acc, mapping, wn, coverage=coverage, max_top=max_top, min_images=2,
-                  baseline_draws=2)
+    res = analyze(
+        acc, mapping, wn, coverage=coverage, max_top=max_top, min_images=2, baseline_draws=2
+    )
     assert len(res.features) + res.n_silent + res.n_rare == 12
     for f in res.features:
         shares = [s for _, s in f.distribution]
@@ -301,7 +347,7 @@ def test_properties_on_random_activations(wn, seed, coverage, max_top, density) 
         assert all(c != NONFACE for c, _ in f.distribution)  # unmapped class excluded
         assert 1 <= len(f.top_classes) <= max_top
         assert f.top_share >= coverage - 1e-6 or len(f.top_classes) == max_top
-        assert [c for c, _ in f.distribution[:len(f.top_classes)]] == f.top_classes
+        assert [c for c, _ in f.distribution[: len(f.top_classes)]] == f.top_classes
         for c in f.top_classes:
             syn = mapping.synsets[c]
             assert syn.is_a(f.lch[0]) and f.depth <= syn.max_depth
@@ -344,10 +390,21 @@ def tiny(tmp_path_factory, tiny_dinov2) -> dict:
     root = tmp_path_factory.mktemp("ontology")
     bb = tiny_dinov2(root / "model", layers=2)
     spec = "builtin:digits?max_images=40+builtin:photos?views=1"
-    store = ActivationStore(extract(bb, spec, root / "acts", layers=[-1], kinds="cls,patch",
-                                    progress=False)[0])
-    sae = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=6, model_id=store.model_id,
-                        layer=store.layer, token_kinds=["patch"]), seed=0)
+    store = ActivationStore(
+        extract(bb, spec, root / "acts", layers=[-1], kinds="cls,patch", progress=False)[0]
+    )
+    sae = SAE(
+        SAEConfig(
+            d_in=32,
+            d_sae=64,
+            architecture="topk",
+            k=6,
+            model_id=store.model_id,
+            layer=store.layer,
+            token_kinds=["patch"],
+        ),
+        seed=0,
+    )
     sae.set_normalization(store.sample(4000, kinds="patch"))
     sae.init_decoder_bias(store.sample(2000, kinds="patch"))
     save_sae(sae.eval(), root / "sae")
@@ -366,10 +423,15 @@ def test_class_activations_match_dense_codes(tiny) -> None:
         image_max = sae.encode(x).amax(1)  # [n, F], dense codes, max over patches
     lab = torch.tensor(store.labels)
     want = torch.zeros(64, len(names), dtype=torch.float64).index_add_(
-        1, lab, image_max.t().double())
+        1, lab, image_max.t().double()
+    )
     assert torch.allclose(acc.mass, want, rtol=1e-5, atol=1e-5)
-    assert torch.equal(acc.fires, torch.zeros(64, len(names), dtype=torch.long).index_add_(
-        1, lab, (image_max > 0).t().long()))
+    assert torch.equal(
+        acc.fires,
+        torch.zeros(64, len(names), dtype=torch.long).index_add_(
+            1, lab, (image_max > 0).t().long()
+        ),
+    )
     assert acc.images.tolist() == torch.bincount(lab, minlength=len(names)).tolist()
     best = image_max.argmax(0)  # top-1 image of every feature (k = 1 here)
     want_top = torch.zeros(64, len(names), dtype=torch.float64)
@@ -425,17 +487,42 @@ def test_cli_on_a_labelled_store(tiny) -> None:
     assert [f["lch"] for f in data["features"]] == [[x.name for x in f.lch] for f in res.features]
 
 
-def test_cli_with_a_bundle_and_clear_errors(tiny, build_test_bundle, synthetic_items,
-                                           capsys) -> None:
+def test_cli_with_a_bundle_and_clear_errors(
+    tiny, build_test_bundle, synthetic_items, capsys
+) -> None:
     from saescope.core.sources import ListSource
     from saescope.train.extract import extract
 
     root, store = tiny["root"], tiny["store"]
-    bundle = build_test_bundle(root / "bundle", str(root / "model"), -1, items=synthetic_items(6),
-                               expansion=2, k=4, exemplar_k=2)
-    r = subprocess.run([sys.executable, "-m", "saescope.train", "ontology", "--bundle", str(bundle),
-                        "--store", str(store.path), "--out", str(root / "bout"), "--no-progress"],
-                       env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bundle = build_test_bundle(
+        root / "bundle",
+        str(root / "model"),
+        -1,
+        items=synthetic_items(6),
+        expansion=2,
+        k=4,
+        exemplar_k=2,
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "saescope.train",
+            "ontology",
+            "--bundle",
+            str(bundle),
+            "--store",
+            str(store.path),
+            "--out",
+            str(root / "bout"),
+            "--no-progress",
+        ],
+        env=ENV,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((root / "bout" / "ontology.json").read_text())["meta"]["bundle"] == str(
         bundle
@@ -467,21 +554,56 @@ def test_cli_with_a_bundle_and_clear_errors(tiny, build_test_bundle, synthetic_i
     assert r.returncode == 0, r.stderr
     assert "warning: 1 of 35 labels do not map" in r.stderr and "'builtin:digits:0'" in r.stderr
     data = json.loads((root / "mout" / "ontology.json").read_text())
-    assert data["labels"]["unmapped"] == [{"label": 0, "name": "builtin:digits:0",
-                                           "reason": "excluded by the label map"}]
+    assert data["labels"]["unmapped"] == [
+        {"label": 0, "name": "builtin:digits:0", "reason": "excluded by the label map"}
+    ]
     assert data["meta"]["images_without_mapped_label"] == store.labels.count(0) > 0
     assert data["summary"]["n_images"] == store.n_images - store.labels.count(0)
-    assert {"label": 7, "name": "builtin:digits:7", "synset": "domestic_cat.n.01",
-            "id": "n02121808", "how": "user"} in data["labels"]["mapped"]
+    assert {
+        "label": 7,
+        "name": "builtin:digits:7",
+        "synset": "domestic_cat.n.01",
+        "id": "n02121808",
+        "how": "user",
+    } in data["labels"]["mapped"]
     # an unlabelled store: one clear line, exit code 2 (in process: the same entry point)
     from saescope.train.__main__ import main
 
-    plain = extract(tiny["backbone"], ListSource(synthetic_items(3)), root / "plain", layers=[-1],
-                    progress=False)[0]
-    assert main(["ontology", "--sae", str(root / "sae"), "--store", str(plain),
-                 "--out", str(root / "x")]) == 2
+    plain = extract(
+        tiny["backbone"],
+        ListSource(synthetic_items(3)),
+        root / "plain",
+        layers=[-1],
+        progress=False,
+    )[0]
+    assert (
+        main(
+            [
+                "ontology",
+                "--sae",
+                str(root / "sae"),
+                "--store",
+                str(plain),
+                "--out",
+                str(root / "x"),
+            ]
+        )
+        == 2
+    )
     assert "has no image labels" in capsys.readouterr().err
     # WordNet missing: names the package
-    assert main(["ontology", "--sae", str(root / "sae"), "--store", str(store.path),
-                 "--wordnet-dir", str(root)]) == 2
+    assert (
+        main(
+            [
+                "ontology",
+                "--sae",
+                str(root / "sae"),
+                "--store",
+                str(store.path),
+                "--wordnet-dir",
+                str(root),
+            ]
+        )
+        == 2
+    )
     assert "wordnet-base" in capsys.readouterr().err

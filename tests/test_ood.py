@@ -57,8 +57,11 @@ def test_auroc_equals_pairwise_count_with_ties(a, b) -> None:
 @given(tied, tied, st.sampled_from(["exp", "cube", "affine"]))
 def test_auroc_invariant_to_increasing_transforms(a, b, kind) -> None:
     # strictly increasing in floating point too on these values (no two collapse into one)
-    f = {"exp": lambda x: np.exp(np.asarray(x) / 2), "cube": lambda x: np.asarray(x) ** 3,
-         "affine": lambda x: 3 * np.asarray(x) - 7}[kind]
+    f = {
+        "exp": lambda x: np.exp(np.asarray(x) / 2),
+        "cube": lambda x: np.asarray(x) ** 3,
+        "affine": lambda x: 3 * np.asarray(x) - 7,
+    }[kind]
     assert auroc(f(a), f(b)) == pytest.approx(auroc(a, b))
 
 
@@ -157,8 +160,11 @@ def test_knn_scores_distance_to_kth_neighbour() -> None:
 
 
 def _codes_summary(code_mean: np.ndarray, fire: np.ndarray, n_patches: int = 4) -> ImageSummary:
-    return ImageSummary(code_mean=code_mean.astype(np.float32), fire_count=fire.astype(np.uint16),
-                        n_patches=n_patches)
+    return ImageSummary(
+        code_mean=code_mean.astype(np.float32),
+        fire_count=fire.astype(np.uint16),
+        n_patches=n_patches,
+    )
 
 
 def test_rare_features_score_and_explanation() -> None:
@@ -166,8 +172,11 @@ def test_rare_features_score_and_explanation() -> None:
     train = _codes_summary(np.tile([1.0, 1.0, 1.0, 0.0], (50, 1)), np.tile([4, 4, 4, 0], (50, 1)))
     rare = RareFeatures().fit(train)
     assert rare.frequency[3] < 1e-2 < rare.frequency[0]
-    s = rare.score(_codes_summary(np.array([[1.0, 1, 1, 0], [1.0, 0, 0, 2.0], [0, 0, 0, 0.0]]),
-                                  np.zeros((3, 4))))
+    s = rare.score(
+        _codes_summary(
+            np.array([[1.0, 1, 1, 0], [1.0, 0, 0, 2.0], [0, 0, 0, 0.0]]), np.zeros((3, 4))
+        )
+    )
     assert s[1] > s[0]  # activation on the never-seen feature is surprising
     assert s[2] == rare.surprisal.max()  # nothing active at all: maximally surprising
     suite = OODSuite([rare], calibration={"sae_rare": np.sort(s[:1].repeat(5))})
@@ -191,8 +200,14 @@ def small_sae(d: int = 8, w: int = 32, k: int = 4, seed: int = 0) -> SAE:
 def test_summarize_matches_a_direct_computation() -> None:
     sae = small_sae()
     x = torch.randn(3, 5, 8, generator=torch.Generator().manual_seed(1)) * 2 + 1
-    s = summarize(sae, x, final_cls=torch.randn(3, 8), labels=[0, None, 2], label_names=list("abc"),
-                  chunk_images=2)
+    s = summarize(
+        sae,
+        x,
+        final_cls=torch.randn(3, 8),
+        labels=[0, None, 2],
+        label_names=list("abc"),
+        chunk_images=2,
+    )
     codes = sae.encode(x.reshape(-1, 8)).reshape(3, 5, -1)
     recon = sae.decode(codes)
     fvu = ((x - recon) ** 2).sum((1, 2)) / ((x - x.mean(1, keepdim=True)) ** 2).sum((1, 2))
@@ -211,10 +226,12 @@ def synthetic_sets(seed: int = 0):
     """In-distribution: tokens near a few prototypes; OOD: tokens from elsewhere."""
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(3, 8, generator=g) * 3
+
     def make(n, ood=False):
         lab = torch.randint(0, 3, (n,), generator=g)
         base = torch.randn(n, 1, 8, generator=g) * 3 + 6 if ood else protos[lab][:, None]
         return base + 0.5 * torch.randn(n, 6, 8, generator=g), lab
+
     return make
 
 
@@ -237,10 +254,13 @@ def fitted_sae(make) -> SAE:
 def test_suite_separates_synthetic_ood_and_round_trips(tmp_path: Path) -> None:
     make = synthetic_sets()
     sae = fitted_sae(make)
+
     def summ(n, ood=False):
         x, lab = make(n, ood)
-        return summarize(sae, x, final_cls=x.mean(1) + 0.1, labels=lab.tolist(),
-                         label_names=["p0", "p1", "p2"])
+        return summarize(
+            sae, x, final_cls=x.mean(1) + 0.1, labels=lab.tolist(), label_names=["p0", "p1", "p2"]
+        )
+
     train, test_in, test_out = summ(120), summ(40), summ(40, ood=True)
     suite = OODSuite.fit(default_scorers(k=3), train, meta={"source": "synthetic"})
     assert suite.names[:4] == ["sae_recon", "sae_rare", "sae_knn", SAE_COMBINED]

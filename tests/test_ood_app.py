@@ -24,8 +24,11 @@ def add_ood_from_images(bundle_path: Path, items) -> None:
     layer = bb.resolve_layer(sae.cfg.layer)
     out = bb.forward_layers(bb.preprocess([im for _, im in items]), [layer])
     patches = out.layout.select(out.tokens[layer], "patch")
-    suite = OODSuite.fit(default_scorers(("sae", "raw"), k=3, raw_fields=("raw_mean",)),
-                         summarize(sae, patches), meta={"source": "memory:synthetic"})
+    suite = OODSuite.fit(
+        default_scorers(("sae", "raw"), k=3, raw_fields=("raw_mean",)),
+        summarize(sae, patches),
+        meta={"source": "memory:synthetic"},
+    )
     add_ood_to_bundle(bundle_path, suite)
 
 
@@ -79,13 +82,16 @@ def test_browser_ood_tab(bundles, chromium, serve, tmp_path) -> None:
     open_source("builtin:photos?views=1").load(3).save(photo, "JPEG", quality=90)
     shots = Path(os.environ.get("SAESCOPE_SCREENSHOTS") or ROOT / "runs" / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    apps = [serve(build_app(str(with_ood), examples=False)),
-            serve(build_app(str(plain), examples=False))]
+    apps = [
+        serve(build_app(str(with_ood), examples=False)),
+        serve(build_app(str(plain), examples=False)),
+    ]
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         with sync_api.sync_playwright() as p:
             ctx = p.chromium.launch_persistent_context(
-                profile, **chromium, viewport={"width": 1440, "height": 1000})
+                profile, **chromium, viewport={"width": 1440, "height": 1000}
+            )
             ctx.set_default_timeout(120_000)
             sync_api.expect.set_options(timeout=120_000)
             page = ctx.new_page()

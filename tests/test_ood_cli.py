@@ -17,8 +17,14 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
 
 
 def train_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "saescope.train", *args], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "saescope.train", *args],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +34,16 @@ def tiny(tmp_path_factory, synthetic_items):
 
     root = tmp_path_factory.mktemp("ood")
     torch.manual_seed(0)
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                             intermediate_size=64, image_size=56,
-                             patch_size=14)).save_pretrained(root / "model")
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            image_size=56,
+            patch_size=14,
+        )
+    ).save_pretrained(root / "model")
     shapes = root / "shapes"
     shapes.mkdir()
     for i, (_, im) in enumerate(synthetic_items(40, size=56, seed=3)):
@@ -41,10 +54,33 @@ def tiny(tmp_path_factory, synthetic_items):
 def test_ood_eval_tables_files_and_skipped_probe(tiny: Path) -> None:
     work = tiny / "work"
     shapes = str(tiny / "shapes")
-    res = train_cli("ood-eval", "--model", str(tiny / "model"), "--layer", "1",
-                    "--in", "builtin:digits", shapes, "--out", "builtin:lfw",
-                    "--n-train", "30", "--n-test", "12", "--expansion", "4", "--k", "4",
-                    "--epochs", "2", "--knn-k", "3", "--work", str(work), "--no-progress")
+    res = train_cli(
+        "ood-eval",
+        "--model",
+        str(tiny / "model"),
+        "--layer",
+        "1",
+        "--in",
+        "builtin:digits",
+        shapes,
+        "--out",
+        "builtin:lfw",
+        "--n-train",
+        "30",
+        "--n-test",
+        "12",
+        "--expansion",
+        "4",
+        "--k",
+        "4",
+        "--epochs",
+        "2",
+        "--knn-k",
+        "3",
+        "--work",
+        str(work),
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "resolved config" in res.stderr and (work / "ood-eval_config.json").is_file()
     result = json.loads((work / "results.json").read_text())
@@ -54,8 +90,18 @@ def test_ood_eval_tables_files_and_skipped_probe(tiny: Path) -> None:
     assert (digits["n_fit"], digits["n_calibration"], digits["n_test_in"]) == (24, 6, 12)
     # 40 images: 12 held out for the test, of the other 28 a fifth calibrates
     assert (folder["n_fit"], folder["n_calibration"]) == (22, 6)
-    methods = ["sae_recon", "sae_rare", "sae_knn", "sae_combined", "raw_maha_layer",
-               "raw_knn_layer", "raw_maha_cls", "raw_knn_cls", "probe_msp", "probe_energy"]
+    methods = [
+        "sae_recon",
+        "sae_rare",
+        "sae_knn",
+        "sae_combined",
+        "raw_maha_layer",
+        "raw_knn_layer",
+        "raw_maha_cls",
+        "raw_knn_cls",
+        "probe_msp",
+        "probe_energy",
+    ]
     assert list(digits["rows"]) == methods
     # the unlabelled folder cannot have a probe: both probe baselines skipped with a note
     assert set(folder["skipped"]) == {"probe_msp", "probe_energy"}
@@ -77,9 +123,20 @@ def test_ood_eval_tables_files_and_skipped_probe(tiny: Path) -> None:
 def test_ood_eval_errors_are_one_line(tiny: Path) -> None:
     alone = train_cli("ood-eval", "--model", str(tiny / "model"), "--in", "builtin:digits")
     assert alone.returncode == 2 and "nothing to compare" in alone.stderr
-    empty = train_cli("ood-eval", "--model", str(tiny / "model"), "--layer", "1",
-                      "--in", "builtin:digits", "--out", "builtin:lfw?start=5000",
-                      "--work", str(tiny / "err"), "--no-progress")
+    empty = train_cli(
+        "ood-eval",
+        "--model",
+        str(tiny / "model"),
+        "--layer",
+        "1",
+        "--in",
+        "builtin:digits",
+        "--out",
+        "builtin:lfw?start=5000",
+        "--work",
+        str(tiny / "err"),
+        "--no-progress",
+    )
     assert empty.returncode == 2 and "is empty" in empty.stderr
     for r in (alone, empty):
         assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith(
@@ -97,10 +154,24 @@ def bundle_with_store(tiny: Path):
     from saescope.train.fit import FitConfig, SAESpec, fit
 
     bb = load_backbone(str(tiny / "model"))
-    stores = extract(bb, open_source("builtin:photos?views=2+builtin:digits?max_images=30"),
-                     tiny / "acts", layers=[0, 1], progress=False)
-    sae = fit(FitConfig(store=str(stores[1]), out=str(tiny / "sae"), saes=[SAESpec("topk", 4, k=4)],
-                        batch_size=512, tokens=10_000, progress=False, plots=False))[0]
+    stores = extract(
+        bb,
+        open_source("builtin:photos?views=2+builtin:digits?max_images=30"),
+        tiny / "acts",
+        layers=[0, 1],
+        progress=False,
+    )
+    sae = fit(
+        FitConfig(
+            store=str(stores[1]),
+            out=str(tiny / "sae"),
+            saes=[SAESpec("topk", 4, k=4)],
+            batch_size=512,
+            tokens=10_000,
+            progress=False,
+            plots=False,
+        )
+    )[0]
     bundle = build_bundle(sae, stores[1], tiny / "bundle", k=4, progress=False)
     return bundle, stores
 
@@ -114,16 +185,34 @@ def test_ood_fit_adds_a_verified_component_and_eval_uses_the_bundle(
     bundle, stores = bundle_with_store
     bad = train_cli("ood-fit", "--bundle", str(bundle), "--store", str(stores[0]))
     assert bad.returncode == 2 and "holds layer 0" in bad.stderr and "Traceback" not in bad.stderr
-    res = train_cli("ood-fit", "--bundle", str(bundle), "--store", str(stores[1]), "--knn-k", "3",
-                    "--no-progress")
+    res = train_cli(
+        "ood-fit",
+        "--bundle",
+        str(bundle),
+        "--store",
+        str(stores[1]),
+        "--knn-k",
+        "3",
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     b = Bundle.load(bundle)  # manifest re-checksummed with the new files: still verifies
     assert b.has("ood") and b.manifest["ood"]["n_fit"] + b.manifest["ood"]["n_calibration"] == 80
     assert {p for p in b.manifest["files"] if p.startswith("ood/")} >= {
-        "ood/ood.json", "ood/ood.safetensors", "ood/sae_knn.faiss", "ood/sae_knn.faiss.json"}
+        "ood/ood.json",
+        "ood/ood.safetensors",
+        "ood/sae_knn.faiss",
+        "ood/sae_knn.faiss.json",
+    }
     suite = OODSuite.load(b.component_path("ood"))
-    assert suite.names == ["sae_recon", "sae_rare", "sae_knn", "sae_combined", "raw_maha_layer",
-                           "raw_knn_layer"]
+    assert suite.names == [
+        "sae_recon",
+        "sae_rare",
+        "sae_knn",
+        "sae_combined",
+        "raw_maha_layer",
+        "raw_knn_layer",
+    ]
     assert "sae_combined: 95%-TPR threshold" in res.stdout
 
     mismatch = train_cli(
@@ -140,9 +229,27 @@ def test_ood_fit_adds_a_verified_component_and_eval_uses_the_bundle(
     assert mismatch.returncode == 2 and "mismatched models" in mismatch.stderr
     assert "Traceback" not in mismatch.stderr
     work = tiny / "work-bundle"
-    res = train_cli("ood-eval", "--bundle", str(bundle), "--in", "builtin:digits",
-                    "--out", "builtin:lfw", "--n-train", "20", "--n-test", "10", "--knn-k", "3",
-                    "--methods", "sae", "raw", "--work", str(work), "--no-progress")
+    res = train_cli(
+        "ood-eval",
+        "--bundle",
+        str(bundle),
+        "--in",
+        "builtin:digits",
+        "--out",
+        "builtin:lfw",
+        "--n-train",
+        "20",
+        "--n-test",
+        "10",
+        "--knn-k",
+        "3",
+        "--methods",
+        "sae",
+        "raw",
+        "--work",
+        str(work),
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     (cfg,) = json.loads((work / "results.json").read_text())["configs"]
     assert cfg["sae"].startswith("from bundle bundle") and not (work / "saes").exists()

@@ -81,7 +81,7 @@ def test_majority_patch_labels_match_brute_force(rows, cols, p, seed):
     got = majority_patch_labels(mask, (rows, cols), p)
     for r in range(rows):
         for c in range(cols):
-            block = mask[r * p:(r + 1) * p, c * p:(c + 1) * p].ravel()
+            block = mask[r * p : (r + 1) * p, c * p : (c + 1) * p].ravel()
             block = block[block >= 0]
             if len(block) == 0:
                 assert got[r, c] == -1
@@ -146,19 +146,44 @@ def tiny_model(tmp_path_factory, make_tiny_model):
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "saescope.train", "probe", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "saescope.train", "probe", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_fits_both_probe_kinds_on_a_tiny_model(tiny_model, tmp_path):
-    r = _run("--model", str(tiny_model), "--out", str(tmp_path / "c"), "--max-images", "40",
-             "--source", "builtin:digits?size=28")
+    r = _run(
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(tmp_path / "c"),
+        "--max-images",
+        "40",
+        "--source",
+        "builtin:digits?size=28",
+    )
     assert r.returncode == 0, r.stderr
     assert "classification probe, 10 classes: held-out accuracy" in r.stdout
     report = json.loads((tmp_path / "c" / "digits.report.json").read_text())
     assert report["n_test_images"] == 8 and report["source"].startswith("builtin:digits")
-    r = _run("--task", "segmentation", "--model", str(tiny_model), "--out", str(tmp_path / "s"),
-             "--max-images", "12", "--source", "builtin:digit-scenes?size=56", "--name", "scenes")
+    r = _run(
+        "--task",
+        "segmentation",
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(tmp_path / "s"),
+        "--max-images",
+        "12",
+        "--source",
+        "builtin:digit-scenes?size=56",
+        "--name",
+        "scenes",
+    )
     assert r.returncode == 0, r.stderr
     head = load_head(tmp_path / "s", "scenes")
     assert head.kind == "segmentation" and head.class_names[0] == "background"
@@ -166,8 +191,16 @@ def test_cli_fits_both_probe_kinds_on_a_tiny_model(tiny_model, tmp_path):
 
 
 def test_cli_errors_are_one_line(tiny_model, tmp_path):
-    r = _run("--task", "segmentation", "--model", str(tiny_model), "--out", str(tmp_path),
-             "--source", "builtin:digits")
+    r = _run(
+        "--task",
+        "segmentation",
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(tmp_path),
+        "--source",
+        "builtin:digits",
+    )
     assert r.returncode == 2 and "unknown built-in segmentation source 'digits'" in r.stderr
     r = _run("--model", str(tiny_model))
     assert r.returncode == 2 and "--model needs --out" in r.stderr
@@ -183,8 +216,9 @@ def test_probe_in_a_bundle_steers(tiny_bundle, tmp_path):
     path = tiny_bundle(tmp_path)
     bundle = Bundle.load(path)
     source = open_source("builtin:digits?size=28", max_images=30)
-    probe, report, _ = fit_probe(bundle.backbone, source, "classification", name="digits",
-                                 progress=False)
+    probe, report, _ = fit_probe(
+        bundle.backbone, source, "classification", name="digits", progress=False
+    )
     add_probe_to_bundle(path, probe)
     bundle = Bundle.load(path)  # checksums cover the new files
     assert "digits" in bundle.head_names and bundle.probe_info("digits")["kind"] == "classification"

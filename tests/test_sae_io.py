@@ -31,9 +31,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def trained_like(arch: str, seed: int = 0, d: int = 12, w: int = 48) -> SAE:
     """An SAE with non-trivial values in every tensor (so a round trip can really fail)."""
-    cfg = SAEConfig(d_in=d, d_sae=w, architecture=arch, k=3, l1_coefficient=1e-3,
-                    model_id="tiny/model", model_revision="abc", layer=2, layer_requested=-1,
-                    token_kinds=["patch"], metrics={"fvu": 0.25})
+    cfg = SAEConfig(
+        d_in=d,
+        d_sae=w,
+        architecture=arch,
+        k=3,
+        l1_coefficient=1e-3,
+        model_id="tiny/model",
+        model_revision="abc",
+        layer=2,
+        layer_requested=-1,
+        token_kinds=["patch"],
+        metrics={"fvu": 0.25},
+    )
     sae = SAE(cfg, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -57,8 +67,19 @@ def test_round_trip_is_exact(arch: str, tmp_path: Path) -> None:
     files = sorted(p.name for p in (tmp_path / "sae").iterdir())
     assert files == ["config.json", "sae.safetensors"]
     cfg = json.loads((tmp_path / "sae" / "config.json").read_text())
-    for key in ("architecture", "d_in", "d_sae", "model_id", "model_revision", "layer",
-                "token_kinds", "library_version", "format_version", "metrics", "hyperparameters"):
+    for key in (
+        "architecture",
+        "d_in",
+        "d_sae",
+        "model_id",
+        "model_revision",
+        "layer",
+        "token_kinds",
+        "library_version",
+        "format_version",
+        "metrics",
+        "hyperparameters",
+    ):
         assert key in cfg
 
 
@@ -126,15 +147,25 @@ def write_saev(path: Path, header: dict, state: dict) -> None:
 
 def saev_state(d: int, w: int, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"W_enc": torch.randn(d, w, generator=g), "b_enc": torch.randn(w, generator=g),
-            "W_dec": torch.randn(w, d, generator=g), "b_dec": torch.randn(d, generator=g)}
+    return {
+        "W_enc": torch.randn(d, w, generator=g),
+        "b_enc": torch.randn(w, generator=g),
+        "W_dec": torch.randn(w, d, generator=g),
+        "b_dec": torch.randn(d, generator=g),
+    }
 
 
-@pytest.mark.parametrize("header", [
-    {"d_vit": 16, "exp_factor": 4, "n_reinit_samples": 10, "seed": 0},  # pre-schema (published)
-    {"schema": 1, "cls": "Relu", "cfg": {"d_vit": 16, "exp_factor": 4}},
-    {"schema": 2, "cfg": {"d_model": 16, "d_sae": 64, "activation": {"cls": "Relu", "params": {}}}},
-])
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"d_vit": 16, "exp_factor": 4, "n_reinit_samples": 10, "seed": 0},  # pre-schema (published)
+        {"schema": 1, "cls": "Relu", "cfg": {"d_vit": 16, "exp_factor": 4}},
+        {
+            "schema": 2,
+            "cfg": {"d_model": 16, "d_sae": 64, "activation": {"cls": "Relu", "params": {}}},
+        },
+    ],
+)
 def test_import_saev_relu_matches_its_forward(header: dict, tmp_path: Path) -> None:
     state = saev_state(16, 64)
     write_saev(tmp_path / "sae.pt", header, state)
@@ -148,8 +179,10 @@ def test_import_saev_relu_matches_its_forward(header: dict, tmp_path: Path) -> N
 
 def test_import_saev_topk_and_normalisation(tmp_path: Path) -> None:
     state = saev_state(16, 64)
-    header = {"schema": 3, "cfg": {"d_model": 16, "d_sae": 64,
-                                   "activation": {"cls": "TopK", "params": {"top_k": 5}}}}
+    header = {
+        "schema": 3,
+        "cfg": {"d_model": 16, "d_sae": 64, "activation": {"cls": "TopK", "params": {"top_k": 5}}},
+    }
     write_saev(tmp_path / "sae.pt", header, state)
     sample = torch.randn(500, 16) * 7 + 3
     sae = import_saev(tmp_path / "sae.pt", normalization_sample=sample)
@@ -183,11 +216,20 @@ def test_saev_import_never_unpickles_arbitrary_objects(tmp_path: Path, monkeypat
 def test_import_saelens_folder(apply_b_dec: bool, tmp_path: Path) -> None:
     state = saev_state(16, 64, seed=3)
     save_file(state, str(tmp_path / "sae_weights.safetensors"))
-    (tmp_path / "cfg.json").write_text(json.dumps({
-        "d_in": 16, "d_sae": 64, "architecture": "standard", "activation_fn_str": "relu",
-        "apply_b_dec_to_input": apply_b_dec, "normalize_activations": "none",
-        "model_name": "vit-x", "hook_name": "blocks.9.hook_resid_post",
-    }))
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "d_in": 16,
+                "d_sae": 64,
+                "architecture": "standard",
+                "activation_fn_str": "relu",
+                "apply_b_dec_to_input": apply_b_dec,
+                "normalize_activations": "none",
+                "model_name": "vit-x",
+                "hook_name": "blocks.9.hook_resid_post",
+            }
+        )
+    )
     sae = from_pretrained(tmp_path)  # detected automatically
     x = torch.randn(10, 16)
     xin = x - state["b_dec"] if apply_b_dec else x
@@ -239,8 +281,14 @@ def test_from_pretrained_hub_id_resolves_offline_from_the_hub_cache(tmp_path: Pa
         "except FileNotFoundError as e:\n    print('MISSING', e)\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=120, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     name, total = out.stdout.splitlines()[0].split()
     assert name == sae.cfg.name and float(total) == pytest.approx(

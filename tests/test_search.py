@@ -33,8 +33,13 @@ def tiny(tmp_path_factory, tiny_dinov2) -> dict:
     pixels = backbone.preprocess([source.load(i) for i in range(8)])
     toks = backbone.forward_layers(pixels, [-2]).tokens[1][:, 1:].reshape(-1, 32)
     sae.set_normalization(toks)
-    return {"root": root, "backbone": backbone, "source": source, "sae": sae.eval(),
-            "image": source.load(3)}
+    return {
+        "root": root,
+        "backbone": backbone,
+        "source": source,
+        "sae": sae.eval(),
+        "image": source.load(3),
+    }
 
 
 def make_sae(backbone, d_in: int = 32, **over) -> SAE:
@@ -122,21 +127,23 @@ def test_search_by_example_returns_exemplars(tiny: dict, tmp_path: Path) -> None
     from saescope.train.exemplars import build_exemplars_from_images
 
     bb, sae = tiny["backbone"], tiny["sae"]
-    ex = build_exemplars_from_images(sae, bb, tiny["source"], k=4, batch_images=12,
-                                     progress=False)
-    matches = search_by_example(bb, sae, ex, tiny["image"], [(5, 5), (5, 6), (6, 5)],
-                                n_features=3, n_exemplars=2)
+    ex = build_exemplars_from_images(sae, bb, tiny["source"], k=4, batch_images=12, progress=False)
+    matches = search_by_example(
+        bb, sae, ex, tiny["image"], [(5, 5), (5, 6), (6, 5)], n_features=3, n_exemplars=2
+    )
     top = top_features_for_patches(bb, sae, tiny["image"], [(5, 5), (5, 6), (6, 5)], n=3)
     assert [(m.feature, pytest.approx(m.score)) for m in matches] == top
     for m in matches:
         assert m.query_map.shape == (16, 16) and m.query_map.sum() > 0
         assert 1 <= len(m.exemplars) <= 2 and m.stats["frequency"] > 0
         for e in m.exemplars:
-            assert e.patch_map.shape == (16, 16) and e.value == pytest.approx(e.patch_map.max(),
-                                                                              rel=1e-3)
+            assert e.patch_map.shape == (16, 16) and e.value == pytest.approx(
+                e.patch_map.max(), rel=1e-3
+            )
             assert e.image_id == tiny["source"].image_id(e.image_index)
-    other = SAE(SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4, model_id=bb.model_id,
-                          layer=1))
+    other = SAE(
+        SAEConfig(d_in=32, d_sae=64, architecture="topk", k=4, model_id=bb.model_id, layer=1)
+    )
     with pytest.raises(ShapeMismatch, match="another SAE"):
         search_by_example(bb, other, ex, tiny["image"], None)
 
@@ -157,13 +164,23 @@ def test_end_to_end_on_the_offline_model(tmp_path: Path) -> None:
     from saescope.train.fit import FitConfig, SAESpec, fit
 
     bb = load_backbone("offline:dinov2-s-saliency")
-    store_path = extract(bb, "builtin:photos?views=4", tmp_path / "acts", layers=[-2],
-                         max_images=100, progress=False)[0]
+    store_path = extract(
+        bb, "builtin:photos?views=4", tmp_path / "acts", layers=[-2], max_images=100, progress=False
+    )[0]
     store = ActivationStore(store_path)
-    folders = fit(FitConfig(store=str(store_path), out=str(tmp_path / "saes"),
-                            saes=[SAESpec("topk", 4, k=16)], tokens=2 * store.n_tokens,
-                            batch_size=1024, lr=1e-3, lr_warmup_steps=10, progress=False,
-                            plots=False))
+    folders = fit(
+        FitConfig(
+            store=str(store_path),
+            out=str(tmp_path / "saes"),
+            saes=[SAESpec("topk", 4, k=16)],
+            tokens=2 * store.n_tokens,
+            batch_size=1024,
+            lr=1e-3,
+            lr_warmup_steps=10,
+            progress=False,
+            plots=False,
+        )
+    )
     sae = from_pretrained(folders[0])
     ex = build_exemplars(sae, store, k=8, batch_images=32, progress=False)
     ex.save(tmp_path / "ex", map_dtype="uint8")
@@ -186,8 +203,10 @@ def test_end_to_end_on_the_offline_model(tmp_path: Path) -> None:
         assert e.patch_map.shape == (16, 16) and e.patch_map.max() > 0
         assert e.image_id.startswith("photos/")
     # the exemplars can be shown: reload pixels, render a grid with heat-maps
-    tiles = [(crop_for_preprocess(ex.load_image(e.image_index), bb.preprocess), e.patch_map,
-              e.image_id) for e in best.exemplars]
+    tiles = [
+        (crop_for_preprocess(ex.load_image(e.image_index), bb.preprocess), e.patch_map, e.image_id)
+        for e in best.exemplars
+    ]
     grid = exemplar_grid(tiles, cols=4, thumb=64)
     assert grid.width > 4 * 64
     assert render_heatmap(crop, fmap).height == 224

@@ -109,9 +109,10 @@ def test_hf_segmentation_dataset_from_disk(tmp_path):
         m[:, 12:] = 2  # ADE20K style: 0 = other
         m[:12, :12] = 1
         masks.append(Image.fromarray(m))
-    ds = datasets.Dataset.from_dict({"image": images, "annotation": masks},
-                                    features=datasets.Features({"image": datasets.Image(),
-                                                                "annotation": datasets.Image()}))
+    ds = datasets.Dataset.from_dict(
+        {"image": images, "annotation": masks},
+        features=datasets.Features({"image": datasets.Image(), "annotation": datasets.Image()}),
+    )
     ds.save_to_disk(str(tmp_path / "seg"))
     src = open_segmentation_source(f"hf:{tmp_path / 'seg'}?reduce_labels=1")
     assert len(src) == 4 and src.mask_column == "annotation"

@@ -32,6 +32,7 @@ def _pixels(image: Image.Image) -> np.ndarray:
 
 # -- built-in photos ------------------------------------------------------------------------
 
+
 def test_photos_views_and_ids(photos):
     assert isinstance(photos, PhotosSource)
     names = photos.names
@@ -84,6 +85,7 @@ def test_limits(photos):
 
 
 # -- digits, fashion-mnist, lfw --------------------------------------------------------------
+
 
 def test_digits():
     d = open_source("builtin:digits")
@@ -139,6 +141,7 @@ def test_unknown_builtin_and_bad_params():
 
 # -- folders --------------------------------------------------------------------------------
 
+
 def _folder(tmp_path: Path) -> Path:
     root = tmp_path / "imgs"
     for sub in ("cats", "dogs"):
@@ -174,17 +177,20 @@ def test_flat_folder_has_no_labels(tmp_path):
 
 # -- datasets -------------------------------------------------------------------------------
 
+
 def _dataset(tmp_path: Path, as_dict: bool) -> Path:
     import datasets
 
     images = [Image.new("RGB", (20 + i, 20), (i * 40, 0, 0)) for i in range(4)]
     rows = {"picture": images + [{"bytes": b"garbage", "path": None}], "kind": [0, 1, 0, 1, 1]}
-    feats = datasets.Features({"picture": datasets.Image(),
-                               "kind": datasets.ClassLabel(names=["red", "blue"])})
+    feats = datasets.Features(
+        {"picture": datasets.Image(), "kind": datasets.ClassLabel(names=["red", "blue"])}
+    )
     ds = datasets.Dataset.from_dict(rows, features=feats)
     path = tmp_path / ("dsdict" if as_dict else "ds")
-    (datasets.DatasetDict({"train": ds, "test": ds.select([0, 4])}) if as_dict else ds
-     ).save_to_disk(str(path))
+    (
+        datasets.DatasetDict({"train": ds, "test": ds.select([0, 4])}) if as_dict else ds
+    ).save_to_disk(str(path))
     return path
 
 

@@ -63,8 +63,10 @@ def test_browser_space_builds_and_serves(bundles, load_space, serve, tmp_path) -
 def test_compare_space_builds_and_serves(bundles, load_space, serve, tmp_path) -> None:
     from gradio_client import Client, handle_file
 
-    demo = load_space("compare", {"SAESCOPE_LEFT_BUNDLE": str(bundles[0]),
-                                  "SAESCOPE_RIGHT_BUNDLE": str(bundles[1])})
+    demo = load_space(
+        "compare",
+        {"SAESCOPE_LEFT_BUNDLE": str(bundles[0]), "SAESCOPE_RIGHT_BUNDLE": str(bundles[1])},
+    )
     left, right = demo.engines
     assert left.layer == 0 and right.layer == 1
     served = serve(demo)
@@ -89,11 +91,22 @@ def test_space_runs_as_a_script(bundles, free_port, tmp_path) -> None:
     import urllib.request
 
     port = free_port()
-    env = {**os.environ, "SAESCOPE_BUNDLE": str(bundles[0]), "GRADIO_SERVER_PORT": str(port),
-           "GRADIO_SERVER_NAME": "127.0.0.1", "SAESCOPE_WARM_UP": "0", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "spaces" / "browser" / "app.py")],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    env = {
+        **os.environ,
+        "SAESCOPE_BUNDLE": str(bundles[0]),
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "SAESCOPE_WARM_UP": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "spaces" / "browser" / "app.py")],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         url = None
         deadline = time.time() + 240

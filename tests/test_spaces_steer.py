@@ -40,10 +40,13 @@ def test_space_folder_is_complete(space, front_matter) -> None:
         assert var in app and var in readme
 
 
-@pytest.mark.parametrize("space,head,kind", [("segment", "digit-scenes", "segmentation"),
-                                             ("classify", "digits", "classification")])
-def test_steer_space_builds_and_serves(space, head, kind, bundle, load_space, serve,
-                                       tmp_path) -> None:
+@pytest.mark.parametrize(
+    "space,head,kind",
+    [("segment", "digit-scenes", "segmentation"), ("classify", "digits", "classification")],
+)
+def test_steer_space_builds_and_serves(
+    space, head, kind, bundle, load_space, serve, tmp_path
+) -> None:
     from gradio_client import Client
 
     demo = load_space(space, {"SAESCOPE_BUNDLE": str(bundle), "SAESCOPE_HEAD": head})
@@ -54,8 +57,15 @@ def test_steer_space_builds_and_serves(space, head, kind, bundle, load_space, se
         client = Client(served.url, verbose=False, download_files=str(tmp_path))
         names = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
         assert {"/analyse", "/select", "/steer", "/reset", "/head"} <= set(names)
-        md = client.predict(head, "", "scale the feature (× slider)", "selected patches",
-                            *([None] * 5), *([1.0] * 5), api_name="/head")
+        md = client.predict(
+            head,
+            "",
+            "scale the feature (× slider)",
+            "selected patches",
+            *([None] * 5),
+            *([1.0] * 5),
+            api_name="/head",
+        )
         assert head in md[0] and "held-out" in md[0]
     finally:
         served.close()

@@ -20,6 +20,7 @@ def setup(tmp_path_factory, tiny_dinov2):
     )
     out = bb.forward_layers(pixels, [1])
     sae.set_normalization(out.tokens[1].reshape(-1, 32))
+
     def head(final, layout):  # a frozen linear readout of CLS
         return final[:, 0] @ torch.ones(32, 3)
 

@@ -20,19 +20,45 @@ from saescope.core.store import (
 )
 from saescope.core.tokens import TokenLayout
 
-MODEL = {"model_id": "test/model", "revision": "abc", "d_model": 4, "n_layers": 3,
-         "preprocess": {"crop_size": [28, 28]}}
+MODEL = {
+    "model_id": "test/model",
+    "revision": "abc",
+    "d_model": 4,
+    "n_layers": 3,
+    "preprocess": {"crop_size": [28, 28]},
+}
 
 
-def _manifest(d: int = 4, dtype: str = "float32", kinds: str = "patch", shard_images: int = 5,
-              grid=(2, 3), n_cls: int = 1) -> dict:
-    return new_manifest(model={**MODEL, "d_model": d}, layer=1, layer_requested=-2, kinds=kinds,
-                        layout=TokenLayout(n_cls, 0, grid), dtype=dtype, shard_images=shard_images,
-                        source={"spec": "test"}, label_names=["even", "odd"])
+def _manifest(
+    d: int = 4,
+    dtype: str = "float32",
+    kinds: str = "patch",
+    shard_images: int = 5,
+    grid=(2, 3),
+    n_cls: int = 1,
+) -> dict:
+    return new_manifest(
+        model={**MODEL, "d_model": d},
+        layer=1,
+        layer_requested=-2,
+        kinds=kinds,
+        layout=TokenLayout(n_cls, 0, grid),
+        dtype=dtype,
+        shard_images=shard_images,
+        source={"spec": "test"},
+        label_names=["even", "odd"],
+    )
 
 
-def build_store(path: Path, n_images: int, d: int = 4, dtype: str = "float32",
-                kinds: str = "patch", shard_images: int = 5, grid=(2, 3)) -> Path:
+def build_store(
+    path: Path,
+    n_images: int,
+    d: int = 4,
+    dtype: str = "float32",
+    kinds: str = "patch",
+    shard_images: int = 5,
+    grid=(2, 3),
+) -> Path:
     """A store whose token t of image i has value (i * T + t) in every dimension + dim index."""
     m = _manifest(d, dtype, kinds, shard_images, grid)
     T = m["tokens_per_image"]
@@ -42,8 +68,9 @@ def build_store(path: Path, n_images: int, d: int = 4, dtype: str = "float32",
             base = (np.array(idx)[:, None] * T + np.arange(T)[None, :]).astype(np.float64)
             arr = (base[..., None] + np.arange(d) / 100 * 0).astype(dtype)
             arr = np.broadcast_to(arr, (len(idx), T, d)).astype(dtype)
-            w.commit_shard(arr, [f"img{i}" for i in idx], idx, [i % 2 for i in idx], [],
-                           idx[-1] + 1)
+            w.commit_shard(
+                arr, [f"img{i}" for i in idx], idx, [i % 2 for i in idx], [], idx[-1] + 1
+            )
         w.finish([], n_images)
     return path
 
@@ -73,8 +100,10 @@ def test_round_trip_and_metadata(tmp_path):
 
 def test_iter_batches_is_a_permutation_and_deterministic(tmp_path):
     st = ActivationStore(build_store(tmp_path / "s", 23))
+
     def run(**kw):
         return torch.cat(list(st.iter_batches(7, shuffle_buffer=20, **kw)))[:, 0]
+
     a = run(seed=3)
     assert sorted(a.tolist()) == list(range(23 * 6))  # every token exactly once
     assert not torch.equal(a, torch.arange(23 * 6, dtype=torch.float32))  # shuffled
@@ -130,14 +159,20 @@ def test_peak_memory_flat_while_streaming_a_large_store(tmp_path):
         with StoreWriter(path, m) as w:
             for s in range(0, n, 250):
                 idx = list(range(s, s + 250))
-                w.commit_shard(np.ones((250, 96, 64), np.float16), [str(i) for i in idx], idx,
-                               None, [], s + 250)
+                w.commit_shard(
+                    np.ones((250, 96, 64), np.float16),
+                    [str(i) for i in idx],
+                    idx,
+                    None,
+                    [],
+                    s + 250,
+                )
             w.finish([], n)
         st = ActivationStore(path)
         store_bytes = st.n_tokens * 64 * 2
         tracemalloc.start()
         total = 0
-        for batch in st.iter_batches(1024, shuffle_buffer=2 ** 12, seed=0):
+        for batch in st.iter_batches(1024, shuffle_buffer=2**12, seed=0):
             total += len(batch)
             del batch
         _, peak = tracemalloc.get_traced_memory()
@@ -149,6 +184,7 @@ def test_peak_memory_flat_while_streaming_a_large_store(tmp_path):
 
 
 # -- validation -----------------------------------------------------------------------------
+
 
 def test_no_manifest(tmp_path):
     with pytest.raises(StoreError, match="not an activation store: no manifest.json in"):
@@ -191,6 +227,7 @@ def test_missing_and_truncated_shards(tmp_path):
 
 # -- writer / resume ------------------------------------------------------------------------
 
+
 def test_resume_cleans_temp_and_orphans_and_repairs(tmp_path):
     path = build_store(tmp_path / "s", 12)
     m = json.loads((path / MANIFEST).read_text())
@@ -201,15 +238,24 @@ def test_resume_cleans_temp_and_orphans_and_repairs(tmp_path):
         assert w.n_shards == 2 and w.next_source_index == 10 and not w.complete
         assert any("shard_00002.npy" in note for note in w.repaired)
     names = sorted(p.name for p in path.iterdir())
-    assert names == [".lock", MANIFEST, "shard_00000.ids.json", "shard_00000.npy",
-                     "shard_00001.ids.json", "shard_00001.npy"]
+    assert names == [
+        ".lock",
+        MANIFEST,
+        "shard_00000.ids.json",
+        "shard_00000.npy",
+        "shard_00001.ids.json",
+        "shard_00001.npy",
+    ]
     assert json.loads((path / MANIFEST).read_text())["shards"] == m["shards"][:2]
 
 
 def test_resume_refuses_other_settings(tmp_path):
     path = build_store(tmp_path / "s", 3)
-    for kw, field in (({"dtype": "float16"}, "dtype"), ({"kinds": "cls,patch"}, "token_kinds"),
-                      ({"shard_images": 9}, "shard_images")):
+    for kw, field in (
+        ({"dtype": "float16"}, "dtype"),
+        ({"kinds": "cls,patch"}, "token_kinds"),
+        ({"shard_images": 9}, "shard_images"),
+    ):
         with pytest.raises(StoreError, match=f"cannot resume into .*{field}"):
             StoreWriter(path, _manifest(**kw))
     other = _manifest()

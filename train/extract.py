@@ -13,17 +13,17 @@ import os
 import queue
 import sys
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
 from saescope.core.images import ImageError
-from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
 from saescope.core.sources import ImageSource, open_source
 from saescope.core.store import (
     DTYPES,
@@ -34,6 +34,7 @@ from saescope.core.store import (
     new_manifest,
     read_manifest,
 )
+from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
 from saescope.train.cli import (
     OutOption,
     ProgressOption,
@@ -88,8 +89,16 @@ def _guard_aspect(image: Image.Image) -> Image.Image:
 class _Loader(threading.Thread):
     """Decodes and preprocesses images ahead of the model, in source order, into batches."""
 
-    def __init__(self, source: ImageSource, preprocess, start: int, batch_size: int,
-                 shard_images: int, workers: int, depth: int):
+    def __init__(
+        self,
+        source: ImageSource,
+        preprocess,
+        start: int,
+        batch_size: int,
+        shard_images: int,
+        workers: int,
+        depth: int,
+    ):
         super().__init__(daemon=True, name="extract-loader")
         self.source, self.preprocess = source, preprocess
         self.start_index, self.batch_size, self.shard_images = start, batch_size, shard_images
@@ -126,8 +135,11 @@ class _Loader(threading.Thread):
 
     def _run(self) -> None:
         n = len(self.source)
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="extract-decode") \
-            if self.workers > 1 else None
+        pool = (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="extract-decode")
+            if self.workers > 1
+            else None
+        )
         pix: list[torch.Tensor] = []
         ids: list[str] = []
         idxs: list[int] = []
@@ -153,16 +165,27 @@ class _Loader(threading.Thread):
                     in_shard += 1
                     end_shard = in_shard == self.shard_images
                     if len(ids) == self.batch_size or end_shard:
-                        batch = _Batch(torch.cat(pix), ids, idxs, labels, skipped, index + 1,
-                                       end_shard)
+                        batch = _Batch(
+                            torch.cat(pix), ids, idxs, labels, skipped, index + 1, end_shard
+                        )
                         if not self._put(batch):
                             return
                         pix, ids, idxs, labels, skipped = [], [], [], [], []
                         if end_shard:
                             in_shard = 0
                 i = chunk.stop
-            self._put(_Batch(torch.cat(pix) if pix else None, ids, idxs, labels, skipped, n,
-                             end_of_shard=False, end_of_source=True))
+            self._put(
+                _Batch(
+                    torch.cat(pix) if pix else None,
+                    ids,
+                    idxs,
+                    labels,
+                    skipped,
+                    n,
+                    end_of_shard=False,
+                    end_of_source=True,
+                )
+            )
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -187,8 +210,9 @@ class _Writer(threading.Thread):
             try:
                 if job.arrays is not None and job.ids:
                     for w, arr in zip(self.writers, job.arrays):
-                        w.commit_shard(arr, job.ids, job.indices, job.labels, job.skipped,
-                                       job.source_stop)
+                        w.commit_shard(
+                            arr, job.ids, job.indices, job.labels, job.skipped, job.source_stop
+                        )
                     job.skipped = []
                 if job.final:
                     for w in self.writers:
@@ -226,15 +250,18 @@ def _check_source_matches(writer: StoreWriter, source: ImageSource) -> None:
             raise StoreError(
                 f"cannot resume into {writer.path}: it was made from another image source (image "
                 f"#{index} is {image_id!r} in the store but {have!r} in {source.spec!r}). Use "
-                "--overwrite to start afresh or choose another output folder.")
+                "--overwrite to start afresh or choose another output folder."
+            )
 
 
 def _to_numpy(tokens: torch.Tensor, np_dtype: np.dtype, layer: int) -> np.ndarray:
     if np_dtype == np.float16:
         peak = float(tokens.abs().max()) if tokens.numel() else 0.0
         if not np.isfinite(peak) or peak > FP16_MAX:
-            raise StoreError(f"layer {layer} activations reach {peak:.4g}, beyond float16's range "
-                             f"({FP16_MAX:g}): extract with --dtype float32")
+            raise StoreError(
+                f"layer {layer} activations reach {peak:.4g}, beyond float16's range "
+                f"({FP16_MAX:g}): extract with --dtype float32"
+            )
         return tokens.to(torch.float16).cpu().numpy()
     return tokens.to(torch.float32).cpu().numpy()
 
@@ -283,8 +310,11 @@ def extract(
     paths = store_paths(out_dir, resolved)
     if shard_images is None:
         existing = paths[0] / MANIFEST
-        shard_images = read_manifest(paths[0])["shard_images"] if resume and existing.is_file() \
+        shard_images = (
+            read_manifest(paths[0])["shard_images"]
+            if resume and existing.is_file()
             else auto_shard_images(tokens_per_image, backbone.d_model, dtype)
+        )
     shard_images = int(shard_images)
     if shard_images < 1:
         raise ValueError("shard_images must be >= 1")
@@ -294,9 +324,17 @@ def extract(
     writers: list[StoreWriter] = []
     try:
         for path, layer, req in zip(paths, resolved, requested):
-            manifest = new_manifest(model=model, layer=layer, layer_requested=req, kinds=kinds_t,
-                                    layout=layout, dtype=dtype, shard_images=shard_images,
-                                    source=source.describe(), label_names=source.label_names)
+            manifest = new_manifest(
+                model=model,
+                layer=layer,
+                layer_requested=req,
+                kinds=kinds_t,
+                layout=layout,
+                dtype=dtype,
+                shard_images=shard_images,
+                source=source.describe(),
+                label_names=source.label_names,
+            )
             writers.append(StoreWriter(path, manifest, resume=resume, verify=verify))
         for w in writers:
             for note in w.repaired:
@@ -304,11 +342,27 @@ def extract(
         start = _align(writers, source, shard_images)
         if start >= len(source) and all(w.complete for w in writers):
             if progress:
-                print(f"[extract] {paths[0] if len(paths) == 1 else out_dir}: already complete "
-                      f"({writers[0].manifest['n_images']} images)", file=sys.stderr)
+                print(
+                    f"[extract] {paths[0] if len(paths) == 1 else out_dir}: already complete "
+                    f"({writers[0].manifest['n_images']} images)",
+                    file=sys.stderr,
+                )
             return paths
-        _run(backbone, source, writers, resolved, positions, layout, np_dtype, start, batch_size,
-             shard_images, workers, prefetch_batches, progress)
+        _run(
+            backbone,
+            source,
+            writers,
+            resolved,
+            positions,
+            layout,
+            np_dtype,
+            start,
+            batch_size,
+            shard_images,
+            workers,
+            prefetch_batches,
+            progress,
+        )
     finally:
         for w in writers:
             w.close()
@@ -330,19 +384,34 @@ def _align(writers: list[StoreWriter], source: ImageSource, shard_images: int) -
             w.truncate(n)
     for w in writers:
         if w.next_source_index > len(source):
-            raise StoreError(f"{w.path} already holds images up to source index "
-                             f"{w.next_source_index}, beyond the {len(source)} images of "
-                             f"{source.spec!r}; use --overwrite to start afresh")
+            raise StoreError(
+                f"{w.path} already holds images up to source index "
+                f"{w.next_source_index}, beyond the {len(source)} images of "
+                f"{source.spec!r}; use --overwrite to start afresh"
+            )
     _check_source_matches(writers[0], source)
     return writers[0].next_source_index
 
 
-def _run(backbone, source: ImageSource, writers: list[StoreWriter], layers: list[int],
-         positions: list[int], layout: TokenLayout, np_dtype: np.dtype, start: int,
-         batch_size: int, shard_images: int, workers: int | None, prefetch: int,
-         progress: bool) -> None:
+def _run(
+    backbone,
+    source: ImageSource,
+    writers: list[StoreWriter],
+    layers: list[int],
+    positions: list[int],
+    layout: TokenLayout,
+    np_dtype: np.dtype,
+    start: int,
+    batch_size: int,
+    shard_images: int,
+    workers: int | None,
+    prefetch: int,
+    progress: bool,
+) -> None:
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    loader = _Loader(source, backbone.preprocess, start, batch_size, shard_images, workers, prefetch)
+    loader = _Loader(
+        source, backbone.preprocess, start, batch_size, shard_images, workers, prefetch
+    )
     writer = _Writer(writers)
     d = backbone.d_model
     t_sel = len(positions)
@@ -371,13 +440,15 @@ def _run(backbone, source: ImageSource, writers: list[StoreWriter], layers: list
             if batch.pixels is not None and batch.ids:
                 out = backbone.forward_layers(batch.pixels, layers)
                 if out.layout != layout:
-                    raise StoreError(f"the backbone produced layout {out.layout}, expected "
-                                     f"{layout}: preprocessing must give a fixed image size")
+                    raise StoreError(
+                        f"the backbone produced layout {out.layout}, expected "
+                        f"{layout}: preprocessing must give a fixed image size"
+                    )
                 b = len(batch.ids)
                 for k, layer in enumerate(layers):
                     t = out.tokens[layer]
-                    t = t[:, positions[0]:positions[0] + t_sel] if contiguous else t[:, index]
-                    buffers[k][fill:fill + b] = _to_numpy(t, np_dtype, layer)
+                    t = t[:, positions[0] : positions[0] + t_sel] if contiguous else t[:, index]
+                    buffers[k][fill : fill + b] = _to_numpy(t, np_dtype, layer)
                 fill += b
                 ids += batch.ids
                 idxs += batch.indices
@@ -385,8 +456,11 @@ def _run(backbone, source: ImageSource, writers: list[StoreWriter], layers: list
             skipped += batch.skipped
             n_skipped += len(batch.skipped)
             if (batch.end_of_shard or batch.end_of_source) and fill:
-                writer.submit(_ShardJob([a[:fill] for a in buffers], ids, idxs, labels, skipped,
-                                        batch.source_stop))
+                writer.submit(
+                    _ShardJob(
+                        [a[:fill] for a in buffers], ids, idxs, labels, skipped, batch.source_stop
+                    )
+                )
                 buffers, fill, ids, idxs, labels, skipped = new_buffers(), 0, [], [], [], []
             if bar is not None:
                 bar.update(batch.source_stop - done)
@@ -419,16 +493,20 @@ def _progress(total: int, initial: int, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, unit="img", desc="extract", dynamic_ncols=True,
-                smoothing=0.1)
+    return tqdm(
+        total=total, initial=initial, unit="img", desc="extract", dynamic_ncols=True, smoothing=0.1
+    )
 
 
 def _summary(writers: list[StoreWriter], paths: list[Path], progress: bool) -> None:
     m = writers[0].manifest
     skipped = m["skipped"]
     where = ", ".join(str(p) for p in paths)
-    print(f"[extract] {m['n_images']} images x {m['tokens_per_image']} tokens x {m['d_model']} "
-          f"({m['dtype']}) -> {where}", file=sys.stderr)
+    print(
+        f"[extract] {m['n_images']} images x {m['tokens_per_image']} tokens x {m['d_model']} "
+        f"({m['dtype']}) -> {where}",
+        file=sys.stderr,
+    )
     if skipped:
         print(f"[extract] skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
         for s in skipped[:20]:
@@ -438,6 +516,7 @@ def _summary(writers: list[StoreWriter], paths: list[Path], progress: bool) -> N
 
 
 # -- CLI ------------------------------------------------------------------------------------
+
 
 @dataclass(kw_only=True)
 class BackboneOptions:
@@ -490,12 +569,16 @@ class ExtractConfig(ProgressOption, TorchDeviceOption, ImageOptions, BackboneOpt
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     return add_step(
-        subparsers, "extract", ExtractConfig, run,
+        subparsers,
+        "extract",
+        ExtractConfig,
+        run,
         help="run a backbone over images and store layer activations",
         description="Run a vision backbone over an image source and write the tokens of one or "
         "more layers\nto activation stores (OUT; with several layers one sub-folder layer_XX "
         "per layer).\nResumes an interrupted run; corrupt images are skipped and listed in the "
-        "manifest.")
+        "manifest.",
+    )
 
 
 def run(cfg: ExtractConfig) -> int:
@@ -504,14 +587,32 @@ def run(cfg: ExtractConfig) -> int:
 
     backbone = load_backbone(cfg.model, revision=cfg.revision, device=cfg.device)
     source = open_source(cfg.source, max_images=cfg.max_images)
-    paths = extract(backbone, source, cfg.out, layers=cfg.layer, kinds=cfg.kinds,
-                    batch_size=cfg.batch_size, shard_images=cfg.shard_images, dtype=cfg.dtype,
-                    resume=not cfg.overwrite, progress=cfg.progress,
-                    workers=cfg.workers, verify=cfg.verify)
+    paths = extract(
+        backbone,
+        source,
+        cfg.out,
+        layers=cfg.layer,
+        kinds=cfg.kinds,
+        batch_size=cfg.batch_size,
+        shard_images=cfg.shard_images,
+        dtype=cfg.dtype,
+        resume=not cfg.overwrite,
+        progress=cfg.progress,
+        workers=cfg.workers,
+        verify=cfg.verify,
+    )
     for p in paths:
         print(p)
     return 0
 
 
-__all__ = ["extract", "add_parser", "run", "store_paths", "auto_shard_images", "ExtractConfig",
-           "BackboneOptions", "ImageOptions"]
+__all__ = [
+    "extract",
+    "add_parser",
+    "run",
+    "store_paths",
+    "auto_shard_images",
+    "ExtractConfig",
+    "BackboneOptions",
+    "ImageOptions",
+]

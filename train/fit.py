@@ -13,17 +13,18 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from saescope.core.sae import K_SPARSE, SAE, SAEConfig, architecture_names
 from saescope.core.fileio import atomic_path, atomic_write_text
+from saescope.core.sae import K_SPARSE, SAE, SAEConfig, architecture_names
 from saescope.core.sae_io import save_sae
 from saescope.train.cli import (
     DeviceOption,
@@ -170,13 +171,18 @@ def _make_members(cfg: FitConfig, store, total_steps: int) -> list[_Member]:
     for i, spec in enumerate(cfg.saes):
         sae_cfg = spec.config(store.d_model, **_provenance(store))
         sae_cfg.hyperparameters = {
-            "lr": cfg.lr, "batch_size": cfg.batch_size, "steps": total_steps,
-            "tokens": total_steps * cfg.batch_size, "lr_warmup_steps": cfg.lr_warmup_steps,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "steps": total_steps,
+            "tokens": total_steps * cfg.batch_size,
+            "lr_warmup_steps": cfg.lr_warmup_steps,
             "lr_decay_fraction": cfg.lr_decay_fraction,
             "sparsity_warmup_fraction": cfg.sparsity_warmup_fraction,
             "aux_coefficient": cfg.aux_coefficient,
             "dead_window_tokens": _dead_window(cfg, total_steps),
-            "seed": cfg.seed, "optimizer": "adam", "unit_norm_decoder": True,
+            "seed": cfg.seed,
+            "optimizer": "adam",
+            "unit_norm_decoder": True,
         }
         sae = SAE(sae_cfg, seed=cfg.seed + i).to(cfg.device)
         opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -208,10 +214,13 @@ def _save_checkpoint(out: Path, members: list[_Member], step: int, tokens: int) 
         names = dict((id(p), n) for n, p in m.sae.named_parameters())
         for p, st in m.opt.state.items():
             for key, val in st.items():
-                tensors[f"{i}/opt/{names[id(p)]}/{key}"] = torch.as_tensor(val).detach().cpu().contiguous()
+                tensors[f"{i}/opt/{names[id(p)]}/{key}"] = (
+                    torch.as_tensor(val).detach().cpu().contiguous()
+                )
         tensors[f"{i}/since_fired"] = m.since_fired
     meta = {
-        "step": step, "tokens": tokens,
+        "step": step,
+        "tokens": tokens,
         "configs": [m.sae.cfg.to_dict() for m in members],
         "time": time.time(),
     }
@@ -231,8 +240,10 @@ def _load_checkpoint(out: Path, members: list[_Member]) -> tuple[int, int] | Non
         meta = json.loads(f.metadata()["saescope_fit_state"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if len(meta["configs"]) != len(members) or any(
-        c["architecture"] != m.sae.cfg.architecture or c["d_sae"] != m.sae.cfg.d_sae
-        or c.get("k") != m.sae.cfg.k or c.get("l1_coefficient") != m.sae.cfg.l1_coefficient
+        c["architecture"] != m.sae.cfg.architecture
+        or c["d_sae"] != m.sae.cfg.d_sae
+        or c.get("k") != m.sae.cfg.k
+        or c.get("l1_coefficient") != m.sae.cfg.l1_coefficient
         for c, m in zip(meta["configs"], members)
     ):
         raise ValueError(
@@ -242,7 +253,7 @@ def _load_checkpoint(out: Path, members: list[_Member]) -> tuple[int, int] | Non
         m.sae.load_state_dict({n: tensors[f"{i}/sae/{n}"] for n in m.sae.state_dict()})
         for n, p in m.sae.named_parameters():
             prefix = f"{i}/opt/{n}/"
-            st = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            st = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             if st:
                 m.opt.state[p] = {k: (v.to(p.device) if k != "step" else v) for k, v in st.items()}
         m.since_fired.copy_(tensors[f"{i}/since_fired"])
@@ -253,16 +264,25 @@ def _load_checkpoint(out: Path, members: list[_Member]) -> tuple[int, int] | Non
 def _step(m: _Member, x: torch.Tensor, step: int, total: int, cfg: FitConfig) -> None:
     sae = m.sae
     sparsity_warmup = int(total * cfg.sparsity_warmup_fraction)
-    lr = lr_at(step, total, cfg.lr, min(cfg.lr_warmup_steps, max(1, total // 10)), cfg.lr_decay_fraction)
+    lr = lr_at(
+        step, total, cfg.lr, min(cfg.lr_warmup_steps, max(1, total // 10)), cfg.lr_decay_fraction
+    )
     for g in m.opt.param_groups:
         g["lr"] = lr
     coef = sparsity_at(step, sparsity_warmup, sae.cfg.l1_coefficient)
     k = k_at(step, sparsity_warmup, sae.cfg.k, sae.cfg.d_sae) if sae.cfg.k else None
     dead = m.since_fired >= _dead_window(cfg, total)
-    out = sae.train_forward(x, sparsity_coefficient=coef, k=k, dead_mask=dead.to(x.device),
-                            aux_coefficient=cfg.aux_coefficient)
+    out = sae.train_forward(
+        x,
+        sparsity_coefficient=coef,
+        k=k,
+        dead_mask=dead.to(x.device),
+        aux_coefficient=cfg.aux_coefficient,
+    )
     if not math.isfinite(out.loss.item()):
-        raise FloatingPointError(f"{sae.cfg.name}: loss became {out.loss.item()} at step {step}; lower --lr")
+        raise FloatingPointError(
+            f"{sae.cfg.name}: loss became {out.loss.item()} at step {step}; lower --lr"
+        )
     m.opt.zero_grad(set_to_none=True)
     out.loss.backward()
     sae.remove_parallel_grads()
@@ -271,10 +291,18 @@ def _step(m: _Member, x: torch.Tensor, step: int, total: int, cfg: FitConfig) ->
     fired = out.fired.cpu()
     m.since_fired += x.shape[0]
     m.since_fired[fired] = 0
-    m.last = {"loss": out.loss.item(), "mse": out.mse.item(), "fvu": out.fvu.item(),
-              "l0": out.l0.item(), "aux": out.aux.item(), "sparsity": out.sparsity.item(),
-              "lr": lr, "sparsity_coefficient": coef, "k": k,
-              "dead_fraction": dead.float().mean().item()}
+    m.last = {
+        "loss": out.loss.item(),
+        "mse": out.mse.item(),
+        "fvu": out.fvu.item(),
+        "l0": out.l0.item(),
+        "aux": out.aux.item(),
+        "sparsity": out.sparsity.item(),
+        "lr": lr,
+        "sparsity_coefficient": coef,
+        "k": k,
+        "dead_fraction": dead.float().mean().item(),
+    }
 
 
 def _dead_window(cfg: FitConfig, total_steps: int) -> int:
@@ -288,14 +316,21 @@ def _truncate_log(path: Path, start: int) -> None:
     """Drop log records past the resumed step (written after the last checkpoint, then redone)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < start]
+    keep = [
+        ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < start
+    ]
     path.write_text("".join(ln + "\n" for ln in keep))
 
 
 def _batches(store, cfg: FitConfig, skip: int) -> Iterator[torch.Tensor]:
     # exact resume: the stream is deterministic for a seed, so skip what was already consumed
-    return store.iter_batches(cfg.batch_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
-                              loop=True, skip_batches=skip)
+    return store.iter_batches(
+        cfg.batch_size,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed,
+        loop=True,
+        skip_batches=skip,
+    )
 
 
 def fit(cfg: FitConfig) -> list[Path]:
@@ -324,8 +359,14 @@ def fit(cfg: FitConfig) -> list[Path]:
     log = open(out / "log.jsonl", "a")
     batches = _batches(store, cfg, start)
     last_ck = time.monotonic()
-    bar = tqdm(total=total, initial=start, unit="step", disable=not cfg.progress, desc="fit",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        unit="step",
+        disable=not cfg.progress,
+        desc="fit",
+        dynamic_ncols=True,
+    )
     t0, tok0 = time.perf_counter(), seen
     try:
         for step in range(start, total):
@@ -336,12 +377,18 @@ def fit(cfg: FitConfig) -> list[Path]:
             bar.update(1)
             if step % cfg.log_every == 0 or step == total - 1:
                 tps = (seen - tok0) / max(1e-9, time.perf_counter() - t0)
-                rec = {"step": step, "tokens": seen, "tokens_per_s": tps,
-                       "saes": {n: m.last for n, m in zip(names, members)}}
+                rec = {
+                    "step": step,
+                    "tokens": seen,
+                    "tokens_per_s": tps,
+                    "saes": {n: m.last for n, m in zip(names, members)},
+                }
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
                 first = members[0].last
-                bar.set_postfix(tok_s=f"{tps:,.0f}", fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}")
+                bar.set_postfix(
+                    tok_s=f"{tps:,.0f}", fvu=f"{first['fvu']:.3f}", l0=f"{first['l0']:.1f}"
+                )
             if time.monotonic() - last_ck > cfg.checkpoint_every:
                 _save_checkpoint(out, members, step + 1, seen)
                 last_ck = time.monotonic()
@@ -352,26 +399,46 @@ def fit(cfg: FitConfig) -> list[Path]:
     return _finish(cfg, store, members, names, out, seen, total)
 
 
-def _finish(cfg: FitConfig, store, members: list[_Member], names: list[str], out: Path,
-            seen: int, total: int) -> list[Path]:
+def _finish(
+    cfg: FitConfig,
+    store,
+    members: list[_Member],
+    names: list[str],
+    out: Path,
+    seen: int,
+    total: int,
+) -> list[Path]:
     from saescope.train.evaluate import evaluate_sae
     from saescope.train.plots import plot_feature_frequency, plot_fvu_vs_l0
 
     folders, rows = [], []
     for name, m in zip(names, members):
         m.sae.eval()
-        metrics = evaluate_sae(m.sae, store, max_tokens=min(200_000, store.n_tokens),
-                               batch_size=cfg.batch_size, seed=cfg.seed + 1, progress=False)
+        metrics = evaluate_sae(
+            m.sae,
+            store,
+            max_tokens=min(200_000, store.n_tokens),
+            batch_size=cfg.batch_size,
+            seed=cfg.seed + 1,
+            progress=False,
+        )
         freq = metrics.pop("feature_frequency")
-        m.sae.cfg.metrics = {**metrics, "train_tokens": seen,
-                             "train_dead_fraction": float((m.since_fired >= _dead_window(cfg, total)).float().mean())}
+        m.sae.cfg.metrics = {
+            **metrics,
+            "train_tokens": seen,
+            "train_dead_fraction": float(
+                (m.since_fired >= _dead_window(cfg, total)).float().mean()
+            ),
+        }
         folder = save_sae(m.sae, out / name)
         folders.append(folder)
         rows.append({"name": name, **m.sae.cfg.metrics, "architecture": m.sae.cfg.architecture})
         if cfg.plots:
             plot_feature_frequency(freq, folder / "feature_frequency.png", title=name)
-        print(f"{name}: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  "
-              f"dead {metrics['dead_fraction']:.2%}  dense {metrics['dense_fraction']:.2%}  -> {folder}")
+        print(
+            f"{name}: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  "
+            f"dead {metrics['dead_fraction']:.2%}  dense {metrics['dense_fraction']:.2%}  -> {folder}"
+        )
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     if cfg.plots:
         plot_fvu_vs_l0(rows, out / "fvu_vs_l0.png")
@@ -380,11 +447,17 @@ def _finish(cfg: FitConfig, store, members: list[_Member], names: list[str], out
 
 # ------------------------------------------------------------------------------ CLI
 def add_parser(sub) -> None:
-    add_step(sub, "fit", FitConfig, run, help="train SAEs (a sweep) on an activation store",
-             description="Train one or several SAEs in one streaming pass over an activation "
-             "store.\nThe sweep is the product of --arch, --expansion and --k (k-sparse) / --l1 "
-             "(relu) /\n--l0 (jumprelu); OUT gets one sub-folder per SAE. Resumes from "
-             "OUT/checkpoint after a kill.")
+    add_step(
+        sub,
+        "fit",
+        FitConfig,
+        run,
+        help="train SAEs (a sweep) on an activation store",
+        description="Train one or several SAEs in one streaming pass over an activation "
+        "store.\nThe sweep is the product of --arch, --expansion and --k (k-sparse) / --l1 "
+        "(relu) /\n--l0 (jumprelu); OUT gets one sub-folder per SAE. Resumes from "
+        "OUT/checkpoint after a kill.",
+    )
 
 
 def run(cfg: FitConfig) -> int:

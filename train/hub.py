@@ -25,14 +25,21 @@ class PushConfig:
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "push", PushConfig, run, help="upload an SAE folder to the Hugging Face Hub",
-             description="Upload an SAE (config.json + sae.safetensors + a model card) with "
-             "huggingface_hub.\nAuthenticate with HF_TOKEN or `huggingface-cli login`.")
+    add_step(
+        sub,
+        "push",
+        PushConfig,
+        run,
+        help="upload an SAE folder to the Hugging Face Hub",
+        description="Upload an SAE (config.json + sae.safetensors + a model card) with "
+        "huggingface_hub.\nAuthenticate with HF_TOKEN or `huggingface-cli login`.",
+    )
 
 
 def run(cfg: PushConfig) -> int:
     sae = from_pretrained(cfg.sae)
-    url = push_to_hub(sae, cfg.repo, private=cfg.private, token=cfg.token,
-                      path_in_repo=cfg.path_in_repo)
+    url = push_to_hub(
+        sae, cfg.repo, private=cfg.private, token=cfg.token, path_in_repo=cfg.path_in_repo
+    )
     print(f"uploaded {sae.cfg.name} to {url}")
     return 0

@@ -53,10 +53,22 @@ import torch
 
 from saescope.core import formats
 from saescope.core.fileio import atomic_write_text
-from saescope.core.index import (DEFAULT_TARGET_RECALL, INDEX_TYPES, IndexBuilder, VectorIndex,
-                                 l2_normalize, patch_id)
-from saescope.core.matches import (DECODER_MATCHES_FILE, FEATURES_FILE, MATCHES_FILE,
-                                   PATCH_IMAGES_FILE, PATCHES_FILE, Matches)
+from saescope.core.index import (
+    DEFAULT_TARGET_RECALL,
+    INDEX_TYPES,
+    IndexBuilder,
+    VectorIndex,
+    l2_normalize,
+    patch_id,
+)
+from saescope.core.matches import (
+    DECODER_MATCHES_FILE,
+    FEATURES_FILE,
+    MATCHES_FILE,
+    PATCH_IMAGES_FILE,
+    PATCHES_FILE,
+    Matches,
+)
 from saescope.core.sae import SAE, ShapeMismatch
 from saescope.core.store import ActivationStore, StoreError
 from saescope.train.cli import OutOption, ProgressOption, add_step, announce_config, option
@@ -67,22 +79,29 @@ PATCH_REPRESENTATION = "sae_normalized_activation"
 def _bar(total: int, desc: str, unit: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True,
-                file=sys.stderr)
+    return tqdm(
+        total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, file=sys.stderr
+    )
 
 
 def _check_pair(sae: SAE, store: ActivationStore) -> None:
     """Clear error when an SAE was not trained on the store's model, layer or width."""
     cfg = sae.cfg
     if cfg.d_in != store.d_model:
-        raise ShapeMismatch(f"SAE {cfg.name} expects width {cfg.d_in}, store {store.path} holds "
-                            f"width {store.d_model}")
+        raise ShapeMismatch(
+            f"SAE {cfg.name} expects width {cfg.d_in}, store {store.path} holds "
+            f"width {store.d_model}"
+        )
     if cfg.model_id and store.model_id and cfg.model_id != store.model_id:
-        raise ShapeMismatch(f"SAE {cfg.name} was trained on {cfg.model_id!r}, store {store.path} "
-                            f"holds {store.model_id!r}")
+        raise ShapeMismatch(
+            f"SAE {cfg.name} was trained on {cfg.model_id!r}, store {store.path} "
+            f"holds {store.model_id!r}"
+        )
     if cfg.layer is not None and cfg.layer != store.layer:
-        raise ShapeMismatch(f"SAE {cfg.name} was trained on layer {cfg.layer}, store "
-                            f"{store.path} holds layer {store.layer}")
+        raise ShapeMismatch(
+            f"SAE {cfg.name} was trained on layer {cfg.layer}, store "
+            f"{store.path} holds layer {store.layer}"
+        )
 
 
 def _has_patches(store: ActivationStore) -> bool:
@@ -108,8 +127,9 @@ def patch_query(sae: SAE, tokens: torch.Tensor) -> np.ndarray:
     return v.mean(0, keepdims=True)
 
 
-def _sample_patches(store: ActivationStore, sae: SAE, n_images: int, n: int, seed: int
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _sample_patches(
+    store: ActivationStore, sae: SAE, n_images: int, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``min(n, all)`` patch vectors drawn without replacement, with their patch ids."""
     per = store.layout.n_patches
     total = n_images * per
@@ -123,10 +143,17 @@ def _sample_patches(store: ActivationStore, sae: SAE, n_images: int, n: int, see
     return patch_vectors(sae, torch.from_numpy(out)), flat.astype(np.int64)
 
 
-def patch_index(sae: SAE, store: ActivationStore, max_images: int | None = None,
-                index_type: str = "auto", target_recall: float = DEFAULT_TARGET_RECALL,
-                batch_images: int = 64, threads: int | None = None, seed: int = 0,
-                progress: bool = True) -> VectorIndex:
+def patch_index(
+    sae: SAE,
+    store: ActivationStore,
+    max_images: int | None = None,
+    index_type: str = "auto",
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    batch_images: int = 64,
+    threads: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> VectorIndex:
     """Index every patch token of the first ``max_images`` images of ``store`` (see module doc).
 
     Streaming: trains on a sample read image by image, then adds the store in batches; memory is
@@ -134,19 +161,37 @@ def patch_index(sae: SAE, store: ActivationStore, max_images: int | None = None,
     """
     _check_pair(sae, store)
     if not _has_patches(store):
-        raise StoreError(f"{store.path} holds no patch tokens ({[k.value for k in store.kinds]}); "
-                         "extract with --kinds patch to build a patch index")
+        raise StoreError(
+            f"{store.path} holds no patch tokens ({[k.value for k in store.kinds]}); "
+            "extract with --kinds patch to build a patch index"
+        )
     n_images = store.n_images if max_images is None else min(store.n_images, int(max_images))
     if n_images <= 0:
         raise StoreError(f"{store.path} holds no images")
     per = store.layout.n_patches
-    meta = {"representation": PATCH_REPRESENTATION, "id_scheme": "image_index * n_patches + patch",
-            "n_patches": per, "grid": list(store.layout.grid), "n_images": n_images,
-            "model_id": store.model_id, "layer": store.layer, "sae": sae.cfg.name,
-            "sae_model_id": sae.cfg.model_id, "store": str(store.path)}
-    builder = IndexBuilder(sae.cfg.d_in, n_images * per, metric="cosine", index_type=index_type,
-                           kind="patches", target_recall=target_recall, seed=seed,
-                           threads=threads, meta=meta)
+    meta = {
+        "representation": PATCH_REPRESENTATION,
+        "id_scheme": "image_index * n_patches + patch",
+        "n_patches": per,
+        "grid": list(store.layout.grid),
+        "n_images": n_images,
+        "model_id": store.model_id,
+        "layer": store.layer,
+        "sae": sae.cfg.name,
+        "sae_model_id": sae.cfg.model_id,
+        "store": str(store.path),
+    }
+    builder = IndexBuilder(
+        sae.cfg.d_in,
+        n_images * per,
+        metric="cosine",
+        index_type=index_type,
+        kind="patches",
+        target_recall=target_recall,
+        seed=seed,
+        threads=threads,
+        meta=meta,
+    )
     sample, sample_ids = _sample_patches(store, sae, n_images, builder.sample_size, seed)
     builder.train(sample, sample_ids)
     del sample
@@ -165,24 +210,45 @@ def save_patch_index(index: VectorIndex, store: ActivationStore, folder: str | o
     folder = Path(folder)
     path = index.save(folder / PATCHES_FILE)
     n = int(index.meta.get("n_images", store.n_images))
-    info = {**formats.PATCH_IMAGES.header(),
-            "id_scheme": index.meta.get("id_scheme"), "n_patches": store.layout.n_patches,
-            "grid": list(store.layout.grid), "image_ids": store.image_ids[:n],
-            "labels": store.labels[:n], "label_names": store.label_names}
+    info = {
+        **formats.PATCH_IMAGES.header(),
+        "id_scheme": index.meta.get("id_scheme"),
+        "n_patches": store.layout.n_patches,
+        "grid": list(store.layout.grid),
+        "image_ids": store.image_ids[:n],
+        "labels": store.labels[:n],
+        "label_names": store.label_names,
+    }
     atomic_write_text(folder / PATCH_IMAGES_FILE, json.dumps(info), fsync=False)
     return path
 
 
 # ------------------------------------------------------------------------------ decoder index
-def feature_index(sae: SAE, index_type: str = "auto", threads: int | None = None,
-                  target_recall: float = DEFAULT_TARGET_RECALL) -> VectorIndex:
+def feature_index(
+    sae: SAE,
+    index_type: str = "auto",
+    threads: int | None = None,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+) -> VectorIndex:
     """Cosine index over the decoder rows of ``sae`` (ids = feature ids)."""
     w = sae.W_dec.detach().float().numpy()
-    meta = {"sae": sae.cfg.name, "model_id": sae.cfg.model_id, "layer": sae.cfg.layer,
-            "d_sae": sae.cfg.d_sae, "vectors": "W_dec rows"}
-    return VectorIndex.build(w, np.arange(len(w)), metric="cosine", index_type=index_type,
-                             kind="decoder", threads=threads, target_recall=target_recall,
-                             meta=meta)
+    meta = {
+        "sae": sae.cfg.name,
+        "model_id": sae.cfg.model_id,
+        "layer": sae.cfg.layer,
+        "d_sae": sae.cfg.d_sae,
+        "vectors": "W_dec rows",
+    }
+    return VectorIndex.build(
+        w,
+        np.arange(len(w)),
+        metric="cosine",
+        index_type=index_type,
+        kind="decoder",
+        threads=threads,
+        target_recall=target_recall,
+        meta=meta,
+    )
 
 
 def decoder_comparable(sae_a: SAE, sae_b: SAE) -> str | None:
@@ -195,33 +261,51 @@ def decoder_comparable(sae_a: SAE, sae_b: SAE) -> str | None:
     return None
 
 
-def cross_feature_matches(sae_a: SAE, sae_b: SAE, k: int = 10, index_type: str = "auto",
-                          threads: int | None = None) -> Matches:
+def cross_feature_matches(
+    sae_a: SAE, sae_b: SAE, k: int = 10, index_type: str = "auto", threads: int | None = None
+) -> Matches:
     """Top-k decoder-cosine matches between two SAEs of one activation space, both ways."""
     why = decoder_comparable(sae_a, sae_b)
     if why:
-        raise ValueError(f"decoder cosine between {sae_a.cfg.name} and {sae_b.cfg.name} is "
-                         f"meaningless: {why}. Match them by activation_correlation (the "
-                         "index step does so given --other-store)")
+        raise ValueError(
+            f"decoder cosine between {sae_a.cfg.name} and {sae_b.cfg.name} is "
+            f"meaningless: {why}. Match them by activation_correlation (the "
+            "index step does so given --other-store)"
+        )
     ia, ib = (feature_index(s, index_type, threads) for s in (sae_a, sae_b))
     wa = sae_a.W_dec.detach().float().numpy()
     wb = sae_b.W_dec.detach().float().numpy()
     sab, iab = ib.search(wa, k)
     sba, iba = ia.search(wb, k)
-    meta = {"a": _sae_meta(sae_a), "b": _sae_meta(sae_b), "index_type": [ia.index_type,
-                                                                         ib.index_type]}
-    return Matches(torch.from_numpy(iab), torch.from_numpy(sab), torch.from_numpy(iba),
-                   torch.from_numpy(sba), "decoder_cosine", meta)
+    meta = {
+        "a": _sae_meta(sae_a),
+        "b": _sae_meta(sae_b),
+        "index_type": [ia.index_type, ib.index_type],
+    }
+    return Matches(
+        torch.from_numpy(iab),
+        torch.from_numpy(sab),
+        torch.from_numpy(iba),
+        torch.from_numpy(sba),
+        "decoder_cosine",
+        meta,
+    )
 
 
 def _sae_meta(sae: SAE) -> dict[str, Any]:
-    return {"sae": sae.cfg.name, "model_id": sae.cfg.model_id, "layer": sae.cfg.layer,
-            "d_in": sae.cfg.d_in, "d_sae": sae.cfg.d_sae}
+    return {
+        "sae": sae.cfg.name,
+        "model_id": sae.cfg.model_id,
+        "layer": sae.cfg.layer,
+        "d_in": sae.cfg.d_in,
+        "d_sae": sae.cfg.d_sae,
+    }
 
 
 # ------------------------------------------------------------------------------ correlation
-def pair_images(store_a: ActivationStore, store_b: ActivationStore,
-                max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pair_images(
+    store_a: ActivationStore, store_b: ActivationStore, max_images: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Store indices ``(in A, in B)`` of the images both stores hold, matched by image id."""
     where_b: dict[str, int] = {}
     for j, image_id in enumerate(store_b.image_ids):
@@ -237,9 +321,11 @@ def pair_images(store_a: ActivationStore, store_b: ActivationStore,
                 break
     if not ia:
         ex_a, ex_b = store_a.image_ids[:2], store_b.image_ids[:2]
-        raise ValueError(f"stores {store_a.path} and {store_b.path} share no image ids (e.g. "
-                         f"{ex_a} vs {ex_b}): activation correlation needs the same images run "
-                         "through both models; extract both from the same --source")
+        raise ValueError(
+            f"stores {store_a.path} and {store_b.path} share no image ids (e.g. "
+            f"{ex_a} vs {ex_b}): activation correlation needs the same images run "
+            "through both models; extract both from the same --source"
+        )
     return np.asarray(ia, np.int64), np.asarray(ib, np.int64)
 
 
@@ -254,8 +340,12 @@ def _kinds(sae: SAE, store: ActivationStore, mode: str) -> list[str]:
 def _read(store: ActivationStore, rows: np.ndarray, kinds: list[str]) -> torch.Tensor:
     """Tokens of store images ``rows`` as float32 ``[b, T, d]`` (one read when contiguous)."""
     if len(rows) > 1 and np.all(np.diff(rows) == 1):
-        parts = [t for _, t in store.iter_images(len(rows), kinds=kinds, start=int(rows[0]),
-                                                 stop=int(rows[-1]) + 1)]
+        parts = [
+            t
+            for _, t in store.iter_images(
+                len(rows), kinds=kinds, start=int(rows[0]), stop=int(rows[-1]) + 1
+            )
+        ]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
     return torch.stack([store.tokens(int(r), kinds=kinds) for r in rows])
 
@@ -274,18 +364,27 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.t() @ b).double()
 
 
-def _merge_topk(scores: torch.Tensor, ids: torch.Tensor, new_scores: torch.Tensor,
-                new_ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge_topk(
+    scores: torch.Tensor, ids: torch.Tensor, new_scores: torch.Tensor, new_ids: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     s = torch.cat([scores, new_scores], dim=1)
     i = torch.cat([ids, new_ids], dim=1)
     top, pos = s.topk(min(k, s.shape[1]), dim=1)
     return top, i.gather(1, pos)
 
 
-def activation_correlation(sae_a: SAE, store_a: ActivationStore, sae_b: SAE,
-                           store_b: ActivationStore, max_images: int | None = 2000, k: int = 10,
-                           mode: str = "auto", batch_images: int | None = None,
-                           max_matrix_bytes: int = 1 << 30, progress: bool = True) -> Matches:
+def activation_correlation(
+    sae_a: SAE,
+    store_a: ActivationStore,
+    sae_b: SAE,
+    store_b: ActivationStore,
+    max_images: int | None = 2000,
+    k: int = 10,
+    mode: str = "auto",
+    batch_images: int | None = None,
+    max_matrix_bytes: int = 1 << 30,
+    progress: bool = True,
+) -> Matches:
     """Pearson correlation of the two SAEs' feature activations over the images both stores hold.
 
     ``mode``: ``patch`` (samples = patch tokens; needs equal patch grids), ``image`` (samples =
@@ -299,11 +398,16 @@ def activation_correlation(sae_a: SAE, store_a: ActivationStore, sae_b: SAE,
     _check_pair(sae_b, store_b)
     if mode not in ("auto", "patch", "image"):
         raise ValueError(f"mode must be auto, patch or image, got {mode!r}")
-    grids_match = (_has_patches(store_a) and _has_patches(store_b)
-                   and store_a.layout.grid == store_b.layout.grid)
+    grids_match = (
+        _has_patches(store_a)
+        and _has_patches(store_b)
+        and store_a.layout.grid == store_b.layout.grid
+    )
     if mode == "patch" and not grids_match:
-        raise ValueError(f"per-patch correlation needs equal patch grids, got "
-                         f"{store_a.layout.grid} and {store_b.layout.grid}; use mode='image'")
+        raise ValueError(
+            f"per-patch correlation needs equal patch grids, got "
+            f"{store_a.layout.grid} and {store_b.layout.grid}; use mode='image'"
+        )
     per_patch = mode == "patch" or (mode == "auto" and grids_match)
     mode = "patch" if per_patch else "image"
     ia, ib = pair_images(store_a, store_b, max_images)
@@ -333,9 +437,12 @@ def activation_correlation(sae_a: SAE, store_a: ActivationStore, sae_b: SAE,
         cross = torch.zeros(a1 - a0, fb, dtype=torch.float64)
         n = 0
         for s in range(0, len(ia), batch_images):
-            acts_a = _activations(sae_a, _read(store_a, ia[s:s + batch_images], kinds_a),
-                                  per_patch)[:, a0:a1].contiguous()
-            acts_b = _activations(sae_b, _read(store_b, ib[s:s + batch_images], kinds_b), per_patch)
+            acts_a = _activations(
+                sae_a, _read(store_a, ia[s : s + batch_images], kinds_a), per_patch
+            )[:, a0:a1].contiguous()
+            acts_b = _activations(
+                sae_b, _read(store_b, ib[s : s + batch_images], kinds_b), per_patch
+            )
             if acts_a.shape[0] != acts_b.shape[0]:
                 raise ValueError("the two stores give different numbers of tokens per image")
             n += acts_a.shape[0]
@@ -346,8 +453,8 @@ def activation_correlation(sae_a: SAE, store_a: ActivationStore, sae_b: SAE,
             cross += _cross(acts_a, acts_b)
             bar.update(1)
         mean_a, mean_b = sum_a / n, sum_b / n
-        var_a = (sq_a / n - mean_a ** 2).clamp_min(0)
-        var_b = (sq_b / n - mean_b ** 2).clamp_min(0)
+        var_a = (sq_a / n - mean_a**2).clamp_min(0)
+        var_b = (sq_b / n - mean_b**2).clamp_min(0)
         cov = cross / n - mean_a[:, None] * mean_b[None, :]
         denom = (var_a[:, None] * var_b[None, :]).sqrt()
         alive = denom > 1e-20
@@ -361,11 +468,18 @@ def activation_correlation(sae_a: SAE, store_a: ActivationStore, sae_b: SAE,
         b_to_a_s, b_to_a_i = _merge_topk(b_to_a_s, b_to_a_i, top_t, pos_t + a0, kb)
         del cross, corr, cov, denom
     bar.close()
-    meta = {"a": {**_sae_meta(sae_a), "store": str(store_a.path)},
-            "b": {**_sae_meta(sae_b), "store": str(store_b.path)},
-            "mode": mode, "n_images": int(len(ia)), "n_samples": int(n), "k": int(k),
-            "dead_a": dead_a, "dead_b": dead_b, "blocks": n_blocks,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    meta = {
+        "a": {**_sae_meta(sae_a), "store": str(store_a.path)},
+        "b": {**_sae_meta(sae_b), "store": str(store_b.path)},
+        "mode": mode,
+        "n_images": int(len(ia)),
+        "n_samples": int(n),
+        "k": int(k),
+        "dead_a": dead_a,
+        "dead_b": dead_b,
+        "blocks": n_blocks,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
     return Matches(a_to_b_i, a_to_b_s, b_to_a_i, b_to_a_s.float(), "activation_correlation", meta)
 
 
@@ -403,13 +517,17 @@ class IndexConfig(ProgressOption, OutOption):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     return add_step(
-        subparsers, "index", IndexConfig, run,
+        subparsers,
+        "index",
+        IndexConfig,
+        run,
         help="build FAISS search indices (patches, decoder directions) and feature matches",
         description="Build the search indices the apps load from a bundle: a patch index over "
         "the store\n(SAE-normalised activations, cosine), a decoder-direction index over the "
         "SAE, and with\n--other-sae/--other-store the top-k feature matches between the two "
         "SAEs (activation\ncorrelation over shared images; decoder cosine too when both SAEs "
-        "live in one activation\nspace).")
+        "live in one activation\nspace).",
+    )
 
 
 def run(cfg: IndexConfig) -> int:
@@ -425,8 +543,15 @@ def run(cfg: IndexConfig) -> int:
     _check_pair(sae, store)
     summary: dict[str, Any] = {}
     if not cfg.skip_patches:
-        vi = patch_index(sae, store, cfg.max_images, cfg.index_type, cfg.target_recall,
-                         threads=cfg.threads, progress=cfg.progress)
+        vi = patch_index(
+            sae,
+            store,
+            cfg.max_images,
+            cfg.index_type,
+            cfg.target_recall,
+            threads=cfg.threads,
+            progress=cfg.progress,
+        )
         save_patch_index(vi, store, out)
         summary["patches"] = _describe(vi)
     fi = feature_index(sae, threads=cfg.threads)
@@ -434,8 +559,16 @@ def run(cfg: IndexConfig) -> int:
     summary["features"] = _describe(fi)
     if cfg.other_sae:
         other, other_store = from_pretrained(cfg.other_sae), ActivationStore(cfg.other_store)
-        m = activation_correlation(sae, store, other, other_store, cfg.corr_images, cfg.k,
-                                   cfg.corr_mode, progress=cfg.progress)
+        m = activation_correlation(
+            sae,
+            store,
+            other,
+            other_store,
+            cfg.corr_images,
+            cfg.k,
+            cfg.corr_mode,
+            progress=cfg.progress,
+        )
         m.save(out / MATCHES_FILE)
         summary["matches"] = {k: m.meta[k] for k in ("mode", "n_images", "n_samples", "seconds")}
         if decoder_comparable(sae, other) is None:
@@ -448,12 +581,27 @@ def run(cfg: IndexConfig) -> int:
 
 
 def _describe(vi: VectorIndex) -> dict[str, Any]:
-    return {"n": vi.n, "d": vi.d, "index_type": vi.index_type,
-            "params": {k: v for k, v in vi.params.items()},
-            "recall_at_10": vi.tuning.get("recall_at_k"),
-            "build_seconds": vi.tuning.get("build_seconds")}
+    return {
+        "n": vi.n,
+        "d": vi.d,
+        "index_type": vi.index_type,
+        "params": {k: v for k, v in vi.params.items()},
+        "recall_at_10": vi.tuning.get("recall_at_k"),
+        "build_seconds": vi.tuning.get("build_seconds"),
+    }
 
 
-__all__ = ["patch_vectors", "patch_query", "patch_index", "save_patch_index", "feature_index",
-           "decoder_comparable", "cross_feature_matches", "pair_images", "activation_correlation",
-           "add_parser", "run", "IndexConfig"]
+__all__ = [
+    "patch_vectors",
+    "patch_query",
+    "patch_index",
+    "save_patch_index",
+    "feature_index",
+    "decoder_comparable",
+    "cross_feature_matches",
+    "pair_images",
+    "activation_correlation",
+    "add_parser",
+    "run",
+    "IndexConfig",
+]

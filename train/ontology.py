@@ -16,12 +16,14 @@ import argparse
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 
+from saescope.core.fileio import atomic_write_text
 from saescope.core.ontology import (
     ClassActivations,
     OntologyError,
@@ -29,12 +31,11 @@ from saescope.core.ontology import (
     analyze,
     load_label_map,
     map_labels,
-    median_class_size,
     markdown,
+    median_class_size,
     plot_hierarchy,
     text_table,
 )
-from saescope.core.fileio import atomic_write_text
 from saescope.core.sae import SAE
 from saescope.core.tokens import TokenKind, parse_kinds
 from saescope.train.cli import ProgressOption, add_step, announce_config, option
@@ -50,7 +51,8 @@ def labelled(store) -> tuple[list[str], list[int | None]]:
             f"the store {store.path} has no image labels (source {spec!r}): the ontology analysis "
             "needs a labelled source, e.g. builtin:photos, builtin:digits, builtin:fashion-mnist, "
             "an ImageFolder-style folder or a datasets set with a ClassLabel column; a '+' "
-            "concatenation keeps labels only when every part has them")
+            "concatenation keeps labels only when every part has them"
+        )
     return list(names), labels
 
 
@@ -75,9 +77,15 @@ def token_kinds(sae: SAE) -> list[str]:
     return [TokenKind.PATCH.value] if TokenKind.PATCH in kinds else [k.value for k in kinds]
 
 
-def class_activations(sae: SAE, store, batch_images: int = 16, progress: bool = True,
-                      max_images: int | None = None, top_k: int | None = None,
-                      exclude: Sequence[int] = ()) -> tuple[ClassActivations, list[str]]:
+def class_activations(
+    sae: SAE,
+    store,
+    batch_images: int = 16,
+    progress: bool = True,
+    max_images: int | None = None,
+    top_k: int | None = None,
+    exclude: Sequence[int] = (),
+) -> tuple[ClassActivations, list[str]]:
     """Stream ``store`` once through ``sae``: per-class activation mass, firing counts and each
     feature's top-k images (default k: the median class size); images of the ``exclude``
     labels (unmapped ones) are left out."""
@@ -97,30 +105,47 @@ def class_activations(sae: SAE, store, batch_images: int = 16, progress: bool = 
         top_k = median_class_size(labels[:stop], exclude)
     acc = ClassActivations(sae.cfg.d_sae, len(names), top_k=top_k)
     drop = set(int(c) for c in exclude)
-    lab = torch.tensor([-1 if l is None or int(l) in drop else int(l) for l in labels],
-                       dtype=torch.long)
+    lab = torch.tensor(
+        [-1 if l is None or int(l) in drop else int(l) for l in labels], dtype=torch.long
+    )
     device = sae.W_enc.device
     kinds = token_kinds(sae)
-    with tqdm(total=stop, unit="img", desc="ontology", disable=not progress, dynamic_ncols=True,
-              file=sys.stderr) as bar:
+    with tqdm(
+        total=stop,
+        unit="img",
+        desc="ontology",
+        disable=not progress,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    ) as bar:
         for first, x in store.iter_images(batch_images, kinds=kinds, stop=stop):
             n = x.shape[0]
-            acc.update(image_activations(sae, x.to(device)).cpu(), lab[first:first + n])
+            acc.update(image_activations(sae, x.to(device)).cpu(), lab[first : first + n])
             bar.update(n)
     return acc, names
 
 
-def save_outputs(result: OntologyResult, out: str | Path, title: str | None = None,
-                 meta: dict[str, Any] | None = None, max_rows: int = 40) -> dict[str, Path]:
+def save_outputs(
+    result: OntologyResult,
+    out: str | Path,
+    title: str | None = None,
+    meta: dict[str, Any] | None = None,
+    max_rows: int = 40,
+) -> dict[str, Path]:
     """Write ``ontology.json``, ``ontology.md`` and ``ontology.png`` under ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = {**result.to_dict(), **({"meta": meta} if meta else {})}
-    paths = {"json": out / "ontology.json", "markdown": out / "ontology.md",
-             "plot": out / "ontology.png"}
+    paths = {
+        "json": out / "ontology.json",
+        "markdown": out / "ontology.md",
+        "plot": out / "ontology.png",
+    }
     atomic_write_text(paths["json"], json.dumps(data, indent=1), fsync=False)
-    paths["markdown"].write_text(markdown(result, max_rows=max_rows, title=title)
-                                 + "\n![features on the hierarchy](ontology.png)\n")
+    paths["markdown"].write_text(
+        markdown(result, max_rows=max_rows, title=title)
+        + "\n![features on the hierarchy](ontology.png)\n"
+    )
     plot_hierarchy(result, paths["plot"], title=title)
     return paths
 
@@ -166,19 +191,23 @@ class OntologyConfig(ProgressOption):
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     return add_step(
-        subparsers, "ontology", OntologyConfig, run,
+        subparsers,
+        "ontology",
+        OntologyConfig,
+        run,
         help="place SAE features in the WordNet hierarchy of a labelled store",
         description="For an SAE over a labelled activation store whose labels map to WordNet 3.0 "
         "noun synsets:\neach feature's class distribution, the lowest common hypernym (LCH) of "
         "its top classes and its\ndepth, and how much of the hierarchy the features cover. "
         "Writes ontology.json, ontology.md and\nontology.png. Needs Debian's wordnet-base (or "
-        "WORDNET_DIR).")
+        "WORDNET_DIR).",
+    )
 
 
 def run(cfg: OntologyConfig) -> int:
     from saescope.core.sae_io import from_pretrained
-    from saescope.core.wordnet import load as load_wordnet
     from saescope.core.store import ActivationStore
+    from saescope.core.wordnet import load as load_wordnet
 
     wn = load_wordnet(cfg.wordnet_dir)  # fail early, before the pass, when WordNet is missing
     store = ActivationStore(cfg.store)
@@ -197,25 +226,53 @@ def run(cfg: OntologyConfig) -> int:
     kind = (store.manifest.get("source") or {}).get("kind")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mapping = map_labels(store.label_names, wn, dataset_kind=kind, user_map=user_map,
-                             first_sense=cfg.first_sense)
+        mapping = map_labels(
+            store.label_names, wn, dataset_kind=kind, user_map=user_map, first_sense=cfg.first_sense
+        )
     for w in caught:
         print(f"[ontology] warning: {w.message}", file=sys.stderr)
-    acc, _ = class_activations(sae, store, batch_images=cfg.batch_images,
-                               progress=cfg.progress, max_images=cfg.max_images,
-                               top_k=cfg.top_images, exclude=sorted(mapping.unmapped))
-    result = analyze(acc, mapping, wn, images=cfg.images, coverage=cfg.coverage,
-                     max_top=cfg.max_top,
-                     min_images=cfg.min_images, class_weighting=cfg.class_weighting)
-    meta = {"store": str(store.path), "sae": cfg.sae, "bundle": cfg.bundle,
-            "model_id": store.model_id, "layer": store.layer, "sae_name": sae.cfg.name,
-            "images_without_mapped_label": acc.n_skipped}
+    acc, _ = class_activations(
+        sae,
+        store,
+        batch_images=cfg.batch_images,
+        progress=cfg.progress,
+        max_images=cfg.max_images,
+        top_k=cfg.top_images,
+        exclude=sorted(mapping.unmapped),
+    )
+    result = analyze(
+        acc,
+        mapping,
+        wn,
+        images=cfg.images,
+        coverage=cfg.coverage,
+        max_top=cfg.max_top,
+        min_images=cfg.min_images,
+        class_weighting=cfg.class_weighting,
+    )
+    meta = {
+        "store": str(store.path),
+        "sae": cfg.sae,
+        "bundle": cfg.bundle,
+        "model_id": store.model_id,
+        "layer": store.layer,
+        "sae_name": sae.cfg.name,
+        "images_without_mapped_label": acc.n_skipped,
+    }
     paths = save_outputs(result, out, title=title, meta=meta)
     print(text_table(result, max_rows=cfg.rows))
-    print(f"[ontology] wrote {paths['json']}, {paths['markdown']}, {paths['plot']}",
-          file=sys.stderr)
+    print(
+        f"[ontology] wrote {paths['json']}, {paths['markdown']}, {paths['plot']}", file=sys.stderr
+    )
     return 0
 
 
-__all__ = ["class_activations", "image_activations", "labelled", "save_outputs", "token_kinds",
-           "add_parser", "run"]
+__all__ = [
+    "class_activations",
+    "image_activations",
+    "labelled",
+    "save_outputs",
+    "token_kinds",
+    "add_parser",
+    "run",
+]

@@ -33,11 +33,16 @@ class RunConfig(ProgressOption, SweepOptions, ImageOptions, BackboneOptions, Out
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "run", RunConfig, run,
-             help="default end-to-end run: extract, fit, evaluate (offline model by default)",
-             description="Extract activations, train an SAE sweep, and evaluate it, in one "
-             "resumable command.\nOutputs: OUT/acts (activation store), OUT/saes/<name> (SAE "
-             "folders, plots, log.jsonl),\nOUT/report.json.")
+    add_step(
+        sub,
+        "run",
+        RunConfig,
+        run,
+        help="default end-to-end run: extract, fit, evaluate (offline model by default)",
+        description="Extract activations, train an SAE sweep, and evaluate it, in one "
+        "resumable command.\nOutputs: OUT/acts (activation store), OUT/saes/<name> (SAE "
+        "folders, plots, log.jsonl),\nOUT/report.json.",
+    )
 
 
 def run(cfg: RunConfig) -> int:
@@ -52,14 +57,27 @@ def run(cfg: RunConfig) -> int:
     announce_config(cfg, "run", out)
     backbone = load_backbone(cfg.model, cfg.revision)
     print(f"[1/3] extracting layer {cfg.layer} of {backbone.describe()['display_name']}")
-    store_path = extract(backbone, open_source(cfg.source), out / "acts", layers=[cfg.layer],
-                         kinds=cfg.kinds, max_images=cfg.max_images, progress=cfg.progress)[0]
+    store_path = extract(
+        backbone,
+        open_source(cfg.source),
+        out / "acts",
+        layers=[cfg.layer],
+        kinds=cfg.kinds,
+        max_images=cfg.max_images,
+        progress=cfg.progress,
+    )[0]
     store = ActivationStore(store_path)
     print(f"      {store.n_images} images, {store.n_tokens:,} tokens of width {store.d_model}")
     print("[2/3] training")
-    fit_cfg = FitConfig(store=str(store_path), out=str(out / "saes"), saes=cfg.sweep(),
-                        tokens=int(store.n_tokens * cfg.epochs), batch_size=cfg.batch_size,
-                        lr=cfg.lr, progress=cfg.progress)
+    fit_cfg = FitConfig(
+        store=str(store_path),
+        out=str(out / "saes"),
+        saes=cfg.sweep(),
+        tokens=int(store.n_tokens * cfg.epochs),
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        progress=cfg.progress,
+    )
     folders = fit(fit_cfg)
     print("[3/3] downstream evaluation through the frozen head")
     report = {"store": str(store_path), "saes": []}
@@ -71,11 +89,14 @@ def run(cfg: RunConfig) -> int:
         sae = from_pretrained(folder)
         entry = {"folder": str(folder), **sae.cfg.metrics}
         if head is not None and images:
-            entry["downstream"] = downstream_recovery(sae, backbone, head, images,
-                                                      progress=cfg.progress)
+            entry["downstream"] = downstream_recovery(
+                sae, backbone, head, images, progress=cfg.progress
+            )
             d = entry["downstream"]
-            print(f"      {folder.name}: head recovery {d['recovery']:.3f}"
-                  + (f", mask agreement {d['mask_agreement']:.3f}" if "mask_agreement" in d else ""))
+            print(
+                f"      {folder.name}: head recovery {d['recovery']:.3f}"
+                + (f", mask agreement {d['mask_agreement']:.3f}" if "mask_agreement" in d else "")
+            )
         report["saes"].append(entry)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print(f"done: report in {out / 'report.json'}, plots in {out / 'saes'}")

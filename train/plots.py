@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -28,8 +28,14 @@ def plot_fvu_vs_l0(rows: Sequence[dict], path: str | Path) -> Path:
         rs = sorted(rs, key=lambda r: r["l0"])
         ax.plot([r["l0"] for r in rs], [r["fvu"] for r in rs], "o-", label=arch)
         for r in rs:
-            ax.annotate(r["name"], (r["l0"], r["fvu"]), fontsize=6, alpha=0.7,
-                        xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                r["name"],
+                (r["l0"], r["fvu"]),
+                fontsize=6,
+                alpha=0.7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("L0 (active latents per token)")
     ax.set_ylabel("FVU (fraction of variance unexplained)")

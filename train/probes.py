@@ -28,7 +28,13 @@ from typing import Literal
 import numpy as np
 import torch
 
-from saescope.core.probes import LinearProbe, ProbeReport, fit_linear_probe, majority_patch_labels, pool_tokens
+from saescope.core.probes import (
+    LinearProbe,
+    ProbeReport,
+    fit_linear_probe,
+    majority_patch_labels,
+    pool_tokens,
+)
 from saescope.train.cli import SeedOption, add_step, announce_config
 
 DEFAULT_SOURCES = {"classification": "builtin:digits", "segmentation": "builtin:digit-scenes"}
@@ -68,21 +74,33 @@ def _batches(source, batch_size: int, skipped: list[dict]):
 
 
 @torch.inference_mode()
-def collect(backbone, source, task: str, *, pooling: str = "cls", batch_size: int = 16,
-            keep_masks: bool = True, progress: bool = True) -> ProbeData:
+def collect(
+    backbone,
+    source,
+    task: str,
+    *,
+    pooling: str = "cls",
+    batch_size: int = 16,
+    keep_masks: bool = True,
+    progress: bool = True,
+) -> ProbeData:
     """Run ``backbone`` over ``source`` once and gather the probe's inputs and labels."""
     from tqdm.auto import tqdm
 
     if task == "classification":
         if not source.has_labels:
-            raise ValueError(f"source {source.spec!r} has no class labels; a classification probe "
-                             "needs a labelled source (e.g. builtin:digits, a folder of class "
-                             "sub-folders, or hf:NAME with a class column)")
+            raise ValueError(
+                f"source {source.spec!r} has no class labels; a classification probe "
+                "needs a labelled source (e.g. builtin:digits, a folder of class "
+                "sub-folders, or hf:NAME with a class column)"
+            )
         class_names = list(source.label_names)
     elif task == "segmentation":
         if not hasattr(source, "mask"):
-            raise ValueError(f"source {source.spec!r} has no pixel labels; use a segmentation source "
-                             "(builtin:digit-scenes, hf:NAME?mask_column=..., images/ + masks/ folder)")
+            raise ValueError(
+                f"source {source.spec!r} has no pixel labels; use a segmentation source "
+                "(builtin:digit-scenes, hf:NAME?mask_column=..., images/ + masks/ folder)"
+            )
         class_names = list(source.class_names)
     else:
         raise ValueError(f"unknown task {task!r}; use classification or segmentation")
@@ -118,8 +136,16 @@ def collect(backbone, source, task: str, *, pooling: str = "cls", batch_size: in
     if task == "segmentation" and hasattr(source, "finalise_classes"):
         source.finalise_classes(int(max(labels)) + 1)
         class_names = list(source.class_names)
-    return ProbeData(np.concatenate(feats).astype(np.float32), np.asarray(labels, np.int64),
-                     np.asarray(groups), class_names, grid, masks, skipped, ids)
+    return ProbeData(
+        np.concatenate(feats).astype(np.float32),
+        np.asarray(labels, np.int64),
+        np.asarray(groups),
+        class_names,
+        grid,
+        masks,
+        skipped,
+        ids,
+    )
 
 
 def pixel_accuracy(probe: LinearProbe, data: ProbeData, test_images: np.ndarray) -> float:
@@ -132,35 +158,66 @@ def pixel_accuracy(probe: LinearProbe, data: ProbeData, test_images: np.ndarray)
             mask = data.masks.get(int(g))
             if mask is None:
                 continue
-            x = torch.from_numpy(data.features[int(g) * n_p:(int(g) + 1) * n_p])
+            x = torch.from_numpy(data.features[int(g) * n_p : (int(g) + 1) * n_p])
             logits = probe.logits_from_features(x).T.reshape(1, -1, rows, cols)
-            up = torch.nn.functional.interpolate(logits, size=mask.shape, mode="bilinear",
-                                                 align_corners=False)[0].argmax(0).numpy()
+            up = (
+                torch.nn.functional.interpolate(
+                    logits, size=mask.shape, mode="bilinear", align_corners=False
+                )[0]
+                .argmax(0)
+                .numpy()
+            )
             valid = mask >= 0
             correct += int((up[valid] == mask[valid]).sum())
             total += int(valid.sum())
     return correct / total if total else float("nan")
 
 
-def fit_probe(backbone, source, task: str, *, name: str, pooling: str = "cls",
-              test_fraction: float = 0.2, l2: float = 1e-3, balanced: bool = False,
-              batch_size: int = 16, seed: int = 0, progress: bool = True
-              ) -> tuple[LinearProbe, ProbeReport, ProbeData]:
+def fit_probe(
+    backbone,
+    source,
+    task: str,
+    *,
+    name: str,
+    pooling: str = "cls",
+    test_fraction: float = 0.2,
+    l2: float = 1e-3,
+    balanced: bool = False,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[LinearProbe, ProbeReport, ProbeData]:
     """Collect features over ``source`` and fit a probe; returns it with its held-out report."""
     t0 = time.perf_counter()
-    data = collect(backbone, source, task, pooling=pooling, batch_size=batch_size, progress=progress)
+    data = collect(
+        backbone, source, task, pooling=pooling, batch_size=batch_size, progress=progress
+    )
     from saescope.core.probes import split_by_group
 
     test_rows = split_by_group(data.groups, test_fraction, seed)  # whole images held out
     probe, report = fit_linear_probe(
-        data.features, data.labels, data.class_names, kind=task, groups=data.groups,
-        test_mask=test_rows, l2=l2, balanced=balanced, pooling=pooling,
-        patch_size=backbone.patch_size, name=name, backbone_id=backbone.model_id,
-        d_in=backbone.d_model)
+        data.features,
+        data.labels,
+        data.class_names,
+        kind=task,
+        groups=data.groups,
+        test_mask=test_rows,
+        l2=l2,
+        balanced=balanced,
+        pooling=pooling,
+        patch_size=backbone.patch_size,
+        name=name,
+        backbone_id=backbone.model_id,
+        d_in=backbone.d_model,
+    )
     if task == "segmentation" and data.masks:
         report.pixel_accuracy = pixel_accuracy(probe, data, np.unique(data.groups[test_rows]))
-    probe.metrics = {**report.to_dict(), "source": source.spec, "n_skipped": len(data.skipped),
-                     "fit_seconds": round(time.perf_counter() - t0, 1)}
+    probe.metrics = {
+        **report.to_dict(),
+        "source": source.spec,
+        "n_skipped": len(data.skipped),
+        "fit_seconds": round(time.perf_counter() - t0, 1),
+    }
     probe.config["metrics"] = probe.metrics
     return probe, report, data
 
@@ -173,16 +230,28 @@ def add_probe_to_bundle(bundle_path: str | Path, probe: LinearProbe) -> Path:
     bundle = Bundle.load(bundle_path, verify=False)
     model_id = bundle.model.get("model_id")
     if probe.backbone_id and model_id and probe.backbone_id != model_id:
-        raise ValueError(f"probe {probe.name!r} was fitted on {probe.backbone_id!r}, but bundle "
-                         f"{bundle.name} uses {model_id!r}")
+        raise ValueError(
+            f"probe {probe.name!r} was fitted on {probe.backbone_id!r}, but bundle "
+            f"{bundle.name} uses {model_id!r}"
+        )
     probe.save(bundle.path / "probes", probe.name)
-    entry = {"path": f"probes/{probe.name}", "kind": probe.kind, "classes": probe.class_names,
-             "pooling": probe.pooling,
-             "test_accuracy": probe.metrics.get("test_accuracy"),
-             "test_balanced_accuracy": probe.metrics.get("test_balanced_accuracy"),
-             "source": probe.metrics.get("source")}
-    update_manifest(bundle.path, lambda info: info.setdefault("components", {})
-                    .setdefault("probes", {}).__setitem__(probe.name, entry))
+    entry = {
+        "path": f"probes/{probe.name}",
+        "kind": probe.kind,
+        "classes": probe.class_names,
+        "pooling": probe.pooling,
+        "test_accuracy": probe.metrics.get("test_accuracy"),
+        "test_balanced_accuracy": probe.metrics.get("test_balanced_accuracy"),
+        "source": probe.metrics.get("source"),
+    }
+    update_manifest(
+        bundle.path,
+        lambda info: (
+            info.setdefault("components", {})
+            .setdefault("probes", {})
+            .__setitem__(probe.name, entry)
+        ),
+    )
     return bundle.path / "probes" / f"{probe.name}.json"
 
 
@@ -196,18 +265,21 @@ def ensure_default_probes(bundle_paths, progress: bool = True) -> None:
     """Fit the offline default probes once and add them to every default bundle missing them."""
     from saescope.core.backbones import OFFLINE_MODEL_ID, load_backbone
     from saescope.core.bundle import Bundle
-    from saescope.core.sources import open_segmentation_source
-    from saescope.core.sources import open_source
+    from saescope.core.sources import open_segmentation_source, open_source
 
-    missing = [(name, task, spec, n) for name, task, spec, n in DEFAULT_PROBES
-               if any(name not in Bundle.load(p, verify=False).probe_names for p in bundle_paths)]
+    missing = [
+        (name, task, spec, n)
+        for name, task, spec, n in DEFAULT_PROBES
+        if any(name not in Bundle.load(p, verify=False).probe_names for p in bundle_paths)
+    ]
     if not missing:
         return
     backbone = load_backbone(OFFLINE_MODEL_ID)
     for name, task, spec, n in missing:
         opener = open_source if task == "classification" else open_segmentation_source
-        probe, report, _ = fit_probe(backbone, opener(spec, max_images=n), task, name=name,
-                                     progress=progress)
+        probe, report, _ = fit_probe(
+            backbone, opener(spec, max_images=n), task, name=name, progress=progress
+        )
         if progress:
             print(f"[probe] {name}: {report.summary()}", file=sys.stderr, flush=True)
         for p in bundle_paths:
@@ -249,10 +321,15 @@ class ProbeConfig(SeedOption):
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "probe", ProbeConfig, run,
-             help="fit a linear probe (classification or segmentation) on frozen features",
-             description=__doc__.split("\n\n")[0] + "\n\nThe probe reads the backbone's final "
-             "tokens; with --bundle it is stored in the bundle for the apps\nand steer-eval.")
+    add_step(
+        sub,
+        "probe",
+        ProbeConfig,
+        run,
+        help="fit a linear probe (classification or segmentation) on frozen features",
+        description=__doc__.split("\n\n")[0] + "\n\nThe probe reads the backbone's final "
+        "tokens; with --bundle it is stored in the bundle for the apps\nand steer-eval.",
+    )
 
 
 def _default_name(spec: str, task: str) -> str:
@@ -263,12 +340,12 @@ def _default_name(spec: str, task: str) -> str:
 def run(cfg: ProbeConfig) -> int:
     from saescope.core.backbones import load_backbone
     from saescope.core.bundle import Bundle
-    from saescope.core.sources import open_segmentation_source
-    from saescope.core.sources import open_source
+    from saescope.core.sources import open_segmentation_source, open_source
 
     if (cfg.bundle is None) == (cfg.model is None):
-        raise ValueError("give exactly one of --bundle (store the probe in it) or --model "
-                         "(with --out)")
+        raise ValueError(
+            "give exactly one of --bundle (store the probe in it) or --model (with --out)"
+        )
     if cfg.bundle is None and cfg.out is None:
         raise ValueError("--model needs --out (the folder to write the probe to)")
     spec = cfg.source or DEFAULT_SOURCES[cfg.task]
@@ -282,13 +359,24 @@ def run(cfg: ProbeConfig) -> int:
         backbone = bundle.backbone
     else:
         backbone = load_backbone(cfg.model)
-    probe, report, data = fit_probe(backbone, source, cfg.task, name=name, pooling=cfg.pooling,
-                                    test_fraction=cfg.test_fraction, l2=cfg.l2,
-                                    balanced=cfg.balanced, batch_size=cfg.batch_size,
-                                    seed=cfg.seed)
+    probe, report, data = fit_probe(
+        backbone,
+        source,
+        cfg.task,
+        name=name,
+        pooling=cfg.pooling,
+        test_fraction=cfg.test_fraction,
+        l2=cfg.l2,
+        balanced=cfg.balanced,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+    )
     if data.skipped:
-        print(f"skipped {len(data.skipped)} unreadable images: "
-              + "; ".join(s["error"] for s in data.skipped[:5]), file=sys.stderr)
+        print(
+            f"skipped {len(data.skipped)} unreadable images: "
+            + "; ".join(s["error"] for s in data.skipped[:5]),
+            file=sys.stderr,
+        )
     print(report.summary())
     if cfg.bundle is not None:
         path = add_probe_to_bundle(bundle.path, probe)

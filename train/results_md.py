@@ -17,14 +17,18 @@ import torch
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"  # the checkout's bench/ folder
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
-HEADER = ("# Benchmark results\n\nEach section is written by the script named in it; "
-          "rerun it to refresh.\n")
+HEADER = (
+    "# Benchmark results\n\nEach section is written by the script named in it; "
+    "rerun it to refresh.\n"
+)
 
 
 def machine() -> str:
     """The CPU, core count and torch threads, printed under every measured table."""
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-            f"torch {torch.__version__} with {torch.get_num_threads()} threads")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads"
+    )
 
 
 def write_section(name: str, markdown: str, data: dict) -> Path:
@@ -37,7 +41,7 @@ def write_section(name: str, markdown: str, data: dict) -> Path:
     body = f"{start}\n{markdown.strip()}\n\n_{machine()}; measured {stamp}._\n{end}"
     text = RESULTS_MD.read_text() if RESULTS_MD.exists() else HEADER
     if start in text and end in text:
-        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end) :]
     else:
         text = text.rstrip() + "\n\n" + body + "\n"
     RESULTS_MD.write_text(text)

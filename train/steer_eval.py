@@ -45,7 +45,7 @@ def _as_distribution(prob: torch.Tensor) -> torch.Tensor:
 
 def foreground(prob: torch.Tensor, background: int = 0) -> torch.Tensor:
     """[B, 1, H, W] probability of "not background" (the saliency itself for a 1-channel head)."""
-    return prob if prob.shape[1] == 1 else 1 - prob[:, background:background + 1]
+    return prob if prob.shape[1] == 1 else 1 - prob[:, background : background + 1]
 
 
 def _region_change(before: torch.Tensor, after: torch.Tensor, region: torch.Tensor) -> dict:
@@ -64,8 +64,9 @@ def _region_change(before: torch.Tensor, after: torch.Tensor, region: torch.Tens
 
 
 @torch.inference_mode()
-def _random_direction_after(backbone, sae, cache, positions: list[int], delta: torch.Tensor,
-                            head, gen: torch.Generator) -> torch.Tensor:
+def _random_direction_after(
+    backbone, sae, cache, positions: list[int], delta: torch.Tensor, head, gen: torch.Generator
+) -> torch.Tensor:
     """Head output when each edited token moves by a random vector of the edit's own norm."""
     r = torch.randn(delta.shape, generator=gen, dtype=delta.dtype)
     r = r / r.norm(dim=-1, keepdim=True).clamp_min(1e-12) * delta.norm(dim=-1, keepdim=True)
@@ -73,8 +74,16 @@ def _random_direction_after(backbone, sae, cache, positions: list[int], delta: t
     return head(backbone.run_from(cache.layer, tokens), cache.layout)
 
 
-def evaluate_image(backbone, sae, head, image, image_id: str, gen: torch.Generator,
-                   threshold: float = 0.5, background: int = 0) -> ImageResult | None:
+def evaluate_image(
+    backbone,
+    sae,
+    head,
+    image,
+    image_id: str,
+    gen: torch.Generator,
+    threshold: float = 0.5,
+    background: int = 0,
+) -> ImageResult | None:
     """One image; ``None`` when the head finds no foreground (or only foreground) patches.
 
     The target is the patches the head calls foreground (saliency > ``threshold``, or for a
@@ -90,8 +99,9 @@ def evaluate_image(backbone, sae, head, image, image_id: str, gen: torch.Generat
     if n_target == 0 or n_target == rows_ * cols_:
         return None
     patches = patch_fg.numpy()
-    region = torch.nn.functional.interpolate(patch_fg[None, None].float(), size=prob.shape[-2:],
-                                             mode="nearest")[0, 0].bool()
+    region = torch.nn.functional.interpolate(
+        patch_fg[None, None].float(), size=prob.shape[-2:], mode="nearest"
+    )[0, 0].bool()
     positions = edit_positions(cache.layout, patches)
     codes = sae.encode(cache.tokens[:, positions])[0]  # [n_target, d_sae]
     summed = codes.sum(0)
@@ -102,7 +112,9 @@ def evaluate_image(backbone, sae, head, image, image_id: str, gen: torch.Generat
     chosen = steer(backbone, sae, cache, [Edit(feature, scale=0.0)], patches=patches, head=head)
     delta = chosen.tokens_after[:, positions] - cache.tokens[:, positions]
     rand_dir = _random_direction_after(backbone, sae, cache, positions, delta, head, gen)
-    rand_feat = steer(backbone, sae, cache, [Edit(random_feature, scale=0.0)], patches=patches, head=head)
+    rand_feat = steer(
+        backbone, sae, cache, [Edit(random_feature, scale=0.0)], patches=patches, head=head
+    )
     rows = {
         "chosen feature": _region_change(prob, chosen.head_after, region),
         "random direction (same norm)": _region_change(prob, rand_dir, region),
@@ -115,34 +127,50 @@ def summarize(results: list[ImageResult]) -> dict:
     methods = list(results[0].rows)
     table = {}
     for m in methods:
-        table[m] = {k: (float(np.mean([r.rows[m][k] for r in results])),
-                        float(np.std([r.rows[m][k] for r in results])))
-                    for k in ("target", "other", "target_flip", "other_flip")}
+        table[m] = {
+            k: (
+                float(np.mean([r.rows[m][k] for r in results])),
+                float(np.std([r.rows[m][k] for r in results])),
+            )
+            for k in ("target", "other", "target_flip", "other_flip")
+        }
     chosen = np.array([r.rows["chosen feature"]["target"] for r in results])
     ratios = {}
     for m in methods[1:]:
         ctrl = np.array([r.rows[m]["target"] for r in results])
-        ratios[m] = {"ratio_of_means": float(chosen.mean() / max(ctrl.mean(), 1e-12)),
-                     "median_per_image_ratio": float(np.median(chosen / np.maximum(ctrl, 1e-12)))}
+        ratios[m] = {
+            "ratio_of_means": float(chosen.mean() / max(ctrl.mean(), 1e-12)),
+            "median_per_image_ratio": float(np.median(chosen / np.maximum(ctrl, 1e-12))),
+        }
     return {"n_images": len(results), "table": table, "ratios": ratios}
 
 
 def markdown(summary: dict, title: str) -> str:
-    lines = ["## Steering evaluation (`saescope steer-eval`)\n", title + "\n",
-             "| intervention on the target (foreground) patches | change in target region | "
-             "change elsewhere | target mask flips | other mask flips |", "|---|---|---|---|---|"]
+    lines = [
+        "## Steering evaluation (`saescope steer-eval`)\n",
+        title + "\n",
+        "| intervention on the target (foreground) patches | change in target region | "
+        "change elsewhere | target mask flips | other mask flips |",
+        "|---|---|---|---|---|",
+    ]
     for m, v in summary["table"].items():
-        lines.append(f"| {m} | {v['target'][0]:.4f} ± {v['target'][1]:.4f} | "
-                     f"{v['other'][0]:.4f} ± {v['other'][1]:.4f} | {v['target_flip'][0]:.2%} | "
-                     f"{v['other_flip'][0]:.2%} |")
+        lines.append(
+            f"| {m} | {v['target'][0]:.4f} ± {v['target'][1]:.4f} | "
+            f"{v['other'][0]:.4f} ± {v['other'][1]:.4f} | {v['target_flip'][0]:.2%} | "
+            f"{v['other_flip'][0]:.2%} |"
+        )
     lines.append("")
     for m, r in summary["ratios"].items():
-        lines.append(f"- chosen feature vs {m}: **{r['ratio_of_means']:.2f}x** the target change "
-                     f"(median per-image ratio {r['median_per_image_ratio']:.2f}x)")
-    lines.append(f"\nMean ± standard deviation over {summary['n_images']} images; changes are mean "
-                 "absolute differences of the head's foreground probability (for a multi-class head, "
-                 "the total-variation change of the per-pixel class distribution; flips are "
-                 "changes of the predicted class).")
+        lines.append(
+            f"- chosen feature vs {m}: **{r['ratio_of_means']:.2f}x** the target change "
+            f"(median per-image ratio {r['median_per_image_ratio']:.2f}x)"
+        )
+    lines.append(
+        f"\nMean ± standard deviation over {summary['n_images']} images; changes are mean "
+        "absolute differences of the head's foreground probability (for a multi-class head, "
+        "the total-variation change of the per-pixel class distribution; flips are "
+        "changes of the predicted class)."
+    )
     return "\n".join(lines)
 
 
@@ -170,17 +198,21 @@ class SteerEvalConfig(SeedOption):
 
 
 def add_parser(sub) -> None:
-    add_step(sub, "steer-eval", SteerEvalConfig, run,
-             help="quantitative steering test against random controls",
-             description=__doc__.split("\n\n")[0] + "\n\nSuppresses the automatically chosen "
-             "feature on the foreground patches and compares with\na same-norm random direction "
-             "and a random active feature.")
+    add_step(
+        sub,
+        "steer-eval",
+        SteerEvalConfig,
+        run,
+        help="quantitative steering test against random controls",
+        description=__doc__.split("\n\n")[0] + "\n\nSuppresses the automatically chosen "
+        "feature on the foreground patches and compares with\na same-norm random direction "
+        "and a random active feature.",
+    )
 
 
 def _open_images(spec: str, max_images: int):
     """An image source; segmentation specs (digit scenes, masks folders) work too."""
-    from saescope.core.sources import SEG_BUILTINS, open_segmentation_source
-    from saescope.core.sources import open_source
+    from saescope.core.sources import SEG_BUILTINS, open_segmentation_source, open_source
 
     if spec.startswith("builtin:") and spec[8:].split("?")[0] in SEG_BUILTINS:
         return open_segmentation_source(spec, max_images=max_images)
@@ -194,27 +226,36 @@ def run(cfg: SteerEvalConfig) -> int:
     from saescope.train.default_bundle import ensure_default_bundle
 
     bundle = Bundle.load(cfg.bundle or ensure_default_bundle())
-    seg_heads = [n for n in bundle.head_names
-                 if bundle.load_head(n).kind == "segmentation"] if bundle.head_names else []
+    seg_heads = (
+        [n for n in bundle.head_names if bundle.load_head(n).kind == "segmentation"]
+        if bundle.head_names
+        else []
+    )
     if not seg_heads:
         raise ValueError(f"bundle {bundle.name} has no segmentation head to evaluate steering with")
     name = cfg.head or seg_heads[0]
     if name not in bundle.head_names:
-        raise ValueError(f"bundle {bundle.name} has no head {name!r} (it has: "
-                         f"{', '.join(bundle.head_names)})")
+        raise ValueError(
+            f"bundle {bundle.name} has no head {name!r} (it has: {', '.join(bundle.head_names)})"
+        )
     head = bundle.load_head(name)
     if head.kind != "segmentation":
-        raise ValueError(f"head {name!r} is a {head.kind} head; steer-eval needs a segmentation "
-                         f"head ({', '.join(seg_heads)})")
+        raise ValueError(
+            f"head {name!r} is a {head.kind} head; steer-eval needs a segmentation "
+            f"head ({', '.join(seg_heads)})"
+        )
     background = 0
     classes = getattr(head, "class_names", None)
     if classes and len(classes) > 1:
         if cfg.background not in classes:
-            raise ValueError(f"head {name!r} has no class {cfg.background!r} (classes: "
-                             f"{', '.join(classes)}); pass --background")
+            raise ValueError(
+                f"head {name!r} has no class {cfg.background!r} (classes: "
+                f"{', '.join(classes)}); pass --background"
+            )
         background = classes.index(cfg.background)
-    spec = cfg.source or ("builtin:digit-scenes?seed=1" if name == "digit-scenes"
-                           else "builtin:photos?views=2")
+    spec = cfg.source or (
+        "builtin:digit-scenes?seed=1" if name == "digit-scenes" else "builtin:photos?views=2"
+    )
     backbone, sae = bundle.backbone, bundle.sae
     gen = torch.Generator().manual_seed(cfg.seed)
     source = _open_images(spec, cfg.max_images)
@@ -228,12 +269,15 @@ def run(cfg: SteerEvalConfig) -> int:
     if not results:
         raise ValueError("no image had both foreground and background patches")
     summary = summarize(results)
-    title = (f"Bundle **{bundle.title}** (SAE {sae.cfg.name}), head: {head.name}; images "
-             f"`{spec}` ({len(results)} with both foreground and background).")
+    title = (
+        f"Bundle **{bundle.title}** (SAE {sae.cfg.name}), head: {head.name}; images "
+        f"`{spec}` ({len(results)} with both foreground and background)."
+    )
     print(markdown(summary, title))
     if cfg.out:
-        Path(cfg.out).write_text(json.dumps({**summary, "per_image": [r.__dict__ for r in results]},
-                                             indent=2))
+        Path(cfg.out).write_text(
+            json.dumps({**summary, "per_image": [r.__dict__ for r in results]}, indent=2)
+        )
     if cfg.results_md:
         from saescope.train.results_md import write_section
 

@@ -9,8 +9,8 @@ tokens, which is what steering needs.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -98,11 +98,16 @@ class Preprocess:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         """Inverse of :meth:`to_dict` (manifests record the preprocessing this way)."""
-        return cls(crop_size=tuple(d["crop_size"]), resize_shortest_edge=d.get("resize_shortest_edge"),
-                   mean=tuple(d["mean"]), std=tuple(d["std"]), resample=int(d.get("resample", 3)),
-                   rescale=float(d.get("rescale", 1 / 255)))
+        return cls(
+            crop_size=tuple(d["crop_size"]),
+            resize_shortest_edge=d.get("resize_shortest_edge"),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            resample=int(d.get("resample", 3)),
+            rescale=float(d.get("rescale", 1 / 255)),
+        )
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -159,9 +164,7 @@ class Backbone(torch.nn.Module, ABC):
         return TokenLayout(1, self.n_registers, (h // self.patch_size, w // self.patch_size))
 
     @torch.inference_mode()
-    def forward_layers(
-        self, pixel_values: torch.Tensor, layers: Sequence[int]
-    ) -> BackboneOutput:
+    def forward_layers(self, pixel_values: torch.Tensor, layers: Sequence[int]) -> BackboneOutput:
         """Tokens at each requested layer; stops after the deepest one (no wasted blocks)."""
         wanted = sorted({self.resolve_layer(l) for l in layers})
         if not wanted:

@@ -90,7 +90,9 @@ def preprocess_from_dict(cfg: dict, default: Preprocess) -> Preprocess:
         mean = mean * 3
     if len(std) == 1:
         std = std * 3
-    rescale = float(cfg.get("rescale_factor", default.rescale)) if cfg.get("do_rescale", True) else 1.0
+    rescale = (
+        float(cfg.get("rescale_factor", default.rescale)) if cfg.get("do_rescale", True) else 1.0
+    )
     resample = cfg.get("resample", default.resample)
     return Preprocess(
         crop_size=crop,
@@ -150,8 +152,12 @@ class HFBackbone(Backbone):
         # a plain list, so the blocks are not registered twice in state_dict()
         self.blocks: list[torch.nn.Module] = list(_find_blocks(model))
         if len(self.blocks) != self.n_layers:
-            raise ValueError(f"{model_id}: {len(self.blocks)} blocks but config says {self.n_layers}")
-        self.preprocess_source = "preprocessor_config.json" if preprocess else f"defaults:{self.family}"
+            raise ValueError(
+                f"{model_id}: {len(self.blocks)} blocks but config says {self.n_layers}"
+            )
+        self.preprocess_source = (
+            "preprocessor_config.json" if preprocess else f"defaults:{self.family}"
+        )
         self.preprocess = preprocess or self.default_preprocess(self.config)
         self.display_name = display_name or f"{self.family_label} ({model_id})"
 
@@ -189,7 +195,9 @@ class CLIPVisionBackbone(HFBackbone):
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         m = self.model
-        h = m.embeddings(pixel_values, interpolate_pos_encoding=self._needs_interpolation(pixel_values))
+        h = m.embeddings(
+            pixel_values, interpolate_pos_encoding=self._needs_interpolation(pixel_values)
+        )
         return m.pre_layrnorm(h)
 
     def final_norm(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -299,7 +307,9 @@ def load_hf_backbone(
     model = from_pretrained_quiet(model_cls, model_id, **kwargs)
     model = model.to(device).eval().requires_grad_(False)
     proc = read_preprocessor_config(model_id, revision)
-    preprocess = preprocess_from_dict(proc, backbone_cls.default_preprocess(model.config)) if proc else None
+    preprocess = (
+        preprocess_from_dict(proc, backbone_cls.default_preprocess(model.config)) if proc else None
+    )
     commit = getattr(config, "_commit_hash", None)
     return backbone_cls(model, model_id, revision or commit, preprocess)
 

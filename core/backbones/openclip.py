@@ -43,7 +43,11 @@ class OpenClipBackbone(Backbone):
     def __init__(self, visual: torch.nn.Module, model_id: str, revision: str | None = None) -> None:
         super().__init__()
         transformer = getattr(visual, "transformer", None)
-        if transformer is None or not hasattr(transformer, "resblocks") or not hasattr(visual, "conv1"):
+        if (
+            transformer is None
+            or not hasattr(transformer, "resblocks")
+            or not hasattr(visual, "conv1")
+        ):
             raise ValueError(
                 f"{model_id}: only open_clip VisionTransformer towers are supported "
                 f"(got {type(visual).__name__}, e.g. a timm tower)"

@@ -30,40 +30,140 @@ Modules, one job each: :mod:`.vocabulary` (attribute words, corpus), :mod:`.toke
 and :mod:`.steerer` (the runtime the app uses).
 """
 
-from saescope.core.diffusion.artefact import (FORMAT, FORMAT_VERSION, MANIFEST, NAMES_FILE, SAE_DIR,
-                                              STATS_FILE, Artefact, load_artefact, push_artefact,
-                                              save_artefact, write_json_atomic)
+from saescope.core.diffusion.artefact import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    NAMES_FILE,
+    SAE_DIR,
+    STATS_FILE,
+    Artefact,
+    load_artefact,
+    push_artefact,
+    save_artefact,
+    write_json_atomic,
+)
 from saescope.core.diffusion.encoding import SITE, Encoded, check_prompt, encode_prompts
-from saescope.core.diffusion.naming import (Probe, Setting, evaluate_probes, feature_probes,
-                                            name_probes, random_probes, relative, summarize)
-from saescope.core.diffusion.pipeline import (check_pipeline, check_sae_fits, default_scorer,
-                                              image_size, load_pipeline, resolve_pipeline_spec,
-                                              text_width)
-from saescope.core.diffusion.scorer import (CLIP_MEAN, CLIP_STD, DEFAULT_SCORER, SCORER_DIR,
-                                            ClipScorer)
+from saescope.core.diffusion.naming import (
+    Probe,
+    Setting,
+    evaluate_probes,
+    feature_probes,
+    name_probes,
+    random_probes,
+    relative,
+    summarize,
+)
+from saescope.core.diffusion.pipeline import (
+    check_pipeline,
+    check_sae_fits,
+    default_scorer,
+    image_size,
+    load_pipeline,
+    resolve_pipeline_spec,
+    text_width,
+)
+from saescope.core.diffusion.scorer import (
+    CLIP_MEAN,
+    CLIP_STD,
+    DEFAULT_SCORER,
+    SCORER_DIR,
+    ClipScorer,
+)
 from saescope.core.diffusion.stats import alive_features, feature_stats, sample_features
 from saescope.core.diffusion.steerer import Steerer
-from saescope.core.diffusion.steering import (add_direction, feature_vector, generate,
-                                              steer_embeddings)
-from saescope.core.diffusion.tiny import (TINY, TINY_VERSION, is_tiny, save_tiny, tiny_clip,
-                                          tiny_folder, tiny_pipeline)
-from saescope.core.diffusion.tokenizer import (tiny_tokenizer, tokenizer_words,
-                                               write_tiny_tokenizer_files)
-from saescope.core.diffusion.vocabulary import (ATTRIBUTES, NEUTRAL_TEMPLATE, OBJECTS, TEMPLATES,
-                                                builtin_corpus, neutral_prompts, read_prompt_file,
-                                                vocabulary)
+from saescope.core.diffusion.steering import (
+    add_direction,
+    feature_vector,
+    generate,
+    steer_embeddings,
+)
+from saescope.core.diffusion.tiny import (
+    TINY,
+    TINY_VERSION,
+    is_tiny,
+    save_tiny,
+    tiny_clip,
+    tiny_folder,
+    tiny_pipeline,
+)
+from saescope.core.diffusion.tokenizer import (
+    tiny_tokenizer,
+    tokenizer_words,
+    write_tiny_tokenizer_files,
+)
+from saescope.core.diffusion.vocabulary import (
+    ATTRIBUTES,
+    NEUTRAL_TEMPLATE,
+    OBJECTS,
+    TEMPLATES,
+    builtin_corpus,
+    neutral_prompts,
+    read_prompt_file,
+    vocabulary,
+)
 
 __all__ = [
-    "ATTRIBUTES", "OBJECTS", "TEMPLATES", "vocabulary", "builtin_corpus", "neutral_prompts",
-    "read_prompt_file", "write_tiny_tokenizer_files", "tiny_tokenizer", "tiny_pipeline",
-    "tiny_clip", "save_tiny", "tiny_folder", "is_tiny", "load_pipeline", "check_pipeline",
-    "check_sae_fits", "Encoded", "encode_prompts", "check_prompt", "feature_vector",
-    "steer_embeddings", "add_direction", "generate", "ClipScorer", "default_scorer",
-    "feature_stats", "sample_features", "alive_features", "Setting", "Probe", "feature_probes",
-    "random_probes", "relative", "name_probes", "evaluate_probes", "summarize", "Artefact",
-    "save_artefact", "load_artefact", "push_artefact", "Steerer", "image_size", "text_width",
+    "ATTRIBUTES",
+    "OBJECTS",
+    "TEMPLATES",
+    "vocabulary",
+    "builtin_corpus",
+    "neutral_prompts",
+    "read_prompt_file",
+    "write_tiny_tokenizer_files",
+    "tiny_tokenizer",
+    "tiny_pipeline",
+    "tiny_clip",
+    "save_tiny",
+    "tiny_folder",
+    "is_tiny",
+    "load_pipeline",
+    "check_pipeline",
+    "check_sae_fits",
+    "Encoded",
+    "encode_prompts",
+    "check_prompt",
+    "feature_vector",
+    "steer_embeddings",
+    "add_direction",
+    "generate",
+    "ClipScorer",
+    "default_scorer",
+    "feature_stats",
+    "sample_features",
+    "alive_features",
+    "Setting",
+    "Probe",
+    "feature_probes",
+    "random_probes",
+    "relative",
+    "name_probes",
+    "evaluate_probes",
+    "summarize",
+    "Artefact",
+    "save_artefact",
+    "load_artefact",
+    "push_artefact",
+    "Steerer",
+    "image_size",
+    "text_width",
     # constants and helpers the pipeline step, the app and the tests use
-    "FORMAT", "FORMAT_VERSION", "MANIFEST", "SAE_DIR", "STATS_FILE", "NAMES_FILE", "SCORER_DIR",
-    "TINY", "TINY_VERSION", "SITE", "DEFAULT_SCORER", "CLIP_MEAN", "CLIP_STD", "NEUTRAL_TEMPLATE",
-    "tokenizer_words", "resolve_pipeline_spec", "write_json_atomic",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "SAE_DIR",
+    "STATS_FILE",
+    "NAMES_FILE",
+    "SCORER_DIR",
+    "TINY",
+    "TINY_VERSION",
+    "SITE",
+    "DEFAULT_SCORER",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "NEUTRAL_TEMPLATE",
+    "tokenizer_words",
+    "resolve_pipeline_spec",
+    "write_json_atomic",
 ]

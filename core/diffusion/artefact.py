@@ -14,9 +14,9 @@ from typing import Any
 
 from saescope import __version__
 from saescope.core import formats
+from saescope.core.diffusion.pipeline import default_scorer
 from saescope.core.fileio import atomic_write_json, sha256_file
 from saescope.core.sae import SAE
-from saescope.core.diffusion.pipeline import default_scorer
 
 FORMAT = formats.DIFFUSION_STEERING.name
 FORMAT_VERSION = formats.DIFFUSION_STEERING.version
@@ -63,8 +63,13 @@ class Artefact:
         return f"#{feature} · {n['name']}" if n else f"#{feature}"
 
 
-def save_artefact(folder: str | os.PathLike, sae: SAE, stats: dict, manifest: dict,
-                  names: dict[int, dict] | None = None) -> Path:
+def save_artefact(
+    folder: str | os.PathLike,
+    sae: SAE,
+    stats: dict,
+    manifest: dict,
+    names: dict[int, dict] | None = None,
+) -> Path:
     """Write the artefact folder; the manifest lists every file with its size and sha256."""
     from saescope.core.sae_io import save_sae
 
@@ -76,12 +81,17 @@ def save_artefact(folder: str | os.PathLike, sae: SAE, stats: dict, manifest: di
         write_json_atomic(folder / NAMES_FILE, {str(k): v for k, v in sorted(names.items())})
     files = {}
     for rel in [f"{SAE_DIR}/config.json", f"{SAE_DIR}/sae.safetensors", STATS_FILE] + (
-            [NAMES_FILE] if (folder / NAMES_FILE).is_file() else []):
+        [NAMES_FILE] if (folder / NAMES_FILE).is_file() else []
+    ):
         p = folder / rel
         files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-    manifest = {**manifest, **formats.DIFFUSION_STEERING.header(),
-                "library_version": __version__, "files": files,
-                "names": NAMES_FILE if NAMES_FILE in files else None}
+    manifest = {
+        **manifest,
+        **formats.DIFFUSION_STEERING.header(),
+        "library_version": __version__,
+        "files": files,
+        "names": NAMES_FILE if NAMES_FILE in files else None,
+    }
     write_json_atomic(folder / MANIFEST, manifest)
     return folder
 
@@ -99,22 +109,31 @@ def _local_artefact(spec: str, revision: str | None = None, token: str | None = 
         return Path(snapshot_download(spec, revision=revision, token=token))
     except HFValidationError as err:
         raise FileNotFoundError(
-            f"{spec!r} is neither a local folder nor a valid Hub repo id") from err
+            f"{spec!r} is neither a local folder nor a valid Hub repo id"
+        ) from err
     except Exception as err:
-        raise FileNotFoundError(f"could not fetch artefact {spec!r} from the Hugging Face Hub "
-                                f"(offline, or no such repo?): {type(err).__name__}") from err
+        raise FileNotFoundError(
+            f"could not fetch artefact {spec!r} from the Hugging Face Hub "
+            f"(offline, or no such repo?): {type(err).__name__}"
+        ) from err
 
 
-def load_artefact(spec: str | os.PathLike, revision: str | None = None,
-                  token: str | None = None, verify: bool = True) -> Artefact:
+def load_artefact(
+    spec: str | os.PathLike,
+    revision: str | None = None,
+    token: str | None = None,
+    verify: bool = True,
+) -> Artefact:
     """Load an artefact from a local folder or a Hub repo id (checks the listed files)."""
     from saescope.core.sae_io import load_sae_folder
 
     folder = _local_artefact(str(spec), revision, token)
     mpath = folder / MANIFEST
     if not mpath.is_file():
-        raise FileNotFoundError(f"{folder} is not a diffusion-steering artefact (no {MANIFEST}; "
-                                "make one with 'saescope diffusion-fit')")
+        raise FileNotFoundError(
+            f"{folder} is not a diffusion-steering artefact (no {MANIFEST}; "
+            "make one with 'saescope diffusion-fit')"
+        )
     manifest = json.loads(mpath.read_text())
     # manifests from before the version field are version 1
     formats.DIFFUSION_STEERING.check(manifest, mpath, default_version=FORMAT_VERSION)
@@ -130,13 +149,20 @@ def load_artefact(spec: str | os.PathLike, revision: str | None = None,
     if manifest.get("names") and (folder / manifest["names"]).is_file():
         names = {int(k): v for k, v in json.loads((folder / manifest["names"]).read_text()).items()}
     if len(stats.get("max", [])) != sae.cfg.d_sae:
-        raise ValueError(f"{folder}: {STATS_FILE} has {len(stats.get('max', []))} features, "
-                         f"the SAE has {sae.cfg.d_sae}")
+        raise ValueError(
+            f"{folder}: {STATS_FILE} has {len(stats.get('max', []))} features, "
+            f"the SAE has {sae.cfg.d_sae}"
+        )
     return Artefact(folder, manifest, sae, stats, names)
 
 
-def push_artefact(folder: str | os.PathLike, repo_id: str, private: bool = False,
-                  token: str | None = None, api: Any = None) -> str:
+def push_artefact(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    api: Any = None,
+) -> str:
     """Upload an artefact folder as a Hub model repo; returns its URL."""
     from huggingface_hub import HfApi
 
@@ -144,10 +170,26 @@ def push_artefact(folder: str | os.PathLike, repo_id: str, private: bool = False
     load_artefact(folder)  # refuse to publish something that does not load
     api = api or HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=None,
-                      commit_message="Upload saescope diffusion-steering SAE", repo_type="model")
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        path_in_repo=None,
+        commit_message="Upload saescope diffusion-steering SAE",
+        repo_type="model",
+    )
     return f"https://huggingface.co/{repo_id}"
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "SAE_DIR", "STATS_FILE", "NAMES_FILE",
-           "write_json_atomic", "Artefact", "save_artefact", "load_artefact", "push_artefact"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "SAE_DIR",
+    "STATS_FILE",
+    "NAMES_FILE",
+    "write_json_atomic",
+    "Artefact",
+    "save_artefact",
+    "load_artefact",
+    "push_artefact",
+]

@@ -6,8 +6,8 @@ must be exactly those ``StableDiffusionPipeline.encode_prompt`` would pass on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -38,8 +38,9 @@ class Encoded:
                 ar = torch.arange(t)
                 out = (ar[None] >= 1) & (ar[None] <= self.eos[:, None])
             else:
-                raise ValueError("positions must be 'all', 'prompt' or a list of ints, "
-                                 f"got {positions!r}")
+                raise ValueError(
+                    f"positions must be 'all', 'prompt' or a list of ints, got {positions!r}"
+                )
         else:
             pos = [int(p) for p in positions]
             bad = [p for p in pos if not -t <= p < t]
@@ -66,8 +67,13 @@ def encode_prompts(pipe, prompts: Sequence[str], allow_empty: bool = False) -> E
     if not allow_empty:
         prompts = [check_prompt(p) for p in prompts]
     tok = pipe.tokenizer
-    batch = tok(list(prompts), padding="max_length", max_length=tok.model_max_length,
-                truncation=True, return_tensors="pt")
+    batch = tok(
+        list(prompts),
+        padding="max_length",
+        max_length=tok.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     ids = batch.input_ids
     te = pipe.text_encoder
     mask = None
@@ -76,8 +82,9 @@ def encode_prompts(pipe, prompts: Sequence[str], allow_empty: bool = False) -> E
     embeds = te(ids.to(te.device), attention_mask=mask)[0].to(te.dtype)
     eos_id = tok.eos_token_id
     is_eos = ids == eos_id
-    eos = torch.where(is_eos.any(1), is_eos.float().argmax(1),
-                      torch.full((len(ids),), ids.shape[1] - 1))
+    eos = torch.where(
+        is_eos.any(1), is_eos.float().argmax(1), torch.full((len(ids),), ids.shape[1] - 1)
+    )
     return Encoded(embeds, ids, eos)
 
 

@@ -6,17 +6,17 @@ feature is named after the word whose score rises against the rest of the vocabu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from saescope.core.sae import SAE
 from saescope.core.diffusion.encoding import encode_prompts
 from saescope.core.diffusion.scorer import ClipScorer
 from saescope.core.diffusion.steering import feature_vector, generate
+from saescope.core.sae import SAE
 
 
 @dataclass
@@ -56,8 +56,14 @@ def _prepare(pipe, scorer: ClipScorer, words: Sequence[str], setting: Setting) -
     return _Prepared(setting, embeds, mask, negative, seeds, base, scorer.scores(base, words))
 
 
-def _score_push(pipe, scorer: ClipScorer, words: Sequence[str], prep: _Prepared,
-                vector: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+def _score_push(
+    pipe,
+    scorer: ClipScorer,
+    words: Sequence[str],
+    prep: _Prepared,
+    vector: torch.Tensor,
+    sign: float = 1.0,
+) -> torch.Tensor:
     """Mean CLIP-score change per word [W] when ``sign * vector`` is added on the mask."""
     st = prep.setting
     steered = prep.embeds.clone()
@@ -77,8 +83,10 @@ class Probe:
 
 def feature_probes(sae: SAE, stats: dict, features: Sequence[int], strength: float) -> list[Probe]:
     """Amplifying feature f by ``strength`` x its max activation on the corpus."""
-    return [Probe(f"feature {f}", feature_vector(sae, f, strength * stats["max"][f]), f)
-            for f in (sae.check_feature(f) for f in features)]
+    return [
+        Probe(f"feature {f}", feature_vector(sae, f, strength * stats["max"][f]), f)
+        for f in (sae.check_feature(f) for f in features)
+    ]
 
 
 def random_probes(probes: Sequence[Probe], seed: int = 0) -> list[Probe]:
@@ -101,8 +109,15 @@ def relative(delta: torch.Tensor) -> torch.Tensor:
     return delta - delta.mean(-1, keepdim=True)
 
 
-def name_probes(pipe, scorer: ClipScorer, probes: Sequence[Probe], words: Sequence[str],
-                setting: Setting, progress: bool = True, desc: str = "name") -> list[dict]:
+def name_probes(
+    pipe,
+    scorer: ClipScorer,
+    probes: Sequence[Probe],
+    words: Sequence[str],
+    setting: Setting,
+    progress: bool = True,
+    desc: str = "name",
+) -> list[dict]:
     """Name each probe after the word whose CLIP score its push raises most relative to the
     vocabulary (same prompts and seeds with and without the push)."""
     from tqdm.auto import tqdm
@@ -117,16 +132,30 @@ def name_probes(pipe, scorer: ClipScorer, probes: Sequence[Probe], words: Sequen
         delta = relative(raw)
         order = torch.argsort(delta, descending=True)
         best = int(order[0])
-        out.append({"label": p.label, "feature": p.feature, "name": words[best],
-                    "delta": float(delta[best]), "delta_raw": float(raw[best]),
-                    "margin": float(delta[best] - delta[order[1]]),
-                    "top": [[words[int(i)], round(float(delta[i]), 4)] for i in order[:5]]})
+        out.append(
+            {
+                "label": p.label,
+                "feature": p.feature,
+                "name": words[best],
+                "delta": float(delta[best]),
+                "delta_raw": float(raw[best]),
+                "margin": float(delta[best] - delta[order[1]]),
+                "top": [[words[int(i)], round(float(delta[i]), 4)] for i in order[:5]],
+            }
+        )
     return out
 
 
-def evaluate_probes(pipe, scorer: ClipScorer, probes: Sequence[Probe], names: Sequence[str],
-                    words: Sequence[str], setting: Setting, progress: bool = True,
-                    desc: str = "eval") -> dict:
+def evaluate_probes(
+    pipe,
+    scorer: ClipScorer,
+    probes: Sequence[Probe],
+    names: Sequence[str],
+    words: Sequence[str],
+    setting: Setting,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict:
     """On held-out prompts/seeds: does amplifying each probe raise the score of its name, and
     does suppressing it (the negative push) lower it? Relative to the vocabulary (the headline)
     and raw. Returns per-probe rows and fractions."""
@@ -138,17 +167,25 @@ def evaluate_probes(pipe, scorer: ClipScorer, probes: Sequence[Probe], names: Se
             raise ValueError(f"name {n!r} is not in the scoring vocabulary")
     prep = _prepare(pipe, scorer, words, setting)
     rows = []
-    for p, name in tqdm(list(zip(probes, names)), desc=desc, disable=not progress,
-                        dynamic_ncols=True):
+    for p, name in tqdm(
+        list(zip(probes, names)), desc=desc, disable=not progress, dynamic_ncols=True
+    ):
         j = words.index(name)
         up_raw = _score_push(pipe, scorer, words, prep, p.vector, +1.0)
         down_raw = _score_push(pipe, scorer, words, prep, p.vector, -1.0)
         up, down = relative(up_raw), relative(down_raw)
-        rows.append({"label": p.label, "feature": p.feature, "name": name,
-                     "delta_amplify": float(up[j]), "delta_suppress": float(down[j]),
-                     "delta_amplify_raw": float(up_raw[j]),
-                     "delta_suppress_raw": float(down_raw[j]),
-                     "rank_amplify": int((up > up[j]).sum()) + 1})
+        rows.append(
+            {
+                "label": p.label,
+                "feature": p.feature,
+                "name": name,
+                "delta_amplify": float(up[j]),
+                "delta_suppress": float(down[j]),
+                "delta_amplify_raw": float(up_raw[j]),
+                "delta_suppress_raw": float(down_raw[j]),
+                "rank_amplify": int((up > up[j]).sum()) + 1,
+            }
+        )
     return {"rows": rows, **summarize(rows, len(words))}
 
 
@@ -172,5 +209,13 @@ def summarize(rows: Sequence[dict], n_words: int) -> dict:
     }
 
 
-__all__ = ["Setting", "Probe", "feature_probes", "random_probes", "relative", "name_probes",
-           "evaluate_probes", "summarize"]
+__all__ = [
+    "Setting",
+    "Probe",
+    "feature_probes",
+    "random_probes",
+    "relative",
+    "name_probes",
+    "evaluate_probes",
+    "summarize",
+]

@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from saescope.core.sae import SAE, ShapeMismatch
 from saescope.core.diffusion.scorer import DEFAULT_SCORER, SCORER_DIR
 from saescope.core.diffusion.tiny import TINY, tiny_folder
+from saescope.core.sae import SAE, ShapeMismatch
 
 
 def resolve_pipeline_spec(spec: str | os.PathLike) -> str:
@@ -43,11 +43,12 @@ def load_pipeline(spec: str | os.PathLike, device: str = "cpu", dtype: torch.dty
         raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
     try:
         pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as err:
+    except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FileNotFoundError(
             f"could not load pipeline {spec!r} (not a local pipeline folder, and the Hub is "
-            f"unreachable or has no such repo): {first}") from err
+            f"unreachable or has no such repo): {first}"
+        ) from err
     check_pipeline(pipe, str(spec))
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
@@ -78,8 +79,10 @@ def check_sae_fits(sae: SAE, pipe) -> None:
     """The SAE must read vectors as wide as the text encoder's outputs."""
     d = text_width(pipe)
     if sae.cfg.d_in != d:
-        raise ShapeMismatch(f"SAE width {sae.cfg.d_in} does not match the text encoder width {d} "
-                            f"of this pipeline (the SAE was trained on {sae.cfg.model_id!r})")
+        raise ShapeMismatch(
+            f"SAE width {sae.cfg.d_in} does not match the text encoder width {d} "
+            f"of this pipeline (the SAE was trained on {sae.cfg.model_id!r})"
+        )
 
 
 def default_scorer(pipeline_spec: str) -> str:
@@ -89,5 +92,12 @@ def default_scorer(pipeline_spec: str) -> str:
     return str(local) if local.is_dir() else DEFAULT_SCORER
 
 
-__all__ = ["resolve_pipeline_spec", "load_pipeline", "check_pipeline", "text_width",
-           "image_size", "check_sae_fits", "default_scorer"]
+__all__ = [
+    "resolve_pipeline_spec",
+    "load_pipeline",
+    "check_pipeline",
+    "text_width",
+    "image_size",
+    "check_sae_fits",
+    "default_scorer",
+]

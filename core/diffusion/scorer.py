@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -47,8 +47,9 @@ class ClipScorer:
             crop = pp.get("crop_size", size)
             self.crop = int(crop.get("height", size) if isinstance(crop, dict) else crop)
             short = pp.get("size", size)
-            self.short = int(short.get("shortest_edge", self.crop) if isinstance(short, dict)
-                             else short)
+            self.short = int(
+                short.get("shortest_edge", self.crop) if isinstance(short, dict) else short
+            )
             self.mean = tuple(pp.get("image_mean", CLIP_MEAN))
             self.std = tuple(pp.get("image_std", CLIP_STD))
         self._text_cache: dict[str, torch.Tensor] = {}
@@ -74,8 +75,9 @@ class ClipScorer:
             im = im.convert("RGB")
             w, h = im.size
             s = self.short / min(w, h)
-            im = im.resize((max(self.crop, round(w * s)), max(self.crop, round(h * s))),
-                           Image.BICUBIC)
+            im = im.resize(
+                (max(self.crop, round(w * s)), max(self.crop, round(h * s))), Image.BICUBIC
+            )
             w, h = im.size
             left, top = (w - self.crop) // 2, (h - self.crop) // 2
             im = im.crop((left, top, left + self.crop, top + self.crop))
@@ -87,8 +89,12 @@ class ClipScorer:
     def text_features(self, words: Sequence[str]) -> torch.Tensor:
         missing = [w for w in words if w not in self._text_cache]
         if missing:
-            batch = self.tokenizer([self.template.format(word=w) for w in missing], padding=True,
-                                   truncation=True, return_tensors="pt").to(self.device)
+            batch = self.tokenizer(
+                [self.template.format(word=w) for w in missing],
+                padding=True,
+                truncation=True,
+                return_tensors="pt",
+            ).to(self.device)
             feats = self.model.get_text_features(**batch)
             feats = getattr(feats, "pooler_output", feats)
             feats = torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
@@ -99,7 +105,7 @@ class ClipScorer:
     def image_features(self, images: Sequence[Image.Image], batch: int = 32) -> torch.Tensor:
         out = []
         for i in range(0, len(images), batch):
-            px = self.preprocess(images[i:i + batch]).to(self.device)
+            px = self.preprocess(images[i : i + batch]).to(self.device)
             f = self.model.get_image_features(pixel_values=px)
             f = getattr(f, "pooler_output", f)
             out.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())

@@ -22,15 +22,19 @@ def feature_stats(sae: SAE, acts: torch.Tensor, batch: int = 8192) -> dict[str, 
     total = torch.zeros(w, dtype=torch.float64)
     mx = torch.zeros(w)
     for i in range(0, len(acts), batch):
-        z = sae.encode(acts[i:i + batch].float())
+        z = sae.encode(acts[i : i + batch].float())
         on = z > 0
         count += on.sum(0).double()
         total += z.sum(0).double()
         mx = torch.maximum(mx, z.max(0).values)
     n = max(1, len(acts))
     mean = torch.where(count > 0, total / count.clamp_min(1), torch.zeros_like(total))
-    return {"frequency": (count / n).tolist(), "mean_active": mean.tolist(), "max": mx.tolist(),
-            "n_tokens": int(len(acts))}
+    return {
+        "frequency": (count / n).tolist(),
+        "mean_active": mean.tolist(),
+        "max": mx.tolist(),
+        "n_tokens": int(len(acts)),
+    }
 
 
 def alive_features(stats: dict) -> list[int]:

@@ -6,14 +6,14 @@ explain untouched, so an empty edit returns the embeddings bit for bit.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
 
+from saescope.core.diffusion.pipeline import image_size
 from saescope.core.sae import SAE, ShapeMismatch
 from saescope.core.steering import Edit, apply_edits
-from saescope.core.diffusion.pipeline import image_size
 
 
 def feature_vector(sae: SAE, feature: int, amount: float = 1.0) -> torch.Tensor:
@@ -24,9 +24,13 @@ def feature_vector(sae: SAE, feature: int, amount: float = 1.0) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def steer_embeddings(sae: SAE, embeds: torch.Tensor, mask: torch.Tensor,
-                     edits: Sequence[Edit] = (), add: dict[int, float] | None = None
-                     ) -> torch.Tensor:
+def steer_embeddings(
+    sae: SAE,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    edits: Sequence[Edit] = (),
+    add: dict[int, float] | None = None,
+) -> torch.Tensor:
     """Error-term steering of prompt embeddings [B, T, D] on ``mask`` [B, T].
 
     ``edits`` set/scale codes (:class:`core.steering.Edit`); ``add`` adds an amount to a
@@ -38,8 +42,9 @@ def steer_embeddings(sae: SAE, embeds: torch.Tensor, mask: torch.Tensor,
     if not edits and not add:
         return embeds
     if embeds.shape[-1] != sae.cfg.d_in:
-        raise ShapeMismatch(f"SAE width {sae.cfg.d_in} does not match embeddings of width "
-                            f"{embeds.shape[-1]}")
+        raise ShapeMismatch(
+            f"SAE width {sae.cfg.d_in} does not match embeddings of width {embeds.shape[-1]}"
+        )
     if mask.shape != embeds.shape[:2]:
         raise ValueError(f"mask {tuple(mask.shape)} does not fit embeddings {tuple(embeds.shape)}")
     x = embeds[mask].float()
@@ -52,8 +57,9 @@ def steer_embeddings(sae: SAE, embeds: torch.Tensor, mask: torch.Tensor,
     return out
 
 
-def add_direction(embeds: torch.Tensor, direction: torch.Tensor, alpha: float,
-                  mask: torch.Tensor) -> torch.Tensor:
+def add_direction(
+    embeds: torch.Tensor, direction: torch.Tensor, alpha: float, mask: torch.Tensor
+) -> torch.Tensor:
     """``e + alpha * direction / |direction|`` on the masked tokens (a copy; ``e`` elsewhere)."""
     d = direction.detach().to(torch.float32)
     n = float(d.norm())
@@ -65,9 +71,15 @@ def add_direction(embeds: torch.Tensor, direction: torch.Tensor, alpha: float,
 
 
 @torch.inference_mode()
-def generate(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | None,
-             seeds: Sequence[int], steps: int = 4, guidance: float = 5.0,
-             size: int | None = None) -> list[Image.Image]:
+def generate(
+    pipe,
+    prompt_embeds: torch.Tensor,
+    negative_embeds: torch.Tensor | None,
+    seeds: Sequence[int],
+    steps: int = 4,
+    guidance: float = 5.0,
+    size: int | None = None,
+) -> list[Image.Image]:
     """One image per row of ``prompt_embeds`` with ``torch.Generator().manual_seed(seed)``.
 
     ``negative_embeds`` [1 or B, T, D] are the unconditional embeddings of classifier-free
@@ -81,14 +93,22 @@ def generate(pipe, prompt_embeds: torch.Tensor, negative_embeds: torch.Tensor | 
     dev = pipe.unet.device
     neg = None
     if negative_embeds is not None:
-        neg = (negative_embeds.expand(b, -1, -1) if negative_embeds.shape[0] == 1
-               else negative_embeds)
+        neg = (
+            negative_embeds.expand(b, -1, -1) if negative_embeds.shape[0] == 1 else negative_embeds
+        )
         neg = neg.to(dev)
     size = size or image_size(pipe)
     gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-    out = pipe(prompt_embeds=prompt_embeds.to(dev), negative_prompt_embeds=neg,
-               num_inference_steps=int(steps), guidance_scale=float(guidance), generator=gens,
-               height=size, width=size, output_type="pil")
+    out = pipe(
+        prompt_embeds=prompt_embeds.to(dev),
+        negative_prompt_embeds=neg,
+        num_inference_steps=int(steps),
+        guidance_scale=float(guidance),
+        generator=gens,
+        height=size,
+        width=size,
+        output_type="pil",
+    )
     return list(out.images)
 
 

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from saescope.core.diffusion.vocabulary import NEUTRAL_TEMPLATE, OBJECTS, TEMPLATES, vocabulary
 
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP byte-to-printable-character table of byte-level BPE."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -45,12 +48,13 @@ def _apply_bpe(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[str]
         if not pairs:
             break
         _, i = min(pairs)
-        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2:]
+        parts = parts[:i] + [parts[i] + parts[i + 1]] + parts[i + 2 :]
     return parts
 
 
-def write_tiny_tokenizer_files(folder: str | os.PathLike,
-                               words: Iterable[str] | None = None) -> Path:
+def write_tiny_tokenizer_files(
+    folder: str | os.PathLike, words: Iterable[str] | None = None
+) -> Path:
     """Write ``vocab.json`` + ``merges.txt`` of a small byte-level BPE CLIP tokenizer.
 
     Why: the real CLIP vocabulary cannot be downloaded here. The table holds every byte (so any
@@ -76,8 +80,9 @@ def write_tiny_tokenizer_files(folder: str | os.PathLike,
     for special in ("<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n",
-                                       encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+    )
     return folder
 
 

@@ -7,23 +7,59 @@ the training corpus varies, so every name is a word the SAE had a chance to lear
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 # Attribute words: what features get named after, and what the built-in corpus varies.
 ATTRIBUTES: dict[str, list[str]] = {
-    "colour": ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black",
-               "white", "grey", "golden"],
+    "colour": [
+        "red",
+        "orange",
+        "yellow",
+        "green",
+        "blue",
+        "purple",
+        "pink",
+        "brown",
+        "black",
+        "white",
+        "grey",
+        "golden",
+    ],
     "material": ["wooden", "metallic", "glass", "stone", "furry", "plastic", "paper", "woollen"],
     "pattern": ["striped", "spotted", "checkered", "plain"],
     "style": ["painting", "sketch", "cartoon", "photograph", "watercolor", "pixelated", "neon"],
     "light": ["sunny", "night", "foggy", "snowy", "rainy", "dark", "bright"],
     "size": ["tiny", "huge", "round", "square"],
 }
-OBJECTS = ["car", "house", "dog", "cat", "tree", "chair", "flower", "bird", "boat", "cup", "hat",
-           "mountain", "apple", "clock", "lamp", "horse", "bicycle", "shoe", "castle", "fish"]
-TEMPLATES = ["a {attr} {obj}", "a photo of a {attr} {obj}", "a {obj} that is {attr}",
-             "a picture of a {attr} {obj} in the street"]
+OBJECTS = [
+    "car",
+    "house",
+    "dog",
+    "cat",
+    "tree",
+    "chair",
+    "flower",
+    "bird",
+    "boat",
+    "cup",
+    "hat",
+    "mountain",
+    "apple",
+    "clock",
+    "lamp",
+    "horse",
+    "bicycle",
+    "shoe",
+    "castle",
+    "fish",
+]
+TEMPLATES = [
+    "a {attr} {obj}",
+    "a photo of a {attr} {obj}",
+    "a {obj} that is {attr}",
+    "a picture of a {attr} {obj} in the street",
+]
 NEUTRAL_TEMPLATE = "a photo of a {obj}"
 
 
@@ -54,5 +90,13 @@ def read_prompt_file(path: str | os.PathLike) -> list[str]:
     return prompts
 
 
-__all__ = ["ATTRIBUTES", "OBJECTS", "TEMPLATES", "NEUTRAL_TEMPLATE", "vocabulary",
-           "builtin_corpus", "neutral_prompts", "read_prompt_file"]
+__all__ = [
+    "ATTRIBUTES",
+    "OBJECTS",
+    "TEMPLATES",
+    "NEUTRAL_TEMPLATE",
+    "vocabulary",
+    "builtin_corpus",
+    "neutral_prompts",
+    "read_prompt_file",
+]

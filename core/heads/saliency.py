@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,16 +37,23 @@ class SaliencyHead(Head):
     ) -> None:
         super().__init__()
         self.config = {
-            "in_dim": in_dim, "channels": list(channels), "patch_size": patch_size,
-            "kernel_size": kernel_size, "stride": stride, "padding": padding, "bn_eps": bn_eps,
+            "in_dim": in_dim,
+            "channels": list(channels),
+            "patch_size": patch_size,
+            "kernel_size": kernel_size,
+            "stride": stride,
+            "padding": padding,
+            "bn_eps": bn_eps,
             "backbone_id": backbone_id,
         }
         self.patch_size = patch_size
         self.backbone_id = backbone_id
         dims = [in_dim, *channels]
         for i in range(len(channels)):  # names match the ONNX graph's decoder.* initializers
-            self.add_module(f"upconv{i + 1}", nn.ConvTranspose2d(dims[i], dims[i + 1], kernel_size,
-                                                                 stride, padding))
+            self.add_module(
+                f"upconv{i + 1}",
+                nn.ConvTranspose2d(dims[i], dims[i + 1], kernel_size, stride, padding),
+            )
             self.add_module(f"bn{i + 1}", nn.BatchNorm2d(dims[i + 1], eps=bn_eps))
         self.n_stages = len(channels)
         self.final_conv = nn.Conv2d(dims[-1], 1, 1)

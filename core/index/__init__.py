@@ -32,19 +32,56 @@ ids), :mod:`.threads`, :mod:`.tuning` (recall and parameter tuning), :mod:`.file
 sidecar), :mod:`.vector_index` (:class:`VectorIndex`, :class:`IndexBuilder`).
 """
 
-from saescope.core.index.files import (FORMAT, FORMAT_VERSION, IndexFileError, read_sidecar,
-                                       sidecar_path)
-from saescope.core.index.params import (DEFAULT_TARGET_RECALL, FLAT_MAX, INDEX_TYPES, MEMORY_BUDGET,
-                                        METRICS, SMALL_BATCH, TRAIN_PER_CENTROID, TUNE_QUERIES,
-                                        choose_index_type, default_params, factory_string)
+from saescope.core.index.files import (
+    FORMAT,
+    FORMAT_VERSION,
+    IndexFileError,
+    read_sidecar,
+    sidecar_path,
+)
+from saescope.core.index.params import (
+    DEFAULT_TARGET_RECALL,
+    FLAT_MAX,
+    INDEX_TYPES,
+    MEMORY_BUDGET,
+    METRICS,
+    SMALL_BATCH,
+    TRAIN_PER_CENTROID,
+    TUNE_QUERIES,
+    choose_index_type,
+    default_params,
+    factory_string,
+)
 from saescope.core.index.threads import set_threads, single_thread
 from saescope.core.index.tuning import recall_at_k, recall_from_ids, tune
 from saescope.core.index.vector_index import IndexBuilder, VectorIndex
 from saescope.core.index.vectors import l2_normalize, patch_id, split_patch_id
 
-__all__ = ["VectorIndex", "IndexBuilder", "IndexFileError", "recall_at_k", "recall_from_ids",
-           "choose_index_type", "default_params", "factory_string", "set_threads", "tune",
-           "patch_id", "split_patch_id", "single_thread", "sidecar_path", "read_sidecar",
-           "l2_normalize", "INDEX_TYPES", "METRICS", "FORMAT", "FORMAT_VERSION",
-           "DEFAULT_TARGET_RECALL", "FLAT_MAX", "MEMORY_BUDGET", "SMALL_BATCH",
-           "TRAIN_PER_CENTROID", "TUNE_QUERIES"]
+__all__ = [
+    "VectorIndex",
+    "IndexBuilder",
+    "IndexFileError",
+    "recall_at_k",
+    "recall_from_ids",
+    "choose_index_type",
+    "default_params",
+    "factory_string",
+    "set_threads",
+    "tune",
+    "patch_id",
+    "split_patch_id",
+    "single_thread",
+    "sidecar_path",
+    "read_sidecar",
+    "l2_normalize",
+    "INDEX_TYPES",
+    "METRICS",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DEFAULT_TARGET_RECALL",
+    "FLAT_MAX",
+    "MEMORY_BUDGET",
+    "SMALL_BATCH",
+    "TRAIN_PER_CENTROID",
+    "TUNE_QUERIES",
+]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import faiss
 
@@ -50,8 +51,9 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def write_index(index: faiss.Index, path: str | os.PathLike,
-                sidecar: Callable[[str, int, str], dict[str, Any]]) -> Path:
+def write_index(
+    index: faiss.Index, path: str | os.PathLike, sidecar: Callable[[str, int, str], dict[str, Any]]
+) -> Path:
     """Write ``index`` to ``path`` and ``sidecar(sha256, bytes, file name)`` beside it.
 
     Each file is written atomically; the index first, the sidecar last: a crash in between
@@ -78,20 +80,32 @@ def read_index(path: str | os.PathLike, verify: bool = True) -> tuple[faiss.Inde
         raise IndexFileError(f"index file {path} is missing (its sidecar is there)")
     size = path.stat().st_size
     if size != info["bytes"]:
-        raise IndexFileError(f"index file {path} is truncated or changed: {size} bytes, the "
-                             f"sidecar records {info['bytes']}; rebuild or re-download it")
+        raise IndexFileError(
+            f"index file {path} is truncated or changed: {size} bytes, the "
+            f"sidecar records {info['bytes']}; rebuild or re-download it"
+        )
     if verify and sha256_file(path) != info["sha256"]:
-        raise IndexFileError(f"index file {path} fails its sha256 check (modified or "
-                             "corrupt); rebuild or re-download it")
+        raise IndexFileError(
+            f"index file {path} fails its sha256 check (modified or "
+            "corrupt); rebuild or re-download it"
+        )
     try:
         index = faiss.read_index(str(path))
     except RuntimeError as err:
         raise IndexFileError(f"faiss cannot read {path}: {str(err).splitlines()[0]}") from err
     if index.d != info["d"] or index.ntotal != info["n"]:
-        raise IndexFileError(f"{path} holds {index.ntotal} x {index.d}, the sidecar says "
-                             f"{info['n']} x {info['d']}")
+        raise IndexFileError(
+            f"{path} holds {index.ntotal} x {index.d}, the sidecar says {info['n']} x {info['d']}"
+        )
     return index, info
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "IndexFileError", "sidecar_path", "read_sidecar",
-           "write_index", "read_index"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "IndexFileError",
+    "sidecar_path",
+    "read_sidecar",
+    "write_index",
+    "read_index",
+]

@@ -111,6 +111,19 @@ def set_seed(index: faiss.Index, seed: int) -> None:
         ivf.cp.niter = 10  # cells only steer which vectors get scanned; tuning absorbs the rest
 
 
-__all__ = ["INDEX_TYPES", "METRICS", "FLAT_MAX", "MEMORY_BUDGET", "DEFAULT_TARGET_RECALL",
-           "TUNE_QUERIES", "SMALL_BATCH", "TRAIN_PER_CENTROID", "choose_index_type",
-           "default_params", "factory_string", "index_parts", "apply_search_params", "set_seed"]
+__all__ = [
+    "INDEX_TYPES",
+    "METRICS",
+    "FLAT_MAX",
+    "MEMORY_BUDGET",
+    "DEFAULT_TARGET_RECALL",
+    "TUNE_QUERIES",
+    "SMALL_BATCH",
+    "TRAIN_PER_CENTROID",
+    "choose_index_type",
+    "default_params",
+    "factory_string",
+    "index_parts",
+    "apply_search_params",
+    "set_seed",
+]

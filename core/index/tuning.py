@@ -37,8 +37,9 @@ def drop_self(ids: np.ndarray, query_ids: np.ndarray | None, k: int) -> np.ndarr
     return out
 
 
-def _timed_recall(vi: Any, q: np.ndarray, truth: np.ndarray, k: int,
-                  query_ids: np.ndarray | None) -> tuple[float, float]:
+def _timed_recall(
+    vi: Any, q: np.ndarray, truth: np.ndarray, k: int, query_ids: np.ndarray | None
+) -> tuple[float, float]:
     t = time.perf_counter()
     _, ids = vi.index.search(q, min(vi.n, k + (query_ids is not None)))
     secs = time.perf_counter() - t
@@ -51,14 +52,22 @@ def _candidate_grids(vi: Any, k: int) -> list[list[dict[str, Any]]]:
         return [[{"efSearch": max(k, e)} for e in (16, 32, 64, 128, 256, 512, 1024)]]
     nlist = int(vi.params["nlist"])
     probes = sorted({min(nlist, 1 << i) for i in range(0, int(math.log2(nlist)) + 2)})
-    kfs = [1, 2, 4, 8, 16, 32] if vi.index_type == "ivfpq" and "refine" in index_parts(vi.index) \
+    kfs = (
+        [1, 2, 4, 8, 16, 32]
+        if vi.index_type == "ivfpq" and "refine" in index_parts(vi.index)
         else [None]
+    )
     return [[{"nprobe": p} | ({"k_factor": kf} if kf else {}) for p in probes] for kf in kfs]
 
 
-def tune(vi: Any, queries: np.ndarray, truth: np.ndarray,
-         target: float = DEFAULT_TARGET_RECALL, k: int = 10,
-         query_ids: np.ndarray | None = None) -> dict[str, Any]:
+def tune(
+    vi: Any,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    target: float = DEFAULT_TARGET_RECALL,
+    k: int = 10,
+    query_ids: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Pick the cheapest search parameters whose recall@k on ``queries`` reaches ``target``.
 
     ``vi`` is a :class:`~saescope.core.index.VectorIndex`. ``queries`` are prepared (normalised)
@@ -77,8 +86,9 @@ def tune(vi: Any, queries: np.ndarray, truth: np.ndarray,
         for step, p in enumerate(grid):
             apply_search_params(vi.index, p)
             rec, secs = _timed_recall(vi, queries, truth, k, query_ids)
-            tried.append({**p, "recall": round(rec, 4),
-                          "ms_per_query": round(1e3 * secs / len(queries), 4)})
+            tried.append(
+                {**p, "recall": round(rec, 4), "ms_per_query": round(1e3 * secs / len(queries), 4)}
+            )
             if rec > fallback[0]:
                 fallback = (rec, p)
             if rec >= target:
@@ -92,9 +102,15 @@ def tune(vi: Any, queries: np.ndarray, truth: np.ndarray,
     recall = -best[1] if best else fallback[0]
     vi.params.update(chosen)
     apply_search_params(vi.index, vi.params)
-    return {"target_recall": target, "recall_at_k": round(recall, 4), "k": k,
-            "queries": len(queries), "reached": best is not None, "chosen": chosen,
-            "grid": tried}
+    return {
+        "target_recall": target,
+        "recall_at_k": round(recall, 4),
+        "k": k,
+        "queries": len(queries),
+        "reached": best is not None,
+        "chosen": chosen,
+        "grid": tried,
+    }
 
 
 def recall_at_k(index: Any, exact_index: Any, queries: Any, k: int = 10) -> float:

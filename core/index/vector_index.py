@@ -20,10 +20,20 @@ import numpy as np
 from saescope import __version__
 from saescope.core import formats
 from saescope.core.index.files import read_index, write_index
-from saescope.core.index.params import (DEFAULT_TARGET_RECALL, MEMORY_BUDGET, METRICS, SMALL_BATCH,
-                                        TRAIN_PER_CENTROID, TUNE_QUERIES, apply_search_params,
-                                        choose_index_type, default_params, factory_string,
-                                        index_parts, set_seed)
+from saescope.core.index.params import (
+    DEFAULT_TARGET_RECALL,
+    MEMORY_BUDGET,
+    METRICS,
+    SMALL_BATCH,
+    TRAIN_PER_CENTROID,
+    TUNE_QUERIES,
+    apply_search_params,
+    choose_index_type,
+    default_params,
+    factory_string,
+    index_parts,
+    set_seed,
+)
 from saescope.core.index.threads import set_threads, single_thread
 from saescope.core.index.tuning import drop_self, tune
 from saescope.core.index.vectors import as_f32, l2_normalize
@@ -48,10 +58,17 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def empty(cls, d: int, n_expected: int, metric: str = "cosine", index_type: str = "auto",
-              params: dict[str, Any] | None = None, kind: str = "vectors",
-              memory_budget: int = MEMORY_BUDGET, meta: dict[str, Any] | None = None
-              ) -> "VectorIndex":
+    def empty(
+        cls,
+        d: int,
+        n_expected: int,
+        metric: str = "cosine",
+        index_type: str = "auto",
+        params: dict[str, Any] | None = None,
+        kind: str = "vectors",
+        memory_budget: int = MEMORY_BUDGET,
+        meta: dict[str, Any] | None = None,
+    ) -> VectorIndex:
         """An untrained, empty index sized for about ``n_expected`` vectors of width ``d``."""
         if metric not in METRICS:
             raise ValueError(f"unknown metric {metric!r}: use one of {METRICS}")
@@ -65,8 +82,14 @@ class VectorIndex:
         if index_type == "hnsw":
             index_parts(index)["hnsw"].hnsw.efConstruction = int(p["efConstruction"])
         apply_search_params(index, p)
-        return cls(index=index, metric=metric, index_type=index_type, params=p, kind=kind,
-                   meta=dict(meta or {}))
+        return cls(
+            index=index,
+            metric=metric,
+            index_type=index_type,
+            params=p,
+            kind=kind,
+            meta=dict(meta or {}),
+        )
 
     @property
     def d(self) -> int:
@@ -80,8 +103,10 @@ class VectorIndex:
         return self.n
 
     def __repr__(self) -> str:
-        return (f"<VectorIndex {self.kind}: {self.n} x {self.d} {self.metric}, {self.index_type} "
-                f"{self.params}>")
+        return (
+            f"<VectorIndex {self.kind}: {self.n} x {self.d} {self.metric}, {self.index_type} "
+            f"{self.params}>"
+        )
 
     @property
     def needs_training(self) -> bool:
@@ -99,8 +124,10 @@ class VectorIndex:
             return
         x = self.prepare(sample, "training sample")
         if "nlist" in self.params and len(x) < self.params["nlist"]:
-            raise ValueError(f"{len(x)} training vectors for {self.params['nlist']} IVF cells: "
-                             "give a larger sample or a smaller nlist")
+            raise ValueError(
+                f"{len(x)} training vectors for {self.params['nlist']} IVF cells: "
+                "give a larger sample or a smaller nlist"
+            )
         set_seed(self.index, seed)
         self.index.train(x)
 
@@ -115,11 +142,21 @@ class VectorIndex:
         self.index.add_with_ids(x, ids)
 
     @classmethod
-    def build(cls, vectors: Any, ids: Any = None, metric: str = "cosine", index_type: str = "auto",
-              params: dict[str, Any] | None = None, kind: str = "vectors",
-              target_recall: float = DEFAULT_TARGET_RECALL, tune: bool = True, seed: int = 0,
-              threads: int | None = None, memory_budget: int = MEMORY_BUDGET,
-              meta: dict[str, Any] | None = None) -> "VectorIndex":
+    def build(
+        cls,
+        vectors: Any,
+        ids: Any = None,
+        metric: str = "cosine",
+        index_type: str = "auto",
+        params: dict[str, Any] | None = None,
+        kind: str = "vectors",
+        target_recall: float = DEFAULT_TARGET_RECALL,
+        tune: bool = True,
+        seed: int = 0,
+        threads: int | None = None,
+        memory_budget: int = MEMORY_BUDGET,
+        meta: dict[str, Any] | None = None,
+    ) -> VectorIndex:
         """Build (train on a random sample, add everything, tune) from in-memory ``vectors``.
 
         ``ids`` default to ``0..N-1``. For data that does not fit in memory use
@@ -128,15 +165,26 @@ class VectorIndex:
         x = as_f32(vectors)
         ids = np.arange(len(x), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         rng = np.random.default_rng(seed)
-        builder = IndexBuilder(x.shape[1], len(x), metric=metric, index_type=index_type,
-                               params=params, kind=kind, target_recall=target_recall, tune=tune,
-                               seed=seed, threads=threads, memory_budget=memory_budget, meta=meta)
+        builder = IndexBuilder(
+            x.shape[1],
+            len(x),
+            metric=metric,
+            index_type=index_type,
+            params=params,
+            kind=kind,
+            target_recall=target_recall,
+            tune=tune,
+            seed=seed,
+            threads=threads,
+            memory_budget=memory_budget,
+            meta=meta,
+        )
         n_sample = min(len(x), builder.sample_size)
         rows = np.sort(rng.choice(len(x), n_sample, replace=False))
         sample, sample_ids = x[rows], ids[rows]
         builder.train(sample, sample_ids)
         for a in range(0, len(x), 1 << 16):
-            builder.add(x[a:a + (1 << 16)], ids[a:a + (1 << 16)])
+            builder.add(x[a : a + (1 << 16)], ids[a : a + (1 << 16)])
         return builder.finish()
 
     # ------------------------------------------------------------------ searching
@@ -188,12 +236,18 @@ class VectorIndex:
         return write_index(self.index, path, self.sidecar)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, verify: bool = True) -> "VectorIndex":
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> VectorIndex:
         """Read an index saved by :meth:`save`, checking size and (``verify``) sha256 first."""
         index, info = read_index(path, verify)
-        out = cls(index=index, metric=info["metric"], index_type=info["index_type"],
-                  params=dict(info.get("params", {})), kind=info.get("kind", "vectors"),
-                  meta=dict(info.get("meta", {})), tuning=dict(info.get("tuning", {})))
+        out = cls(
+            index=index,
+            metric=info["metric"],
+            index_type=info["index_type"],
+            params=dict(info.get("params", {})),
+            kind=info.get("kind", "vectors"),
+            meta=dict(info.get("meta", {})),
+            tuning=dict(info.get("tuning", {})),
+        )
         apply_search_params(index, out.params)
         return out
 
@@ -209,8 +263,9 @@ class _ExactTopK:
     its neighbours: a query that finds itself would flatter the recall of every index.
     """
 
-    def __init__(self, queries: np.ndarray, k: int, metric: str,
-                 query_ids: np.ndarray | None = None):
+    def __init__(
+        self, queries: np.ndarray, k: int, metric: str, query_ids: np.ndarray | None = None
+    ):
         self.q, self.k, self.metric, self.qids = queries, k, metric, query_ids
         self.keep = k + (query_ids is not None)
         self.heap = faiss.ResultHeap(len(queries), self.keep, keep_max=metric != "l2")
@@ -221,8 +276,10 @@ class _ExactTopK:
         k = min(self.keep, len(x))
         fm = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
         dist, pos = faiss.knn(self.q, x, k, metric=fm)
-        self.heap.add_result(np.ascontiguousarray(dist, np.float32),
-                             np.ascontiguousarray(np.where(pos >= 0, ids[pos], -1), np.int64))
+        self.heap.add_result(
+            np.ascontiguousarray(dist, np.float32),
+            np.ascontiguousarray(np.where(pos >= 0, ids[pos], -1), np.int64),
+        )
 
     def result(self) -> np.ndarray:
         self.heap.finalize()
@@ -239,14 +296,26 @@ class IndexBuilder:
     of the sample must also be passed to :meth:`add` (the sample is a subset of the data).
     """
 
-    def __init__(self, d: int, n_expected: int, metric: str = "cosine", index_type: str = "auto",
-                 params: dict[str, Any] | None = None, kind: str = "vectors",
-                 target_recall: float = DEFAULT_TARGET_RECALL, tune: bool = True, k: int = 10,
-                 seed: int = 0, threads: int | None = None, memory_budget: int = MEMORY_BUDGET,
-                 meta: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        d: int,
+        n_expected: int,
+        metric: str = "cosine",
+        index_type: str = "auto",
+        params: dict[str, Any] | None = None,
+        kind: str = "vectors",
+        target_recall: float = DEFAULT_TARGET_RECALL,
+        tune: bool = True,
+        k: int = 10,
+        seed: int = 0,
+        threads: int | None = None,
+        memory_budget: int = MEMORY_BUDGET,
+        meta: dict[str, Any] | None = None,
+    ):
         self.threads = set_threads(threads)
-        self.vi = VectorIndex.empty(d, n_expected, metric, index_type, params, kind,
-                                    memory_budget, meta)
+        self.vi = VectorIndex.empty(
+            d, n_expected, metric, index_type, params, kind, memory_budget, meta
+        )
         self.target_recall, self.do_tune, self.k, self.seed = target_recall, tune, k, seed
         self.n_expected = int(n_expected)
         self._exact: _ExactTopK | None = None
@@ -305,8 +374,11 @@ class IndexBuilder:
         vi.tuning = {"build_seconds": None, "threads": self.threads}
         if self._tuning and vi.n:
             truth = self._exact.result()
-            vi.tuning.update(tune(vi, self._exact.q, truth, self.target_recall, self.k,
-                                  query_ids=self._exact.qids))
+            vi.tuning.update(
+                tune(
+                    vi, self._exact.q, truth, self.target_recall, self.k, query_ids=self._exact.qids
+                )
+            )
             vi.tuning["held_out_queries"] = self._exact.qids is not None
         elif vi.index_type == "flat":
             vi.tuning.update({"recall_at_k": 1.0, "k": self.k, "exact": True})

@@ -32,14 +32,43 @@ console tables) and :mod:`.plot` (the hierarchy figure).
 
 from saescope.core.ontology.accumulate import ClassActivations, median_class_size
 from saescope.core.ontology.analysis import analyze, lch_depth_baseline, top_classes
-from saescope.core.ontology.labels import (BUILTIN_SYNSETS, LabelMapping, OntologyError,
-                                           load_label_map, map_labels, split_label)
+from saescope.core.ontology.labels import (
+    BUILTIN_SYNSETS,
+    LabelMapping,
+    OntologyError,
+    load_label_map,
+    map_labels,
+    split_label,
+)
 from saescope.core.ontology.plot import plot_hierarchy
 from saescope.core.ontology.report import display_label, markdown, text_table
-from saescope.core.ontology.result import (FORMAT, FORMAT_VERSION, FeatureOntology, Hierarchy,
-                                           OntologyResult)
+from saescope.core.ontology.result import (
+    FORMAT,
+    FORMAT_VERSION,
+    FeatureOntology,
+    Hierarchy,
+    OntologyResult,
+)
 
-__all__ = ["BUILTIN_SYNSETS", "LabelMapping", "map_labels", "split_label", "load_label_map",
-           "ClassActivations", "FeatureOntology", "Hierarchy", "OntologyResult", "OntologyError",
-           "analyze", "top_classes", "median_class_size", "display_label", "lch_depth_baseline",
-           "markdown", "text_table", "plot_hierarchy", "FORMAT", "FORMAT_VERSION"]
+__all__ = [
+    "BUILTIN_SYNSETS",
+    "LabelMapping",
+    "map_labels",
+    "split_label",
+    "load_label_map",
+    "ClassActivations",
+    "FeatureOntology",
+    "Hierarchy",
+    "OntologyResult",
+    "OntologyError",
+    "analyze",
+    "top_classes",
+    "median_class_size",
+    "display_label",
+    "lch_depth_baseline",
+    "markdown",
+    "text_table",
+    "plot_hierarchy",
+    "FORMAT",
+    "FORMAT_VERSION",
+]

@@ -7,7 +7,7 @@ Why accumulate per class instead of keeping per-image activations: memory stays
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ class ClassActivations:
 
     def __init__(self, n_features: int, n_classes: int, top_k: int = 32):
         if n_features < 1 or n_classes < 1 or top_k < 1:
-            raise OntologyError(f"need >= 1 feature, class and top image, got {n_features}, "
-                                f"{n_classes}, {top_k}")
+            raise OntologyError(
+                f"need >= 1 feature, class and top image, got {n_features}, {n_classes}, {top_k}"
+            )
         self.n_features, self.n_classes, self.top_k = int(n_features), int(n_classes), int(top_k)
         self.mass = torch.zeros(self.n_features, self.n_classes, dtype=torch.float64)
         self.fires = torch.zeros(self.n_features, self.n_classes, dtype=torch.long)
@@ -44,8 +45,10 @@ class ClassActivations:
         """Add ``image_acts`` ``[B, F]`` (>= 0) of images with label indices ``labels`` ``[B]``."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         if image_acts.dim() != 2 or image_acts.shape != (len(labels), self.n_features):
-            raise OntologyError(f"activations {tuple(image_acts.shape)} do not match "
-                                f"{len(labels)} labels x {self.n_features} features")
+            raise OntologyError(
+                f"activations {tuple(image_acts.shape)} do not match "
+                f"{len(labels)} labels x {self.n_features} features"
+            )
         if (labels >= self.n_classes).any():
             raise OntologyError(f"label index {int(labels.max())} >= {self.n_classes} classes")
         keep = labels >= 0
@@ -74,14 +77,24 @@ class ClassActivations:
         """``[F, C]`` activation summed per class over each feature's top-k firing images."""
         out = torch.zeros(self.n_features, self.n_classes, dtype=torch.float64)
         live = (self.top_values > 0) & (self.top_labels >= 0)
-        out.view(-1).index_add_(0, (torch.arange(self.n_features)[:, None] * self.n_classes
-                                    + self.top_labels.clamp_min(0))[live],
-                                self.top_values[live].double())
+        out.view(-1).index_add_(
+            0,
+            (
+                torch.arange(self.n_features)[:, None] * self.n_classes
+                + self.top_labels.clamp_min(0)
+            )[live],
+            self.top_values[live].double(),
+        )
         return out
 
     @classmethod
-    def from_activations(cls, image_acts: np.ndarray | torch.Tensor, labels: Sequence[int],
-                         n_classes: int | None = None, top_k: int = 32) -> "ClassActivations":
+    def from_activations(
+        cls,
+        image_acts: np.ndarray | torch.Tensor,
+        labels: Sequence[int],
+        n_classes: int | None = None,
+        top_k: int = 32,
+    ) -> ClassActivations:
         """All at once, from a ``[n_images, F]`` matrix (tests, small sets)."""
         acts = torch.as_tensor(np.asarray(image_acts), dtype=torch.float32)
         labels = torch.as_tensor(labels, dtype=torch.long)

@@ -6,7 +6,8 @@ read against the depths of random class sets of the same sizes.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,8 +35,13 @@ def top_classes(shares: np.ndarray, coverage: float, max_top: int) -> list[int]:
     return out
 
 
-def lch_depth_baseline(wn: WordNet, class_synsets: Sequence[Synset], sizes: Sequence[int],
-                       draws: int = 20, seed: int = 0) -> dict[str, Any]:
+def lch_depth_baseline(
+    wn: WordNet,
+    class_synsets: Sequence[Synset],
+    sizes: Sequence[int],
+    draws: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
     """LCH depth of random class sets with the features' top-set sizes (uniform over classes).
 
     Why: how deep an LCH can be depends on the label set (a mix of digits and clothes shares only
@@ -57,15 +63,28 @@ def lch_depth_baseline(wn: WordNet, class_synsets: Sequence[Synset], sizes: Sequ
                 cache[pick] = wn.lowest_common_hypernym([uniq[i] for i in pick])
             depths.append(cache[pick].max_depth)
             below.append(cache[pick] != root)
-    return {"draws_per_feature": draws, "mean_depth": float(np.mean(depths)),
-            "fraction_below_root": float(np.mean(below)), "seed": seed,
-            "what": "random sets of distinct label synsets, sized like each feature's top set"}
+    return {
+        "draws_per_feature": draws,
+        "mean_depth": float(np.mean(depths)),
+        "fraction_below_root": float(np.mean(below)),
+        "seed": seed,
+        "what": "random sets of distinct label synsets, sized like each feature's top set",
+    }
 
 
-def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = None, *,
-            images: str = "top", coverage: float = 0.8, max_top: int = 5, min_images: int = 3,
-            class_weighting: str = "none", baseline_draws: int = 20, seed: int = 0
-            ) -> OntologyResult:
+def analyze(
+    acc: ClassActivations,
+    mapping: LabelMapping,
+    wn: WordNet | None = None,
+    *,
+    images: str = "top",
+    coverage: float = 0.8,
+    max_top: int = 5,
+    min_images: int = 3,
+    class_weighting: str = "none",
+    baseline_draws: int = 20,
+    seed: int = 0,
+) -> OntologyResult:
     """Place every feature that fires on at least ``min_images`` mapped images.
 
     ``images="top"`` (default) takes the class distribution over each feature's ``acc.top_k``
@@ -83,11 +102,13 @@ def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = N
     if images not in ("top", "all"):
         raise OntologyError(f"images must be 'top' or 'all', got {images!r}")
     if class_weighting not in ("none", "balanced"):
-        raise OntologyError("class_weighting must be 'none' or 'balanced', "
-                            f"got {class_weighting!r}")
+        raise OntologyError(
+            f"class_weighting must be 'none' or 'balanced', got {class_weighting!r}"
+        )
     if acc.n_classes != len(mapping.label_names):
-        raise OntologyError(f"activations have {acc.n_classes} classes, the mapping "
-                            f"{len(mapping.label_names)}")
+        raise OntologyError(
+            f"activations have {acc.n_classes} classes, the mapping {len(mapping.label_names)}"
+        )
     mapped = mapping.mapped
     if not mapped:
         raise OntologyError("no label maps to a WordNet synset: give a label map (--label-map)")
@@ -116,22 +137,50 @@ def analyze(acc: ClassActivations, mapping: LabelMapping, wn: WordNet | None = N
         if key not in lch_cache:
             lch_cache[key] = wn.lowest_common_hypernyms(syn)
         lch = lch_cache[key]
-        dist = sorted(((int(c), float(shares[c])) for c in np.flatnonzero(shares > 0)),
-                      key=lambda t: (-t[1], t[0]))
-        features.append(FeatureOntology(
-            feature=int(f), n_images=int(fires[f]), mass=float(total[f]),
-            distribution=dist, top_classes=top, top_share=float(shares[top].sum()), lch=lch,
-            depth=lch[0].max_depth, min_depth=lch[0].min_depth))
+        dist = sorted(
+            ((int(c), float(shares[c])) for c in np.flatnonzero(shares > 0)),
+            key=lambda t: (-t[1], t[0]),
+        )
+        features.append(
+            FeatureOntology(
+                feature=int(f),
+                n_images=int(fires[f]),
+                mass=float(total[f]),
+                distribution=dist,
+                top_classes=top,
+                top_share=float(shares[top].sum()),
+                lch=lch,
+                depth=lch[0].max_depth,
+                min_depth=lch[0].min_depth,
+            )
+        )
         sizes.append(len(syn))
-    settings = {"images": images if images == "all" else f"top {acc.top_k}", "coverage": coverage,
-                "max_top": max_top, "min_images": min_images,
-                "class_weighting": class_weighting, "depth": "max_depth (edges to entity.n.01 "
-                "on the longest path)", "activation": "per-image max over patch tokens"}
+    settings = {
+        "images": images if images == "all" else f"top {acc.top_k}",
+        "coverage": coverage,
+        "max_top": max_top,
+        "min_images": min_images,
+        "class_weighting": class_weighting,
+        "depth": "max_depth (edges to entity.n.01 on the longest path)",
+        "activation": "per-image max over patch tokens",
+    }
     class_syn = [mapping.synsets[c] for c in mapped]
-    base = lch_depth_baseline(wn, class_syn, sizes, draws=baseline_draws, seed=seed) \
-        if baseline_draws > 0 else {}
-    return OntologyResult(features, mapping, Hierarchy.induced(mapping), acc.n_features, n_silent,
-                          n_rare, acc.images.tolist(), settings, base)
+    base = (
+        lch_depth_baseline(wn, class_syn, sizes, draws=baseline_draws, seed=seed)
+        if baseline_draws > 0
+        else {}
+    )
+    return OntologyResult(
+        features,
+        mapping,
+        Hierarchy.induced(mapping),
+        acc.n_features,
+        n_silent,
+        n_rare,
+        acc.images.tolist(),
+        settings,
+        base,
+    )
 
 
 __all__ = ["top_classes", "lch_depth_baseline", "analyze"]

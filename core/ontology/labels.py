@@ -11,9 +11,10 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from saescope.core.wordnet import Synset, WordNet, WordNetError
 from saescope.core.wordnet import load as load_wordnet
@@ -49,8 +50,16 @@ BUILTIN_SYNSETS: dict[str, dict[str, str | None]] = {
         "checkerboard": "checkerboard.n.01",
     },
     "builtin:digits": {
-        "0": "zero.n.02", "1": "one.n.01", "2": "two.n.01", "3": "three.n.01", "4": "four.n.01",
-        "5": "five.n.01", "6": "six.n.01", "7": "seven.n.01", "8": "eight.n.01", "9": "nine.n.01",
+        "0": "zero.n.02",
+        "1": "one.n.01",
+        "2": "two.n.01",
+        "3": "three.n.01",
+        "4": "four.n.01",
+        "5": "five.n.01",
+        "6": "six.n.01",
+        "7": "seven.n.01",
+        "8": "eight.n.01",
+        "9": "nine.n.01",
     },
     "builtin:fashion-mnist": {
         "T-shirt/top": "jersey.n.03",  # "tee shirt": a close-fitting pullover shirt
@@ -94,10 +103,20 @@ class LabelMapping:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mapped": [{"label": i, "name": self.label_names[i], "synset": s.name, "id": s.id,
-                        "how": self.how[i]} for i, s in sorted(self.synsets.items())],
-            "unmapped": [{"label": i, "name": self.label_names[i], "reason": r}
-                         for i, r in sorted(self.unmapped.items())],
+            "mapped": [
+                {
+                    "label": i,
+                    "name": self.label_names[i],
+                    "synset": s.name,
+                    "id": s.id,
+                    "how": self.how[i],
+                }
+                for i, s in sorted(self.synsets.items())
+            ],
+            "unmapped": [
+                {"label": i, "name": self.label_names[i], "reason": r}
+                for i, r in sorted(self.unmapped.items())
+            ],
         }
 
 
@@ -106,7 +125,7 @@ def split_label(label: str, dataset_kind: str | None = None) -> tuple[str | None
     ``dataset_kind`` (the store's source kind)."""
     for kind in _KINDS:
         if label.startswith(kind + ":"):
-            return kind, label[len(kind) + 1:]
+            return kind, label[len(kind) + 1 :]
     return dataset_kind, label
 
 
@@ -124,15 +143,22 @@ def load_label_map(path: str | os.PathLike) -> dict[str, str | None]:
     except (OSError, ValueError) as err:
         raise OntologyError(f"label map {path} is unreadable or not JSON ({err})") from err
     if not isinstance(data, dict) or not all(
-            isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in data.items()):
-        raise OntologyError(f"label map {path} must be a JSON object of label -> synset name, "
-                            "id or null")
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in data.items()
+    ):
+        raise OntologyError(
+            f"label map {path} must be a JSON object of label -> synset name, id or null"
+        )
     return data
 
 
-def map_labels(label_names: Sequence[str], wn: WordNet | None = None,
-               dataset_kind: str | None = None, user_map: Mapping[str, str | None] | None = None,
-               first_sense: bool = False, warn: bool = True) -> LabelMapping:
+def map_labels(
+    label_names: Sequence[str],
+    wn: WordNet | None = None,
+    dataset_kind: str | None = None,
+    user_map: Mapping[str, str | None] | None = None,
+    first_sense: bool = False,
+    warn: bool = True,
+) -> LabelMapping:
     """Map label names to noun synsets (see the module docstring for the order of rules).
 
     ``first_sense`` maps any other label that is a WordNet lemma to its most frequent sense (a
@@ -174,15 +200,27 @@ def map_labels(label_names: Sequence[str], wn: WordNet | None = None,
         if senses:
             synsets[i], how[i] = senses[0], "first-sense"
             continue
-        unmapped[i] = ("not a WordNet lemma" if first_sense else
-                       "no mapping (give a label map, or use first-sense guessing)")
+        unmapped[i] = (
+            "not a WordNet lemma"
+            if first_sense
+            else "no mapping (give a label map, or use first-sense guessing)"
+        )
     out = LabelMapping(list(map(str, label_names)), synsets, how, unmapped)
     if warn and unmapped:
         names = ", ".join(f"{label_names[i]!r}" for i in sorted(unmapped))
-        warnings.warn(f"{len(unmapped)} of {len(label_names)} labels do not map to WordNet "
-                      f"synsets; their images are excluded: {names}", stacklevel=2)
+        warnings.warn(
+            f"{len(unmapped)} of {len(label_names)} labels do not map to WordNet "
+            f"synsets; their images are excluded: {names}",
+            stacklevel=2,
+        )
     return out
 
 
-__all__ = ["BUILTIN_SYNSETS", "OntologyError", "LabelMapping", "split_label", "load_label_map",
-           "map_labels"]
+__all__ = [
+    "BUILTIN_SYNSETS",
+    "OntologyError",
+    "LabelMapping",
+    "split_label",
+    "load_label_map",
+    "map_labels",
+]

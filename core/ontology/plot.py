@@ -43,6 +43,7 @@ def _layout(h: Hierarchy) -> dict[int, tuple[float, float]]:
         return y
 
     import sys
+
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10_000))
     try:
@@ -53,8 +54,9 @@ def _layout(h: Hierarchy) -> dict[int, tuple[float, float]]:
     return pos
 
 
-def plot_hierarchy(result: OntologyResult, path: str | os.PathLike,
-                   title: str | None = None) -> Path:
+def plot_hierarchy(
+    result: OntologyResult, path: str | os.PathLike, title: str | None = None
+) -> Path:
     """Draw the hierarchy induced by the label synsets, features placed on their LCH nodes.
 
     x = depth, one row per leaf; node area and colour = number of features whose LCH is that
@@ -87,12 +89,21 @@ def plot_hierarchy(result: OntologyResult, path: str | os.PathLike,
     sc = None
     if (~bare).any():
         vmax = max(2.0, cnt.max())
-        sc = ax.scatter(xs[~bare], ys[~bare], s=30 + 60 * np.sqrt(cnt[~bare]), c=cnt[~bare],
-                        cmap="viridis", norm=LogNorm(vmin=1, vmax=vmax), zorder=3,
-                        edgecolors="white", linewidths=0.5)
+        sc = ax.scatter(
+            xs[~bare],
+            ys[~bare],
+            s=30 + 60 * np.sqrt(cnt[~bare]),
+            c=cnt[~bare],
+            cmap="viridis",
+            norm=LogNorm(vmin=1, vmax=vmax),
+            zorder=3,
+            edgecolors="white",
+            linewidths=0.5,
+        )
     cls = np.array([o in h.classes for o in offs])
-    ax.scatter(xs[cls], ys[cls], s=60, facecolors="none", edgecolors="black", linewidths=1.0,
-               zorder=4)
+    ax.scatter(
+        xs[cls], ys[cls], s=60, facecolors="none", edgecolors="black", linewidths=1.0, zorder=4
+    )
     fs = 7 if n_rows < 80 else 5
     for o, x, y, c in zip(offs, xs, ys, cnt):
         syn = h.nodes[o]
@@ -100,12 +111,27 @@ def plot_hierarchy(result: OntologyResult, path: str | os.PathLike,
             labs = ", ".join(shorten(names[i].split(":")[-1], 18) for i in h.classes[o])
             text = f"{labs} ({syn.name})" + (f" [{int(c)}]" if c else "")
             pad = 6 + (np.sqrt(30 + 60 * np.sqrt(c)) / 2 if c else 4)  # clear of the marker
-            ax.annotate(text, (x, y), xytext=(pad, 0), textcoords="offset points", va="center",
-                        fontsize=fs, zorder=5)
+            ax.annotate(
+                text,
+                (x, y),
+                xytext=(pad, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=fs,
+                zorder=5,
+            )
         elif c:
-            ax.annotate(f"{syn.name} [{int(c)}]", (x, y), xytext=(0, 6), textcoords="offset points",
-                        ha="center", fontsize=fs, color="#1f3b73", zorder=5,
-                        bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7))
+            ax.annotate(
+                f"{syn.name} [{int(c)}]",
+                (x, y),
+                xytext=(0, 6),
+                textcoords="offset points",
+                ha="center",
+                fontsize=fs,
+                color="#1f3b73",
+                zorder=5,
+                bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7),
+            )
     if sc is not None:
         fig.colorbar(sc, ax=ax, fraction=0.025, pad=0.01, label="features with this LCH")
     s = result.summary()
@@ -113,9 +139,12 @@ def plot_hierarchy(result: OntologyResult, path: str | os.PathLike,
     ax.set_yticks([])
     ax.set_xlim(-0.5, max_d + 3.5)
     ax.set_ylim(n_rows, -1)
-    ax.set_title((title + "\n" if title else "") +
-                 f"{s['n_analysed']} features placed on their lowest common hypernym; "
-                 f"{s['nodes_covered']}/{s['hierarchy_nodes']} nodes covered", fontsize=10)
+    ax.set_title(
+        (title + "\n" if title else "")
+        + f"{s['n_analysed']} features placed on their lowest common hypernym; "
+        f"{s['nodes_covered']}/{s['hierarchy_nodes']} nodes covered",
+        fontsize=10,
+    )
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
     fig.tight_layout()

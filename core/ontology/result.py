@@ -7,8 +7,9 @@ JSON) without needing the code that computes them.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,13 +36,22 @@ class FeatureOntology:
     min_depth: int
 
     def to_dict(self, label_names: Sequence[str], max_classes: int = 10) -> dict[str, Any]:
-        return {"feature": self.feature, "n_images": self.n_images, "mass": self.mass,
-                "distribution": [{"label": label_names[c], "share": round(s, 6)}
-                                 for c, s in self.distribution[:max_classes]],
-                "top_classes": [label_names[c] for c in self.top_classes],
-                "top_share": round(self.top_share, 6),
-                "lch": [s.name for s in self.lch], "lch_id": self.lch[0].id,
-                "lch_gloss": self.lch[0].gloss, "depth": self.depth, "min_depth": self.min_depth}
+        return {
+            "feature": self.feature,
+            "n_images": self.n_images,
+            "mass": self.mass,
+            "distribution": [
+                {"label": label_names[c], "share": round(s, 6)}
+                for c, s in self.distribution[:max_classes]
+            ],
+            "top_classes": [label_names[c] for c in self.top_classes],
+            "top_share": round(self.top_share, 6),
+            "lch": [s.name for s in self.lch],
+            "lch_id": self.lch[0].id,
+            "lch_gloss": self.lch[0].gloss,
+            "depth": self.depth,
+            "min_depth": self.min_depth,
+        }
 
 
 @dataclass
@@ -53,7 +63,7 @@ class Hierarchy:
     classes: dict[int, list[int]]  # synset offset -> label indices mapped to it
 
     @classmethod
-    def induced(cls, mapping: LabelMapping) -> "Hierarchy":
+    def induced(cls, mapping: LabelMapping) -> Hierarchy:
         nodes: dict[int, Synset] = {}
         classes: dict[int, list[int]] = {}
         for label, s in sorted(mapping.synsets.items()):
@@ -103,12 +113,16 @@ class OntologyResult:
         mapped = self.mapping.mapped
         top1 = {f.distribution[0][0] for f in feats if f.distribution}
         in_top = {c for f in feats for c in f.top_classes}
-        multi = [f for f in feats
-                 if len({self.mapping.synsets[c].offset for c in f.top_classes}) > 1]
+        multi = [
+            f for f in feats if len({self.mapping.synsets[c].offset for c in f.top_classes}) > 1
+        ]
         return {
-            "n_features": self.n_features, "n_analysed": n, "n_silent": self.n_silent,
+            "n_features": self.n_features,
+            "n_analysed": n,
+            "n_silent": self.n_silent,
             "n_rare": self.n_rare,
-            "n_classes": len(self.mapping.label_names), "n_classes_mapped": len(mapped),
+            "n_classes": len(self.mapping.label_names),
+            "n_classes_mapped": len(mapped),
             "n_images": int(sum(self.class_images)),
             "fraction_below_root": (sum(f.lch[0].offset != root for f in feats) / n) if n else None,
             "fraction_single_synset": (1 - len(multi) / n) if n else None,
@@ -127,21 +141,37 @@ class OntologyResult:
 
     @property
     def hierarchy_root(self) -> int:
-        return min(self.hierarchy.nodes, key=lambda o: self.hierarchy.depth(o)) \
-            if self.hierarchy.nodes else -1
+        return (
+            min(self.hierarchy.nodes, key=lambda o: self.hierarchy.depth(o))
+            if self.hierarchy.nodes
+            else -1
+        )
 
     def to_dict(self) -> dict[str, Any]:
         names = self.mapping.label_names
         counts = self.lch_counts
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": self.settings,
-                "summary": self.summary(), "labels": self.mapping.to_dict(),
-                "class_images": {names[c]: n for c, n in enumerate(self.class_images)},
-                "nodes": [{"synset": s.name, "id": s.id, "depth": s.max_depth,
-                           "min_depth": s.min_depth, "features": counts.get(o, 0),
-                           "labels": [names[c] for c in self.hierarchy.classes.get(o, [])]}
-                          for o, s in sorted(self.hierarchy.nodes.items(),
-                                             key=lambda kv: (kv[1].max_depth, kv[1].name))],
-                "features": [f.to_dict(names) for f in self.features]}
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "settings": self.settings,
+            "summary": self.summary(),
+            "labels": self.mapping.to_dict(),
+            "class_images": {names[c]: n for c, n in enumerate(self.class_images)},
+            "nodes": [
+                {
+                    "synset": s.name,
+                    "id": s.id,
+                    "depth": s.max_depth,
+                    "min_depth": s.min_depth,
+                    "features": counts.get(o, 0),
+                    "labels": [names[c] for c in self.hierarchy.classes.get(o, [])],
+                }
+                for o, s in sorted(
+                    self.hierarchy.nodes.items(), key=lambda kv: (kv[1].max_depth, kv[1].name)
+                )
+            ],
+            "features": [f.to_dict(names) for f in self.features],
+        }
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "FeatureOntology", "Hierarchy", "OntologyResult"]

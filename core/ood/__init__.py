@@ -33,14 +33,43 @@ Modules: :mod:`.metrics`, :mod:`.summary` (:func:`summarize`), :mod:`.scorers`, 
 
 from saescope.core.ood.files import FORMAT, FORMAT_VERSION
 from saescope.core.ood.metrics import DEFAULT_TPR, auroc, fpr_at_tpr, percentile_of, tpr_threshold
-from saescope.core.ood.scorers import (FAMILIES, SAE_COMBINED, KNNDistance, Mahalanobis, ProbeScore,
-                                       RareFeatures, ReconstructionError, Scorer, default_scorers,
-                                       ledoit_wolf)
+from saescope.core.ood.scorers import (
+    FAMILIES,
+    SAE_COMBINED,
+    KNNDistance,
+    Mahalanobis,
+    ProbeScore,
+    RareFeatures,
+    ReconstructionError,
+    Scorer,
+    default_scorers,
+    ledoit_wolf,
+)
 from saescope.core.ood.suite import FeatureContribution, OODSuite, ScoreReport, score_tokens
 from saescope.core.ood.summary import ImageSummary, summarize
 
-__all__ = ["FeatureContribution", "ImageSummary", "KNNDistance", "Mahalanobis", "OODSuite",
-           "ProbeScore", "RareFeatures", "ReconstructionError", "ScoreReport", "Scorer",
-           "SAE_COMBINED", "auroc", "default_scorers", "fpr_at_tpr", "ledoit_wolf",
-           "percentile_of", "score_tokens", "summarize", "tpr_threshold", "FAMILIES",
-           "DEFAULT_TPR", "FORMAT", "FORMAT_VERSION"]
+__all__ = [
+    "FeatureContribution",
+    "ImageSummary",
+    "KNNDistance",
+    "Mahalanobis",
+    "OODSuite",
+    "ProbeScore",
+    "RareFeatures",
+    "ReconstructionError",
+    "ScoreReport",
+    "Scorer",
+    "SAE_COMBINED",
+    "auroc",
+    "default_scorers",
+    "fpr_at_tpr",
+    "ledoit_wolf",
+    "percentile_of",
+    "score_tokens",
+    "summarize",
+    "tpr_threshold",
+    "FAMILIES",
+    "DEFAULT_TPR",
+    "FORMAT",
+    "FORMAT_VERSION",
+]

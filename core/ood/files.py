@@ -16,8 +16,14 @@ import numpy as np
 
 from saescope.core import formats
 from saescope.core.fileio import atomic_path, atomic_write_json
-from saescope.core.ood.scorers import (SAE_COMBINED, KNNDistance, Mahalanobis, RareFeatures,
-                                       ReconstructionError, Scorer)
+from saescope.core.ood.scorers import (
+    SAE_COMBINED,
+    KNNDistance,
+    Mahalanobis,
+    RareFeatures,
+    ReconstructionError,
+    Scorer,
+)
 
 FORMAT = formats.OOD.name
 FORMAT_VERSION = formats.OOD.version
@@ -48,10 +54,16 @@ def save_suite(suite: Any, folder: str | os.PathLike) -> Path:
         tensors["combine/std"] = np.asarray(suite.combo_std, np.float64)
     with atomic_path(folder / TENSORS) as tmp:
         save_file(tensors, str(tmp))
-    info = {**formats.OOD.header(), "scorers": entries,
-            "combine": suite.combine, "tpr": suite.tpr, "meta": suite.meta,
-            "thresholds": {n: suite.threshold(n) for n in suite.calibration
-                           if n in saved or n == SAE_COMBINED}}
+    info = {
+        **formats.OOD.header(),
+        "scorers": entries,
+        "combine": suite.combine,
+        "tpr": suite.tpr,
+        "meta": suite.meta,
+        "thresholds": {
+            n: suite.threshold(n) for n in suite.calibration if n in saved or n == SAE_COMBINED
+        },
+    }
     atomic_write_json(folder / MANIFEST, info, indent=2)
     return folder
 
@@ -70,8 +82,9 @@ def _scorer_from_entry(entry: dict[str, Any], path: Path) -> Scorer:
     raise ValueError(f"{path}: unknown OOD scorer class {kind!r}")
 
 
-def read_suite(folder: str | os.PathLike
-               ) -> tuple[list[Scorer], dict[str, Any], dict[str, np.ndarray]]:
+def read_suite(
+    folder: str | os.PathLike,
+) -> tuple[list[Scorer], dict[str, Any], dict[str, np.ndarray]]:
     """The fitted scorers, the ``ood.json`` manifest and the tensors of a saved suite."""
     from safetensors.numpy import load_file
 
@@ -89,8 +102,11 @@ def read_suite(folder: str | os.PathLike
     for e in info["scorers"]:
         s = _scorer_from_entry(e, path)
         pre = f"{e['name']}/"
-        s.load_state({k[len(pre):]: v for k, v in t.items() if k.startswith(pre)},
-                     e.get("state", {}), folder)
+        s.load_state(
+            {k[len(pre) :]: v for k, v in t.items() if k.startswith(pre)},
+            e.get("state", {}),
+            folder,
+        )
         scorers.append(s)
     return scorers, info, t
 

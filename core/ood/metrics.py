@@ -34,7 +34,7 @@ def auroc(in_scores: Any, out_scores: Any) -> float:
     ends = np.cumsum(counts)
     avg_rank = ends - (counts - 1) / 2.0  # 1-based average rank of each distinct value
     ranks = avg_rank[inv]
-    u = ranks[len(a):].sum() - len(b) * (len(b) + 1) / 2.0
+    u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2.0
     return float(u / (len(a) * len(b)))
 
 

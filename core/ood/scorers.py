@@ -6,8 +6,8 @@ raw-embedding or probe baselines the same way, so that they are compared on equa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ class Scorer:
     needs_labels: bool = False
     saveable: bool = True
 
-    def fit(self, train: ImageSummary) -> "Scorer":
+    def fit(self, train: ImageSummary) -> Scorer:
         return self
 
     def score(self, s: ImageSummary) -> np.ndarray:
@@ -63,7 +63,7 @@ class RareFeatures(Scorer):
         self.frequency: np.ndarray | None = None
         self.n_tokens = 0
 
-    def fit(self, train: ImageSummary) -> "RareFeatures":
+    def fit(self, train: ImageSummary) -> RareFeatures:
         counts = train.field("fire_count").astype(np.float64).sum(0)
         self.n_tokens = int(len(train) * train.n_patches)
         # add-half smoothing: a feature never seen in distribution gets a large, finite surprisal
@@ -90,8 +90,11 @@ class RareFeatures(Scorer):
         self.n_tokens = int(meta["n_tokens"])
 
 
-_FIELD_LABEL = {"code_mean": "mean-pooled SAE codes", "raw_mean": "mean-pooled layer tokens",
-                "cls_final": "final CLS"}
+_FIELD_LABEL = {
+    "code_mean": "mean-pooled SAE codes",
+    "raw_mean": "mean-pooled layer tokens",
+    "cls_final": "final CLS",
+}
 
 
 class KNNDistance(Scorer):
@@ -99,19 +102,25 @@ class KNNDistance(Scorer):
 
     def __init__(self, field: str, name: str, family: str, k: int = 5) -> None:
         self.field_name, self.name, self.family, self.k = field, name, family, int(k)
-        self.label = f"{'SAE code' if family == 'sae' else 'raw'} k-NN (k={self.k}, " \
-                     f"{_FIELD_LABEL.get(field, field)})"
+        self.label = (
+            f"{'SAE code' if family == 'sae' else 'raw'} k-NN (k={self.k}, "
+            f"{_FIELD_LABEL.get(field, field)})"
+        )
         self.index = None
 
-    def fit(self, train: ImageSummary) -> "KNNDistance":
+    def fit(self, train: ImageSummary) -> KNNDistance:
         from saescope.core.index import VectorIndex
 
         x = train.field(self.field_name)
         if len(x) < self.k:
             raise ValueError(f"{self.name}: {len(x)} training images for k={self.k}")
-        self.index = VectorIndex.build(x, metric="cosine", index_type="flat",
-                                       kind=f"ood-{self.name}",
-                                       meta={"field": self.field_name, "k": self.k})
+        self.index = VectorIndex.build(
+            x,
+            metric="cosine",
+            index_type="flat",
+            kind=f"ood-{self.name}",
+            meta={"field": self.field_name, "k": self.k},
+        )
         return self
 
     def score(self, s: ImageSummary) -> np.ndarray:
@@ -141,7 +150,7 @@ def ledoit_wolf(x: np.ndarray) -> np.ndarray:
     s = x.T @ x / n
     mu = np.trace(s) / d
     delta = ((s - mu * np.eye(d)) ** 2).sum() / d
-    beta = ((x ** 2).sum(1) ** 2).sum() - n * (s ** 2).sum()
+    beta = ((x**2).sum(1) ** 2).sum() - n * (s**2).sum()
     beta = min(max(beta / (n * n * d), 0.0), delta)
     shrink = 0.0 if delta == 0 else beta / delta
     return (1 - shrink) * s + shrink * mu * np.eye(d)
@@ -156,7 +165,7 @@ class Mahalanobis(Scorer):
         self.means: np.ndarray | None = None
         self.precision: np.ndarray | None = None
 
-    def fit(self, train: ImageSummary) -> "Mahalanobis":
+    def fit(self, train: ImageSummary) -> Mahalanobis:
         x = train.field(self.field_name).astype(np.float64)
         y = train.labels
         classes = [] if y is None else [c for c in np.unique(y) if c >= 0 and (y == c).sum() >= 2]
@@ -175,13 +184,18 @@ class Mahalanobis(Scorer):
     def score(self, s: ImageSummary) -> np.ndarray:
         x = s.field(self.field_name).astype(np.float64)
         xp = x @ self.precision
-        d2 = ((xp * x).sum(1)[:, None] - 2 * xp @ self.means.T
-              + ((self.means @ self.precision) * self.means).sum(1)[None])
+        d2 = (
+            (xp * x).sum(1)[:, None]
+            - 2 * xp @ self.means.T
+            + ((self.means @ self.precision) * self.means).sum(1)[None]
+        )
         return d2.min(1)
 
     def state(self, folder: Path):
-        return {"means": self.means, "precision": self.precision}, {"field": self.field_name,
-                                                                     "label": self.label}
+        return {"means": self.means, "precision": self.precision}, {
+            "field": self.field_name,
+            "label": self.label,
+        }
 
     def load_state(self, tensors, meta, folder):
         self.means = tensors["means"].astype(np.float64)
@@ -203,17 +217,18 @@ class ProbeScore(Scorer):
         self.probe = None
         self.report = None
 
-    def fit(self, train: ImageSummary) -> "ProbeScore":
+    def fit(self, train: ImageSummary) -> ProbeScore:
         from saescope.core.probes import fit_linear_probe
 
         y = train.labels
         if y is None or train.label_names is None or len(np.unique(y[y >= 0])) < 2:
             raise ValueError("the in-distribution images carry fewer than two class labels")
-        self.probe, self.report = fit_linear_probe(train.field("cls_final"), y, train.label_names,
-                                                   pooling="cls", name="ood-probe")
+        self.probe, self.report = fit_linear_probe(
+            train.field("cls_final"), y, train.label_names, pooling="cls", name="ood-probe"
+        )
         return self
 
-    def use_probe(self, probe, report=None) -> "ProbeScore":
+    def use_probe(self, probe, report=None) -> ProbeScore:
         """Share one fitted probe between the MSP and energy scorers (fit once)."""
         self.probe, self.report = probe, report
         return self
@@ -227,16 +242,22 @@ class ProbeScore(Scorer):
         return -torch.logsumexp(logits, -1).numpy()
 
 
-def default_scorers(families: Sequence[str] = FAMILIES, k: int = 5,
-                    raw_fields: Sequence[str] = ("raw_mean", "cls_final")) -> list[Scorer]:
+def default_scorers(
+    families: Sequence[str] = FAMILIES,
+    k: int = 5,
+    raw_fields: Sequence[str] = ("raw_mean", "cls_final"),
+) -> list[Scorer]:
     """The standard set: three SAE scores, Mahalanobis + k-NN per raw field, MSP + energy."""
     out: list[Scorer] = []
     bad = set(families) - set(FAMILIES)
     if bad:
         raise ValueError(f"unknown scorer families {sorted(bad)}; use {FAMILIES}")
     if "sae" in families:
-        out += [ReconstructionError(), RareFeatures(),
-                KNNDistance("code_mean", "sae_knn", "sae", k)]
+        out += [
+            ReconstructionError(),
+            RareFeatures(),
+            KNNDistance("code_mean", "sae_knn", "sae", k),
+        ]
     if "raw" in families:
         for f in raw_fields:
             tag = {"raw_mean": "layer", "cls_final": "cls"}.get(f, f)
@@ -246,5 +267,15 @@ def default_scorers(families: Sequence[str] = FAMILIES, k: int = 5,
     return out
 
 
-__all__ = ["FAMILIES", "SAE_COMBINED", "Scorer", "ReconstructionError", "RareFeatures",
-           "KNNDistance", "ledoit_wolf", "Mahalanobis", "ProbeScore", "default_scorers"]
+__all__ = [
+    "FAMILIES",
+    "SAE_COMBINED",
+    "Scorer",
+    "ReconstructionError",
+    "RareFeatures",
+    "KNNDistance",
+    "ledoit_wolf",
+    "Mahalanobis",
+    "ProbeScore",
+    "default_scorers",
+]

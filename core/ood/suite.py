@@ -7,9 +7,9 @@ in-distribution images and the threshold that keeps 95% of them say how unusual 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -85,9 +85,18 @@ class OODSuite:
         return "sae" if name == SAE_COMBINED else self.scorer(name).family
 
     @classmethod
-    def fit(cls, scorers: Sequence[Scorer], train: ImageSummary, cal: ImageSummary | None = None,
-            *, cal_fraction: float = 0.2, combine: bool = True, tpr: float = DEFAULT_TPR,
-            meta: dict | None = None, seed: int = 0) -> "OODSuite":
+    def fit(
+        cls,
+        scorers: Sequence[Scorer],
+        train: ImageSummary,
+        cal: ImageSummary | None = None,
+        *,
+        cal_fraction: float = 0.2,
+        combine: bool = True,
+        tpr: float = DEFAULT_TPR,
+        meta: dict | None = None,
+        seed: int = 0,
+    ) -> OODSuite:
         """Fit ``scorers`` on ``train`` and calibrate on ``cal`` (default: a random
         ``cal_fraction`` of ``train``, held out from fitting, so that thresholds and percentiles
         are those of unseen in-distribution images). Scorers that cannot be fitted (e.g. a
@@ -151,8 +160,17 @@ class OODSuite:
         out = []
         for name, v in self.scores(s).items():
             val, thr = float(v[row]), self.threshold(name)
-            out.append(ScoreReport(name, self.label(name), self.family(name), val,
-                                   percentile_of(self.calibration[name], val), thr, val > thr))
+            out.append(
+                ScoreReport(
+                    name,
+                    self.label(name),
+                    self.family(name),
+                    val,
+                    percentile_of(self.calibration[name], val),
+                    thr,
+                    val > thr,
+                )
+            )
         return out
 
     def explain(self, code_mean: np.ndarray, top: int = 8) -> list[FeatureContribution]:
@@ -171,9 +189,16 @@ class OODSuite:
         tol = 1e-9 * max(1.0, abs(typical))  # surprisal equal to the typical score: not a driver
         active = np.nonzero((m > 0) & (contrib > tol * w))[0]
         order = active[np.argsort(-contrib[active], kind="stable")][:top]
-        return [FeatureContribution(int(j), float(contrib[j]), float(m[j]),
-                                    float(rare.frequency[j]), float(rare.surprisal[j]))
-                for j in order]
+        return [
+            FeatureContribution(
+                int(j),
+                float(contrib[j]),
+                float(m[j]),
+                float(rare.frequency[j]),
+                float(rare.surprisal[j]),
+            )
+            for j in order
+        ]
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> Path:
@@ -181,23 +206,32 @@ class OODSuite:
         return save_suite(self, folder)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "OODSuite":
+    def load(cls, folder: str | os.PathLike) -> OODSuite:
         """Read a suite written by :meth:`save` (refusing files of a newer saescope)."""
         scorers, info, t = read_suite(folder)
-        suite = cls(scorers, combine=list(info.get("combine") or []), tpr=float(info["tpr"]),
-                    meta=info.get("meta", {}))
+        suite = cls(
+            scorers,
+            combine=list(info.get("combine") or []),
+            tpr=float(info["tpr"]),
+            meta=info.get("meta", {}),
+        )
         if suite.combine:
             suite.combo_mean, suite.combo_std = t["combine/mean"], t["combine/std"]
-        suite.calibration = {k[len("calibration/"):]: v for k, v in t.items()
-                             if k.startswith("calibration/")}
+        suite.calibration = {
+            k[len("calibration/") :]: v for k, v in t.items() if k.startswith("calibration/")
+        }
         return suite
 
 
-def score_tokens(suite: OODSuite, sae, patch_tokens: torch.Tensor,
-                 final_cls: torch.Tensor | None = None) -> tuple[list[ScoreReport], ImageSummary]:
+def score_tokens(
+    suite: OODSuite, sae, patch_tokens: torch.Tensor, final_cls: torch.Tensor | None = None
+) -> tuple[list[ScoreReport], ImageSummary]:
     """One image's layer-L patch tokens ``[P, d]`` -> its score reports (for the apps)."""
-    s = summarize(sae, patch_tokens.reshape(1, *patch_tokens.shape[-2:]),
-                  final_cls=None if final_cls is None else final_cls.reshape(1, -1))
+    s = summarize(
+        sae,
+        patch_tokens.reshape(1, *patch_tokens.shape[-2:]),
+        final_cls=None if final_cls is None else final_cls.reshape(1, -1),
+    )
     return suite.report(s, 0), s
 
 

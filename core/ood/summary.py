@@ -7,8 +7,9 @@ the SAE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,16 +41,24 @@ class ImageSummary:
             raise ValueError(f"these image summaries carry no {name!r} (computed without it)")
         return arr
 
-    def subset(self, rows: Any) -> "ImageSummary":
+    def subset(self, rows: Any) -> ImageSummary:
         rows = np.asarray(rows)
-        pick = (lambda a: None if a is None else a[rows])
+        pick = lambda a: None if a is None else a[rows]
         ids = [self.ids[i] for i in np.arange(len(self))[rows]] if self.ids else []
-        return ImageSummary(pick(self.fvu), pick(self.code_mean), pick(self.fire_count),
-                            pick(self.raw_mean), pick(self.cls_final), pick(self.labels),
-                            self.label_names, self.n_patches, ids)
+        return ImageSummary(
+            pick(self.fvu),
+            pick(self.code_mean),
+            pick(self.fire_count),
+            pick(self.raw_mean),
+            pick(self.cls_final),
+            pick(self.labels),
+            self.label_names,
+            self.n_patches,
+            ids,
+        )
 
     @classmethod
-    def concat(cls, parts: Sequence["ImageSummary"]) -> "ImageSummary":
+    def concat(cls, parts: Sequence[ImageSummary]) -> ImageSummary:
         parts = [p for p in parts if len(p)]
         if not parts:
             return cls()
@@ -58,15 +67,30 @@ class ImageSummary:
             arrs = [getattr(p, name) for p in parts]
             return None if any(a is None for a in arrs) else np.concatenate(arrs)
 
-        return cls(cat("fvu"), cat("code_mean"), cat("fire_count"), cat("raw_mean"),
-                   cat("cls_final"), cat("labels"), parts[0].label_names, parts[0].n_patches,
-                   [i for p in parts for i in p.ids])
+        return cls(
+            cat("fvu"),
+            cat("code_mean"),
+            cat("fire_count"),
+            cat("raw_mean"),
+            cat("cls_final"),
+            cat("labels"),
+            parts[0].label_names,
+            parts[0].n_patches,
+            [i for p in parts for i in p.ids],
+        )
 
 
 @torch.inference_mode()
-def summarize(sae, patch_tokens: torch.Tensor, *, final_cls: torch.Tensor | None = None,
-              labels: Sequence[int | None] | None = None, label_names: list[str] | None = None,
-              ids: Sequence[str] | None = None, chunk_images: int = 16) -> ImageSummary:
+def summarize(
+    sae,
+    patch_tokens: torch.Tensor,
+    *,
+    final_cls: torch.Tensor | None = None,
+    labels: Sequence[int | None] | None = None,
+    label_names: list[str] | None = None,
+    ids: Sequence[str] | None = None,
+    chunk_images: int = 16,
+) -> ImageSummary:
     """Per-image summaries of layer-L patch tokens ``[B, P, d]`` (raw units) through ``sae``.
 
     ``sae`` may be ``None`` (raw baselines only). The FVU is the one the browser shows: squared
@@ -79,7 +103,7 @@ def summarize(sae, patch_tokens: torch.Tensor, *, final_cls: torch.Tensor | None
     fvu, means, fires = [], [], []
     if sae is not None:
         for a in range(0, b, chunk_images):
-            x = x_all[a:a + chunk_images]
+            x = x_all[a : a + chunk_images]
             flat = x.reshape(-1, d)
             codes = sae.encode(flat)
             err = (flat - sae.decode(codes)).pow(2).sum(-1).view(len(x), p).sum(1)
@@ -97,7 +121,11 @@ def summarize(sae, patch_tokens: torch.Tensor, *, final_cls: torch.Tensor | None
         fire_count=np.concatenate(fires) if fires else None,
         raw_mean=x_all.mean(1).double().numpy().astype(np.float32),
         cls_final=None if final_cls is None else final_cls.float().reshape(b, -1).numpy(),
-        labels=lab, label_names=label_names, n_patches=p, ids=list(ids or []))
+        labels=lab,
+        label_names=label_names,
+        n_patches=p,
+        ids=list(ids or []),
+    )
 
 
 __all__ = ["ImageSummary", "summarize"]

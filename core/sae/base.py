@@ -119,16 +119,19 @@ class _SparseDecode(torch.autograd.Function):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 z = torch.sparse_csr_tensor(
-                    torch.arange(0, n * k + 1, k, device=indices.device), indices.reshape(-1),
-                    values.reshape(-1).to(grad_out.dtype), (n, weight.shape[0]),
+                    torch.arange(0, n * k + 1, k, device=indices.device),
+                    indices.reshape(-1),
+                    values.reshape(-1).to(grad_out.dtype),
+                    (n, weight.shape[0]),
                     check_invariants=False,
                 )
             grad_weight = z.t() @ grad_out
         return None, grad_values, grad_weight
 
 
-def sparse_decode(indices: torch.Tensor, values: torch.Tensor,
-                  weight: torch.Tensor) -> torch.Tensor:
+def sparse_decode(
+    indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
     """k-sparse codes times a weight matrix without building the dense [N, d_sae] codes."""
     if values.requires_grad or weight.requires_grad:
         return _SparseDecode.apply(indices, values, weight)
@@ -190,8 +193,10 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig, seed: int | None = 0):
         super().__init__()
         if type(self).architecture != cfg.architecture:
-            raise ValueError(f"{type(self).__name__} is the {type(self).architecture!r} SAE, "
-                             f"the config asks for {cfg.architecture!r}")
+            raise ValueError(
+                f"{type(self).__name__} is the {type(self).architecture!r} SAE, "
+                f"the config asks for {cfg.architecture!r}"
+            )
         self.cfg = cfg
         d, w = cfg.d_in, cfg.d_sae
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -235,8 +240,9 @@ class SAE(nn.Module):
         """The sparsity penalty before its coefficient; zero for k-sparse codes."""
         return pre.new_zeros(())
 
-    def _reconstruction(self, codes: Codes, xn: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _reconstruction(
+        self, codes: Codes, xn: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(MSE, reconstruction loss, normalised reconstruction or None if not built)."""
         recon = self._decode_normalized(codes)
         mse = (recon - xn).pow(2).mean()
@@ -244,6 +250,7 @@ class SAE(nn.Module):
 
     def _get_name(self) -> str:
         return "SAE"  # repr stays "SAE(...)" whatever the architecture subclass
+
     # ---------------------------------------------------------------- normalisation
     def set_normalization(self, sample: torch.Tensor) -> None:
         """Estimate mean and scale from raw activations ``sample`` [N, d_in].
@@ -282,14 +289,16 @@ class SAE(nn.Module):
             median = new
         self.b_dec.copy_(median)
 
-
     # ---------------------------------------------------------------- core maps
     def _check_input(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.cfg.d_in:
             raise ShapeMismatch(
                 f"SAE expects activations of width {self.cfg.d_in}, got shape {tuple(x.shape)}"
-                + (f" (this SAE was trained on {self.cfg.model_id} layer {self.cfg.layer})"
-                   if self.cfg.model_id else "")
+                + (
+                    f" (this SAE was trained on {self.cfg.model_id} layer {self.cfg.layer})"
+                    if self.cfg.model_id
+                    else ""
+                )
             )
 
     def pre_acts(self, xn: torch.Tensor) -> torch.Tensor:
@@ -361,12 +370,25 @@ class SAE(nn.Module):
         with torch.no_grad():
             l0, fired = self._activity(codes, x.device)
             fvu = mse / xn.var(0, unbiased=False).mean().clamp_min(1e-12)
-        return TrainOutput(loss=loss, mse=mse.detach(), sparsity=sparsity.detach(),
-                           aux=aux.detach(), l0=l0, fired=fired, fvu=fvu.detach())
+        return TrainOutput(
+            loss=loss,
+            mse=mse.detach(),
+            sparsity=sparsity.detach(),
+            aux=aux.detach(),
+            l0=l0,
+            fired=fired,
+            fvu=fvu.detach(),
+        )
 
-    def _aux_loss(self, xn: torch.Tensor, pre: torch.Tensor, codes: Codes,
-                  recon: torch.Tensor | None, dead_mask: torch.Tensor | None,
-                  aux_k: int | None) -> torch.Tensor:
+    def _aux_loss(
+        self,
+        xn: torch.Tensor,
+        pre: torch.Tensor,
+        codes: Codes,
+        recon: torch.Tensor | None,
+        dead_mask: torch.Tensor | None,
+        aux_k: int | None,
+    ) -> torch.Tensor:
         """AuxK (Gao et al.): the top dead latents model the residual, so they learn again."""
         if dead_mask is None or not self.k_sparse or not bool(dead_mask.any()):
             return pre.new_zeros(())
@@ -378,8 +400,9 @@ class SAE(nn.Module):
         dead_pre = pre.masked_fill(~dead_mask, float("-inf"))
         vals, idx = dead_pre.topk(ka, dim=-1, sorted=False)
         aux_recon = sparse_decode(idx, F.relu(vals), self.W_dec)
-        return ((aux_recon - residual).pow(2).sum(-1).mean()
-                / residual.pow(2).sum(-1).mean().clamp_min(1e-12))
+        return (aux_recon - residual).pow(2).sum(-1).mean() / residual.pow(2).sum(
+            -1
+        ).mean().clamp_min(1e-12)
 
     def _activity(self, codes: Codes, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean active latents per token, and which latents fired in the batch."""
@@ -432,5 +455,12 @@ class SAE(nn.Module):
         return f"{self.cfg.name}, d_in={self.cfg.d_in}, d_sae={self.cfg.d_sae}"
 
 
-__all__ = ["FORMAT_VERSION", "SAEConfig", "SAE", "Codes", "TrainOutput", "ShapeMismatch",
-           "sparse_decode"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SAEConfig",
+    "SAE",
+    "Codes",
+    "TrainOutput",
+    "ShapeMismatch",
+    "sparse_decode",
+]

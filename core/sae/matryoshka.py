@@ -35,12 +35,12 @@ class MatryoshkaSAE(BatchTopKSAE):
         p = list(cfg.matryoshka_prefixes)
         if p != sorted(set(p)) or p[-1] != cfg.d_sae or p[0] <= 0:
             raise ValueError(
-                f"matryoshka_prefixes must increase strictly and end at d_sae={cfg.d_sae}, "
-                f"got {p}"
+                f"matryoshka_prefixes must increase strictly and end at d_sae={cfg.d_sae}, got {p}"
             )
 
-    def _reconstruction(self, codes: Codes, xn: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _reconstruction(
+        self, codes: Codes, xn: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         prefixes = self.cfg.matryoshka_prefixes or [self.cfg.d_sae]
         mses = [(self._decode_normalized(codes, upto=p) - xn).pow(2).mean() for p in prefixes]
         return mses[-1], torch.stack(mses).mean(), None

@@ -22,8 +22,10 @@ def register_architecture(cls: T) -> T:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{cls.__name__} needs a class attribute 'architecture' (its name)")
     if name in _ARCHITECTURES and _ARCHITECTURES[name] is not cls:
-        raise ValueError(f"SAE architecture {name!r} is already registered by "
-                         f"{_ARCHITECTURES[name].__qualname__}")
+        raise ValueError(
+            f"SAE architecture {name!r} is already registered by "
+            f"{_ARCHITECTURES[name].__qualname__}"
+        )
     _ARCHITECTURES[name] = cls
     return cls
 
@@ -63,5 +65,11 @@ def is_k_sparse(name: str) -> bool:
     return bool(cls is not None and cls.k_sparse)
 
 
-__all__ = ["register_architecture", "get_architecture", "architecture_names", "architectures",
-           "k_sparse_names", "is_k_sparse"]
+__all__ = [
+    "register_architecture",
+    "get_architecture",
+    "architecture_names",
+    "architectures",
+    "k_sparse_names",
+    "is_k_sparse",
+]

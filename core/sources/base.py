@@ -9,7 +9,8 @@ source never raises for a bad image: :meth:`ImageSource.get` returns the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Iterator, Sequence, Union
+from collections.abc import Iterator, Sequence
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image
@@ -69,8 +70,9 @@ class ImageSource(ABC):
         if not 0 <= index < len(self):
             raise IndexError(f"image index {index} out of range for a source of {len(self)}")
 
-    def subset(self, start: int = 0, stop: int | None = None,
-               max_images: int | None = None) -> "ImageSource":
+    def subset(
+        self, start: int = 0, stop: int | None = None, max_images: int | None = None
+    ) -> ImageSource:
         """Images ``start`` .. ``stop`` (at most ``max_images`` of them), as a source."""
         n = len(self)
         stop = n if stop is None else min(int(stop), n)
@@ -83,8 +85,12 @@ class ImageSource(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What this source is, for manifests."""
-        return {"spec": self.spec, "kind": self.kind, "n_images": len(self),
-                "label_names": self.label_names}
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "n_images": len(self),
+            "label_names": self.label_names,
+        }
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec!r}: {len(self)} images>"
@@ -121,8 +127,13 @@ class SubsetSource(ImageSource):
 class ListSource(ImageSource):
     """Images held in memory (PIL images, arrays, bytes or paths), e.g. uploads or tests."""
 
-    def __init__(self, items: Sequence[tuple[str, ImageInput]], labels: Sequence[int] | None = None,
-                 label_names: list[str] | None = None, spec: str = "memory"):
+    def __init__(
+        self,
+        items: Sequence[tuple[str, ImageInput]],
+        labels: Sequence[int] | None = None,
+        label_names: list[str] | None = None,
+        spec: str = "memory",
+    ):
         self.items = list(items)
         self.labels = list(labels) if labels is not None else None
         self.label_names = label_names
@@ -142,7 +153,6 @@ class ListSource(ImageSource):
 
     def label(self, index: int) -> int | None:
         return None if self.labels is None else int(self.labels[index])
-
 
 
 class ConcatSource(ImageSource):
@@ -185,7 +195,6 @@ class ConcatSource(ImageSource):
         d = super().describe()
         d["parts"] = [p.describe() for p in self.parts]
         return d
-
 
 
 __all__ = ["ImageSource", "SubsetSource", "ListSource", "ConcatSource", "Loaded"]

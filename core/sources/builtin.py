@@ -12,8 +12,9 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -22,21 +23,35 @@ from saescope.core.images import array_to_image, load_image
 from saescope.core.sources.base import ImageSource
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _sk(name: str) -> Callable[[], np.ndarray]:
     def f() -> np.ndarray:
         import skimage.data as data
+
         return np.asarray(getattr(data, name)())
+
     return f
 
 
 def _motorcycle(i: int) -> Callable[[], np.ndarray]:
     def f() -> np.ndarray:
         import skimage.data as data
+
         return np.asarray(data.stereo_motorcycle()[i])
+
     return f
 
 
@@ -46,29 +61,50 @@ def _sklearn_sample(name: str) -> Callable[[], np.ndarray]:
         if path is not None:
             return np.asarray(load_image(path))
         from sklearn.datasets import load_sample_image
+
         return np.asarray(load_sample_image(name))
+
     return f
 
 
 PHOTOS: dict[str, Callable[[], np.ndarray]] = {
     # colour
-    "astronaut": _sk("astronaut"), "chelsea": _sk("chelsea"), "coffee": _sk("coffee"),
-    "rocket": _sk("rocket"), "motorcycle_left": _motorcycle(0), "motorcycle_right": _motorcycle(1),
-    "hubble_deep_field": _sk("hubble_deep_field"), "retina": _sk("retina"),
-    "immunohistochemistry": _sk("immunohistochemistry"), "colorwheel": _sk("colorwheel"),
-    "logo": _sk("logo"), "china": _sklearn_sample("china.jpg"),
+    "astronaut": _sk("astronaut"),
+    "chelsea": _sk("chelsea"),
+    "coffee": _sk("coffee"),
+    "rocket": _sk("rocket"),
+    "motorcycle_left": _motorcycle(0),
+    "motorcycle_right": _motorcycle(1),
+    "hubble_deep_field": _sk("hubble_deep_field"),
+    "retina": _sk("retina"),
+    "immunohistochemistry": _sk("immunohistochemistry"),
+    "colorwheel": _sk("colorwheel"),
+    "logo": _sk("logo"),
+    "china": _sklearn_sample("china.jpg"),
     "flower": _sklearn_sample("flower.jpg"),
     # grey-scale, made RGB
-    "camera": _sk("camera"), "coins": _sk("coins"), "moon": _sk("moon"), "brick": _sk("brick"),
-    "grass": _sk("grass"), "gravel": _sk("gravel"), "text": _sk("text"), "page": _sk("page"),
-    "clock": _sk("clock"), "cell": _sk("cell"), "horse": _sk("horse"),
+    "camera": _sk("camera"),
+    "coins": _sk("coins"),
+    "moon": _sk("moon"),
+    "brick": _sk("brick"),
+    "grass": _sk("grass"),
+    "gravel": _sk("gravel"),
+    "text": _sk("text"),
+    "page": _sk("page"),
+    "clock": _sk("clock"),
+    "cell": _sk("cell"),
+    "horse": _sk("horse"),
     "checkerboard": _sk("checkerboard"),
 }
 
 
-def random_resized_crop(image: Image.Image, rng: np.random.Generator, size: int,
-                        scale: tuple[float, float] = (0.25, 1.0),
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Image.Image:
+def random_resized_crop(
+    image: Image.Image,
+    rng: np.random.Generator,
+    size: int,
+    scale: tuple[float, float] = (0.25, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Image.Image:
     """torchvision-style RandomResizedCrop + horizontal flip, in PIL, driven by ``rng``."""
     w, h = image.size
     area = w * h
@@ -97,8 +133,9 @@ class PhotosSource(ImageSource):
     augmentation of id ``photos/NAME/V`` is seeded by ``(seed, crc32(NAME), V)`` alone.
     """
 
-    def __init__(self, views: int = 16, seed: int = 0, size: int = 224,
-                 names: Sequence[str] | None = None):
+    def __init__(
+        self, views: int = 16, seed: int = 0, size: int = 224, names: Sequence[str] | None = None
+    ):
         self.views, self.seed, self.size = int(views), int(seed), int(size)
         if self.views < 1:
             raise ValueError("views must be >= 1")
@@ -150,9 +187,18 @@ class PhotosSource(ImageSource):
 class ArraySource(ImageSource):
     """Labelled grey-scale arrays [N, H, W] (digits, Fashion-MNIST, LFW), upscaled to ``size``."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None, label_names: list[str] | None,
-                 prefix: str, spec: str, kind: str, size: int | None = None,
-                 resample: str = "nearest", scale: float = 1.0):
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | None,
+        label_names: list[str] | None,
+        prefix: str,
+        spec: str,
+        kind: str,
+        size: int | None = None,
+        resample: str = "nearest",
+        scale: float = 1.0,
+    ):
         self.images, self.labels = images, labels
         self.label_names, self.prefix, self.spec, self.kind = label_names, prefix, spec, kind
         self.size, self.scale = size, scale
@@ -210,9 +256,17 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def digits_source(size: int = 112, resample: str = "nearest") -> ArraySource:
     images, target = _load_digits()
-    return ArraySource(images, target, [str(i) for i in range(10)], "digits",
-                       f"builtin:digits?size={int(size)}&resample={resample}", "builtin:digits",
-                       size=int(size), resample=resample, scale=255.0 / 16.0)
+    return ArraySource(
+        images,
+        target,
+        [str(i) for i in range(10)],
+        "digits",
+        f"builtin:digits?size={int(size)}&resample={resample}",
+        "builtin:digits",
+        size=int(size),
+        resample=resample,
+        scale=255.0 / 16.0,
+    )
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -223,37 +277,53 @@ def _read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise ValueError(f"{path}: not an idx file of unsigned bytes")
     ndim = data[3]
-    shape = struct.unpack(">" + "I" * ndim, data[4: 4 + 4 * ndim])
+    shape = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):
         raise ValueError(f"{path}: truncated idx file ({arr.size} values, expected {shape})")
     return arr.reshape(shape)
 
 
-def fashion_mnist_source(split: str = "train", size: int | None = None,
-                         dir: str | None = None, resample: str = "bilinear") -> ArraySource:
+def fashion_mnist_source(
+    split: str = "train",
+    size: int | None = None,
+    dir: str | None = None,
+    resample: str = "bilinear",
+) -> ArraySource:
     root = Path(dir or os.environ.get("SAESCOPE_FASHION_MNIST_DIR") or FASHION_MNIST_DIR)
     prefix = {"train": "train", "test": "t10k", "t10k": "t10k"}.get(split)
     if prefix is None:
         raise ValueError(f"fashion-mnist split must be train or test, got {split!r}")
 
     def find(kind: str) -> Path:
-        for pattern in (f"{prefix}-{kind}-idx*-ubyte.gz", f"{prefix}-{kind}-idx*-ubyte",
-                        f"*{prefix}*{kind}*idx*"):
+        for pattern in (
+            f"{prefix}-{kind}-idx*-ubyte.gz",
+            f"{prefix}-{kind}-idx*-ubyte",
+            f"*{prefix}*{kind}*idx*",
+        ):
             hits = sorted(root.glob(pattern))
             if hits:
                 return hits[0]
         raise FileNotFoundError(
             f"Fashion-MNIST not found in {root} (no {prefix}-{kind}-idx*-ubyte.gz): "
             "install it with "
-            "`apt-get install dataset-fashion-mnist`, or set SAESCOPE_FASHION_MNIST_DIR")
+            "`apt-get install dataset-fashion-mnist`, or set SAESCOPE_FASHION_MNIST_DIR"
+        )
 
     images, labels = _read_idx(find("images")), _read_idx(find("labels"))
     if len(images) != len(labels):
         raise ValueError(f"Fashion-MNIST in {root}: {len(images)} images but {len(labels)} labels")
     spec = f"builtin:fashion-mnist?split={split}" + (f"&size={size}" if size else "")
-    return ArraySource(images, labels, list(FASHION_MNIST_CLASSES), f"fashion-mnist/{split}", spec,
-                       "builtin:fashion-mnist", size=int(size) if size else None, resample=resample)
+    return ArraySource(
+        images,
+        labels,
+        list(FASHION_MNIST_CLASSES),
+        f"fashion-mnist/{split}",
+        spec,
+        "builtin:fashion-mnist",
+        size=int(size) if size else None,
+        resample=resample,
+    )
 
 
 def lfw_source(size: int | None = None, resample: str = "bilinear") -> ArraySource:
@@ -266,9 +336,17 @@ def lfw_source(size: int | None = None, resample: str = "bilinear") -> ArraySour
     labels = np.array([0] * 100 + [1] * (len(faces) - 100)) if len(faces) >= 100 else None
     scale = 255.0 if faces.max() <= 1.0 else 1.0
     spec = "builtin:lfw" + (f"?size={size}" if size else "")
-    return ArraySource(faces, labels, ["face", "non-face"] if labels is not None else None, "lfw",
-                       spec, "builtin:lfw", size=int(size) if size else None, resample=resample,
-                       scale=scale)
+    return ArraySource(
+        faces,
+        labels,
+        ["face", "non-face"] if labels is not None else None,
+        "lfw",
+        spec,
+        "builtin:lfw",
+        size=int(size) if size else None,
+        resample=resample,
+        scale=scale,
+    )
 
 
 BUILTINS: dict[str, Callable[..., ImageSource]] = {
@@ -278,6 +356,15 @@ BUILTINS: dict[str, Callable[..., ImageSource]] = {
     "lfw": lfw_source,
 }
 
-__all__ = ["PHOTOS", "BUILTINS", "FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "PhotosSource",
-           "ArraySource", "digits_source", "fashion_mnist_source", "lfw_source",
-           "random_resized_crop"]
+__all__ = [
+    "PHOTOS",
+    "BUILTINS",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_CLASSES",
+    "PhotosSource",
+    "ArraySource",
+    "digits_source",
+    "fashion_mnist_source",
+    "lfw_source",
+    "random_resized_crop",
+]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -13,8 +14,22 @@ from PIL import Image
 from saescope.core.images import ImageError, load_image
 from saescope.core.sources.base import ImageSource
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                              ".ppm", ".pgm", ".pbm", ".jfif"})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".jfif",
+    }
+)
 # files that mark a ``datasets.save_to_disk`` folder
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 
@@ -26,8 +41,12 @@ class FolderSource(ImageSource):
     sub-folder names are the labels (the usual "ImageFolder" layout).
     """
 
-    def __init__(self, root: str | os.PathLike, extensions: Sequence[str] = tuple(IMAGE_EXTENSIONS),
-                 labels: bool | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        extensions: Sequence[str] = tuple(IMAGE_EXTENSIONS),
+        labels: bool | None = None,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
@@ -70,21 +89,30 @@ class HFSource(ImageSource):
     turns it into a skipped, listed image and applies the same safety checks as everywhere else.
     """
 
-    def __init__(self, name: str, split: str | None = None, image_column: str | None = None,
-                 label_column: str | None = None, config: str | None = None,
-                 from_disk: bool | None = None, spec: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        split: str | None = None,
+        image_column: str | None = None,
+        label_column: str | None = None,
+        config: str | None = None,
+        from_disk: bool | None = None,
+        spec: str | None = None,
+    ):
         import datasets
 
         path = Path(name)
         if from_disk is None:
-            from_disk = path.is_dir() and any(
-                (path / f).exists() for f in DATASET_MARKERS)
+            from_disk = path.is_dir() and any((path / f).exists() for f in DATASET_MARKERS)
         if from_disk:
             ds = datasets.load_from_disk(str(path))
             short = path.resolve().name
         else:
-            ds = datasets.load_dataset(name, config, split=split) if split else \
-                datasets.load_dataset(name, config)
+            ds = (
+                datasets.load_dataset(name, config, split=split)
+                if split
+                else datasets.load_dataset(name, config)
+            )
             short = name
         if isinstance(ds, (datasets.DatasetDict, dict)):
             splits = list(ds.keys())
@@ -99,12 +127,15 @@ class HFSource(ImageSource):
             cands = [c for c, f in feats.items() if isinstance(f, datasets.Image)]
             cands = cands or [c for c in ("image", "img", "pixel_values", "picture") if c in feats]
             if not cands:
-                raise ValueError(f"no image column in dataset {name!r} (columns: {list(feats)}); "
-                                 "pass image_column=")
+                raise ValueError(
+                    f"no image column in dataset {name!r} (columns: {list(feats)}); "
+                    "pass image_column="
+                )
             image_column = cands[0]
         elif image_column not in feats:
-            raise ValueError(f"image column {image_column!r} not in dataset {name!r}: "
-                             f"{list(feats)}")
+            raise ValueError(
+                f"image column {image_column!r} not in dataset {name!r}: {list(feats)}"
+            )
         if isinstance(feats[image_column], datasets.Image):
             ds = ds.cast_column(image_column, datasets.Image(decode=False))
         if label_column is None:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import io
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -46,8 +47,9 @@ class SegmentationSource(ImageSource):
         """int64 [H, W] class indices (``-1`` = unlabelled), the size of image ``index``."""
         raise NotImplementedError
 
-    def subset(self, start: int = 0, stop: int | None = None,
-               max_images: int | None = None) -> "SegmentationSource":
+    def subset(
+        self, start: int = 0, stop: int | None = None, max_images: int | None = None
+    ) -> SegmentationSource:
         stop = len(self) if stop is None else min(stop, len(self))
         if max_images is not None:
             stop = min(stop, start + max_images)
@@ -76,9 +78,18 @@ class SceneSource(SegmentationSource):
     known answer for every pixel, several objects (and classes) per image, and a background.
     """
 
-    def __init__(self, items: ArraySource, n: int = 1000, size: int = 224, seed: int = 0,
-                 max_objects: int = 3, min_scale: float = 0.25, max_scale: float = 0.45,
-                 ink_threshold: float = 0.3, name: str = "digit-scenes"):
+    def __init__(
+        self,
+        items: ArraySource,
+        n: int = 1000,
+        size: int = 224,
+        seed: int = 0,
+        max_objects: int = 3,
+        min_scale: float = 0.25,
+        max_scale: float = 0.45,
+        ink_threshold: float = 0.3,
+        name: str = "digit-scenes",
+    ):
         if items.label_names is None or items.labels is None:
             raise ValueError("scenes need labelled items")
         if not 1 <= max_objects <= 8:
@@ -90,8 +101,10 @@ class SceneSource(SegmentationSource):
         self.ink_threshold = ink_threshold
         self.class_names = ["background"] + [str(c) for c in items.label_names]
         self.label_names = None  # an image has several classes: no single image label
-        self.spec = (f"builtin:{name}?n={self.n}&size={self.size}&seed={self.seed}"
-                     f"&max_objects={self.max_objects}")
+        self.spec = (
+            f"builtin:{name}?n={self.n}&size={self.size}&seed={self.seed}"
+            f"&max_objects={self.max_objects}"
+        )
         self.kind = f"builtin:{name}"
         self._name = name
         self._width = len(str(max(self.n - 1, 0)))
@@ -112,19 +125,30 @@ class SceneSource(SegmentationSource):
             side = int(rng.uniform(self.min_scale, self.max_scale) * self.size)
             for _try in range(20):  # non-overlapping boxes, so every pixel has one owner
                 y, x = (int(v) for v in rng.integers(0, self.size - side + 1, 2))
-                if all(y + side <= by or by + bs <= y or x + side <= bx or bx + bs <= x
-                       for by, bx, bs in boxes):
+                if all(
+                    y + side <= by or by + bs <= y or x + side <= bx or bx + bs <= x
+                    for by, bx, bs in boxes
+                ):
                     break
             else:
                 continue
             boxes.append((y, x, side))
             item = int(rng.integers(len(self.items)))
             arr = np.asarray(self.items.images[item], np.float32) * self.items.scale / 255.0
-            patch = np.asarray(Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8), "L")
-                               .resize((side, side), Image.BILINEAR), np.float32) / 255.0
+            patch = (
+                np.asarray(
+                    Image.fromarray((np.clip(arr, 0, 1) * 255).astype(np.uint8), "L").resize(
+                        (side, side), Image.BILINEAR
+                    ),
+                    np.float32,
+                )
+                / 255.0
+            )
             ink = patch > self.ink_threshold
-            canvas[y:y + side, x:x + side] = np.maximum(canvas[y:y + side, x:x + side], patch)
-            labels[y:y + side, x:x + side][ink] = int(self.items.labels[item]) + 1
+            canvas[y : y + side, x : x + side] = np.maximum(
+                canvas[y : y + side, x : x + side], patch
+            )
+            labels[y : y + side, x : x + side][ink] = int(self.items.labels[item]) + 1
         return canvas, labels
 
     def load(self, index: int) -> Image.Image:
@@ -140,16 +164,28 @@ class SceneSource(SegmentationSource):
 class HFSegmentationSource(HFSource, SegmentationSource):
     """A ``datasets`` segmentation set: an image column plus a mask column of class indices."""
 
-    def __init__(self, name: str, mask_column: str | None = None, ignore_label: int | None = 255,
-                 reduce_labels: bool = False, class_names: Sequence[str] | None = None, **kw: Any):
+    def __init__(
+        self,
+        name: str,
+        mask_column: str | None = None,
+        ignore_label: int | None = 255,
+        reduce_labels: bool = False,
+        class_names: Sequence[str] | None = None,
+        **kw: Any,
+    ):
         HFSource.__init__(self, name, label_column=None, **kw)
         feats = self.ds.features
         if mask_column is None:
-            cands = [c for c in ("annotation", "mask", "label", "segmentation", "semantic_map",
-                                 "seg_map") if c in feats and c != self.image_column]
+            cands = [
+                c
+                for c in ("annotation", "mask", "label", "segmentation", "semantic_map", "seg_map")
+                if c in feats and c != self.image_column
+            ]
             if not cands:
-                raise ValueError(f"no mask column in dataset {name!r} (columns: {list(feats)}); "
-                                 "pass mask_column=")
+                raise ValueError(
+                    f"no mask column in dataset {name!r} (columns: {list(feats)}); "
+                    "pass mask_column="
+                )
             mask_column = cands[0]
         if mask_column not in feats:
             raise ValueError(f"mask column {mask_column!r} not in dataset {name!r}: {list(feats)}")
@@ -199,15 +235,21 @@ class MaskFolderSource(SegmentationSource):
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise ValueError(f"{root}: a segmentation folder needs images/ and masks/ sub-folders")
         masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == ".png"}
-        self.files = sorted(p for p in img_dir.rglob("*")
-                            if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem in masks)
+        self.files = sorted(
+            p
+            for p in img_dir.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem in masks
+        )
         if not self.files:
             raise ValueError(f"{root}: no image in images/ has a mask of the same stem in masks/")
         self.masks = {p.stem: masks[p.stem] for p in self.files}
         self.ignore_label = ignore_label
         names_file = self.root / "classes.txt"
-        self.class_names = ([ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()]
-                            if names_file.is_file() else [])
+        self.class_names = (
+            [ln.strip() for ln in names_file.read_text().splitlines() if ln.strip()]
+            if names_file.is_file()
+            else []
+        )
         self.spec, self.kind, self.label_names = str(root), "segmentation-folder", None
 
     def __len__(self) -> int:
@@ -224,8 +266,9 @@ class MaskFolderSource(SegmentationSource):
     def mask(self, index: int) -> np.ndarray:
         self._check(index)
         path = self.masks[self.files[index].stem]
-        return _normalise_mask(_read_mask_image(path, str(path)), self.ignore_label, False,
-                               str(path))
+        return _normalise_mask(
+            _read_mask_image(path, str(path)), self.ignore_label, False, str(path)
+        )
 
     def finalise_classes(self, n_seen: int) -> None:
         if not self.class_names:
@@ -241,8 +284,9 @@ def _read_mask_image(src, name: str) -> np.ndarray:
         raise ImageError(f"{name}: unreadable mask ({err})") from err
 
 
-def _normalise_mask(arr: np.ndarray, ignore_label: int | None, reduce_labels: bool,
-                    name: str) -> np.ndarray:
+def _normalise_mask(
+    arr: np.ndarray, ignore_label: int | None, reduce_labels: bool, name: str
+) -> np.ndarray:
     if arr.ndim == 3:
         arr = arr[..., 0]
     if arr.ndim != 2:
@@ -257,10 +301,22 @@ def _normalise_mask(arr: np.ndarray, ignore_label: int | None, reduce_labels: bo
 
 
 def _scenes(items_factory, name: str):
-    def make(n: int = 1000, size: int = 224, seed: int = 0, max_objects: int = 3,
-             item_size: int | None = None) -> SceneSource:
-        return SceneSource(items_factory(), n=int(n), size=int(size), seed=int(seed),
-                           max_objects=int(max_objects), name=name)
+    def make(
+        n: int = 1000,
+        size: int = 224,
+        seed: int = 0,
+        max_objects: int = 3,
+        item_size: int | None = None,
+    ) -> SceneSource:
+        return SceneSource(
+            items_factory(),
+            n=int(n),
+            size=int(size),
+            seed=int(seed),
+            max_objects=int(max_objects),
+            name=name,
+        )
+
     return make
 
 
@@ -270,8 +326,9 @@ SEG_BUILTINS = {
 }
 
 
-def open_segmentation_source(spec: str | os.PathLike | SegmentationSource, *,
-                             max_images: int | None = None, **kw: Any) -> SegmentationSource:
+def open_segmentation_source(
+    spec: str | os.PathLike | SegmentationSource, *, max_images: int | None = None, **kw: Any
+) -> SegmentationSource:
     """Open a segmentation source from its spec (see the module docstring)."""
     if isinstance(spec, SegmentationSource):
         return spec.subset(max_images=max_images)
@@ -280,13 +337,16 @@ def open_segmentation_source(spec: str | os.PathLike | SegmentationSource, *,
     params = {**parse_params(query), **kw}
     max_images = params.pop("max_images", max_images)
     if "ignore_label" in params:
-        params["ignore_label"] = None if str(params["ignore_label"]).lower() == "none" \
-            else int(params["ignore_label"])
+        params["ignore_label"] = (
+            None if str(params["ignore_label"]).lower() == "none" else int(params["ignore_label"])
+        )
     if name.startswith("builtin:"):
-        key = name[len("builtin:"):]
+        key = name[len("builtin:") :]
         if key not in SEG_BUILTINS:
-            raise ValueError(f"unknown built-in segmentation source {key!r}; known: "
-                             + ", ".join(f"builtin:{k}" for k in SEG_BUILTINS))
+            raise ValueError(
+                f"unknown built-in segmentation source {key!r}; known: "
+                + ", ".join(f"builtin:{k}" for k in SEG_BUILTINS)
+            )
         try:
             source: SegmentationSource = SEG_BUILTINS[key](**params)
         except TypeError as err:
@@ -299,12 +359,21 @@ def open_segmentation_source(spec: str | os.PathLike | SegmentationSource, *,
     else:
         path = Path(name).expanduser()
         if not path.is_dir():
-            raise FileNotFoundError(f"segmentation source {text!r} not found: give a folder with "
-                                    "images/ and masks/, hf:NAME[:split] or one of "
-                                    + ", ".join(f"builtin:{k}" for k in SEG_BUILTINS))
+            raise FileNotFoundError(
+                f"segmentation source {text!r} not found: give a folder with "
+                "images/ and masks/, hf:NAME[:split] or one of "
+                + ", ".join(f"builtin:{k}" for k in SEG_BUILTINS)
+            )
         source = MaskFolderSource(path, **params)
     return source.subset(max_images=int(max_images) if max_images is not None else None)
 
 
-__all__ = ["IGNORE", "SEG_BUILTINS", "HFSegmentationSource", "MaskFolderSource", "SceneSource",
-           "SegmentationSource", "open_segmentation_source"]
+__all__ = [
+    "IGNORE",
+    "SEG_BUILTINS",
+    "HFSegmentationSource",
+    "MaskFolderSource",
+    "SceneSource",
+    "SegmentationSource",
+    "open_segmentation_source",
+]

@@ -38,8 +38,9 @@ def parse_params(query: str) -> dict[str, Any]:
             try:
                 out[key] = int(value)
             except ValueError as err:
-                raise ValueError(f"source parameter {key} must be an integer, "
-                                 f"got {value!r}") from err
+                raise ValueError(
+                    f"source parameter {key} must be an integer, got {value!r}"
+                ) from err
         else:
             out[key] = value
     return out
@@ -55,8 +56,14 @@ def _split_concat(text: str) -> list[str] | None:
     return None
 
 
-def open_source(spec: str | os.PathLike | ImageSource, *, max_images: int | None = None,
-                start: int = 0, stop: int | None = None, **kw: Any) -> ImageSource:
+def open_source(
+    spec: str | os.PathLike | ImageSource,
+    *,
+    max_images: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    **kw: Any,
+) -> ImageSource:
     """Open a source from its spec (see the module docstring); limits apply last.
 
     ``max_images``/``start``/``stop`` may also be given in a builtin's query string.
@@ -68,10 +75,12 @@ def open_source(spec: str | os.PathLike | ImageSource, *, max_images: int | None
     if parts is not None:
         source: ImageSource = ConcatSource([open_source(p) for p in parts], spec=text)
     elif text.startswith("builtin:"):
-        name, _, query = text[len("builtin:"):].partition("?")
+        name, _, query = text[len("builtin:") :].partition("?")
         if name not in BUILTINS:
-            raise ValueError(f"unknown built-in source {name!r}; known: "
-                             + ", ".join(f"builtin:{k}" for k in BUILTINS))
+            raise ValueError(
+                f"unknown built-in source {name!r}; known: "
+                + ", ".join(f"builtin:{k}" for k in BUILTINS)
+            )
         params = {**parse_params(query), **kw}
         limits = {k: params.pop(k) for k in _LIMIT_KEYS if k in params}
         try:
@@ -89,7 +98,8 @@ def open_source(spec: str | os.PathLike | ImageSource, *, max_images: int | None
         if not path.exists():
             raise FileNotFoundError(
                 f"image source {text!r} not found: give a folder, hf:NAME[:split] or one of "
-                + ", ".join(f"builtin:{k}" for k in BUILTINS))
+                + ", ".join(f"builtin:{k}" for k in BUILTINS)
+            )
         if path.is_file():
             raise ValueError(f"image source {text!r} is a file; give a folder of images")
         if any((path / f).exists() for f in DATASET_MARKERS):

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -30,8 +30,18 @@ FORMAT_VERSION = formats.ACTIVATION_STORE.version
 MANIFEST = "manifest.json"
 DTYPES: dict[str, np.dtype] = {"float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
 # what must match for a run to resume into an existing store
-IDENTITY_KEYS = ("model_id", "revision", "preprocess", "layer", "token_kinds", "dtype", "d_model",
-                 "layout", "tokens_per_image", "shard_images")
+IDENTITY_KEYS = (
+    "model_id",
+    "revision",
+    "preprocess",
+    "layer",
+    "token_kinds",
+    "dtype",
+    "d_model",
+    "layout",
+    "tokens_per_image",
+    "shard_images",
+)
 
 
 class StoreError(ValueError):
@@ -48,8 +58,10 @@ def ids_file(i: int) -> str:
 
 def check_dtype(dtype: str) -> np.dtype:
     if str(dtype) not in DTYPES:
-        raise StoreError(f"unsupported store dtype {dtype!r}: use one of {sorted(DTYPES)} "
-                         "(numpy has no bfloat16)")
+        raise StoreError(
+            f"unsupported store dtype {dtype!r}: use one of {sorted(DTYPES)} "
+            "(numpy has no bfloat16)"
+        )
     return DTYPES[str(dtype)]
 
 
@@ -74,8 +86,10 @@ def read_manifest(path: Path) -> dict:
     except (OSError, ValueError) as err:
         raise StoreError(f"{mpath} is unreadable or corrupt ({err})") from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise StoreError(f"{mpath} is not an activation-store manifest (format "
-                         f"{manifest.get('format') if isinstance(manifest, dict) else None!r})")
+        raise StoreError(
+            f"{mpath} is not an activation-store manifest (format "
+            f"{manifest.get('format') if isinstance(manifest, dict) else None!r})"
+        )
     formats.ACTIVATION_STORE.check(manifest, path, error=StoreError, check_name=False)
     return manifest
 
@@ -110,9 +124,18 @@ def identity(manifest: dict) -> dict:
     }
 
 
-def new_manifest(*, model: dict, layer: int, layer_requested: int, kinds: Sequence[str | TokenKind],
-                 layout: TokenLayout, dtype: str, shard_images: int, source: dict | None = None,
-                 label_names: list[str] | None = None) -> dict:
+def new_manifest(
+    *,
+    model: dict,
+    layer: int,
+    layer_requested: int,
+    kinds: Sequence[str | TokenKind],
+    layout: TokenLayout,
+    dtype: str,
+    shard_images: int,
+    source: dict | None = None,
+    label_names: list[str] | None = None,
+) -> dict:
     """A fresh manifest (no shards yet) for the given backbone description and selection."""
     kinds = parse_kinds(kinds)
     check_dtype(dtype)
@@ -142,6 +165,19 @@ def new_manifest(*, model: dict, layer: int, layer_requested: int, kinds: Sequen
     }
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "DTYPES", "IDENTITY_KEYS", "StoreError",
-           "shard_file", "ids_file", "check_dtype", "read_manifest", "npy_header", "identity",
-           "new_manifest", "now"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "DTYPES",
+    "IDENTITY_KEYS",
+    "StoreError",
+    "shard_file",
+    "ids_file",
+    "check_dtype",
+    "read_manifest",
+    "npy_header",
+    "identity",
+    "new_manifest",
+    "now",
+]

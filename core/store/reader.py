@@ -5,15 +5,14 @@ from __future__ import annotations
 import bisect
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from saescope.core.fileio import sha256_file
-from saescope.core.store.format import (MANIFEST, StoreError, check_dtype, npy_header,
-                                        read_manifest)
+from saescope.core.store.format import MANIFEST, StoreError, check_dtype, npy_header, read_manifest
 from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
 
 
@@ -42,29 +41,37 @@ class ActivationStore:
             self.d_model = int(m["d_model"])
             shards = list(m["shards"])
         except (KeyError, TypeError, ValueError) as err:
-            raise StoreError(f"{self.path / MANIFEST} is missing or has a bad field "
-                             f"({err})") from err
+            raise StoreError(
+                f"{self.path / MANIFEST} is missing or has a bad field ({err})"
+            ) from err
         self._shards: list[_Shard] = []
         first = 0
         row_bytes = self.tokens_per_image * self.d_model * self.dtype.itemsize
         for s in shards:
             p = self.path / s["file"]
             if not p.is_file():
-                raise StoreError(f"{self.path}: shard {s['file']} is missing (the store is "
-                                 "damaged; re-run extract with resume to repair it)")
+                raise StoreError(
+                    f"{self.path}: shard {s['file']} is missing (the store is "
+                    "damaged; re-run extract with resume to repair it)"
+                )
             size = p.stat().st_size
             if size != s["bytes"]:
-                raise StoreError(f"{self.path}: shard {s['file']} is truncated or changed "
-                                 f"({size} bytes, expected {s['bytes']}); re-run extract to repair")
+                raise StoreError(
+                    f"{self.path}: shard {s['file']} is truncated or changed "
+                    f"({size} bytes, expected {s['bytes']}); re-run extract to repair"
+                )
             try:
                 shape, dtype, offset = npy_header(p)
             except (ValueError, OSError) as err:
-                raise StoreError(f"{self.path}: shard {s['file']} has a bad header "
-                                 f"({err})") from err
+                raise StoreError(
+                    f"{self.path}: shard {s['file']} has a bad header ({err})"
+                ) from err
             want = (s["n_images"], self.tokens_per_image, self.d_model)
             if shape != want or dtype != self.dtype or offset + want[0] * row_bytes != size:
-                raise StoreError(f"{self.path}: shard {s['file']} holds {shape} {dtype}, the "
-                                 f"manifest says {want} {self.dtype}")
+                raise StoreError(
+                    f"{self.path}: shard {s['file']} holds {shape} {dtype}, the "
+                    f"manifest says {want} {self.dtype}"
+                )
             self._shards.append(_Shard(p, int(s["n_images"]), offset, first))
             first += int(s["n_images"])
         self.n_images = first
@@ -111,9 +118,11 @@ class ActivationStore:
         return self.n_images
 
     def __repr__(self) -> str:
-        return (f"<ActivationStore {self.path}: {self.model_id} layer {self.layer}, "
-                f"{self.n_images} images x {self.tokens_per_image} tokens x {self.d_model} "
-                f"{self.dtype.name}{'' if self.complete else ', incomplete'}>")
+        return (
+            f"<ActivationStore {self.path}: {self.model_id} layer {self.layer}, "
+            f"{self.n_images} images x {self.tokens_per_image} tokens x {self.d_model} "
+            f"{self.dtype.name}{'' if self.complete else ', incomplete'}>"
+        )
 
     def _load_ids(self) -> None:
         ids: list[str] = []
@@ -121,8 +130,9 @@ class ActivationStore:
         for s in self.manifest["shards"]:
             rec = json.loads((self.path / s["ids_file"]).read_text())
             ids.extend(rec["ids"])
-            labels.extend(rec["labels"] if rec.get("labels") is not None
-                          else [None] * len(rec["ids"]))
+            labels.extend(
+                rec["labels"] if rec.get("labels") is not None else [None] * len(rec["ids"])
+            )
         self._ids, self._labels = ids, labels
 
     @property
@@ -153,8 +163,9 @@ class ActivationStore:
         want = parse_kinds(kinds)
         missing = [k.value for k in want if k not in self.kinds]
         if missing:
-            raise StoreError(f"{self.path} holds {[k.value for k in self.kinds]} tokens, not "
-                             f"{missing}")
+            raise StoreError(
+                f"{self.path} holds {[k.value for k in self.kinds]} tokens, not {missing}"
+            )
         stored = self.layout.kinds_of(self.kinds)
         pos = np.array([i for i, k in enumerate(stored) if k in want], dtype=np.int64)
         return None if len(pos) == len(stored) else pos
@@ -164,8 +175,9 @@ class ActivationStore:
             shard._mmap = np.load(shard.path, mmap_mode="r", allow_pickle=False)
         return shard._mmap
 
-    def _read_rows(self, shard: _Shard, start: int, stop: int, out: np.ndarray | None = None
-                   ) -> np.ndarray:
+    def _read_rows(
+        self, shard: _Shard, start: int, stop: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Images ``start:stop`` of a shard with one plain read (no page-cache mapping kept)."""
         shape = (stop - start, self.tokens_per_image, self.d_model)
         row = self.tokens_per_image * self.d_model * self.dtype.itemsize
@@ -194,9 +206,13 @@ class ActivationStore:
         pos = self._positions(kinds)
         return torch.from_numpy(np.ascontiguousarray(arr if pos is None else arr[pos]))
 
-    def iter_images(self, batch_images: int = 64, kinds: Sequence[str] | str | None = None,
-                    start: int = 0, stop: int | None = None
-                    ) -> Iterator[tuple[int, torch.Tensor]]:
+    def iter_images(
+        self,
+        batch_images: int = 64,
+        kinds: Sequence[str] | str | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
         """In store order: ``(first image index, float32 [b, T, d])`` (for exemplar passes)."""
         pos = self._positions(kinds)
         stop = self.n_images if stop is None else min(stop, self.n_images)
@@ -210,8 +226,9 @@ class ActivationStore:
             yield i, torch.from_numpy(arr.astype(np.float32))
             i += n
 
-    def sample(self, n: int, seed: int = 0, kinds: Sequence[str] | str | None = None
-               ) -> torch.Tensor:
+    def sample(
+        self, n: int, seed: int = 0, kinds: Sequence[str] | str | None = None
+    ) -> torch.Tensor:
         """``min(n, n_tokens)`` tokens drawn uniformly without replacement, float32 ``[n, d]``.
 
         For estimating normalisation statistics; reads only the sampled rows.
@@ -234,15 +251,22 @@ class ActivationStore:
             hi = np.searchsorted(images, shard.first + shard.n)
             if hi > lo:
                 mm = self._mmap(shard)
-                out[done: done + hi - lo] = mm[images[lo:hi] - shard.first, toks[lo:hi]]
+                out[done : done + hi - lo] = mm[images[lo:hi] - shard.first, toks[lo:hi]]
                 done += hi - lo
         perm = rng.permutation(n)
         return torch.from_numpy(out[perm])
 
-    def iter_batches(self, batch_size: int, shuffle_buffer: int = 2 ** 18, seed: int = 0,
-                     loop: bool = False, kinds: Sequence[str] | str | None = None,
-                     skip_batches: int = 0, drop_last: bool = False,
-                     chunk_tokens: int | None = None) -> Iterator[torch.Tensor]:
+    def iter_batches(
+        self,
+        batch_size: int,
+        shuffle_buffer: int = 2**18,
+        seed: int = 0,
+        loop: bool = False,
+        kinds: Sequence[str] | str | None = None,
+        skip_batches: int = 0,
+        drop_last: bool = False,
+        chunk_tokens: int | None = None,
+    ) -> Iterator[torch.Tensor]:
         """Shuffled float32 token batches ``[batch_size, d]``, deterministic for ``seed``.
 
         Chunks of consecutive images, taken from shards in random order, are swapped into random
@@ -262,8 +286,11 @@ class ActivationStore:
         cap = max(1, int(shuffle_buffer))
         chunk_tokens = chunk_tokens or max(per_image, min(cap // 8, 1 << 16))
         chunk_images = max(1, chunk_tokens // per_image)
-        chunks = [(k, a, min(a + chunk_images, s.n)) for k, s in enumerate(self._shards)
-                  for a in range(0, s.n, chunk_images)]
+        chunks = [
+            (k, a, min(a + chunk_images, s.n))
+            for k, s in enumerate(self._shards)
+            for a in range(0, s.n, chunk_images)
+        ]
         raw = np.empty((chunk_images, self.tokens_per_image, d), self.dtype)
         buf = np.empty((cap, d), self.dtype)
         filled = 0
@@ -278,10 +305,10 @@ class ActivationStore:
             n_full = len(x) // batch_size
             for b in range(n_full):
                 if emitted >= skip_batches:
-                    batch = x[b * batch_size:(b + 1) * batch_size]
+                    batch = x[b * batch_size : (b + 1) * batch_size]
                     yield torch.from_numpy(batch.astype(np.float32))
                 emitted += 1
-            carry = x[n_full * batch_size:].copy()
+            carry = x[n_full * batch_size :].copy()
             if final and len(carry) and not drop_last:
                 if emitted >= skip_batches:
                     yield torch.from_numpy(carry.astype(np.float32))
@@ -298,13 +325,13 @@ class ActivationStore:
                 x = x.reshape(-1, d)
                 if filled < cap:
                     take = min(cap - filled, len(x))
-                    buf[filled: filled + take] = x[:take]
+                    buf[filled : filled + take] = x[:take]
                     filled += take
                     x = x[take:]
                     if not len(x):
                         continue
                 for a in range(0, len(x), cap):  # pieces: a chunk may exceed a tiny buffer
-                    piece = x[a:a + cap]
+                    piece = x[a : a + cap]
                     slots = rng.choice(cap, size=len(piece), replace=False)
                     out = buf[slots]
                     buf[slots] = piece
@@ -313,7 +340,7 @@ class ActivationStore:
                 perm = rng.permutation(filled)
                 step = max(chunk_tokens, batch_size)
                 for a in range(0, filled, step):
-                    yield from emit(buf[perm[a:a + step]], final=a + step >= filled)
+                    yield from emit(buf[perm[a : a + step]], final=a + step >= filled)
                 if not filled:
                     yield from emit(buf[:0], final=True)
                 return

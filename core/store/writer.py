@@ -9,14 +9,24 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
 from saescope.core.fileio import atomic_write, atomic_write_json, is_temp_path, sha256_file
-from saescope.core.store.format import (DTYPES, FORMAT, IDENTITY_KEYS, MANIFEST, StoreError,
-                                        identity, ids_file, now, read_manifest, shard_file)
+from saescope.core.store.format import (
+    DTYPES,
+    FORMAT,
+    IDENTITY_KEYS,
+    MANIFEST,
+    StoreError,
+    identity,
+    ids_file,
+    now,
+    read_manifest,
+    shard_file,
+)
 
 
 class StoreWriter:
@@ -26,8 +36,14 @@ class StoreWriter:
     kernel releases it if the process is killed.
     """
 
-    def __init__(self, path: str | os.PathLike, manifest: dict, *, resume: bool = True,
-                 verify: str = "checksum"):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        manifest: dict,
+        *,
+        resume: bool = True,
+        verify: str = "checksum",
+    ):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fh = open(self.path / ".lock", "a+")
@@ -71,12 +87,17 @@ class StoreWriter:
             except (OSError, ValueError, AttributeError):
                 ours = True  # a half-written manifest of ours; nothing else writes that name here
             if not ours:
-                raise StoreError(f"{mpath} belongs to something other than an activation store; "
-                                 "refusing to overwrite it: choose another output folder")
+                raise StoreError(
+                    f"{mpath} belongs to something other than an activation store; "
+                    "refusing to overwrite it: choose another output folder"
+                )
         for p in self.path.iterdir():
             n = p.name
-            if n == MANIFEST or (n.startswith("shard_") and n.endswith((".npy", ".ids.json"))) or \
-                    is_temp_path(p):
+            if (
+                n == MANIFEST
+                or (n.startswith("shard_") and n.endswith((".npy", ".ids.json")))
+                or is_temp_path(p)
+            ):
                 p.unlink()
 
     def _resume(self, wanted: dict, verify: str) -> dict:
@@ -84,11 +105,14 @@ class StoreWriter:
         have, want = identity(manifest), identity(wanted)
         diff = [k for k in IDENTITY_KEYS if have[k] != want[k]]
         if diff:
-            lines = "; ".join(f"{k}: store has {have[k]!r}, this run wants {want[k]!r}"
-                              for k in diff)
-            raise StoreError(f"cannot resume into {self.path}: it was made with different "
-                             f"settings ({lines}). Use --overwrite (resume=False) to start afresh, "
-                             "or choose another output folder.")
+            lines = "; ".join(
+                f"{k}: store has {have[k]!r}, this run wants {want[k]!r}" for k in diff
+            )
+            raise StoreError(
+                f"cannot resume into {self.path}: it was made with different "
+                f"settings ({lines}). Use --overwrite (resume=False) to start afresh, "
+                "or choose another output folder."
+            )
         for p in self.path.glob(".*.tmp"):  # half-written files of a killed run
             p.unlink()
         good = 0
@@ -98,8 +122,9 @@ class StoreWriter:
                 self.repaired.append(f"{shard['file']}: {problem}; it and later shards are redone")
                 break
             good = i + 1
-        listed = {s["file"] for s in manifest["shards"][:good]} | \
-                 {s["ids_file"] for s in manifest["shards"][:good]}
+        listed = {s["file"] for s in manifest["shards"][:good]} | {
+            s["ids_file"] for s in manifest["shards"][:good]
+        }
         for p in self.path.glob("shard_*"):  # orphans: renamed but never listed (killed in between)
             if p.name not in listed:
                 p.unlink()
@@ -118,8 +143,10 @@ class StoreWriter:
             return f"size {p.stat().st_size} != recorded {shard['bytes']}"
         if verify == "checksum" and sha256_file(p) != shard["sha256"]:
             return "checksum mismatch"
-        if verify == "checksum" and \
-                sha256_file(self.path / shard["ids_file"]) != shard["ids_sha256"]:
+        if (
+            verify == "checksum"
+            and sha256_file(self.path / shard["ids_file"]) != shard["ids_sha256"]
+        ):
             return "ids file checksum mismatch"
         return None
 
@@ -145,31 +172,54 @@ class StoreWriter:
             rec = json.loads((self.path / shard["ids_file"]).read_text())
             yield from zip(rec["source_indices"], rec["ids"])
 
-    def commit_shard(self, array: np.ndarray, ids: Sequence[str], source_indices: Sequence[int],
-                     labels: Sequence[int | None] | None, skipped: Sequence[dict],
-                     source_stop: int) -> dict:
+    def commit_shard(
+        self,
+        array: np.ndarray,
+        ids: Sequence[str],
+        source_indices: Sequence[int],
+        labels: Sequence[int | None] | None,
+        skipped: Sequence[dict],
+        source_stop: int,
+    ) -> dict:
         """Write one shard (+ its ids) atomically, then list it in the manifest."""
         m = self.manifest
         want = (len(ids), m["tokens_per_image"], m["d_model"])
         if tuple(array.shape) != want or array.dtype != DTYPES[m["dtype"]]:
-            raise StoreError(f"shard array {array.shape} {array.dtype} does not match the store "
-                             f"({want} {m['dtype']})")
+            raise StoreError(
+                f"shard array {array.shape} {array.dtype} does not match the store "
+                f"({want} {m['dtype']})"
+            )
         i = self.n_shards
         name, ids_name = shard_file(i), ids_file(i)
         array = np.ascontiguousarray(array)
-        nbytes, sha = atomic_write(self.path / name, lambda fh: np.lib.format.write_array(
-            fh, array, allow_pickle=False))
-        rec = {"ids": list(ids), "source_indices": [int(s) for s in source_indices],
-               "labels": None if labels is None or all(l is None for l in labels)
-               else [None if l is None else int(l) for l in labels]}
-        _, ids_sha = atomic_write(self.path / ids_name,
-                                   lambda fh: fh.write(json.dumps(rec).encode()))
+        nbytes, sha = atomic_write(
+            self.path / name, lambda fh: np.lib.format.write_array(fh, array, allow_pickle=False)
+        )
+        rec = {
+            "ids": list(ids),
+            "source_indices": [int(s) for s in source_indices],
+            "labels": None
+            if labels is None or all(l is None for l in labels)
+            else [None if l is None else int(l) for l in labels],
+        }
+        _, ids_sha = atomic_write(
+            self.path / ids_name, lambda fh: fh.write(json.dumps(rec).encode())
+        )
         first = m["n_images"]
         source_start = int(source_indices[0]) if len(source_indices) else int(source_stop)
-        m["shards"].append({"file": name, "ids_file": ids_name, "n_images": len(ids),
-                            "first_image": first, "source_start": source_start,
-                            "source_stop": int(source_stop), "bytes": nbytes, "sha256": sha,
-                            "ids_sha256": ids_sha})
+        m["shards"].append(
+            {
+                "file": name,
+                "ids_file": ids_name,
+                "n_images": len(ids),
+                "first_image": first,
+                "source_start": source_start,
+                "source_stop": int(source_stop),
+                "bytes": nbytes,
+                "sha256": sha,
+                "ids_sha256": ids_sha,
+            }
+        )
         self._advance(skipped, source_stop)
         m["n_images"] = first + len(ids)
         m["n_tokens"] = m["n_images"] * m["tokens_per_image"]
@@ -197,12 +247,11 @@ class StoreWriter:
             finally:
                 self._lock_fh.close()
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
 
 
 __all__ = ["StoreWriter"]

@@ -14,8 +14,10 @@ import os
 from saescope.apps.browser import build_app
 from saescope.apps.launch import launch
 
-demo = build_app(os.environ.get("SAESCOPE_BUNDLE") or None,
-                 warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0")
+demo = build_app(
+    os.environ.get("SAESCOPE_BUNDLE") or None,
+    warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0",
+)
 
 if __name__ == "__main__":
     launch(demo, name="feature browser")

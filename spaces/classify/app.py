@@ -15,9 +15,11 @@ import os
 from saescope.apps.classify import build_app
 from saescope.apps.launch import launch
 
-demo = build_app(os.environ.get("SAESCOPE_BUNDLE") or None,
-                 head=os.environ.get("SAESCOPE_HEAD") or None,
-                 warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0")
+demo = build_app(
+    os.environ.get("SAESCOPE_BUNDLE") or None,
+    head=os.environ.get("SAESCOPE_HEAD") or None,
+    warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0",
+)
 
 if __name__ == "__main__":
     launch(demo, name="classification steering")

@@ -14,10 +14,12 @@ import os
 from saescope.apps.compare import build_app
 from saescope.apps.launch import launch
 
-demo = build_app(os.environ.get("SAESCOPE_LEFT_BUNDLE") or None,
-                 os.environ.get("SAESCOPE_RIGHT_BUNDLE") or None,
-                 offline=os.environ.get("SAESCOPE_OFFLINE", "0") not in ("0", ""),
-                 warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0")
+demo = build_app(
+    os.environ.get("SAESCOPE_LEFT_BUNDLE") or None,
+    os.environ.get("SAESCOPE_RIGHT_BUNDLE") or None,
+    offline=os.environ.get("SAESCOPE_OFFLINE", "0") not in ("0", ""),
+    warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0",
+)
 
 if __name__ == "__main__":
     launch(demo, name="comparison")

@@ -11,11 +11,13 @@ wires it up (``demo`` is what ``gradio app.py`` reloads).
 
 import os
 
-from saescope.apps.launch import launch
 from saescope.apps.diffusion import build_app
+from saescope.apps.launch import launch
 
-demo = build_app(os.environ.get("SAESCOPE_DIFFUSION_ARTEFACT") or None,
-                 device=os.environ.get("SAESCOPE_DEVICE", "cpu"))
+demo = build_app(
+    os.environ.get("SAESCOPE_DIFFUSION_ARTEFACT") or None,
+    device=os.environ.get("SAESCOPE_DEVICE", "cpu"),
+)
 
 if __name__ == "__main__":
     launch(demo, name="diffusion steering")

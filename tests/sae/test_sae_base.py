@@ -88,8 +88,9 @@ def test_each_architecture_learns_synthetic_sparse_data(arch: str, make_sae) -> 
         z = (torch.rand(n, 96) < 0.04).float() * torch.rand(n, 96) * 3
         return z @ dictionary * 4 + 2
 
-    sae = make_sae(arch, d=24, w=96, k=6,
-                   l1_coefficient={"relu": 0.01, "jumprelu": 0.01}.get(arch, 0.0))
+    sae = make_sae(
+        arch, d=24, w=96, k=6, l1_coefficient={"relu": 0.01, "jumprelu": 0.01}.get(arch, 0.0)
+    )
     x0 = data(8000)
     sae.set_normalization(x0)
     sae.init_decoder_bias(x0[:2000])
@@ -160,8 +161,11 @@ def test_sparse_decode_matches_embedding_bag_values_and_gradients() -> None:
     assert torch.allclose(gv, vals.grad, atol=1e-5) and torch.allclose(gw, w.grad, atol=1e-5)
     assert torch.autograd.gradcheck(
         lambda v, ww: sparse_decode(idx[:5, :2], v, ww),
-        (torch.rand(5, 2, dtype=torch.double, requires_grad=True),
-         torch.randn(50, 3, dtype=torch.double, requires_grad=True)))
+        (
+            torch.rand(5, 2, dtype=torch.double, requires_grad=True),
+            torch.randn(50, 3, dtype=torch.double, requires_grad=True),
+        ),
+    )
 
 
 def test_sae_builds_the_registered_class_and_keeps_its_repr(make_sae) -> None:

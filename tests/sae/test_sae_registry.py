@@ -61,8 +61,9 @@ def test_every_architecture_round_trips_save_and_load(arch: str, tmp_path: Path)
     assert type(loaded) is type(sae) is get_architecture(arch)
     assert loaded.cfg == sae.cfg
     assert list(loaded.state_dict()) == list(sae.state_dict())
-    assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(),
-                                                 loaded.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(sae.state_dict().values(), loaded.state_dict().values())
+    )
     x = torch.randn(20, 12, generator=g) * 5 + 2
     assert torch.equal(sae.eval()(x), loaded(x))
     assert json.loads((tmp_path / "config.json").read_text())["architecture"] == arch
