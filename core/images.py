@@ -14,7 +14,7 @@ import struct
 import threading
 import warnings
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,9 +22,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 Mpx: far above any photo a ViT needs, far below a bomb
 DEFAULT_MIN_SIDE = 8
 
-ImageInput = Union[
-    str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray
-]
+ImageInput = (
+    str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
+)
 
 # PIL's bomb guard is a module global; the lock makes our temporary adjustment of it (and the
 # warning filter that turns its warning into an error) safe between our own loader threads.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from saescope.core.sae import SAE, ShapeMismatch
 from saescope.core.sae_io import check_compatible
 from saescope.core.tokens import TokenKind, TokenLayout, parse_kinds
 
-Patches = Union[Sequence[tuple[int, int]], np.ndarray, torch.Tensor, None]
+Patches = Sequence[tuple[int, int]] | np.ndarray | torch.Tensor | None
 
 
 class PatchSelectionError(ValueError):

@@ -172,9 +172,11 @@ def _write_card(folder: Path, info: dict) -> None:
     m = info["sae"].get("metrics") or {}
     metrics = ", ".join(f"{k} {m[k]:.3g}" for k in ("fvu", "l0", "dead_fraction") if k in m)
     (folder / "README.md").write_text(
-        "---\nlibrary_name: saescope\ntags:\n- sparse-autoencoder\n- interpretability\n- vision\n---\n"
+        "---\nlibrary_name: saescope\ntags:\n- sparse-autoencoder\n- interpretability\n"
+        "- vision\n---\n"
         f"# {info['title']}\n\nA saescope bundle: a {info['sae']['architecture']} SAE with "
-        f"{info['sae']['d_sae']} features on layer {info['layer']} of `{info['model']['model_id']}`, "
+        f"{info['sae']['d_sae']} features on layer {info['layer']} of "
+        f"`{info['model']['model_id']}`, "
         f"its top exemplars per feature over {info['dataset']['n_images']} images "
         f"(`{info['dataset']['source']}`), feature statistics, FAISS indices and thumbnails.\n\n"
         f"Metrics: {metrics or 'n/a'}.\n\n"
@@ -213,14 +215,16 @@ def add_matches(
     for bundle, other, matches in ((a, b, m), (b, a, swapped)):
         rel = f"matches/{other.name}.safetensors"
         matches.save(bundle.path / rel)
-        update_manifest(
-            bundle.path,
-            lambda info: (
-                info.setdefault("components", {})
-                .setdefault("matches", {})
-                .__setitem__(other.name, rel)
-            ),
-        )
+        update_manifest(bundle.path, _add_match_component(other.name, rel))
+
+
+def _add_match_component(name: str, rel: str):
+    """A manifest change that records the matches file ``rel`` against bundle ``name``."""
+
+    def change(info: dict) -> None:
+        info.setdefault("components", {}).setdefault("matches", {})[name] = rel
+
+    return change
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -9,7 +9,8 @@ the parsed arguments, prints and saves it (:func:`announce_config`), and runs th
 Conventions, so that every step reads the same:
 
 - a field ``batch_size`` is ``--batch-size``; a field without a default is a required option;
-- ``bool`` fields that default to True get ``--no-<name>``, those that default to False ``--<name>``;
+- ``bool`` fields that default to True get ``--no-<name>``, those that default to False
+  ``--<name>``;
 - ``list[X]`` fields take one or more values (``nargs="+"``); ``X | None`` is optional;
 - ``typing.Literal[...]`` (or ``option(choices=...)``, a sequence or a callable that returns one,
   so registries are read when the parser is built) restricts the values;

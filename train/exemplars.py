@@ -365,7 +365,8 @@ def build_exemplars(
 ) -> Exemplars:
     """Exemplars + feature statistics of ``sae`` over an activation store, in one pass.
 
-    ``store`` is an :class:`~saescope.core.store.ActivationStore` or its path; ``max_images`` limits the
+    ``store`` is an :class:`~saescope.core.store.ActivationStore` or its path; ``max_images``
+    limits the
     pass to the first images (quick looks).
     """
     from saescope.core.store import ActivationStore

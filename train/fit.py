@@ -247,7 +247,8 @@ def _load_checkpoint(out: Path, members: list[_Member]) -> tuple[int, int] | Non
         for c, m in zip(meta["configs"], members)
     ):
         raise ValueError(
-            f"the checkpoint in {ck} was made by a different sweep; use another --out or --no-resume"
+            f"the checkpoint in {ck} was made by a different sweep; "
+            "use another --out or --no-resume"
         )
     for i, m in enumerate(members):
         m.sae.load_state_dict({n: tensors[f"{i}/sae/{n}"] for n in m.sae.state_dict()})
@@ -437,7 +438,8 @@ def _finish(
             plot_feature_frequency(freq, folder / "feature_frequency.png", title=name)
         print(
             f"{name}: FVU {metrics['fvu']:.4f}  L0 {metrics['l0']:.1f}  "
-            f"dead {metrics['dead_fraction']:.2%}  dense {metrics['dense_fraction']:.2%}  -> {folder}"
+            f"dead {metrics['dead_fraction']:.2%}  dense {metrics['dense_fraction']:.2%}  "
+            f"-> {folder}"
         )
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     if cfg.plots:

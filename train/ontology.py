@@ -45,7 +45,7 @@ from saescope.train.exemplars import check_sae_store, codes_to_coo
 def labelled(store) -> tuple[list[str], list[int | None]]:
     """The store's label names and per-image labels, or a clear error when it has none."""
     names, labels = store.label_names, store.labels
-    if not names or all(l is None for l in labels):
+    if not names or all(y is None for y in labels):
         spec = (store.manifest.get("source") or {}).get("spec")
         raise OntologyError(
             f"the store {store.path} has no image labels (source {spec!r}): the ontology analysis "
@@ -106,7 +106,7 @@ def class_activations(
     acc = ClassActivations(sae.cfg.d_sae, len(names), top_k=top_k)
     drop = set(int(c) for c in exclude)
     lab = torch.tensor(
-        [-1 if l is None or int(l) in drop else int(l) for l in labels], dtype=torch.long
+        [-1 if y is None or int(y) in drop else int(y) for y in labels], dtype=torch.long
     )
     device = sae.W_enc.device
     kinds = token_kinds(sae)

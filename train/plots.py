@@ -18,7 +18,10 @@ def _plt():
 
 
 def plot_fvu_vs_l0(rows: Sequence[dict], path: str | Path) -> Path:
-    """FVU against L0 for every SAE of a sweep, one series per architecture (the sparsity frontier)."""
+    """FVU against L0 for every SAE of a sweep, one series per architecture.
+
+    Why: it is the sparsity frontier a sweep is run to find.
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     by_arch: dict[str, list[dict]] = {}

@@ -35,7 +35,8 @@ class ImageResult:
     feature: int
     random_feature: int
     n_target: int
-    rows: dict  # method -> {"target": float, "other": float, "target_flip": float, "other_flip": float}
+    # method -> {"target": float, "other": float, "target_flip": float, "other_flip": float}
+    rows: dict
 
 
 def _as_distribution(prob: torch.Tensor) -> torch.Tensor:

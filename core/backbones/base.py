@@ -166,7 +166,7 @@ class Backbone(torch.nn.Module, ABC):
     @torch.inference_mode()
     def forward_layers(self, pixel_values: torch.Tensor, layers: Sequence[int]) -> BackboneOutput:
         """Tokens at each requested layer; stops after the deepest one (no wasted blocks)."""
-        wanted = sorted({self.resolve_layer(l) for l in layers})
+        wanted = sorted({self.resolve_layer(layer) for layer in layers})
         if not wanted:
             raise ValueError("forward_layers needs at least one layer")
         pixel_values = pixel_values.to(self.device, self.dtype)

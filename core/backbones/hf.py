@@ -283,7 +283,10 @@ def from_pretrained_quiet(model_cls: type, model_id: str | Path, **kwargs: Any) 
             tf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or ())
     if missing:
-        warnings.warn(f"{model_id}: weights missing from the checkpoint (left random): {missing}")
+        warnings.warn(
+            f"{model_id}: weights missing from the checkpoint (left random): {missing}",
+            stacklevel=3,
+        )
     return model
 
 

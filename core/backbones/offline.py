@@ -153,7 +153,10 @@ def _config_from(backbone: dict[str, torch.Tensor], n_heads: int | None) -> Any:
 
 
 def convert_onnx(onnx_path: Path, out_dir: Path) -> None:
-    """Write the transformers checkpoint + saliency head converted from ``onnx_path`` into ``out_dir``."""
+    """Write the transformers checkpoint + saliency head converted from ``onnx_path``.
+
+    Both go into ``out_dir``.
+    """
     from safetensors.torch import save_file
     from transformers import Dinov2Model
 

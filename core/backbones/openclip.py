@@ -23,7 +23,7 @@ INSTALL_HINT = (
 
 
 def import_open_clip() -> Any:
-    """Import open_clip, turning any failure (missing package, broken torchvision) into a clear ImportError."""
+    """Import open_clip; a failure (missing package, broken torchvision) is a clear ImportError."""
     try:
         import open_clip  # noqa: PLC0415 -- optional dependency, imported lazily on purpose
     except Exception as err:  # ImportError, or RuntimeError from a torchvision/torch mismatch
@@ -109,7 +109,10 @@ class OpenClipBackbone(Backbone):
 
 
 def parse_open_clip_id(model_id: str, revision: str | None = None) -> tuple[str, str | None]:
-    """``open_clip:ViT-B-16/openai`` -> ("ViT-B-16", "openai"); ``hf-hub:org/repo`` -> (id, None)."""
+    """``open_clip:ViT-B-16/openai`` -> ("ViT-B-16", "openai"); ``hf-hub:org/repo`` -> (id, None).
+
+    Why: both spellings name a model; only the first names its pretrained weights.
+    """
     if model_id.startswith("hf-hub:"):
         return model_id, None
     name = model_id.removeprefix("open_clip:")

@@ -111,7 +111,7 @@ def median_class_size(labels: Sequence[int | None], exclude: Sequence[int] = ())
     then have a one-class top set; with more top images than a class has, it never could.
     """
     drop = set(exclude)
-    counts = Counter(int(l) for l in labels if l is not None and int(l) not in drop)
+    counts = Counter(int(y) for y in labels if y is not None and int(y) not in drop)
     return max(1, int(np.median(list(counts.values())))) if counts else 1
 
 

@@ -43,7 +43,10 @@ class ImageSummary:
 
     def subset(self, rows: Any) -> ImageSummary:
         rows = np.asarray(rows)
-        pick = lambda a: None if a is None else a[rows]
+
+        def pick(a: Any) -> Any:
+            return None if a is None else a[rows]
+
         ids = [self.ids[i] for i in np.arange(len(self))[rows]] if self.ids else []
         return ImageSummary(
             pick(self.fvu),

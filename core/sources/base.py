@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from saescope.core.images import ImageError, ImageInput, load_image
 
-Loaded = Union[Image.Image, ImageError]
+Loaded = Image.Image | ImageError
 
 
 class ImageSource(ABC):

@@ -199,8 +199,8 @@ class StoreWriter:
             "ids": list(ids),
             "source_indices": [int(s) for s in source_indices],
             "labels": None
-            if labels is None or all(l is None for l in labels)
-            else [None if l is None else int(l) for l in labels],
+            if labels is None or all(y is None for y in labels)
+            else [None if y is None else int(y) for y in labels],
         }
         _, ids_sha = atomic_write(
             self.path / ids_name, lambda fh: fh.write(json.dumps(rec).encode())
