@@ -522,7 +522,8 @@ def build_app(
     warm_up: bool = False,
     title: str | None = None,
 ) -> gr.Blocks:
-    """The feature browser for ``bundle`` (path, Hub id, Bundle, or None for the offline default)."""
+    """The feature browser for ``bundle`` (path, Hub id, Bundle, or None for the offline
+    default)."""
     eng = engine or Engine(bundle)
     if warm_up:
         eng.warm_up()

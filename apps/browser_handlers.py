@@ -193,7 +193,8 @@ class Browser:
             f"and the final patch tokens by **{out.final_change:.1%}** on average "
             f"<span class='sae-note'>({out.seconds * 1000:.0f} ms)</span>"
             if edits
-            else "No edits yet: *after* equals *before* exactly (the SAE's error term is added back)."
+            else "No edits yet: *after* equals *before* exactly "
+            "(the SAE's error term is added back)."
         )
         return (
             edits_markdown(edits, scope, n_sel),
@@ -218,10 +219,13 @@ class Browser:
         hist = histogram_image(fs.get("histogram"), fs.get("bin_edges"), f) if fs else None
         ex = panels.exemplar_tiles(b, pre, f, N_EXEMPLARS)
         if not ex:
-            md += "\n\n_This bundle ships no exemplars for this feature (it never fired on the dataset?)._"
+            md += (
+                "\n\n_This bundle ships no exemplars for this feature "
+                "(it never fired on the dataset?)._"
+            )
         rel = adapter.related_features(b, f, N_RELATED)
         rel_items = []
-        for g, sim in rel:
+        for g, _sim in rel:
             tiles = panels.exemplar_tiles(b, pre, g, 1, panels.TILE)
             img = tiles[0][0] if tiles else self._blank()
             rel_items.append((img, f"#{g}"))

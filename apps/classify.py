@@ -75,7 +75,8 @@ def prediction_callout(before: np.ndarray, after: np.ndarray, names: list[str]) 
 
 
 class ClassifyTask(SteerTask):
-    """Class probabilities before/after as a bar chart and a table; the predicted class called out."""
+    """Class probabilities before/after as a bar chart and a table; the predicted class called
+    out."""
 
     kind = "classification"
     title = "Classification steering"

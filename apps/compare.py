@@ -100,7 +100,7 @@ class Side:
     def cards(self, an, sel):
         feats = self.eng.top_features(an, sel, N_TOP)
         items = []
-        for f, score, n_fire in feats:
+        for f, score, _n_fire in feats:
             tiles = [t for t, _ in panels.exemplar_tiles(self.bundle, self.pre, f, 5, panels.TILE)]
             items.append(
                 (
@@ -328,7 +328,8 @@ def side_header(side: Side) -> str:
     )
     return (
         f"<div class='cmp-side'><div class='cmp-tag'>{side.name.upper()}</div>"
-        f"<b>{html.escape(side.eng.title)}</b><br><span class='sae-note'>{html.escape(sub)}</span></div>"
+        f"<b>{html.escape(side.eng.title)}</b><br>"
+        f"<span class='sae-note'>{html.escape(sub)}</span></div>"
     )
 
 

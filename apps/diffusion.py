@@ -16,7 +16,9 @@ import html
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 from PIL import Image
@@ -224,27 +226,25 @@ def scores_markdown(info: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ the app
-def build_app(
-    artefact=None, *, steerer=None, device: str = "cpu", title: str | None = None
-) -> gr.Blocks:
-    """The steering app for ``artefact`` (folder, Hub id, loaded Artefact, or None for the tiny
-    offline demo)."""
+def _steerer_for(artefact, steerer, device: str):
+    """The given steerer, or one for ``artefact`` (None: the tiny offline demo)."""
     from saescope.core import diffusion as D
 
-    if steerer is None:
-        art = (
-            artefact
-            if isinstance(artefact, D.Artefact)
-            else D.load_artefact(artefact or demo_artefact())
-        )
-        steerer = D.Steerer(art, device=device)
+    if steerer is not None:
+        return steerer
+    art = (
+        artefact
+        if isinstance(artefact, D.Artefact)
+        else D.load_artefact(artefact or demo_artefact())
+    )
+    return D.Steerer(art, device=device)
+
+
+def _handlers(steerer) -> tuple[Callable, Callable]:
+    """The app's event handlers ``(on_search, on_generate)`` for ``steerer``."""
+    from saescope.core import diffusion as D
+
     art = steerer.art
-    naming = art.manifest.get("naming") or {}
-    tiny = art.tiny
-    default_strength = float(naming.get("strength", 8.0))
-    max_strength = max(20.0, abs(default_strength) * 2)
-    choices = feature_choices(art)
-    pipe_name = art.pipeline if not tiny else "tiny random StableDiffusion (built from configs)"
 
     def on_search(query):
         found = feature_choices(art, query)
@@ -276,98 +276,147 @@ def build_app(
             return None, None, "", error_box(str(err))
         return _display(before), _display(after), scores_markdown(info), ""
 
-    with gr.Blocks(title=title or "saescope · diffusion steering", analytics_enabled=False) as demo:
+    return on_search, on_generate
+
+
+def _header_panel(art, pipe_name: str, tiny: bool) -> None:
+    """The page header, the tiny-model warning (if any) and the help accordion."""
+    gr.HTML(
+        "<div class='sae-header'><h1>Diffusion steering</h1>"
+        f"<p class='sae-sub'><b>{html.escape(pipe_name)}</b> — "
+        f"SAE {html.escape(art.sae.cfg.name)} "
+        f"on the text encoder's token outputs ({art.sae.cfg.d_sae:,} features, "
+        f"{len(art.names)} named)</p></div>"
+    )
+    if tiny:
         gr.HTML(
-            "<div class='sae-header'><h1>Diffusion steering</h1>"
-            f"<p class='sae-sub'><b>{html.escape(pipe_name)}</b> — SAE {html.escape(art.sae.cfg.name)} "
-            f"on the text encoder's token outputs ({art.sae.cfg.d_sae:,} features, "
-            f"{len(art.names)} named)</p></div>"
+            error_box(
+                "This is a tiny random test model: the pipeline, the SAE and the CLIP "
+                "scorer have random weights, so the images are noise and the feature "
+                "names carry no meaning. It shows the mechanism only; start the app "
+                "with --artefact for a real pipeline."
+            ),
+            elem_id="tiny-note",
         )
-        if tiny:
-            gr.HTML(
-                error_box(
-                    "This is a tiny random test model: the pipeline, the SAE and the CLIP "
-                    "scorer have random weights, so the images are noise and the feature "
-                    "names carry no meaning. It shows the mechanism only; start the app "
-                    "with --artefact for a real pipeline."
-                ),
-                elem_id="tiny-note",
-            )
-        with gr.Accordion("How to read this page", open=False):
-            gr.Markdown(HELP)
+    with gr.Accordion("How to read this page", open=False):
+        gr.Markdown(HELP)
+
+
+def _prompt_panel(naming: dict) -> SimpleNamespace:
+    """Prompt, negative prompt, seed, steps and guidance (inside the current column)."""
+    prompt = gr.Textbox(label="Prompt", value="a photo of a house", lines=2, elem_id="prompt")
+    negative = gr.Textbox(label="Negative prompt (never steered)", value="", elem_id="negative")
+    with gr.Row():
+        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
+        steps = gr.Slider(
+            1, 50, int(naming.get("steps", 4)), step=1, label="Steps", elem_id="steps"
+        )
+        guidance = gr.Slider(
+            0,
+            15,
+            float(naming.get("guidance", 5.0)),
+            step=0.5,
+            label="Guidance (≤ 1: off)",
+            elem_id="guidance",
+        )
+    return SimpleNamespace(
+        prompt=prompt, negative=negative, seed=seed, steps=steps, guidance=guidance
+    )
+
+
+def _feature_panel(
+    choices: list[str], default_strength: float, max_strength: float
+) -> SimpleNamespace:
+    """Feature search, feature picker, strength and the Generate button (current column)."""
+    search = gr.Textbox(
+        label="Search features by name or id",
+        placeholder="e.g. red, 12",
+        elem_id="feature-search",
+    )
+    feature = gr.Dropdown(
+        choices=choices,
+        value=choices[0] if choices else None,
+        label="Feature",
+        filterable=True,
+        allow_custom_value=True,
+        elem_id="feature",
+    )
+    search_md = gr.Markdown(
+        f"{len(choices)} feature(s).", elem_id="search-info", elem_classes="sae-note"
+    )
+    strength = gr.Slider(
+        -max_strength,
+        max_strength,
+        default_strength,
+        step=0.5,
+        label="Strength (× max activation; negative suppresses)",
+        elem_id="strength",
+    )
+    go = gr.Button("Generate", variant="primary", elem_id="generate")
+    return SimpleNamespace(
+        search=search, feature=feature, search_md=search_md, strength=strength, go=go
+    )
+
+
+def _output_panel() -> SimpleNamespace:
+    """The error box, the unsteered/steered images and the scores table."""
+    err = gr.HTML("", elem_id="error")
+    with gr.Row():
+        before = gr.Image(
+            label="Unsteered",
+            interactive=False,
+            format="png",
+            height=300,
+            elem_id="img-before",
+            buttons=[],
+        )
+        after = gr.Image(
+            label="Steered",
+            interactive=False,
+            format="png",
+            height=300,
+            elem_id="img-after",
+            buttons=[],
+        )
+    scores = gr.Markdown(elem_id="scores")
+    return SimpleNamespace(err=err, before=before, after=after, scores=scores)
+
+
+def _wire(p: SimpleNamespace, f: SimpleNamespace, o: SimpleNamespace, on_search, on_generate):
+    """Connect the panels' events: search narrows the picker; Generate / Enter generate."""
+    f.search.change(
+        on_search, f.search, [f.feature, f.search_md], api_visibility="private", queue=False
+    )
+    inputs = [p.prompt, p.negative, p.seed, p.steps, p.guidance, f.feature, f.strength]
+    outputs = [o.before, o.after, o.scores, o.err]
+    f.go.click(on_generate, inputs, outputs, api_name="generate")
+    p.prompt.submit(on_generate, inputs, outputs, api_visibility="private")
+
+
+def build_app(
+    artefact=None, *, steerer=None, device: str = "cpu", title: str | None = None
+) -> gr.Blocks:
+    """The steering app for ``artefact`` (folder, Hub id, loaded Artefact, or None for the tiny
+    offline demo)."""
+    steerer = _steerer_for(artefact, steerer, device)
+    art = steerer.art
+    naming = art.manifest.get("naming") or {}
+    tiny = art.tiny
+    default_strength = float(naming.get("strength", 8.0))
+    max_strength = max(20.0, abs(default_strength) * 2)
+    choices = feature_choices(art)
+    pipe_name = art.pipeline if not tiny else "tiny random StableDiffusion (built from configs)"
+    on_search, on_generate = _handlers(steerer)
+
+    with gr.Blocks(title=title or "saescope · diffusion steering", analytics_enabled=False) as demo:
+        _header_panel(art, pipe_name, tiny)
         with gr.Row(equal_height=False):
             with gr.Column(scale=5, min_width=280):
-                prompt = gr.Textbox(
-                    label="Prompt", value="a photo of a house", lines=2, elem_id="prompt"
-                )
-                negative = gr.Textbox(
-                    label="Negative prompt (never steered)", value="", elem_id="negative"
-                )
-                with gr.Row():
-                    seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
-                    steps = gr.Slider(
-                        1, 50, int(naming.get("steps", 4)), step=1, label="Steps", elem_id="steps"
-                    )
-                    guidance = gr.Slider(
-                        0,
-                        15,
-                        float(naming.get("guidance", 5.0)),
-                        step=0.5,
-                        label="Guidance (≤ 1: off)",
-                        elem_id="guidance",
-                    )
+                p = _prompt_panel(naming)
             with gr.Column(scale=5, min_width=280):
-                search = gr.Textbox(
-                    label="Search features by name or id",
-                    placeholder="e.g. red, 12",
-                    elem_id="feature-search",
-                )
-                feature = gr.Dropdown(
-                    choices=choices,
-                    value=choices[0] if choices else None,
-                    label="Feature",
-                    filterable=True,
-                    allow_custom_value=True,
-                    elem_id="feature",
-                )
-                search_md = gr.Markdown(
-                    f"{len(choices)} feature(s).", elem_id="search-info", elem_classes="sae-note"
-                )
-                strength = gr.Slider(
-                    -max_strength,
-                    max_strength,
-                    default_strength,
-                    step=0.5,
-                    label="Strength (× max activation; negative suppresses)",
-                    elem_id="strength",
-                )
-                go = gr.Button("Generate", variant="primary", elem_id="generate")
-        err = gr.HTML("", elem_id="error")
-        with gr.Row():
-            before = gr.Image(
-                label="Unsteered",
-                interactive=False,
-                format="png",
-                height=300,
-                elem_id="img-before",
-                buttons=[],
-            )
-            after = gr.Image(
-                label="Steered",
-                interactive=False,
-                format="png",
-                height=300,
-                elem_id="img-after",
-                buttons=[],
-            )
-        scores = gr.Markdown(elem_id="scores")
-
-        search.change(
-            on_search, search, [feature, search_md], api_visibility="private", queue=False
-        )
-        inputs = [prompt, negative, seed, steps, guidance, feature, strength]
-        go.click(on_generate, inputs, [before, after, scores, err], api_name="generate")
-        prompt.submit(on_generate, inputs, [before, after, scores, err], api_visibility="private")
+                f = _feature_panel(choices, default_strength, max_strength)
+        o = _output_panel()
+        _wire(p, f, o, on_search, on_generate)
     demo.steerer = steerer  # for tests
     return demo
 

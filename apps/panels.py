@@ -61,7 +61,7 @@ def exemplar_tiles(
     if not rows:
         return out
     vmax = max(v for _, _, v, _ in rows) or None
-    for rank, (index, image_id, value, pmap) in enumerate(rows):
+    for rank, (index, _image_id, value, pmap) in enumerate(rows):
 
         def make(index=index, pmap=pmap):
             thumb = adapter.thumbnail(bundle, index)
@@ -201,7 +201,10 @@ def class_table(
 ) -> str:
     """Markdown: the head's top classes before and after the edits."""
     idx = np.argsort(-before)[:k]
-    name = lambda i: labels[i] if labels and i < len(labels) else f"class {i}"
+
+    def name(i):
+        return labels[i] if labels and i < len(labels) else f"class {i}"
+
     rows = ["| class | before | after |", "|---|---|---|"]
     for i in idx:
         a = "" if after is None else f"{after[i]:.1%}"

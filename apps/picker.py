@@ -73,8 +73,8 @@ def picker_html(
     _picker_nonce += 1
     if view is None or grid is None:
         return (
-            '<div class="pp-empty" data-nonce="%d">Upload an image (or click an example) to '
-            "see its patch grid here.</div>" % _picker_nonce
+            f'<div class="pp-empty" data-nonce="{_picker_nonce}">Upload an image '
+            "(or click an example) to see its patch grid here.</div>"
         )
     rows, cols = grid
     sel = {(int(r), int(c)) for r, c in selected}
@@ -96,7 +96,8 @@ def picker_html(
 # Click toggles a patch; a drag selects the rectangle between the press and the pointer (or
 # removes it, when the drag starts on a selected patch), previewed live. On release the selection
 # goes to Python through the custom 'pick' event.
-PICKER_JS = r"""
+PICKER_JS = (
+    r"""
 let dragging = false, mode = true, start = null, snapshot = null, last = null;
 function root() { return element.querySelector('.pp'); }
 function cellAt(e, clamp) {
@@ -124,7 +125,8 @@ function apply(end) {
 }
 function send() {
   const cols = +root().dataset.cols, sel = [];
-  cells().forEach((c, i) => { if (c.classList.contains('on')) sel.push(Math.floor(i / cols) + ',' + (i % cols)); });
+  cells().forEach((c, i) => { if (c.classList.contains('on')) """
+    r"""sel.push(Math.floor(i / cols) + ',' + (i % cols)); });
   trigger('pick', {selection: sel.join(';')});
 }
 element.addEventListener('pointerdown', e => {
@@ -149,20 +151,25 @@ window.addEventListener('pointerup', () => {
 });
 element.addEventListener('dragstart', e => e.preventDefault());
 """
+)
 
-PICKER_CSS = """
+PICKER_CSS = (
+    """
 .pp { position: relative; width: 100%; max-width: 448px; margin: 0 auto; user-select: none;
       touch-action: none; cursor: crosshair; border-radius: 6px; overflow: hidden; }
 .pp img { display: block; width: 100%; height: 100%; object-fit: fill; pointer-events: none; }
 .pp-grid { position: absolute; inset: 0; display: grid; }
-.pp-cell { border-right: 1px solid rgba(255,255,255,.28); border-bottom: 1px solid rgba(255,255,255,.28); }
+.pp-cell { border-right: 1px solid rgba(255,255,255,.28); """
+    """border-bottom: 1px solid rgba(255,255,255,.28); }
 .pp-cell:hover { background: rgba(255,255,255,.22); }
-.pp-cell.on { background: rgba(0, 200, 255, .38); box-shadow: inset 0 0 0 2px rgba(0, 230, 255, .95); }
+.pp-cell.on { background: rgba(0, 200, 255, .38); """
+    """box-shadow: inset 0 0 0 2px rgba(0, 230, 255, .95); }
 .pp-count { text-align: center; font-size: .85em; opacity: .75; margin-top: 4px; }
 .pp-empty { display: flex; align-items: center; justify-content: center; min-height: 260px;
             border: 2px dashed rgba(127,127,127,.35); border-radius: 8px; opacity: .7;
             text-align: center; padding: 1em; }
 """
+)
 
 
 def outline_patches(

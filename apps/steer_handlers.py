@@ -45,7 +45,8 @@ def head_markdown(eng: Engine, name: str) -> str:
     shown = ", ".join(str(c) for c in classes[:12]) + (" …" if len(classes) > 12 else "")
     src = (info.get("metrics") or {}).get("source")
     return (
-        f"**{html.escape(name)}**: {info['kind']} head, {len(classes)} classes ({html.escape(shown)})."
+        f"**{html.escape(name)}**: {info['kind']} head, {len(classes)} classes "
+        f"({html.escape(shown)})."
         f" {panels.metrics_line(info)}"
         + (f"; fitted on {html.escape(str(src).split('?')[0])}." if src else ".")
     )

@@ -7,8 +7,10 @@ import gradio as gr
 from saescope.apps.picker import PICKER_CSS
 
 # the steering apps (apps/segment.py, apps/classify.py): class legend, callouts, slider rows
-STEER_CSS = """
-.seg-legend { display: flex; flex-wrap: wrap; gap: 4px 10px; font-size: .85em; margin: .2em 0 .4em; }
+STEER_CSS = (
+    """
+.seg-legend { display: flex; flex-wrap: wrap; gap: 4px 10px; font-size: .85em; """
+    """margin: .2em 0 .4em; }
 .seg-chip { display: inline-flex; align-items: center; gap: 4px; white-space: nowrap; }
 .seg-swatch { width: 12px; height: 12px; border-radius: 3px; display: inline-block;
               border: 1px solid rgba(0,0,0,.25); }
@@ -18,6 +20,7 @@ STEER_CSS = """
 .steer-callout.same { background: #f1f5f9; border: 1px solid #cbd5e1; color: #334155; }
 .steer-slot { align-items: center !important; }
 """
+)
 
 THEME = gr.themes.Soft(
     primary_hue="blue",

@@ -153,7 +153,7 @@ def browser_timings(url: str, images: list[Path], reps: int = 3) -> dict | None:
     return {"upload": summary(up), "toggle": summary(tog), "raw": {"upload": up, "toggle": tog}}
 
 
-def main(argv=None) -> int:
+def _parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench.app_latency", description=__doc__.split("\n\n")[0]
     )
@@ -163,79 +163,62 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=8, help="concurrent clients")
     p.add_argument("--no-browser", dest="browser", action="store_false")
     p.add_argument("--no-write", dest="write", action="store_false", help="print only")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    import torch
 
-    from saescope.apps import adapter
-    from saescope.apps.browser import build_app
-    from saescope.apps.launch import free_port, launch
+def concurrent_sessions(url: str, images: list[Path], clients: int, tmp: Path) -> dict:
+    """``clients`` threads that each upload one image and toggle twice, started together."""
+    conc: dict = {}
+    barrier = threading.Barrier(clients)
+    threads = [
+        threading.Thread(
+            target=client_session,
+            args=(url, [images[i]], 2, tmp / f"c{i}", conc, barrier),
+        )
+        for i in range(clients)
+    ]
+    t = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    wall = time.perf_counter() - t
+    return {"clients": clients, "wall_s": wall, **{k: summary(v) for k, v in conc.items()}}
 
-    t0 = time.perf_counter()
-    try:
-        demo = build_app(args.bundle, warm_up=True, examples=False)
-    except adapter.AppSetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    startup = time.perf_counter() - t0
-    eng = demo.engine
-    _, url = launch(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
-    url = url.rstrip("/")
-    data: dict = {
-        "bundle": str(eng.bundle.path),
-        "title": eng.title,
-        "sae": eng.sae.cfg.name,
-        "d_sae": eng.d_sae,
-        "layer": eng.layer,
-        "startup_s": startup,
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            imgs = make_images(tmp, args.images + args.clients + 5)
-            data["load_average_before"] = os.getloadavg()
-            single: dict = {}
-            client_session(url, imgs[: args.images], args.toggles, tmp / "single", single)
-            data["single_client"] = {k: summary(v) for k, v in single.items()}
 
-            conc: dict = {}
-            barrier = threading.Barrier(args.clients)
-            threads = [
-                threading.Thread(
-                    target=client_session,
-                    args=(url, [imgs[args.images + i]], 2, tmp / f"c{i}", conc, barrier),
-                )
-                for i in range(args.clients)
-            ]
-            t = time.perf_counter()
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            wall = time.perf_counter() - t
-            data["concurrent"] = {
-                "clients": args.clients,
-                "wall_s": wall,
-                **{k: summary(v) for k, v in conc.items()},
-            }
-            if args.browser:
-                data["browser"] = browser_timings(url, imgs[: args.images])
-            # server-side compute floor: backbone + SAE + head, and one toggle's rerun
-            from PIL import Image
+def compute_floor(eng, images: list[Path]) -> dict:
+    """Server-side compute floor: backbone + SAE + head, and one toggle's rerun."""
+    from PIL import Image
 
-            from saescope.core.steering import Edit
+    from saescope.core.steering import Edit
 
-            floor_up, floor_tog = [], []
-            for path in imgs[-5:]:
-                an = eng.analyse(Image.open(path).convert("RGB"))
-                floor_up.append(an.timings["total_s"])
-                f = eng.top_features(an, None, 1)[0][0]
-                floor_tog.append(eng.steer(an, [Edit(f, scale=0.0)], None).seconds)
-            data["compute_floor"] = {"analyse": summary(floor_up), "steer": summary(floor_tog)}
-            data["load_average_after"] = os.getloadavg()
-    finally:
-        demo.close()
+    floor_up, floor_tog = [], []
+    for path in images:
+        an = eng.analyse(Image.open(path).convert("RGB"))
+        floor_up.append(an.timings["total_s"])
+        f = eng.top_features(an, None, 1)[0][0]
+        floor_tog.append(eng.steer(an, [Edit(f, scale=0.0)], None).seconds)
+    return {"analyse": summary(floor_up), "steer": summary(floor_tog)}
+
+
+def measure(args: argparse.Namespace, url: str, eng, data: dict) -> None:
+    """Every measurement against the served app at ``url``, into ``data``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        imgs = make_images(tmp, args.images + args.clients + 5)
+        data["load_average_before"] = os.getloadavg()
+        single: dict = {}
+        client_session(url, imgs[: args.images], args.toggles, tmp / "single", single)
+        data["single_client"] = {k: summary(v) for k, v in single.items()}
+        data["concurrent"] = concurrent_sessions(url, imgs[args.images :], args.clients, tmp)
+        if args.browser:
+            data["browser"] = browser_timings(url, imgs[: args.images])
+        data["compute_floor"] = compute_floor(eng, imgs[-5:])
+        data["load_average_after"] = os.getloadavg()
+
+
+def markdown(args: argparse.Namespace, data: dict, startup: float) -> str:
+    """The RESULTS.md section."""
 
     def row(name, s, target=None):
         ok = "" if target is None else (" ✅" if s["median_s"] < target else " ❌")
@@ -285,7 +268,42 @@ def main(argv=None) -> int:
         f"{data['load_average_before'][0]:.1f} → {data['load_average_after'][0]:.1f} "
         f"(other jobs share the {os.cpu_count()} cores).",
     ]
-    md = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+
+    import torch
+
+    from saescope.apps import adapter
+    from saescope.apps.browser import build_app
+    from saescope.apps.launch import free_port, launch
+
+    t0 = time.perf_counter()
+    try:
+        demo = build_app(args.bundle, warm_up=True, examples=False)
+    except adapter.AppSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    startup = time.perf_counter() - t0
+    eng = demo.engine
+    _, url = launch(demo, "127.0.0.1", free_port(), prevent_thread_lock=True, quiet=True)
+    url = url.rstrip("/")
+    data: dict = {
+        "bundle": str(eng.bundle.path),
+        "title": eng.title,
+        "sae": eng.sae.cfg.name,
+        "d_sae": eng.d_sae,
+        "layer": eng.layer,
+        "startup_s": startup,
+        "torch_threads": torch.get_num_threads(),
+    }
+    try:
+        measure(args, url, eng, data)
+    finally:
+        demo.close()
+    md = markdown(args, data, startup)
     print(md)
     if args.write:
         write_section("app_latency", md, data)

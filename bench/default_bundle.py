@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         "HF_HUB_OFFLINE": "1",
     }
     try:
-        build = timed([sys.executable, "-m", "train", "default-bundle"], env)
+        build = timed([sys.executable, "-m", "saescope.train", "default-bundle"], env)
         starts = [timed([sys.executable, "-c", LOAD], env) for _ in range(3)]
         size = sum(
             p.stat().st_size

@@ -22,26 +22,23 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import BENCH_DIR, write_section
+from saescope.core.backbones import load_backbone
+from saescope.core.ontology import analyze, map_labels, markdown, split_label
+from saescope.core.sae_io import from_pretrained
+from saescope.core.sources import open_source
+from saescope.core.store import ActivationStore
+from saescope.core.wordnet import load as load_wordnet
+from saescope.train.extract import extract
+from saescope.train.fit import FitConfig, SAESpec, fit
+from saescope.train.ontology import class_activations, save_outputs, text_table
 
 
 def dataset_of(label: str) -> str:
     """``builtin:digits:7`` -> ``builtin:digits``."""
-    from saescope.core.ontology import split_label
-
     return split_label(label)[0] or "?"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from saescope.core.backbones import load_backbone
-    from saescope.core.ontology import analyze, map_labels, markdown
-    from saescope.core.sae_io import from_pretrained
-    from saescope.core.sources import open_source
-    from saescope.core.store import ActivationStore
-    from saescope.core.wordnet import load as load_wordnet
-    from saescope.train.extract import extract
-    from saescope.train.fit import FitConfig, SAESpec, fit
-    from saescope.train.ontology import class_activations, save_outputs, text_table
-
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -56,26 +53,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--min-images", type=int, default=3)
     p.add_argument("--no-write", action="store_true")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    wn = load_wordnet()
-    spec = (
-        f"builtin:photos?views={args.views}+builtin:digits?max_images={args.digits}"
-        f"+builtin:fashion-mnist?split=test&max_images={args.fashion}"
-    )
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    return p.parse_args(argv)
+
+
+def _extract(args: argparse.Namespace, spec: str, out: Path):
+    """The labelled mix's activation store at ``args.layer`` of the offline model."""
     backbone = load_backbone("offline:dinov2-s-saliency")
-    store = ActivationStore(
+    return ActivationStore(
         extract(backbone, open_source(spec), out / "acts", layers=[args.layer], kinds="patch")[0]
     )
-    t_extract = time.perf_counter() - t0
-    print(
-        f"store: {store.n_images} images, {store.n_tokens:,} tokens, layer {store.layer}; "
-        f"extraction {t_extract:.0f} s"
-    )
-    t1 = time.perf_counter()
-    folder = fit(
+
+
+def _fit(args: argparse.Namespace, store, out: Path) -> Path:
+    """One TopK SAE on the store's tokens; returns its folder."""
+    return fit(
         FitConfig(
             store=str(store.path),
             out=str(out / "saes"),
@@ -86,47 +77,27 @@ def main(argv: list[str] | None = None) -> dict:
             plots=False,
         )
     )[0]
-    t_fit = time.perf_counter() - t1
-    sae = from_pretrained(folder)
-    t2 = time.perf_counter()
+
+
+def _analyse(args: argparse.Namespace, sae, store, wn) -> tuple:
+    """(class activations, class names, analysis over each feature's top images)."""
     mapping = map_labels(
         store.label_names, wn, dataset_kind=(store.manifest.get("source") or {}).get("kind")
     )
     acc, names = class_activations(sae, store, batch_images=16, exclude=sorted(mapping.unmapped))
     result = analyze(acc, mapping, wn, min_images=args.min_images)
-    t_analyse = time.perf_counter() - t2
-    load1 = os.getloadavg()[0]
-    s_all = analyze(acc, mapping, wn, images="all", min_images=args.min_images).summary()
-    title = f"{sae.cfg.name} on DINOv2-S (saliency fine-tune), layer {store.layer}"
-    paths = save_outputs(result, out / "ontology", title=title)
-    print(text_table(result, max_rows=20))
-    s = result.summary()
-    within = Counter(
-        "one dataset" if len({dataset_of(names[c]) for c in f.top_classes}) == 1 else "mixed"
-        for f in result.features
-    )
-    per_dataset = Counter(dataset_of(names[f.top_classes[0]]) for f in result.features)
-    n = max(1, s["n_analysed"])
-    data = {
-        "summary": s,
-        "top_k": acc.top_k,
-        "summary_all_images": s_all,
-        "within_one_dataset": within["one dataset"] / n,
-        "features_by_dataset_of_top_class": dict(per_dataset),
-        "spec": spec,
-        "store_images": store.n_images,
-        "store_tokens": store.n_tokens,
-        "sae": sae.cfg.name,
-        "sae_metrics": sae.cfg.metrics,
-        "t_extract": t_extract,
-        "t_fit": t_fit,
-        "t_analyse": t_analyse,
-        "load_average_1min": [load0, load1],
-        "args": vars(args),
-    }
+    return acc, names, mapping, result
+
+
+def _markdown(args: argparse.Namespace, data: dict, store, sae, acc, result, s_all) -> list[str]:
+    """The RESULTS.md section, as lines."""
+    s = data["summary"]
+    per_dataset = data["features_by_dataset_of_top_class"]
+    t_extract, t_fit, t_analyse = data["t_extract"], data["t_fit"], data["t_analyse"]
+    load0, load1 = data["load_average_1min"]
     base = s["baseline"]
     hist = ", ".join(f"{d}: {c}" for d, c in s["depth_histogram"].items())
-    md = [
+    return [
         "## Ontology of SAE features (`python -m bench.ontology`)\n",
         f"Offline DINOv2-S (saliency fine-tune), layer {store.layer}, all patch tokens of "
         f"{store.n_images} labelled images: the {len(open_source('builtin:photos').label_names)} "
@@ -169,6 +140,62 @@ def main(argv: list[str] | None = None) -> dict:
         markdown(result, max_rows=15, summary=False),
         "</details>",
     ]
+
+
+def main(argv: list[str] | None = None) -> dict:
+
+    args = _parse(argv)
+    out = Path(args.out)
+    wn = load_wordnet()
+    spec = (
+        f"builtin:photos?views={args.views}+builtin:digits?max_images={args.digits}"
+        f"+builtin:fashion-mnist?split=test&max_images={args.fashion}"
+    )
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    store = _extract(args, spec, out)
+    t_extract = time.perf_counter() - t0
+    print(
+        f"store: {store.n_images} images, {store.n_tokens:,} tokens, layer {store.layer}; "
+        f"extraction {t_extract:.0f} s"
+    )
+    t1 = time.perf_counter()
+    folder = _fit(args, store, out)
+    t_fit = time.perf_counter() - t1
+    sae = from_pretrained(folder)
+    t2 = time.perf_counter()
+    acc, names, mapping, result = _analyse(args, sae, store, wn)
+    t_analyse = time.perf_counter() - t2
+    load1 = os.getloadavg()[0]
+    s_all = analyze(acc, mapping, wn, images="all", min_images=args.min_images).summary()
+    title = f"{sae.cfg.name} on DINOv2-S (saliency fine-tune), layer {store.layer}"
+    paths = save_outputs(result, out / "ontology", title=title)
+    print(text_table(result, max_rows=20))
+    s = result.summary()
+    within = Counter(
+        "one dataset" if len({dataset_of(names[c]) for c in f.top_classes}) == 1 else "mixed"
+        for f in result.features
+    )
+    per_dataset = Counter(dataset_of(names[f.top_classes[0]]) for f in result.features)
+    n = max(1, s["n_analysed"])
+    data = {
+        "summary": s,
+        "top_k": acc.top_k,
+        "summary_all_images": s_all,
+        "within_one_dataset": within["one dataset"] / n,
+        "features_by_dataset_of_top_class": dict(per_dataset),
+        "spec": spec,
+        "store_images": store.n_images,
+        "store_tokens": store.n_tokens,
+        "sae": sae.cfg.name,
+        "sae_metrics": sae.cfg.metrics,
+        "t_extract": t_extract,
+        "t_fit": t_fit,
+        "t_analyse": t_analyse,
+        "load_average_1min": [load0, load1],
+        "args": vars(args),
+    }
+    md = _markdown(args, data, store, sae, acc, result, s_all)
     if not args.no_write:
         shutil.copyfile(paths["plot"], BENCH_DIR / "results" / "ontology.png")
         write_section("ontology", "\n".join(md), data)

@@ -16,6 +16,13 @@ import time
 from pathlib import Path
 
 from bench.report import write_section
+from saescope.core.backbones import load_backbone
+from saescope.core.sae_io import from_pretrained
+from saescope.core.sources import open_source
+from saescope.core.store import ActivationStore
+from saescope.train.evaluate import evaluate_sae
+from saescope.train.extract import extract
+from saescope.train.fit import FitConfig, SAESpec, fit
 
 
 def interpolate_at_l0(rows: list[dict], l0: float) -> tuple[float | None, dict]:
@@ -29,15 +36,7 @@ def interpolate_at_l0(rows: list[dict], l0: float) -> tuple[float | None, dict]:
     return None, nearest
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from saescope.core.backbones import load_backbone
-    from saescope.core.sae_io import from_pretrained
-    from saescope.core.sources import open_source
-    from saescope.core.store import ActivationStore
-    from saescope.train.evaluate import evaluate_sae
-    from saescope.train.extract import extract
-    from saescope.train.fit import FitConfig, SAESpec, fit
-
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -50,9 +49,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--no-write", action="store_true")
-    args = p.parse_args(argv)
-    out = Path(args.out)
-    t0 = time.perf_counter()
+    return p.parse_args(argv)
+
+
+def _extract(args: argparse.Namespace, out: Path) -> tuple[Path, Path]:
+    """(training store, held-out evaluation store) of the packaged photos' views."""
     backbone = load_backbone("offline:dinov2-s-saliency")
     train_store = extract(
         backbone,
@@ -68,15 +69,14 @@ def main(argv: list[str] | None = None) -> dict:
         layers=[args.layer],
         kinds="patch",
     )[0]
-    store = ActivationStore(train_store)
-    t_extract = time.perf_counter() - t0
-    print(
-        f"train store: {store.n_tokens:,} tokens, layer {store.layer}; extraction {t_extract:.0f}s"
-    )
+    return train_store, eval_store
+
+
+def _fit(args: argparse.Namespace, train_store: Path, store, out: Path) -> list[Path]:
+    """TopK and the ReLU+L1 sweep in one streaming pass; returns their folders, TopK first."""
     specs = [SAESpec("topk", args.expansion, k=args.k)]
     specs += [SAESpec("relu", args.expansion, k=None, l1_coefficient=c) for c in args.l1]
-    t1 = time.perf_counter()
-    folders = fit(
+    return fit(
         FitConfig(
             store=str(train_store),
             out=str(out / "saes"),
@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
             lr=4e-4,
         )
     )
-    t_fit = time.perf_counter() - t1
-    evals = ActivationStore(eval_store)
+
+
+def _evaluate(folders: list[Path], evals) -> list[dict]:
+    """One row of held-out metrics per SAE folder."""
     rows = []
     for folder in folders:
         sae = from_pretrained(folder)
@@ -104,10 +106,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "dense_fraction": m["dense_fraction"],
             }
         )
+    return rows
+
+
+def _print_rows(rows: list[dict], at_l0: float | None, nearest: dict, ratio: float) -> None:
     topk = rows[0]
-    relus = rows[1:]
-    at_l0, nearest = interpolate_at_l0(relus, topk["l0"])
-    ratio = (at_l0 if at_l0 is not None else nearest["fvu"]) / topk["fvu"]
     for r in rows:
         print(
             f"{r['name']:24s} FVU {r['fvu']:.4f}  L0 {r['l0']:7.1f}  "
@@ -120,6 +123,21 @@ def main(argv: list[str] | None = None) -> dict:
         f"nearest {nearest['name']} (L0 {nearest['l0']:.1f}) FVU {nearest['fvu']:.4f}; "
         f"ReLU/TopK FVU ratio {ratio:.2f}x"
     )
+
+
+def _markdown(
+    args: argparse.Namespace,
+    store,
+    evals,
+    rows: list[dict],
+    at_l0: float | None,
+    nearest: dict,
+    ratio: float,
+    times: tuple[float, float],
+) -> list[str]:
+    """The RESULTS.md section, as lines."""
+    t_extract, t_fit = times
+    topk = rows[0]
     md = [
         "## SAE quality on the offline DINOv2-S (`python -m bench.quality`)\n",
         f"Layer {store.layer} (requested {args.layer}), all {store.tokens_per_image} patch tokens "
@@ -149,6 +167,30 @@ def main(argv: list[str] | None = None) -> dict:
         f"sparsity). TopK dead latents: **{topk['dead_fraction']:.2%}** (target < 1%). "
         f"Extraction {t_extract:.0f} s, training the {len(rows)} SAEs in one pass {t_fit:.0f} s."
     )
+    return md
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse(argv)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    train_store, eval_store = _extract(args, out)
+    store = ActivationStore(train_store)
+    t_extract = time.perf_counter() - t0
+    print(
+        f"train store: {store.n_tokens:,} tokens, layer {store.layer}; extraction {t_extract:.0f}s"
+    )
+    t1 = time.perf_counter()
+    folders = _fit(args, train_store, store, out)
+    t_fit = time.perf_counter() - t1
+    evals = ActivationStore(eval_store)
+    rows = _evaluate(folders, evals)
+    topk = rows[0]
+    relus = rows[1:]
+    at_l0, nearest = interpolate_at_l0(relus, topk["l0"])
+    ratio = (at_l0 if at_l0 is not None else nearest["fvu"]) / topk["fvu"]
+    _print_rows(rows, at_l0, nearest, ratio)
+    md = _markdown(args, store, evals, rows, at_l0, nearest, ratio, (t_extract, t_fit))
     data = {
         "rows": rows,
         "relu_fvu_at_topk_l0": at_l0,

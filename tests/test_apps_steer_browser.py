@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-# Debian's chromium: the `chromium` fixture (tests/conftest.py) skips these tests without it.
+# Debian's chromium: the `chromium` fixture (tests/fixtures_browser.py) skips these tests if absent.
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 pytest.importorskip("playwright.sync_api", reason="playwright is not installed")

@@ -110,7 +110,7 @@ def ensure_default_bundle(force: bool = False, progress: bool = True) -> Path:
 def ensure_default_ood(bundle_paths, progress: bool = True) -> None:
     """Give every offline default bundle an ``ood/`` component (fitted once on its store)."""
     from saescope.core.bundle import Bundle
-    from saescope.train.ood_eval import fit_bundle_ood
+    from saescope.train.ood_bundle import fit_bundle_ood
 
     for p in bundle_paths:
         b = Bundle.load(p, verify=False)

@@ -13,9 +13,9 @@
     the CLIP score of their name, relative to the vocabulary and raw (and, as a control, the
     same for random directions of equal norm, named the same way).
 
-The SAE training loop reuses :func:`train.fit._step` (learning-rate schedule, k annealing, AuxK on
-dead latents, unit-norm decoder) on activations held in memory: a text corpus is small, and the
-activation store is laid out for image tokens (CLS/registers/patch grid).
+This module holds the four steps (config dataclasses, ``run_*`` and :func:`add_parser`); the
+corpus -> activations -> SAE path is :mod:`saescope.train.diffusion_sae` and the held-out
+evaluation :mod:`saescope.train.diffusion_eval`, both re-exported here.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tqdm.auto import tqdm
 
 from saescope.core import diffusion as D
-from saescope.core.sae import K_SPARSE, SAE, architecture_names
+from saescope.core.sae import architecture_names
 from saescope.train.cli import (
     DeviceOption,
     OutOption,
@@ -41,132 +40,16 @@ from saescope.train.cli import (
     announce_config,
     option,
 )
+from saescope.train.diffusion_eval import eval_markdown, evaluate_artefact
+from saescope.train.diffusion_sae import (
+    collect_activations,
+    corpus_prompts,
+    fit_text_sae,
+    sae_metrics,
+)
 
 
 # ------------------------------------------------------------------------------ fit
-def corpus_prompts(
-    builtin: bool, files: list[str] | None, max_prompts: int | None = None, seed: int = 0
-) -> list[str]:
-    """The training prompts: built-in templated prompts and/or prompt files, de-duplicated."""
-    prompts: list[str] = D.builtin_corpus() if builtin else []
-    for f in files or []:
-        prompts += D.read_prompt_file(f)
-    prompts = list(dict.fromkeys(p.strip() for p in prompts if p.strip()))
-    if not prompts:
-        raise ValueError("the corpus is empty: keep the built-in prompts or give --prompts FILE")
-    if max_prompts and len(prompts) > max_prompts:
-        g = torch.Generator().manual_seed(seed)
-        keep = sorted(torch.randperm(len(prompts), generator=g)[:max_prompts].tolist())
-        prompts = [prompts[i] for i in keep]
-    return prompts
-
-
-@torch.inference_mode()
-def collect_activations(
-    pipe, prompts: list[str], positions: str = "all", batch: int = 64, progress: bool = True
-) -> torch.Tensor:
-    """Text-encoder token outputs [N tokens, d] of the steerable positions of every prompt."""
-    chunks = []
-    for i in tqdm(
-        range(0, len(prompts), batch),
-        desc="encode",
-        disable=not progress,
-        dynamic_ncols=True,
-        unit="batch",
-    ):
-        enc = D.encode_prompts(pipe, prompts[i : i + batch])
-        chunks.append(enc.embeds[enc.mask(positions)].float().cpu())
-    return torch.cat(chunks)
-
-
-def fit_text_sae(
-    acts: torch.Tensor,
-    arch: str = "topk",
-    expansion: float = 4.0,
-    k: int = 8,
-    l1: float = 3e-3,
-    steps: int = 1000,
-    batch_size: int = 1024,
-    lr: float = 1e-3,
-    seed: int = 0,
-    progress: bool = True,
-    **provenance,
-) -> SAE:
-    """Train one SAE on in-memory activations with the step of ``train.fit``."""
-    from saescope.train.fit import FitConfig, SAESpec, _Member, _step
-
-    if len(acts) < 2:
-        raise ValueError(f"need at least 2 activation vectors to fit an SAE, got {len(acts)}")
-    if steps < 1:
-        raise ValueError(f"--steps must be positive, got {steps}")
-    spec = SAESpec(
-        arch,
-        expansion,
-        k=k if arch in K_SPARSE else None,
-        l1_coefficient=l1 if arch not in K_SPARSE else 0.0,
-    )
-    cfg = FitConfig(
-        store="<memory>",
-        out="<memory>",
-        saes=[spec],
-        batch_size=batch_size,
-        lr=lr,
-        lr_warmup_steps=max(1, min(100, steps // 10)),
-        seed=seed,
-        progress=progress,
-        dead_window_tokens=max(10 * batch_size, steps * batch_size // 5),
-    )
-    sae_cfg = spec.config(acts.shape[1], **provenance)
-    sae_cfg.hyperparameters = {
-        "lr": lr,
-        "batch_size": batch_size,
-        "steps": steps,
-        "tokens": steps * batch_size,
-        "seed": seed,
-        "optimizer": "adam",
-        "unit_norm_decoder": True,
-        "trainer": "train.diffusion",
-    }
-    torch.manual_seed(seed)
-    sae = SAE(sae_cfg, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    sample = acts[torch.randperm(len(acts), generator=g)[:100_000]]
-    sae.set_normalization(sample)
-    sae.init_decoder_bias(sample[:20_000])
-    member = _Member(
-        sae, torch.optim.Adam(sae.parameters(), lr=lr), torch.zeros(sae_cfg.d_sae, dtype=torch.long)
-    )
-    order, at = torch.randperm(len(acts), generator=g), 0
-    bar = tqdm(total=steps, desc="fit", disable=not progress, dynamic_ncols=True, unit="step")
-    for step in range(steps):
-        if at + batch_size > len(order):  # a new epoch: reshuffle
-            order, at = torch.randperm(len(acts), generator=g), 0
-        x = acts[order[at : at + batch_size]]
-        at += batch_size
-        _step(member, x, step, steps, cfg)
-        bar.update(1)
-        if step % 20 == 0 or step == steps - 1:
-            bar.set_postfix(fvu=f"{member.last['fvu']:.3f}", l0=f"{member.last['l0']:.1f}")
-    bar.close()
-    sae.eval()
-    return sae
-
-
-@torch.inference_mode()
-def sae_metrics(sae: SAE, acts: torch.Tensor) -> dict:
-    """FVU, L0 and dead fraction over ``acts`` (raw units)."""
-    recon = sae(acts)
-    fvu = float((recon - acts).pow(2).sum() / (acts - acts.mean(0)).pow(2).sum().clamp_min(1e-12))
-    z = sae.encode(acts)
-    on = z > 0
-    return {
-        "fvu": fvu,
-        "l0": float(on.sum(-1).float().mean()),
-        "dead_fraction": float((~on.any(0)).float().mean()),
-        "n_tokens": int(len(acts)),
-    }
-
-
 def _threads(cfg: DeviceOption) -> None:
     """Why an option: tiny models gain nothing from intra-op threads, and on a busy 2-core
     machine OpenMP spinning made a tiny-pipeline generation 10-30x slower than one thread."""
@@ -342,105 +225,6 @@ def run_name(cfg: DiffusionNameConfig) -> int:
     if cfg.push_to_hub:
         print(D.push_artefact(out, cfg.push_to_hub, private=cfg.private))
     return 0
-
-
-def eval_markdown(result: dict) -> str:
-    """The evaluation as markdown: a summary table (features vs random control) and per feature."""
-    head = (
-        "| directions | n | amplify raises named word (vs vocabulary) | suppress lowers it | "
-        "amplify raises raw CLIP score | suppress lowers raw | named word top-1 (chance) | "
-        "mean Δ relative score (amplify / suppress) |\n|---|---|---|---|---|---|---|---|\n"
-    )
-    lines = []
-    for label, s in (
-        ("SAE features", result["features"]),
-        ("random directions (control)", result.get("control")),
-    ):
-        if not s or not s.get("n"):
-            continue
-        lines.append(
-            f"| {label} | {s['n']} | **{s['fraction_amplify_raises']:.0%}** | "
-            f"{s['fraction_suppress_lowers']:.0%} | {s['fraction_amplify_raises_raw']:.0%} | "
-            f"{s['fraction_suppress_lowers_raw']:.0%} | "
-            f"{s['fraction_top1']:.0%} ({s['chance_top1']:.1%}) | "
-            f"{s['mean_delta_amplify']:+.3f} / {s['mean_delta_suppress']:+.3f} |"
-        )
-    per = [
-        "",
-        "| feature | name | Δ when naming | Δ held-out amplify | Δ held-out suppress | "
-        "Δ raw held-out amplify |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in result["features"]["rows"]:
-        per.append(
-            f"| {r['feature']} | {r['name']} | {r.get('delta_naming', float('nan')):+.3f} | "
-            f"{r['delta_amplify']:+.3f} | {r['delta_suppress']:+.3f} | {r['delta_amplify_raw']:+.3f} |"
-        )
-    return head + "\n".join(lines) + "\n" + "\n".join(per) + "\n"
-
-
-def evaluate_artefact(
-    st: D.Steerer,
-    art: D.Artefact,
-    eval_setting: D.Setting,
-    control: bool = True,
-    progress: bool = True,
-    seed: int = 0,
-) -> dict:
-    """Held-out evaluation of the artefact's names, plus the random-direction control named and
-    evaluated with exactly the same settings and push norms."""
-    if not art.names:
-        raise ValueError(
-            f"{art.path} has no feature names yet: run 'saescope diffusion-name' first"
-        )
-    naming = art.manifest.get("naming") or {}
-    words = naming.get("words") or D.vocabulary()
-    strength = float(naming.get("strength", 8.0))
-    feats = sorted(art.names)
-    probes = D.feature_probes(art.sae, art.stats, feats, strength)
-    res = D.evaluate_probes(
-        st.pipe,
-        st.scorer,
-        probes,
-        [art.names[f]["name"] for f in feats],
-        words,
-        eval_setting,
-        progress,
-        desc="eval features",
-    )
-    for r in res["rows"]:
-        r["delta_naming"] = art.names[r["feature"]]["delta"]
-    result = {
-        "features": res,
-        "strength": strength,
-        "n_words": len(words),
-        "eval_setting": vars(eval_setting),
-        "naming_setting": {k: v for k, v in naming.items() if k != "words"},
-    }
-    if control:
-        name_setting = D.Setting(
-            prompts=naming["prompts"],
-            seeds=naming["seeds"],
-            steps=naming["steps"],
-            guidance=naming["guidance"],
-            negative_prompt=naming.get("negative_prompt", ""),
-            positions=naming.get("positions", "all"),
-        )
-        rnd = D.random_probes(probes, seed)
-        named = D.name_probes(
-            st.pipe, st.scorer, rnd, words, name_setting, progress, desc="name control"
-        )
-        result["control"] = D.evaluate_probes(
-            st.pipe,
-            st.scorer,
-            rnd,
-            [n["name"] for n in named],
-            words,
-            eval_setting,
-            progress,
-            desc="eval control",
-        )
-    return result
 
 
 def run_eval(cfg: DiffusionEvalConfig) -> int:

@@ -4,6 +4,7 @@ Three stages overlap so the model never waits: loader threads decode and preproc
 batches, the main thread runs the forward pass, a writer thread writes and checksums the previous
 shard. Batches never straddle shards, so a run resumed at a shard boundary feeds the model exactly
 the batches an uninterrupted run would, and the shards come out byte-identical.
+The loader and writer threads are :mod:`saescope.train.extract_stages`.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ import argparse
 import os
 import queue
 import sys
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from saescope.core.images import ImageError
 from saescope.core.sources import ImageSource, open_source
 from saescope.core.store import (
     DTYPES,
@@ -43,187 +41,12 @@ from saescope.train.cli import (
     announce_config,
     option,
 )
+from saescope.train.extract_stages import Batch, Loader, ShardJob, Writer
 
 DEFAULT_MODEL = "offline:dinov2-s-saliency"
 DEFAULT_SOURCE = "builtin:photos"
 SHARD_TARGET_BYTES = 64 << 20  # per layer; bounds memory at ~3 shards in flight
-MAX_ASPECT = 8.0
 FP16_MAX = 65504.0
-
-
-@dataclass
-class _Batch:
-    pixels: torch.Tensor | None
-    ids: list[str]
-    indices: list[int]
-    labels: list[int | None]
-    skipped: list[dict]
-    source_stop: int  # source index after the last image this batch accounts for
-    end_of_shard: bool
-    end_of_source: bool = False
-
-
-@dataclass
-class _ShardJob:
-    arrays: list[np.ndarray]
-    ids: list[str]
-    indices: list[int]
-    labels: list[int | None]
-    skipped: list[dict]
-    source_stop: int
-    final: bool = False
-
-
-def _guard_aspect(image: Image.Image) -> Image.Image:
-    """Centre-crop extreme panoramas to 8:1, so resizing their short side cannot explode memory."""
-    w, h = image.size
-    if max(w, h) <= MAX_ASPECT * min(w, h):
-        return image
-    if w > h:
-        nw = int(h * MAX_ASPECT)
-        return image.crop(((w - nw) // 2, 0, (w - nw) // 2 + nw, h))
-    nh = int(w * MAX_ASPECT)
-    return image.crop((0, (h - nh) // 2, w, (h - nh) // 2 + nh))
-
-
-class _Loader(threading.Thread):
-    """Decodes and preprocesses images ahead of the model, in source order, into batches."""
-
-    def __init__(
-        self,
-        source: ImageSource,
-        preprocess,
-        start: int,
-        batch_size: int,
-        shard_images: int,
-        workers: int,
-        depth: int,
-    ):
-        super().__init__(daemon=True, name="extract-loader")
-        self.source, self.preprocess = source, preprocess
-        self.start_index, self.batch_size, self.shard_images = start, batch_size, shard_images
-        self.workers = max(1, workers)
-        self.q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-        self.stop_event = threading.Event()
-
-    def _one(self, index: int) -> tuple[str, torch.Tensor | ImageError, int | None]:
-        image_id, image = self.source.get(index)
-        if isinstance(image, ImageError):
-            return image_id, image, None
-        try:
-            pixels = self.preprocess([_guard_aspect(image)])
-        except (KeyboardInterrupt, MemoryError):
-            raise
-        except Exception as err:
-            return image_id, ImageError(f"{image_id}: preprocessing failed ({err})"), None
-        return image_id, pixels, self.source.label(index)
-
-    def _put(self, item: Any) -> bool:
-        while not self.stop_event.is_set():
-            try:
-                self.q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run(self) -> None:
-        try:
-            self._run()
-        except BaseException as err:  # handed to the main thread, which re-raises it
-            self._put(err)
-
-    def _run(self) -> None:
-        n = len(self.source)
-        pool = (
-            ThreadPoolExecutor(self.workers, thread_name_prefix="extract-decode")
-            if self.workers > 1
-            else None
-        )
-        pix: list[torch.Tensor] = []
-        ids: list[str] = []
-        idxs: list[int] = []
-        labels: list[int | None] = []
-        skipped: list[dict] = []
-        in_shard = 0
-        window = max(self.batch_size, 4 * self.workers)
-        try:
-            i = self.start_index
-            while i < n:
-                chunk = range(i, min(n, i + window))
-                results = pool.map(self._one, chunk) if pool else map(self._one, chunk)
-                for index, (image_id, result, label) in zip(chunk, results):
-                    if self.stop_event.is_set():
-                        return
-                    if isinstance(result, ImageError):
-                        skipped.append({"index": index, "id": image_id, "reason": str(result)})
-                        continue
-                    pix.append(result)
-                    ids.append(image_id)
-                    idxs.append(index)
-                    labels.append(label)
-                    in_shard += 1
-                    end_shard = in_shard == self.shard_images
-                    if len(ids) == self.batch_size or end_shard:
-                        batch = _Batch(
-                            torch.cat(pix), ids, idxs, labels, skipped, index + 1, end_shard
-                        )
-                        if not self._put(batch):
-                            return
-                        pix, ids, idxs, labels, skipped = [], [], [], [], []
-                        if end_shard:
-                            in_shard = 0
-                i = chunk.stop
-            self._put(
-                _Batch(
-                    torch.cat(pix) if pix else None,
-                    ids,
-                    idxs,
-                    labels,
-                    skipped,
-                    n,
-                    end_of_shard=False,
-                    end_of_source=True,
-                )
-            )
-        finally:
-            if pool:
-                pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _Writer(threading.Thread):
-    """Writes finished shards to every layer's store while the model computes the next one."""
-
-    def __init__(self, writers: list[StoreWriter]):
-        super().__init__(daemon=True, name="extract-writer")
-        self.writers = writers
-        self.q: queue.Queue = queue.Queue(maxsize=1)
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        while True:
-            job = self.q.get()
-            if job is None:
-                return
-            if self.error is not None:
-                continue  # drain; the main thread reports the error
-            try:
-                if job.arrays is not None and job.ids:
-                    for w, arr in zip(self.writers, job.arrays):
-                        w.commit_shard(
-                            arr, job.ids, job.indices, job.labels, job.skipped, job.source_stop
-                        )
-                    job.skipped = []
-                if job.final:
-                    for w in self.writers:
-                        w.finish(job.skipped, job.source_stop)
-            except BaseException as err:
-                self.error = err
-
-    def submit(self, job: _ShardJob | None) -> None:
-        if self.error is not None:
-            raise self.error
-        self.q.put(job)
 
 
 def auto_shard_images(tokens_per_image: int, d_model: int, dtype: str) -> int:
@@ -235,7 +58,7 @@ def auto_shard_images(tokens_per_image: int, d_model: int, dtype: str) -> int:
 def store_paths(out_dir: str | os.PathLike, layers: Sequence[int]) -> list[Path]:
     """One layer: ``out_dir`` itself; several: ``out_dir/layer_XX`` (resolved index)."""
     out = Path(out_dir)
-    return [out] if len(layers) == 1 else [out / f"layer_{l:02d}" for l in layers]
+    return [out] if len(layers) == 1 else [out / f"layer_{layer:02d}" for layer in layers]
 
 
 def _layout(backbone) -> TokenLayout:
@@ -293,10 +116,10 @@ def extract(
     kinds_t = parse_kinds(kinds)
     requested: list[int] = []
     resolved: list[int] = []
-    for l in layers:
-        r = backbone.resolve_layer(l)
+    for layer in layers:
+        r = backbone.resolve_layer(layer)
         if r not in resolved:
-            requested.append(int(l))
+            requested.append(int(layer))
             resolved.append(r)
     if not resolved:
         raise ValueError("extract needs at least one layer")
@@ -409,10 +232,8 @@ def _run(
     progress: bool,
 ) -> None:
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    loader = _Loader(
-        source, backbone.preprocess, start, batch_size, shard_images, workers, prefetch
-    )
-    writer = _Writer(writers)
+    loader = Loader(source, backbone.preprocess, start, batch_size, shard_images, workers, prefetch)
+    writer = Writer(writers)
     d = backbone.d_model
     t_sel = len(positions)
     contiguous = positions == list(range(positions[0], positions[0] + t_sel)) if t_sel else True
@@ -436,7 +257,7 @@ def _run(
             item = loader.q.get()
             if isinstance(item, BaseException):
                 raise item
-            batch: _Batch = item
+            batch: Batch = item
             if batch.pixels is not None and batch.ids:
                 out = backbone.forward_layers(batch.pixels, layers)
                 if out.layout != layout:
@@ -457,7 +278,7 @@ def _run(
             n_skipped += len(batch.skipped)
             if (batch.end_of_shard or batch.end_of_source) and fill:
                 writer.submit(
-                    _ShardJob(
+                    ShardJob(
                         [a[:fill] for a in buffers], ids, idxs, labels, skipped, batch.source_stop
                     )
                 )
@@ -468,7 +289,7 @@ def _run(
                     bar.set_postfix(skipped=n_skipped, refresh=False)
             done = batch.source_stop
             if batch.end_of_source:
-                writer.submit(_ShardJob(None, [], [], [], skipped, batch.source_stop, final=True))  # type: ignore[arg-type]
+                writer.submit(ShardJob(None, [], [], [], skipped, batch.source_stop, final=True))
                 break
         writer.submit(None)
         writer.join()

@@ -2,7 +2,9 @@
 
 Bundles come from the environment (Hub ids or local folders):
 
-    SAESCOPE_LEFT_BUNDLE=you/clip-b16-bundle SAESCOPE_RIGHT_BUNDLE=you/dinov2-b14-bundle python app.py
+    export SAESCOPE_LEFT_BUNDLE=you/clip-b16-bundle
+    export SAESCOPE_RIGHT_BUNDLE=you/dinov2-b14-bundle
+    python app.py
 
 Without them the Space tries the online defaults and falls back to two layers of the offline
 DINOv2-S (saliency fine-tune); set ``SAESCOPE_OFFLINE=1`` to go straight to the offline pair. The
