@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saescope.core import diffusion as D
-from saescope.core.sae import K_SPARSE, SAE
+from saescope.core.sae import SAE, is_k_sparse
 
 
 def corpus_prompts(
@@ -76,8 +76,8 @@ def fit_text_sae(
     spec = SAESpec(
         arch,
         expansion,
-        k=k if arch in K_SPARSE else None,
-        l1_coefficient=l1 if arch not in K_SPARSE else 0.0,
+        k=k if is_k_sparse(arch) else None,
+        l1_coefficient=0.0 if is_k_sparse(arch) else l1,
     )
     cfg = FitConfig(
         store="<memory>",

@@ -24,7 +24,13 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from saescope.core.fileio import atomic_path, atomic_write_text
-from saescope.core.sae import K_SPARSE, SAE, SAEConfig, architecture_names
+from saescope.core.sae import (
+    SAE,
+    SAEConfig,
+    architecture_names,
+    get_architecture,
+    is_k_sparse,
+)
 from saescope.core.sae_io import save_sae
 from saescope.train.cli import (
     DeviceOption,
@@ -54,7 +60,7 @@ class SAESpec:
             d_in=d_in,
             d_sae=int(round(d_in * self.expansion)),
             architecture=self.architecture,
-            k=self.k if self.architecture in K_SPARSE else None,
+            k=self.k if is_k_sparse(self.architecture) else None,
             l1_coefficient=self.l1_coefficient,
             **provenance,
         )
@@ -87,12 +93,12 @@ class SweepOptions:
         """The cartesian product of arch x expansion x (k or l1 or l0)."""
         specs = []
         for arch, exp in itertools.product(self.arch, self.expansion):
-            if arch in K_SPARSE:
+            cls = get_architecture(arch)  # the registry says how an architecture is swept
+            if cls.k_sparse:
                 specs += [SAESpec(arch, exp, k=k) for k in self.k]
-            elif arch == "relu":
-                specs += [SAESpec(arch, exp, k=None, l1_coefficient=c) for c in self.l1]
-            else:  # jumprelu: the l0 coefficients
-                specs += [SAESpec(arch, exp, k=None, l1_coefficient=c) for c in self.l0]
+            else:  # the coefficients of its penalty option (relu: --l1, jumprelu: --l0)
+                coefficients = getattr(self, cls.penalty_option or "l1")
+                specs += [SAESpec(arch, exp, k=None, l1_coefficient=c) for c in coefficients]
         return specs
 
 
