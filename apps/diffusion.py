@@ -25,6 +25,7 @@ from PIL import Image
 
 from saescope.apps.launch import launch
 from saescope.apps.text import error_box
+from saescope.core.fileio import atomic_dir
 
 ENV_ARTEFACT = "SAESCOPE_DIFFUSION_ARTEFACT"
 DEMO_VERSION = 1
@@ -59,8 +60,6 @@ def build_demo_artefact(
     Small settings (a subset of the built-in corpus, a short fit, 2 prompts x 2 seeds x 2 steps
     for naming) so it takes seconds; the real thing is ``saescope diffusion-fit/-name``.
     """
-    import shutil
-    import tempfile
 
     from saescope.core import diffusion as D
     from saescope.train.diffusion import (
@@ -71,9 +70,7 @@ def build_demo_artefact(
     )
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         pipe_dir = D.save_tiny(tmp / "pipeline", seed=seed)
         pipe = D.load_pipeline(pipe_dir)
         prompts = corpus_prompts(True, None, max_prompts=600, seed=seed)
@@ -136,12 +133,6 @@ def build_demo_artefact(
         }
         D.save_artefact(art_dir, sae, stats, manifest, names)
         # the artefact lives beside its pipeline: folder/{pipeline, artefact}
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder / "artefact"
 
 

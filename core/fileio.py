@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,6 +93,27 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
         fsync_dir(path.parent)
 
 
+@contextmanager
+def atomic_dir(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a hidden temporary folder beside ``folder``; it replaces ``folder`` on success.
+
+    For artefacts that are whole folders (a saved pipeline, an artefact with its pipeline): a
+    reader sees the old folder or the complete new one, never a half-written one. On an exception
+    the temporary folder is removed and ``folder`` is left as it was.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def atomic_write(
     path: str | os.PathLike, write: Callable[[Any], Any], *, fsync: bool = True
 ) -> tuple[int, str]:
@@ -138,6 +161,7 @@ __all__ = [
     "is_temp_path",
     "fsync_dir",
     "atomic_path",
+    "atomic_dir",
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",

@@ -14,6 +14,7 @@ import torch
 
 from saescope.core.diffusion.scorer import CLIP_MEAN, CLIP_STD, SCORER_DIR
 from saescope.core.diffusion.tokenizer import tiny_tokenizer, write_tiny_tokenizer_files
+from saescope.core.fileio import atomic_dir
 
 TINY = "tiny"  # pipeline spec: the cached tiny random pipeline
 TINY_VERSION = 1
@@ -134,12 +135,9 @@ def save_tiny(folder: str | os.PathLike, seed: int = 0, size: int = 32) -> Path:
     """Save the tiny pipeline (``save_pretrained`` layout) plus a tiny CLIP scorer in
     ``folder/clip_scorer`` (model, tokenizer, preprocessor config), atomically."""
     import shutil
-    import tempfile
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         tok_dir = write_tiny_tokenizer_files(tmp / "_tokenizer_files")
         pipe = tiny_pipeline(seed=seed, size=size, tokenizer_folder=tok_dir)
         pipe.save_pretrained(tmp)
@@ -174,12 +172,6 @@ def save_tiny(folder: str | os.PathLike, seed: int = 0, size: int = 32) -> Path:
                 indent=2,
             )
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
