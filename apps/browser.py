@@ -34,6 +34,7 @@ from saescope.apps.browser_handlers import (
 from saescope.apps.engine import MODEL_CONCURRENCY, Engine
 from saescope.apps.launch import app_parser, loading_line, serve
 from saescope.apps.picker import on_pick, patch_picker_controls, pick_from
+from saescope.apps.text import model_details
 from saescope.apps.uploads import image_upload
 
 HELP = """
@@ -102,6 +103,8 @@ class FeatureRow:
     scatter_img: gr.Image
     ex_gallery: gr.Gallery
     rel_gallery: gr.Gallery
+    msg: gr.Markdown | None = None
+    shown: gr.State | None = None
 
     @property
     def ranges(self) -> list:
@@ -169,6 +172,8 @@ class Page:
             self.steer.scale,
             f.scatter_img,
             *self.steer.outputs,
+            f.msg,
+            f.shown,
         ]
 
     @property
@@ -257,6 +262,7 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
                 )
                 show_btn = gr.Button("Show", size="sm", variant="primary", scale=1)
                 rand_btn = gr.Button("Random", size="sm", scale=1, elem_id="random")
+            msg = gr.Markdown(elem_id="feature-msg", elem_classes="sae-note")
             stats_md = gr.Markdown(elem_id="feature-stats")
             hist = gr.Image(
                 label="Activation histogram",
@@ -295,7 +301,9 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
                 elem_id="related",
                 object_fit="contain",
             )
-    return FeatureRow(feature, show_btn, rand_btn, stats_md, hist, *finder, ex_gallery, rel_gallery)
+    row = FeatureRow(feature, show_btn, rand_btn, stats_md, hist, *finder, ex_gallery, rel_gallery)
+    row.msg, row.shown = msg, gr.State(0)  # the note on a bad id typed in; the id shown
+    return row
 
 
 def _steer_images(head_label: str, segmentation: bool) -> tuple:
@@ -380,11 +388,13 @@ def _ood_tab(ood_note: str) -> tuple[gr.Markdown, gr.Gallery]:
 def _header(h: Browser) -> str:
     eng, st, b = h.eng, h.st, h.b
     n_live = int((st.frequency > 0).sum()) if st is not None else None
-    desc = (
-        f"{b.model.get('display_name') or b.model.get('model_id', '')} · layer {h.layer} · "
+    desc = model_details(
+        eng.title,
+        b.model.get("display_name") or b.model.get("model_id", ""),
+        h.layer,
         f"SAE {eng.sae.cfg.name} ({eng.d_sae:,} features"
         + (f", {n_live:,} alive" if n_live is not None else "")
-        + ")"
+        + ")",
     )
     return (
         f"<div class='sae-header'><h1>Feature browser</h1>"
@@ -453,12 +463,15 @@ def _then_feature(h: Browser, p: Page, event) -> None:
 def _wire_feature(h: Browser, p: Page) -> None:
     """Show / Random / finder / gallery clicks -> the feature panel."""
     f = p.feat
-    f.show_btn.click(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_name="feature", **MODEL)
-    f.feature.submit(
-        h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private", **MODEL
-    )
-    use_filter = gr.State(False)
-    use_filter_on = gr.State(True)
+    feature_api = gr.Button(visible=False)  # the API: a bad id is an error (the box's bounds)
+    feature_api.click(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_name="feature", **MODEL)
+    quick = dict(preprocess=False, queue=False, api_visibility="private")
+    show = dict(api_visibility="private", **MODEL)
+    ok, use_filter, use_filter_on = gr.State(False), gr.State(False), gr.State(True)
+    for ev in (f.show_btn.click, f.feature.submit):  # a bad id: a note by the box, panels stay
+        ev(h.on_feature_id, [f.feature, f.shown], [f.feature, f.msg, ok], **quick).then(
+            h.feature_if_ok, [ok, *p.feat_inputs], p.feat_outputs, **show
+        )
     _then_feature(
         h,
         p,
@@ -534,6 +547,7 @@ def build_app(
         _wire_feature(h, p)
         _wire_steer_and_ood(h, p)
         demo.load(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private")
+        demo.load(None, js=h.ENTER_APPLIES)  # Enter in a slider's number box applies it
         if h.scatter is not None:
             f = p.feat
             demo.load(

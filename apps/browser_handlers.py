@@ -44,6 +44,13 @@ NO_OOD = (
     "`saescope ood-fit --bundle BUNDLE --store STORE`._"
 )
 NO_IMAGE_OOD = "_Upload an image to see how far it is from the bundle's dataset._"
+# a Slider has no submit event: Enter in its number box leaves the box, and that blur is the
+# slider's release (what its events listen to), so Enter applies a typed value at once
+ENTER_APPLIES = """() => document.addEventListener("keydown", (e) => {
+  const t = e.target;
+  if (e.key === "Enter" && t instanceof HTMLInputElement && t.matches("[data-testid=number-input]"))
+    t.blur();
+})"""
 
 
 def _edits_list(edits: dict) -> list[Edit]:
@@ -105,6 +112,8 @@ def ood_markdown(
 
 class Browser:
     """The feature browser's state for one engine, and its event handlers."""
+
+    ENTER_APPLIES = ENTER_APPLIES  # the page's script (``demo.load(js=...)``)
 
     def __init__(self, eng: Engine):
         self.eng = eng
@@ -252,7 +261,32 @@ class Browser:
             gr.update(value=scale),
             scatter_img,
             *steer,
+            "",
+            f,
         )
+
+    def on_feature_id(self, raw, shown):
+        """Enter or Show in the feature box, on the raw value: a valid id goes on to the panels
+        (``feature_if_ok``); anything else puts the id shown back in the box with a note on the
+        valid range, and the panels keep that feature."""
+        n = self.eng.d_sae
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if np.isfinite(value) and value == int(value) and 0 <= value < n:
+            return int(value), "", True
+        if not np.isfinite(value):
+            what = "Type a feature id"
+        elif value != int(value):
+            what = f"{value:g} is not a whole number"
+        else:
+            what = f"There is no feature {int(value)}"
+        return shown, f"⚠ {what}: ids run from 0 to {n - 1}. Still showing feature {shown}.", False
+
+    def feature_if_ok(self, ok, *args):
+        """``feature_outputs`` after a valid id, else nothing changes."""
+        return self.feature_outputs(*args) if ok else gr.skip()
 
     def on_image(self, upload, feature):
         """Upload -> patch grid and top features; the feature panel follows in a second step

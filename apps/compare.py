@@ -35,7 +35,7 @@ from saescope.apps.picker import (
     picker_cleared,
     picker_html,
 )
-from saescope.apps.text import error_box, stats_markdown
+from saescope.apps.text import error_box, model_details, pair_title, stats_markdown
 from saescope.apps.uploads import image_upload, try_upload
 from saescope.core.heatmap import crop_box, render_spotlight
 
@@ -272,6 +272,12 @@ class Comparison:
             info += f" On the right model's grid: {len(rs)} of {ra.n_patches} patches."
         return info, lc, lf, rc, rf
 
+    @staticmethod
+    def hide_cards():
+        """On a new selection, before the model runs: empty cards and ids, so that no card shows
+        an image of another feature while the new ones are computed and loaded."""
+        return [], [], [], []
+
     def on_clear(self, lk):
         return picker_cleared(self._an(self.L, lk))
 
@@ -322,9 +328,11 @@ class Page:
 
 def side_header(side: Side) -> str:
     b = side.bundle
-    sub = (
-        f"{b.model.get('display_name') or b.model.get('model_id', '')} · layer {side.eng.layer} · "
-        f"{side.eng.sae.cfg.name}, {side.eng.d_sae:,} features"
+    sub = model_details(
+        side.eng.title,
+        b.model.get("display_name") or b.model.get("model_id", ""),
+        side.eng.layer,
+        f"{side.eng.sae.cfg.name}, {side.eng.d_sae:,} features",
     )
     return (
         f"<div class='cmp-side'><div class='cmp-tag'>{side.name.upper()}</div>"
@@ -389,8 +397,7 @@ def _layout(c: Comparison, mode: str | None, examples: bool) -> Page:
     note = " — offline default: two layers of one model" if mode == "offline" else ""
     gr.HTML(
         f"<div class='sae-header'><h1>Compare two SAEs</h1><p class='sae-sub'>"
-        f"<b>{html.escape(L.eng.title)}</b> vs <b>{html.escape(R.eng.title)}</b>"
-        f"{html.escape(note)}</p></div>"
+        f"{pair_title(L.eng.title, R.eng.title)}{html.escape(note)}</p></div>"
     )
     with gr.Accordion("How to read this page", open=False):
         gr.Markdown(HELP)
@@ -479,17 +486,19 @@ def _wire_image(c: Comparison, p: Page) -> None:
     )
     sel_in = [p.lkey, p.rkey, p.sel_text]
     sel_out = [p.sel_info, p.ltop, p.lfeats, p.rtop, p.rfeats]
+    cards = [p.ltop, p.lfeats, p.rtop, p.rfeats]
+    hide = dict(fn=c.hide_cards, inputs=None, outputs=cards, api_visibility="private", queue=False)
     p.picker.pick(on_pick, None, p.sel_text, api_visibility="private", queue=False).then(
-        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL
-    )
+        **hide
+    ).then(c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
     select_api = gr.Button(visible=False)
     select_api.click(c.on_select, sel_in, sel_out, api_name="select", **MODEL)
     p.clear_btn.click(c.on_clear, p.lkey, [p.picker, p.sel_text], api_visibility="private").then(
-        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL
-    )
+        **hide
+    ).then(c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
     p.all_btn.click(c.on_all, p.lkey, [p.picker, p.sel_text], api_visibility="private").then(
-        c.on_select, sel_in, sel_out, api_visibility="private", **MODEL
-    )
+        **hide
+    ).then(c.on_select, sel_in, sel_out, api_visibility="private", **MODEL)
 
 
 def _wire_side(c: Comparison, p: Page, name: str, pan: FeaturePanel, other: FeaturePanel) -> None:

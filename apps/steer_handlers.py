@@ -309,8 +309,11 @@ class Steering:
             *self.steer_outputs(an, self._head(head), sel, scope, _mode(mode), ids, vals),
         )
 
-    def on_card(self, cands, key, head, sel_text, mode, scope, *slots, evt: gr.SelectData):
-        """A click on a candidate card puts that feature in the first slot without an edit."""
+    def on_card(self, cands, key, head, sel_text, mode, scope, evt: gr.SelectData, *slots):
+        """A click on a candidate card puts that feature on the first free slot (slider at 1).
+
+        ``evt`` must stay a positional parameter before ``*slots``: Gradio injects event data
+        only into positional parameters, by annotation (a keyword-only one is never filled)."""
         i = evt.index if isinstance(evt.index, int) else evt.index[0]
         if not cands or i is None or i >= len(cands):
             raise gr.Error("That card is no longer shown; try again.")

@@ -383,8 +383,8 @@ def _wire_sliders(h: Steering, p: Page, after_out: list) -> None:
             trigger_mode="always_last",
             **MODEL,
         )
-    for n in p.slot_ids:
-        n.submit(h.on_slot, slots, p.sliders, api_visibility="private").then(
+    for ev in [e for n in p.slot_ids for e in (n.submit, n.blur)]:  # Enter, or leaving the box
+        ev(h.on_slot, slots, p.sliders, api_visibility="private").then(
             h.on_steer, state_in, steer_out, api_visibility="private", **MODEL
         )
     for r in (p.mode, p.scope):

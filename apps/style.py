@@ -43,6 +43,18 @@ CSS = (
 footer { display: none !important; }
 .cmp-side { padding: .4em .6em; border-left: 4px solid var(--color-accent); }
 .cmp-tag { font-size: .75em; letter-spacing: .08em; opacity: .7; }
+/* component labels above images and plots, not floating over their top edge */
+.block:has(> label[data-testid="block-label"].float) { display: flex; flex-direction: column; }
+.block > label[data-testid="block-label"].float {
+    position: static; flex: none; align-self: flex-start; margin: 0 0 4px; max-width: 100%; }
+.block:has(> label[data-testid="block-label"].float) > :not(label) { flex: 1 1 auto;
+    min-height: 0; }
+/* gallery captions in full (wrapped if need be), never cut with an ellipsis */
+.gallery-item .caption-label { white-space: normal; overflow: visible; text-overflow: clip;
+    max-width: calc(100% - 8px); overflow-wrap: anywhere; line-height: 1.25; }
+/* table headers stay whole words ("value", not "val / ue") */
+.prose th { white-space: nowrap; word-break: keep-all; overflow-wrap: normal; }
+.prose td { word-break: normal; }
 """
     + PICKER_CSS
     + STEER_CSS

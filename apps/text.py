@@ -25,8 +25,29 @@ def stats_markdown(feature: int, st: dict | None, title: str = "") -> str:
     )
 
 
+def model_details(title: str, model: str, layer, rest: str) -> str:
+    """The line under a bundle's title: model name and layer only where the title does not
+    already say them (no "DINOv2-S — layer 10 — DINOv2-S · layer 10"), then ``rest``."""
+    parts = []
+    if model and model.split(" (")[0] not in title:  # "X (detail)": X said is enough
+        parts.append(model)
+    if layer is not None and f"layer {layer}" not in title:
+        parts.append(f"layer {layer}")
+    return " · ".join(parts + [rest])
+
+
+def pair_title(left: str, right: str) -> str:
+    """Two bundle titles as one escaped HTML line, the shared model named once:
+    "<b>DINOv2-S</b> — layer 6 vs layer 10" rather than the model twice."""
+    a, sep, ra = left.partition(" — ")
+    b, _, rb = right.partition(" — ")
+    if sep and a == b and ra and rb:
+        return f"<b>{html.escape(a)}</b> — {html.escape(ra)} vs {html.escape(rb)}"
+    return f"<b>{html.escape(left)}</b> vs <b>{html.escape(right)}</b>"
+
+
 def error_box(message: str) -> str:
     return f'<div class="sae-error">⚠️ {html.escape(message)}</div>'
 
 
-__all__ = ["fmt_freq", "stats_markdown", "error_box"]
+__all__ = ["fmt_freq", "stats_markdown", "model_details", "pair_title", "error_box"]

@@ -91,15 +91,15 @@ def read_upload(src: Any, name: str | None = None) -> Image.Image:
 
 
 def try_upload(src: Any) -> tuple[Image.Image | None, str | None]:
-    """``(image, None)``, or ``(None, message)`` after showing the message as a warning toast.
+    """``(image, None)``, or ``(None, message)``.
 
-    Apps use this on upload so that a bad file leaves a clear message (toast + status line) and a
-    cleared upload box, instead of error badges on every output.
+    Apps use this on upload so that a bad file leaves one clear message (the status line under
+    the upload box, which stays) and a cleared upload box, instead of error badges on every
+    output. No toast as well: the same warning twice on one page reads as two problems.
     """
     try:
         return read_upload(src), None
     except gr.Error as err:
-        gr.Warning(err.message, title="Cannot use this image")
         return None, err.message
 
 

@@ -119,8 +119,8 @@ def test_browser_bad_uploads_show_a_message(browser_app, page, ui, awkward_files
     expect(page.locator("#picker .pp-empty")).to_be_visible()
     for name, words in [("not_an_image.png", "not an image"), ("bomb.png", "decompression bomb")]:
         ui.upload(files[name])
-        expect(page.locator(".toast-body").filter(has_text=words).first).to_be_visible()
         expect(page.locator("#status .sae-error")).to_contain_text(words)
+        expect(page.locator(".toast-body")).to_have_count(0)  # one message: no toast as well
         expect(page.locator("#upload input[type=file]")).to_have_count(1)  # box cleared
     assert "Traceback" not in page.content()
     ui.shot("browser-bad-upload")
@@ -148,7 +148,61 @@ def test_browser_feature_search_and_related(browser_app, page) -> None:
     )
     page.locator("#feature-id input").fill("100000")
     page.locator("#feature-id input").press("Enter")
-    expect(page.locator(".toast-body").first).to_be_visible()
+    expect(page.locator("#feature-msg")).to_contain_text("There is no feature 100000")
+
+
+def test_browser_bad_feature_id_is_a_note_by_the_box(browser_app, page, ui, tmp_path) -> None:
+    """An id out of range, negative or not whole: a note next to the box with the valid range,
+    the last feature stays on screen, no Error badge; a valid id then opens at once."""
+    from playwright.sync_api import expect
+
+    page.goto(browser_app.url)
+    box, msg = page.locator("#feature-id input"), page.locator("#feature-msg")
+    expect(page.locator("#feature-stats")).to_contain_text("Feature 0")
+    box.fill("5")
+    box.press("Enter")
+    expect(page.locator("#feature-stats h3")).to_have_text("Feature 5")
+    page.wait_for_function("document.querySelectorAll('#exemplars img').length > 0")
+    last = browser_app.demo.engine.d_sae - 1
+    for bad, words in [
+        ("99999", "There is no feature 99999"),
+        ("-3", "There is no feature -3"),
+        ("2.5", "2.5 is not a whole number"),
+    ]:
+        box.fill(bad)
+        box.press("Enter")
+        expect(msg).to_contain_text(words)
+        expect(msg).to_contain_text(f"ids run from 0 to {last}. Still showing feature 5")
+        expect(box).to_have_value("5")  # the id shown goes back in the box
+        expect(page.locator("#feature-stats h3")).to_have_text("Feature 5")
+        expect(page.locator(".error")).to_have_count(0)
+        expect(page.locator(".toast-body")).to_have_count(0)
+    ui.shot("browser-bad-feature-id")
+    box.fill("99999")
+    page.get_by_role("button", name="Show", exact=True).click()  # Show checks it the same way
+    expect(msg).to_contain_text("There is no feature 99999")
+    expect(page.locator(".error")).to_have_count(0)
+    # nothing is blocked: a valid id opens and the note goes
+    box.fill("9")
+    box.press("Enter")
+    expect(page.locator("#feature-stats h3")).to_have_text("Feature 9")
+    expect(msg).not_to_contain_text("no feature")
+    page.locator("#related .thumbnail-item").first.click()
+    expect(page.locator("#feature-stats h3")).not_to_have_text("Feature 9")
+
+    # the edit scale's number box applies on Enter, with no click elsewhere
+    ui.upload(photo_file(tmp_path, 1))
+    expect(page.locator("#picker .pp-cell")).to_have_count(256)
+    ui.drag("#picker .pp-grid", (0.3, 0.3), (0.6, 0.6))
+    expect(page.locator("#sel-info")).to_contain_text("patches selected")
+    expect(page.locator("#edits")).to_contain_text("No edits")
+    scale = page.locator("#scale input[type=number]")
+    scale.fill("2.5")
+    scale.press("Enter")
+    expect(page.locator("#edits")).to_contain_text("× 2.5")
+    expect(page.locator("#effect")).to_contain_text("Edits moved")
+    expect(page.locator(".error")).to_have_count(0)
+    ui.shot("browser-scale-enter")
 
 
 # ------------------------------------------------------------------------------ comparison
@@ -196,3 +250,26 @@ def test_compare_side_by_side_and_matches(compare_app, page, ui, tmp_path) -> No
     expect(page.locator("#right-feature input")).to_have_value(first_match.strip().lstrip("#"))
     page.wait_for_function("document.querySelectorAll('#right-exemplars img').length > 0")
     ui.shot("compare")
+
+
+def test_compare_right_cards_and_matches(compare_app, page, ui, tmp_path) -> None:
+    """The right side's advertised clicks: a top card opens it on the right, a match on the left."""
+    from playwright.sync_api import expect
+
+    page.goto(compare_app.url)
+    ui.upload(photo_file(tmp_path, 3))
+    expect(page.locator("#picker .pp-cell")).to_have_count(256)
+    page.wait_for_function("document.querySelectorAll('#right-top img').length > 2")
+    right_id = page.locator("#right-top .caption-label").nth(2).inner_text().split("·")[0].strip()
+    page.locator("#right-top .thumbnail-item").nth(2).click()
+    expect(page.locator("#right-feature input")).to_have_value(right_id.lstrip("#"))
+    expect(page.get_by_text(f"for right {right_id}")).to_be_visible()
+    page.wait_for_function("document.querySelectorAll('#right-exemplars img').length > 0")
+    page.wait_for_function("document.querySelectorAll('#right-matches img').length > 0")
+    match = page.locator("#right-matches .caption-label").first.inner_text().split("·")[0]
+    page.locator("#right-matches .thumbnail-item").first.click()
+    expect(page.locator("#left-feature input")).to_have_value(match.strip().lstrip("#"))
+    page.wait_for_function("document.querySelectorAll('#left-exemplars img').length > 0")
+    assert "Error" not in page.locator("#left-feature").inner_text()
+    expect(page.locator(".toast-body")).to_have_count(0)
+    ui.shot("compare-right-clicks")

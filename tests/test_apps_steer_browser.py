@@ -38,6 +38,42 @@ def pick_example(page, caption_start: str) -> None:
     page.locator("#examples button").filter(has_text=caption_start).first.click()
 
 
+def card_onto_free_slider(page) -> str:
+    """Edit slider 0, click a candidate card that is on no slider, and check that its feature
+    lands on the first free slider (slot 1) while slot 0 keeps its feature and edit, with no
+    error on the page. Returns the clicked feature id."""
+    from playwright.sync_api import expect
+
+    page.wait_for_function("document.querySelectorAll('#candidates img').length >= 6")
+    kept = page.locator("#slot-0-feature input").input_value()
+    assert kept
+    set_slider(page, 0, 0)
+    expect(page.locator("#edits")).to_contain_text(f"#{kept} off")
+    on_sliders = {page.locator(f"#slot-{j}-feature input").input_value() for j in range(5)}
+    captions = page.locator("#candidates .caption-label").all_inner_texts()
+    ids = [c.split("·")[0].strip().lstrip("#") for c in captions]
+    card = next(i for i, f in enumerate(ids) if f not in on_sliders)
+    page.locator("#candidates .thumbnail-item").nth(card).click()
+    fid = ids[card]
+    expect(page.locator("#slot-1-feature input")).to_have_value(fid)
+    expect(page.locator("#slot-1")).to_contain_text(f"feature #{fid}")
+    expect(page.locator("#slot-1 input[type=range]")).to_have_value("1")
+    expect(page.locator("#slot-0-feature input")).to_have_value(kept)
+    expect(page.locator("#slot-0 input[type=range]")).to_have_value("0")
+    for j in range(5):  # the bug: every slot row turned into a red "Error" badge
+        expect(page.locator(f"#slot-{j}-feature input")).to_be_visible()
+        expect(page.locator(f"#slot-{j} input[type=range]")).to_be_visible()
+    expect(page.locator(".steer-slot").filter(has_text="Error")).to_have_count(0)
+    expect(page.locator(".toast-body")).to_have_count(0)
+    # the card's slider steers the output: the edits line and the measured effect follow it
+    effect = page.locator("#effect").inner_text()
+    set_slider(page, 1, 5)
+    expect(page.locator("#edits")).to_contain_text(f"#{fid} × 5")
+    expect(page.locator("#edits")).to_contain_text(f"#{kept} off")
+    page.wait_for_function("old => document.querySelector('#effect').innerText !== old", arg=effect)
+    return fid
+
+
 # ------------------------------------------------------------------------------ segmentation
 @pytest.fixture(scope="module")
 def segment_app(probe_bundle, serve):
@@ -98,8 +134,8 @@ def test_segment_bad_upload_then_photo(segment_app, page, ui, awkward_files, tmp
     page.goto(segment_app.url)
     for name, words in [("corrupt.png", "corrupt"), ("huge.png", "above the limit")]:
         ui.upload(files[name])
-        expect(page.locator(".toast-body").filter(has_text=words).first).to_be_visible()
         expect(page.locator("#status .sae-error")).to_contain_text(words)
+        expect(page.locator(".toast-body")).to_have_count(0)  # one message: no toast as well
     assert "Traceback" not in page.content()
     ui.shot("segment-bad-upload")
     pick_example(page, "photo")
@@ -107,6 +143,19 @@ def test_segment_bad_upload_then_photo(segment_app, page, ui, awkward_files, tmp
     expect(page.locator("#status")).to_contain_text("explains")
     ui.click_cell("#picker .pp-grid", (0.5, 0.5))
     expect(page.locator("#sel-info")).to_contain_text("1 of 256 patches selected")
+
+
+def test_segment_card_click_fills_free_slider(segment_app, page, ui) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(segment_app.url)
+    pick_example(page, "contains")
+    expect(page.locator("#picker .pp-cell")).to_have_count(256)
+    expect(page.locator("#slot-0-feature input")).not_to_have_value("")
+    card_onto_free_slider(page)
+    expect(page.locator("#effect")).to_contain_text("moved the edited layer-10 tokens")
+    assert ui.image_bytes("#seg-after img")
+    ui.shot("segment-card-click")
 
 
 # ------------------------------------------------------------------------------ classification
@@ -145,3 +194,57 @@ def test_classify_example_select_slide(classify_app, page, ui) -> None:
     )
     assert ui.image_bytes("#probs-after img")
     ui.shot("classify")
+
+
+def test_classify_card_click_fills_free_slider(classify_app, page, ui) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(classify_app.url)
+    pick_example(page, "true class")
+    expect(page.locator("#picker .pp-cell")).to_have_count(256)
+    expect(page.locator("#slot-0-feature input")).not_to_have_value("")
+    page.locator("#scope label").filter(has_text="CLS").click()  # what the probe reads
+    card_onto_free_slider(page)
+    expect(page.locator("#edits")).to_contain_text("and the CLS token")
+    expect(page.locator("#effect")).to_contain_text("total variation")
+    expect(page.locator("#pred-after")).to_be_visible()
+    assert ui.image_bytes("#probs-after img")
+    ui.shot("classify-card-click")
+
+
+def test_segment_slot_feature_id_applies_on_enter(segment_app, page, ui) -> None:
+    """A feature id typed into a slot's box applies on Enter, with no click elsewhere: the slot's
+    label and the edits line follow at once; leaving the box afterwards changes nothing; leaving
+    it after typing applies the id too."""
+    from playwright.sync_api import expect
+
+    page.goto(segment_app.url)
+    pick_example(page, "contains")
+    expect(page.locator("#picker .pp-cell")).to_have_count(256)
+    box = page.locator("#slot-0-feature input")
+    expect(box).not_to_have_value("")
+    kept = box.input_value()
+    set_slider(page, 0, 0)
+    expect(page.locator("#edits")).to_contain_text(f"#{kept} off")
+    on_sliders = {page.locator(f"#slot-{j}-feature input").input_value() for j in range(5)}
+    fid = next(str(f) for f in range(50) if str(f) not in on_sliders)
+    box.fill(fid)
+    box.press("Enter")
+    expect(page.locator("#slot-0")).to_contain_text(f"feature #{fid}")
+    expect(page.locator("#edits")).to_contain_text(f"#{fid} off")
+    expect(page.locator("#edits")).not_to_contain_text(f"#{kept} off")
+    assert page.evaluate(
+        "document.activeElement === document.querySelector('#slot-0-feature input')"
+    )
+    edits = page.locator("#edits").inner_text()
+    page.locator("#slot-0 input[type=range]").focus()  # the blur after Enter: the same edit
+    page.wait_for_timeout(500)
+    expect(page.locator("#edits")).to_have_text(edits)
+    # leaving the box (Tab) applies a typed id too
+    other = next(str(f) for f in range(50) if str(f) not in on_sliders | {fid})
+    box.fill(other)
+    box.press("Tab")
+    expect(page.locator("#slot-0")).to_contain_text(f"feature #{other}")
+    expect(page.locator("#edits")).to_contain_text(f"#{other} off")
+    expect(page.locator(".error")).to_have_count(0)
+    ui.shot("segment-slot-enter")
