@@ -107,6 +107,9 @@ def test_segment_example_select_slide(segment_app, page, ui, wait_for) -> None:
 
     # amplify the two strongest candidates on all patches: the segmentation changes
     page.locator("#scope label").filter(has_text="all patches").click()
+    # as a visitor does, let the scope change land before moving a slider (the two events share
+    # the model's queue; in one full-suite run of 5 the slider move was lost behind it)
+    expect(page.locator("#edits")).not_to_contain_text("processing")
     set_slider(page, 0, 5)
     expect(page.locator("#edits")).to_contain_text("Active edits on all patches")
     set_slider(page, 1, 5)
