@@ -326,6 +326,21 @@ class Page:
     right: FeaturePanel | None = None
 
 
+def _top_gallery(header: str, elem_id: str) -> gr.Gallery:
+    """One side's column of top-feature cards under its header (left and right are alike)."""
+    with gr.Column(min_width=320):
+        gr.HTML(header)
+        return gr.Gallery(
+            show_label=False,
+            columns=3,
+            height=440,
+            allow_preview=False,
+            format="jpeg",
+            elem_id=elem_id,
+            object_fit="contain",
+        )
+
+
 def side_header(side: Side) -> str:
     b = side.bundle
     sub = model_details(
@@ -411,28 +426,8 @@ def _layout(c: Comparison, mode: str | None, examples: bool) -> Page:
             picker, sel_text, clear_btn, all_btn, sel_info = patch_picker_controls()
     gr.Markdown("### ③ Top features of the selection, side by side")
     with gr.Row(equal_height=False):
-        with gr.Column(min_width=320):
-            gr.HTML(side_header(L))
-            ltop = gr.Gallery(
-                show_label=False,
-                columns=3,
-                height=440,
-                allow_preview=False,
-                format="jpeg",
-                elem_id="left-top",
-                object_fit="contain",
-            )
-        with gr.Column(min_width=320):
-            gr.HTML(side_header(R))
-            rtop = gr.Gallery(
-                show_label=False,
-                columns=3,
-                height=440,
-                allow_preview=False,
-                format="jpeg",
-                elem_id="right-top",
-                object_fit="contain",
-            )
+        ltop = _top_gallery(side_header(L), "left-top")
+        rtop = _top_gallery(side_header(R), "right-top")
     page = Page(
         lkey,
         rkey,

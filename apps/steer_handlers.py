@@ -203,7 +203,7 @@ class Steering:
     # ------------------------------------------------------------------ events
     def on_image(self, upload, head, mode, scope, *slots):
         task = self.task
-        n_after = len(task._after) + 3
+        n_after = len(task.after_components) + 3
         blank_slots = slot_updates([None] * N_SLOTS, [1.0] * N_SLOTS)
         if upload is None:  # cleared (keeps an error message from a refused upload visible)
             return (

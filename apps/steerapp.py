@@ -50,6 +50,9 @@ class SteerTask:
 
     def __init__(self, engine: Engine):
         self.eng = engine
+        # the panels' components, set while the page is built; the handlers output to them
+        self.before_components: list = []
+        self.after_components: list = []
 
     # components --------------------------------------------------------------------------
     def before_panel(self) -> list:
@@ -69,10 +72,10 @@ class SteerTask:
         raise NotImplementedError
 
     def empty_before(self) -> tuple:
-        return tuple(None for _ in self._before)
+        return tuple(None for _ in self.before_components)
 
     def empty_after(self) -> tuple:
-        return tuple(None for _ in self._after)
+        return tuple(None for _ in self.after_components)
 
     def scopes(self) -> list[str]:
         return list(SCOPES)
@@ -234,7 +237,7 @@ def _top(eng: Engine, task: SteerTask, choices: list, default_head: str, example
             picker, sel_text, clear_btn, all_btn, sel_info = patch_picker_controls()
         with gr.Column(scale=4, min_width=260):
             gr.Markdown(f"### {task.before_title}")
-            task._before = task.before_panel()
+            task.before_components = task.before_panel()
     gr.Markdown("### ③ Candidate features of the selection", elem_classes="sae-section")
     gr.Markdown(
         "The features with the highest mean activation over the selected patches (the "
@@ -322,7 +325,7 @@ def _steer_row(p: Page, eng: Engine, task: SteerTask) -> None:
             p.edits_md = gr.Markdown(elem_id="edits")
             p.timing_md = gr.Markdown(elem_id="timing")
         with gr.Column(scale=8):
-            task._after = task.after_panel()
+            task.after_components = task.after_panel()
             p.effect_md = gr.Markdown(elem_id="effect")
 
 
@@ -341,7 +344,7 @@ def _wire_image(h: Steering, p: Page, after_out: list) -> None:
             p.picker,
             p.sel_text,
             p.sel_info,
-            *task._before,
+            *task.before_components,
             p.gallery,
             p.cand_state,
             *slots,
@@ -351,7 +354,11 @@ def _wire_image(h: Steering, p: Page, after_out: list) -> None:
         **MODEL,
     )
     p.head_dd.change(
-        h.on_head, p.state_in, [p.head_md, *task._before, *after_out], api_name="head", **MODEL
+        h.on_head,
+        p.state_in,
+        [p.head_md, *task.before_components, *after_out],
+        api_name="head",
+        **MODEL,
     )
     sel_out = [p.sel_info, p.gallery, p.cand_state, *slots, *after_out]
     p.picker.pick(on_pick, None, p.sel_text, api_visibility="private", queue=False).then(
@@ -418,7 +425,7 @@ def build_steer_app(
     ) as demo:
         p = _top(eng, task, choices, default_head, examples)
         _steer_row(p, eng, task)
-        after_out = [*task._after, p.edits_md, p.effect_md, p.timing_md]
+        after_out = [*task.after_components, p.edits_md, p.effect_md, p.timing_md]
         _wire_image(h, p, after_out)
         _wire_sliders(h, p, after_out)
     demo.engine = eng  # for tests and benchmarks
