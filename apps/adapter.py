@@ -3,8 +3,8 @@
 Several bundle components are optional (exemplars, FAISS indices, cross-model matches), so each
 accessor here returns ``None``/``[]`` or an exact fallback (a decoder scan instead of the index,
 activation correlation instead of precomputed matches) rather than failing: an app never crashes
-because a bundle lacks an optional component. What the apps derive from a bundle is memoised per
-bundle object (:func:`_memo`), beside the bundle rather than inside it. Heat-maps and patch
+because a bundle lacks an optional component. What the apps derive from a bundle is memoised in
+the bundle's public ``memo`` dict, for as long as the bundle lives. Heat-maps and patch
 search come from :mod:`saescope.core.heatmap` and :mod:`saescope.core.search`.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,27 +86,11 @@ def bundle_layer(bundle: Bundle) -> int | None:
     return None if layer is None else int(layer)
 
 
-# ------------------------------------------------------------------------------ per-bundle memo
-_MEMO: dict[int, dict] = {}
-
-
-def _memo(bundle: Any) -> dict:
-    """What the apps worked out about ``bundle`` (parsed stats, unit decoder, ...), kept while
-    the bundle lives. Keyed by identity: a ``Bundle`` is an unhashable dataclass, so a
-    ``WeakKeyDictionary`` cannot hold it; a finalizer drops the entry with the bundle."""
-    key = id(bundle)
-    memo = _MEMO.get(key)
-    if memo is None:
-        memo = _MEMO[key] = {}
-        weakref.finalize(bundle, _MEMO.pop, key, None)
-    return memo
-
-
 # ------------------------------------------------------------------------------ exemplars + stats
 def exemplars(bundle: Bundle):
     """The bundle's exemplars (``bundle.exemplars``), or ``None`` when it ships none or they
     are unreadable (said once in the log; the app stays usable)."""
-    memo = _memo(bundle)
+    memo = bundle.memo
     if "exemplars" in memo:
         return memo["exemplars"]
     ex = None
@@ -157,7 +140,7 @@ def _np(x: Any) -> np.ndarray:
 
 def stats(bundle: Bundle) -> FeatureStats | None:
     """Frequency, mean activation, max and histogram of every feature, or ``None``."""
-    memo = _memo(bundle)
+    memo = bundle.memo
     if "stats" in memo:
         return memo["stats"]
     ex = exemplars(bundle)  # Exemplars.stats: every feature's statistics as tensors
@@ -228,7 +211,7 @@ def related_features(bundle: Bundle, feature: int, k: int = 8) -> list[tuple[int
     Uses the bundle's decoder FAISS index when it has one, else an exact scan over the decoder.
     """
     f = bundle.sae.check_feature(feature)
-    memo = _memo(bundle)
+    memo = bundle.memo
     if bundle.has("feature_index") and not memo.get("no_index"):
         try:
             return [(int(i), float(s)) for i, s in bundle.related(f, k) if int(i) not in (f, -1)][
@@ -263,7 +246,7 @@ def cross_matches(
     ``[n_patches, d_sae]`` on a common patch grid).
     """
     f = left.sae.check_feature(feature)
-    memo = _memo(left)
+    memo = left.memo
     key = ("matches", str(right.path))
     if key not in memo:
         m = None

@@ -255,6 +255,9 @@ class Bundle:
     path: Path
     manifest: dict
     _cache: dict = field(default_factory=dict, repr=False)
+    memo: dict = field(default_factory=dict, repr=False)
+    """Values a reader derives from this bundle (parsed statistics, unit decoder rows, ...),
+    kept as long as the bundle: the apps memoise per bundle here instead of in a global table."""
 
     @classmethod
     def load(

@@ -199,6 +199,7 @@ def test_cross_matches_fall_back_to_correlation_on_the_image() -> None:
             self.model = {"model_id": model, "layer": layer}
             self.manifest = {}
             self.name, self.path = model, Path("/nonexistent") / model
+            self.memo = {}  # a Bundle's per-bundle memo
 
     a, b = FakeBundle(10, "m1", 1), FakeBundle(12, "m2", 1)
     left = torch.zeros(16, 10)
