@@ -1,4 +1,4 @@
-"""Saving, loading, publishing and importing SAEs, without ever unpickling arbitrary objects.
+"""Saving, loading and publishing SAEs, without ever unpickling arbitrary objects.
 
 Native format, one folder (= one Hub repo or a sub-folder of one):
 
@@ -7,37 +7,45 @@ Native format, one folder (= one Hub repo or a sub-folder of one):
 - ``sae.safetensors``: ``W_enc, b_enc, W_dec, b_dec, norm_mean, norm_scale, threshold``
   (+ ``log_threshold`` for JumpReLU). Normalisation constants travel with the weights.
 
-Imports: the published checkpoints of "Interpretable and Testable Vision Features" (saev: a JSON
-header line, then a torch state dict read with ``weights_only=True``) and SAELens-style folders
-(``cfg.json`` + ``sae_weights.safetensors``). Which foreign architecture names map to which of
-ours is declared by each architecture class (``saev_activation``, ``saelens_names``) and read from
-the registry here.
+``from_pretrained`` also reads other tools' checkpoints: saev ``.pt`` files, SAELens and sparsify
+folders. The importers live in :mod:`saescope.core.sae_import` (re-exported here) and reproduce
+each tool's own codes exactly, or refuse naming what they cannot reproduce.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from saescope.core import formats
 from saescope.core.fileio import atomic_path, atomic_write_text
-from saescope.core.sae import SAE, SAEConfig, ShapeMismatch, architectures, get_architecture
+from saescope.core.hub_errors import hub_message
+from saescope.core.sae import SAE, SAEConfig, ShapeMismatch
+from saescope.core.sae_import import (  # noqa: F401  (_saelens_architecture: for tests)
+    SAELENS_CONFIG,
+    SAELENS_WEIGHTS,
+    SPARSIFY_CONFIG,
+    SPARSIFY_WEIGHTS,
+    CheckpointError,
+    _saelens_architecture,
+    import_saelens,
+    import_saev,
+    import_sparsify,
+    read_saev_checkpoint,
+    sae_from_tensors,
+)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "sae.safetensors"
-SAELENS_CONFIG = "cfg.json"
-SAELENS_WEIGHTS = "sae_weights.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit what it claims to be."""
+FORMATS_TRIED = (
+    f"saescope ({CONFIG_NAME} + {WEIGHTS_NAME}), SAELens ({SAELENS_CONFIG} + "
+    f"{SAELENS_WEIGHTS}), sparsify ({SPARSIFY_CONFIG} + {SPARSIFY_WEIGHTS})"
+)
 
 
 # ------------------------------------------------------------------------------ native format
@@ -61,48 +69,79 @@ def save_sae(sae: SAE, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def _sae_from_tensors(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: str) -> SAE:
-    sae = SAE(cfg, seed=None)
-    expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{source}: missing tensors {missing}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise CheckpointError(
-                f"{source}: tensor {name} has shape {tuple(tensors[name].shape)}, the config "
-                f"(d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {shape}"
-            )
-    sae.load_state_dict({k: tensors[k].float() for k in expected}, strict=True)
-    sae.eval()
-    return sae
+# ------------------------------------------------------------------------------ folders
+def folder_format(folder: Path) -> str | None:
+    """'saescope', 'saelens' or 'sparsify' from the files in ``folder``; None if none fits."""
+
+    def has(name: str) -> bool:
+        return (folder / name).is_file()
+
+    if has(CONFIG_NAME) and has(WEIGHTS_NAME):
+        return "saescope"
+    if has(SAELENS_CONFIG) and has(SAELENS_WEIGHTS):
+        return "saelens"
+    if has(SPARSIFY_CONFIG) and has(SPARSIFY_WEIGHTS):
+        return "sparsify"
+    return None
 
 
-def load_sae_folder(folder: str | os.PathLike) -> SAE:
-    """Load a native SAE folder; falls back to SAELens layout when that is what the folder has."""
+def unrecognised_folder(folder: Path) -> CheckpointError:
+    """The error for a folder of no known format: sub-folders that are SAEs, or what was tried."""
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    subs = [p.name for p in entries if p.is_dir() and folder_format(p)]
+    if subs:
+        shown = ", ".join(subs[:8]) + (", ..." if len(subs) > 8 else "")
+        return CheckpointError(
+            f"{folder} holds one SAE per sub-folder ({shown}): give the sub-folder, e.g. "
+            f"{folder / subs[0]} (or subfolder={subs[0]!r})"
+        )
+    held = ", ".join(p.name for p in entries[:8]) or "nothing"
+    return CheckpointError(
+        f"{folder} is not a recognised SAE folder: tried {FORMATS_TRIED}; it holds {held}"
+    )
+
+
+def import_folder(folder: str | os.PathLike) -> SAE:
+    """Import an SAELens or sparsify folder, whichever it is (the error says what was tried)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no SAE folder at {folder}")
-    if not (folder / CONFIG_NAME).exists() and (folder / SAELENS_CONFIG).exists():
+    fmt = folder_format(folder)
+    if fmt == "saelens":
         return import_saelens(folder)
+    if fmt == "sparsify":
+        return import_sparsify(folder)
+    if fmt == "saescope":
+        raise CheckpointError(f"{folder} is already a saescope SAE folder: use it as it is")
+    raise unrecognised_folder(folder)
+
+
+def load_sae_folder(folder: str | os.PathLike) -> SAE:
+    """Load a native SAE folder, or import an SAELens or sparsify one (told apart by files)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no SAE folder at {folder}")
+    fmt = folder_format(folder)
+    if fmt in ("saelens", "sparsify"):
+        return import_folder(folder)
+    if fmt is None:
+        raise unrecognised_folder(folder)
     cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not cfg_path.exists() or not w_path.exists():
-        raise CheckpointError(
-            f"{folder} is not an SAE folder: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
-            f"(or SAELens {SAELENS_CONFIG} + {SAELENS_WEIGHTS})"
-        )
     try:
         cfg_dict = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{cfg_path} is not valid JSON: {err}") from err
-    if "d_in" not in cfg_dict or "d_sae" not in cfg_dict:
+    if not isinstance(cfg_dict, dict) or "d_in" not in cfg_dict or "d_sae" not in cfg_dict:
         raise CheckpointError(f"{cfg_path} is not an saescope SAE config (no d_in/d_sae)")
-    cfg = SAEConfig.from_dict(cfg_dict)
+    try:
+        cfg = SAEConfig.from_dict(cfg_dict)
+    except (TypeError, ValueError) as err:  # wrong types or values, or a newer format
+        raise CheckpointError(f"{cfg_path}: {err}") from None
     try:
         tensors = load_file(str(w_path))
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{w_path} is corrupt or truncated: {err}") from err
-    return _sae_from_tensors(cfg, tensors, str(folder))
+    return sae_from_tensors(cfg, tensors, str(folder))
 
 
 def from_pretrained(
@@ -114,7 +153,8 @@ def from_pretrained(
     expected_layer: int | None = None,
     expected_d_in: int | None = None,
 ) -> SAE:
-    """Load an SAE from a local folder, a saev ``.pt`` file, or a Hub repo (optionally a subfolder).
+    """Load an SAE from a folder (saescope, SAELens or sparsify), a saev ``.pt`` file, or a Hub
+    repo (optionally a subfolder, e.g. one hookpoint of a sparsify run).
 
     The ``expected_*`` arguments guard against pairing an SAE with the wrong backbone: a mismatch
     raises :class:`~saescope.core.sae.ShapeMismatch` naming both sides.
@@ -145,7 +185,8 @@ def _from_hub(repo_id: str, revision: str | None, subfolder: str | None, token: 
         ) from err
     except Exception as err:
         raise FileNotFoundError(
-            f"could not fetch SAE {repo_id!r} from the Hugging Face Hub "
+            hub_message(err, "SAE", repo_id, revision)
+            or f"could not fetch SAE {repo_id!r} from the Hugging Face Hub "
             f"(offline, or no such repo/revision?): {err}"
         ) from err
     folder = Path(local) / subfolder if subfolder else Path(local)
@@ -211,163 +252,26 @@ def write_model_card(sae: SAE, path: Path) -> None:
     )
 
 
-# ------------------------------------------------------------------------------ saev import
-def read_saev_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Header dict and state dict of a saev checkpoint; tensors only (``weights_only=True``)."""
-    path = Path(path)
-    with open(path, "rb") as fd:
-        first = fd.readline()
-        body = fd.read()
-    try:
-        header = json.loads(first)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(
-            f"{path}: not a saev checkpoint (the first line must be a JSON config)"
-        ) from err
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: saev header is not a JSON object")
-    try:
-        state = torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: the state dict after the header could not be read safely "
-            f"(corrupt, truncated, or not plain tensors): {err}"
-        ) from err
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: the body is not a dict of tensors")
-    return header, state
-
-
-def _saev_architecture(header: dict) -> tuple[dict, str, int | None]:
-    cfg = header.get("cfg", header)
-    cls = str(header.get("cls", "Relu"))
-    act = cfg.get("activation")
-    k = cfg.get("top_k")
-    if isinstance(act, dict):
-        cls = str(act.get("cls", cls))
-        k = act.get("params", {}).get("top_k", k)
-    saev = [a for a in architectures() if a.saev_activation]
-    by_name = {a.saev_activation.lower(): a.architecture for a in saev}
-    arch = by_name.get(cls.lower().replace("activation", ""))
-    if arch is None:
-        supported = ", ".join(a.saev_activation for a in saev)
-        raise CheckpointError(f"saev activation {cls!r} is not supported ({supported})")
-    return cfg, arch, int(k) if k is not None else None
-
-
-def import_saev(
-    path: str | os.PathLike, normalization_sample: torch.Tensor | None = None, **provenance: Any
-) -> SAE:
-    """Import a saev checkpoint (config keys like ``d_vit``, ``exp_factor``).
-
-    saev computes ``x @ W_enc + b_enc`` without subtracting ``b_dec``; our encoder subtracts it,
-    so ``b_enc`` is shifted by ``b_dec @ W_enc`` to give identical codes. saev checkpoints carry
-    no normalisation; pass ``normalization_sample`` (raw activations) to estimate and store the
-    scale the SAE was trained with, or leave it at identity if the inputs were not normalised.
-    """
-    header, state = read_saev_checkpoint(path)
-    cfg_d, arch, k = _saev_architecture(header)
-    d_in = cfg_d.get("d_vit", cfg_d.get("d_model"))
-    if d_in is None:
-        raise CheckpointError(f"{path}: saev config has no d_vit/d_model")
-    d_sae = cfg_d.get("d_sae") or int(d_in) * int(cfg_d.get("exp_factor", 0))
-    for key in ("W_enc", "b_enc", "W_dec", "b_dec"):
-        if key not in state:
-            raise CheckpointError(f"{path}: saev state dict lacks {key}")
-    cfg = SAEConfig(
-        d_in=int(d_in),
-        d_sae=int(d_sae),
-        architecture=arch,
-        k=k if get_architecture(arch).k_sparse else None,
-        normalization="none" if normalization_sample is None else "standardize",
-        hyperparameters={"imported_from": "saev", "saev_header": header},
-        **provenance,
-    )
-    w_enc, w_dec = state["W_enc"].float(), state["W_dec"].float()
-    b_enc, b_dec = state["b_enc"].float(), state["b_dec"].float()
-    tensors = {
-        "W_enc": w_enc,
-        "W_dec": w_dec,
-        "b_dec": b_dec,
-        "b_enc": b_enc + b_dec @ w_enc,
-        "norm_mean": torch.zeros(cfg.d_in),
-        "norm_scale": torch.ones(()),
-        "threshold": torch.zeros(()),
-    }
-    sae = _sae_from_tensors(cfg, tensors, str(path))
-    if normalization_sample is not None:
-        sae.set_normalization(normalization_sample)
-    return sae
-
-
-# ------------------------------------------------------------------------------ SAELens import
-def _saelens_architecture(arch_name: str, activation: str) -> str | None:
-    """Our architecture for an SAELens (architecture, activation) pair, from the registry.
-
-    A rule naming the SAELens architecture wins over an activation-only rule, so e.g.
-    ("standard", "topk") is TopK while ("batchtopk", "topk") is BatchTopK.
-    """
-    rules = [(a.architecture, name, act) for a in architectures() for name, act in a.saelens_names]
-    for ours, name, act in rules:
-        if name is not None and name == arch_name and act in (None, activation):
-            return ours
-    for ours, name, act in rules:
-        if name is None and act == activation:
-            return ours
-    return None
-
-
-def import_saelens(folder: str | os.PathLike) -> SAE:
-    """Import an SAELens-style folder: ``cfg.json`` + ``sae_weights.safetensors``."""
-    folder = Path(folder)
-    cfg_path, w_path = folder / SAELENS_CONFIG, folder / SAELENS_WEIGHTS
-    if not cfg_path.exists() or not w_path.exists():
-        raise CheckpointError(
-            f"{folder}: SAELens folders need {SAELENS_CONFIG} and {SAELENS_WEIGHTS}"
-        )
-    cfg_d = json.loads(cfg_path.read_text())
-    try:
-        state = load_file(str(w_path))
-    except Exception as err:
-        raise CheckpointError(f"{w_path} is corrupt or truncated: {err}") from err
-    arch_name = str(cfg_d.get("architecture", "standard")).lower()
-    act = str(cfg_d.get("activation_fn_str", cfg_d.get("activation_fn", "relu"))).lower()
-    k = cfg_d.get("k") or (cfg_d.get("activation_fn_kwargs") or {}).get("k")
-    arch = _saelens_architecture(arch_name, act)
-    if arch is None:
-        raise CheckpointError(
-            f"{folder}: SAELens architecture {arch_name!r}/{act!r} is not supported"
-        )
-    d_in, d_sae = int(cfg_d["d_in"]), int(cfg_d["d_sae"])
-    cfg = SAEConfig(
-        d_in=d_in,
-        d_sae=d_sae,
-        architecture=arch,
-        k=int(k) if k else None,
-        normalization="none",
-        model_id=cfg_d.get("model_name"),
-        hyperparameters={"imported_from": "saelens", "saelens_cfg": cfg_d},
-    )
-    if str(cfg_d.get("normalize_activations", "none")) not in ("none", "None", ""):
-        raise CheckpointError(
-            f"{folder}: SAELens normalize_activations={cfg_d['normalize_activations']!r} needs a "
-            "dataset-specific scale that the folder does not store"
-        )
-    w_enc, w_dec = state["W_enc"].float(), state["W_dec"].float()
-    b_enc, b_dec = state["b_enc"].float(), state["b_dec"].float()
-    if not cfg_d.get("apply_b_dec_to_input", True):
-        b_enc = b_enc + b_dec @ w_enc  # their encoder does not subtract b_dec; ours does
-    tensors = {
-        "W_enc": w_enc,
-        "W_dec": w_dec,
-        "b_enc": b_enc,
-        "b_dec": b_dec,
-        "norm_mean": torch.zeros(d_in),
-        "norm_scale": torch.ones(()),
-        "threshold": torch.zeros(()),
-    }
-    try:
-        tensors.update(get_architecture(arch).saelens_extra_tensors(state))
-    except ValueError as err:
-        raise CheckpointError(f"{folder}: {err}") from err
-    return _sae_from_tensors(cfg, tensors, str(folder))
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "SAELENS_CONFIG",
+    "SAELENS_WEIGHTS",
+    "SPARSIFY_CONFIG",
+    "SPARSIFY_WEIGHTS",
+    "FORMATS_TRIED",
+    "CheckpointError",
+    "folder_format",
+    "unrecognised_folder",
+    "save_sae",
+    "load_sae_folder",
+    "from_pretrained",
+    "check_compatible",
+    "push_to_hub",
+    "write_model_card",
+    "import_folder",
+    "import_saev",
+    "import_saelens",
+    "import_sparsify",
+    "read_saev_checkpoint",
+]

@@ -167,12 +167,18 @@ def saev_state(d: int, w: int, seed: int = 0) -> dict:
     ],
 )
 def test_import_saev_relu_matches_its_forward(header: dict, tmp_path: Path) -> None:
+    """saev's forward by era: configs with ``d_vit`` (the paper's saev, which wrote the
+    published checkpoints) subtract b_dec before the encoder; ``d_model`` ones (current saev)
+    do not. This test used to expect no subtraction for every header, the wrong maths of issue
+    14; tests/test_sae_import_peers.py checks both eras against saev's own code."""
     state = saev_state(16, 64)
     write_saev(tmp_path / "sae.pt", header, state)
     sae = from_pretrained(tmp_path / "sae.pt")
     assert sae.cfg.architecture == "relu" and sae.cfg.d_sae == 64
     x = torch.randn(10, 16)
-    codes = torch.relu(x @ state["W_enc"] + state["b_enc"])  # saev's own forward
+    paper_era = "d_vit" in header.get("cfg", header)
+    xin = x - state["b_dec"] if paper_era else x
+    codes = torch.relu(xin @ state["W_enc"] + state["b_enc"])  # saev's own forward
     assert torch.allclose(sae.encode(x), codes, atol=1e-4)
     assert torch.allclose(sae.decode(codes), codes @ state["W_dec"] + state["b_dec"], atol=1e-4)
 
@@ -203,8 +209,9 @@ def test_saev_import_never_unpickles_arbitrary_objects(tmp_path: Path, monkeypat
     buf = io.BytesIO()
     torch.save({"W_enc": Boom()}, buf)
     (tmp_path / "evil.pt").write_bytes(b'{"d_vit": 16, "exp_factor": 4}\n' + buf.getvalue())
-    with pytest.raises(CheckpointError, match="could not be read safely"):
+    with pytest.raises(CheckpointError, match="evil.pt is not a safe checkpoint") as err:
         import_saev(tmp_path / "evil.pt")
+    assert "weights_only" not in str(err.value)
     assert not (tmp_path / "pwned.txt").exists()
     (tmp_path / "bad.pt").write_bytes(b"\x80\x02garbage")
     with pytest.raises(CheckpointError, match="first line must be a JSON"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from saescope.core.sae_io import import_saelens, import_saev, save_sae
+from saescope.core.sae_io import import_folder, import_saev, save_sae
 from saescope.train.cli import OutOption, add_step, announce_config, option
 
 
@@ -19,7 +19,7 @@ class ImportConfig(OutOption):
     """``saescope import``: the checkpoint, and the provenance it lacks. OUT is the SAE folder."""
 
     checkpoint: str = option(positional=True)
-    """saev .pt file or SAELens folder"""
+    """saev .pt file, SAELens folder or sparsify folder"""
     model: str | None = None
     """backbone id the SAE was trained on"""
     revision: str | None = None
@@ -40,10 +40,11 @@ def add_parser(sub) -> None:
         "import",
         ImportConfig,
         run,
-        help="import a saev .pt checkpoint or an SAELens folder",
+        help="import a saev .pt checkpoint, an SAELens or a sparsify folder",
         description="Convert a saev checkpoint (JSON header line + torch state dict, read "
-        "with weights_only=True)\nor an SAELens folder (cfg.json + sae_weights.safetensors) "
-        "into a native saescope SAE\nfolder OUT (config.json + sae.safetensors).",
+        "with weights_only=True),\nan SAELens (cfg.json + sae_weights.safetensors) or sparsify "
+        "folder (cfg.json + sae.safetensors)\ninto a native saescope SAE folder OUT "
+        "(config.json + sae.safetensors).",
     )
 
 
@@ -55,7 +56,7 @@ def run(cfg: ImportConfig) -> int:
     if not src.exists():
         raise FileNotFoundError(f"no checkpoint at {src}")
     if src.is_dir():
-        sae = import_saelens(src)
+        sae = import_folder(src)
     else:
         sample = None
         if cfg.normalize_from_store:

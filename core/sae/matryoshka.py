@@ -25,7 +25,7 @@ class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
     description = "BatchTopK codes whose nested prefixes must each reconstruct the input"
     saev_activation = None
-    saelens_names = ()
+    saelens_names = (("matryoshka_batchtopk", None),)
 
     @classmethod
     def validate_config(cls, cfg: SAEConfig) -> None:
