@@ -1,251 +1,85 @@
 """Bundles: one self-describing folder (= one Hub repo) holding everything an app needs.
 
-Layout::
+Layout (component: what it holds, how it grows with F features, k exemplars, N images)::
 
     bundle.json              manifest: format version, model, layer, components, file checksums
-    sae/                     config.json + sae.safetensors
-    exemplars/               top images per feature, patch maps, feature statistics
-    indices/                 FAISS indices (decoder directions, dataset patches) + sidecars
-    thumbnails.safetensors   JPEG bytes of every exemplar image (packed) + offsets
-    thumbnails.json          image ids, sizes, the source spec they came from
-    head/                    optional frozen head (e.g. the offline model's saliency decoder)
-    matches/                 optional cross-model feature matches against another bundle
+    sae/                     config.json + sae.safetensors                 F x d_model
+    exemplars/               top images per feature, patch maps (uint8 +    F x k x n_patches
+                             scale), feature statistics
+    thumbnails.safetensors   JPEG bytes of every exemplar image + offsets   distinct exemplar
+    thumbnails.json          image ids, sizes, the source spec they came     images (<= F x k)
+    indices/features.faiss   decoder-direction index (+ .json sidecar)      F x d_model
+    indices/patches.faiss    optional (``bundle --patch-index N``): patch   min(N, patch tokens)
+                             index over a bounded sample (+ sidecar, ids)
+    matches/, probes/, ood/  optional: cross-model matches, linear probes, OOD calibration
     README.md                Hub card
 
-Loading by Hub id or path verifies the format version and every file's size and sha256, so a
-partial download or a corrupted file fails with a message that names the file, never later with
-a confusing shape error.
+Nothing grows with the data set except through the exemplar images (at most F x k of them) and
+the optional patch index (bounded by its sample). Loading is lazy: a Hub bundle downloads
+``bundle.json`` first and each component's files when the component is first used; every file
+is verified (size, sha256) once per download or edit, thanks to a verified marker
+(:mod:`saescope.core.bundle_files`), so a partial download or a corrupted file fails with a
+message that names the file, never later with a confusing shape error.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image
-from safetensors.torch import load_file, save_file
-
-from saescope import __version__
 from saescope.core import formats
-from saescope.core.fileio import atomic_write_text, sha256_file
+from saescope.core.bundle_check import check_backbone, check_bundle
+from saescope.core.bundle_files import (
+    MANIFEST,
+    MARKER,
+    BundleError,
+    HubFiles,
+    VerifiedMarker,
+    bundle_files,
+    check_files,
+    component_files,
+    open_hub,
+    read_manifest,
+    update_manifest,
+    verify_bundle,
+    write_manifest,
+)
+from saescope.core.thumbnails import THUMBS, THUMBS_META, Thumbnails, pack_thumbnails
 
-MANIFEST = "bundle.json"
 FORMAT = formats.BUNDLE.name
 FORMAT_VERSION = formats.BUNDLE.version
-THUMBS = "thumbnails.safetensors"
-THUMBS_META = "thumbnails.json"
-
-
-class BundleError(ValueError):
-    """A bundle that is missing, partial, corrupt, or from an incompatible format version."""
-
-
-def _bundle_files(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.name != MANIFEST
-        and not p.name.endswith(".tmp")
-        and ".cache" not in p.parts
-    )
-
-
-def write_manifest(folder: str | os.PathLike, info: dict[str, Any]) -> dict:
-    """Checksum every file under ``folder`` and write ``bundle.json`` (atomically)."""
-    folder = Path(folder)
-    files = {
-        p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for p in _bundle_files(folder)
-    }
-    manifest = {
-        **formats.BUNDLE.header(),
-        "library_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **info,
-        "files": files,
-    }
-    atomic_write_text(
-        folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True), fsync=False
-    )
-    return manifest
-
-
-def update_manifest(folder: str | os.PathLike, change) -> dict:
-    """Re-checksum ``folder`` after adding files, with ``change(info)`` applied to its metadata.
-
-    Used to add components (matches, probes, OOD calibration) to an existing bundle.
-    """
-    manifest = read_manifest(folder)
-    info = {
-        k: v
-        for k, v in manifest.items()
-        if k not in ("files", "format", "format_version", "library_version", "created")
-    }
-    change(info)
-    return write_manifest(folder, info)
-
-
-def read_manifest(folder: str | os.PathLike) -> dict:
-    """The checked ``bundle.json`` of ``folder`` (:class:`BundleError` if not a readable bundle)."""
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{folder} is not a saescope bundle: no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise BundleError(f"{path} is not valid JSON (truncated download?): {err}") from err
-    formats.BUNDLE.check(
-        manifest, folder if manifest.get("format") == FORMAT else path, error=BundleError
-    )
-    return manifest
-
-
-def verify_bundle(folder: str | os.PathLike, checksums: bool = True) -> dict:
-    """Check that every file the manifest lists is present with the right size (and sha256)."""
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    missing, wrong_size, corrupt = [], [], []
-    for rel, meta in manifest["files"].items():
-        p = folder / rel
-        if not p.is_file():
-            missing.append(rel)
-        elif p.stat().st_size != meta["bytes"]:
-            wrong_size.append(f"{rel} ({p.stat().st_size} of {meta['bytes']} bytes)")
-        elif checksums and sha256_file(p) != meta["sha256"]:
-            corrupt.append(rel)
-    problems = []
-    if missing:
-        problems.append("missing: " + ", ".join(missing))
-    if wrong_size:
-        problems.append("truncated or wrong size: " + ", ".join(wrong_size))
-    if corrupt:
-        problems.append("checksum mismatch: " + ", ".join(corrupt))
-    if problems:
-        raise BundleError(
-            f"bundle {folder} is incomplete or corrupt ({'; '.join(problems)}); "
-            "re-download it or rebuild it"
-        )
-    return manifest
-
-
-# ------------------------------------------------------------------------------ thumbnails
-def pack_thumbnails(
-    folder: Path,
-    images: Iterable[tuple[int, str, Image.Image]],
-    size: int,
-    source_spec: str | None,
-    quality: int = 85,
-) -> int:
-    """JPEG-encode ``(image_index, image_id, image)`` thumbnails into one packed file.
-
-    One file instead of thousands keeps Hub uploads and downloads fast.
-    """
-    blobs, index, ids, sizes = [], [], [], []
-    for image_index, image_id, image in images:
-        im = image.convert("RGB")
-        im.thumbnail((size, size), Image.BICUBIC)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=quality)
-        blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
-        index.append(int(image_index))
-        ids.append(image_id)
-        sizes.append(im.size)
-    offsets = np.zeros(len(blobs) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(b) for b in blobs])
-    data = np.concatenate(blobs) if blobs else np.zeros(0, np.uint8)
-    save_file(
-        {
-            "data": torch.from_numpy(data.copy()),
-            "offsets": torch.from_numpy(offsets),
-            "image_index": torch.tensor(index, dtype=torch.int64),
-        },
-        str(folder / THUMBS),
-    )
-    (folder / THUMBS_META).write_text(
-        json.dumps(
-            {"size": size, "source": source_spec, "image_ids": ids, "sizes": sizes}, indent=1
-        )
-    )
-    return len(blobs)
-
-
-@dataclass
-class Thumbnails:
-    """Random access to the packed exemplar thumbnails of a bundle."""
-
-    data: np.ndarray
-    offsets: np.ndarray
-    position: dict[int, int]
-    image_ids: list[str]
-    source: str | None = None
-
-    @classmethod
-    def load(cls, folder: Path) -> Thumbnails:
-        t = load_file(str(folder / THUMBS))
-        meta = json.loads((folder / THUMBS_META).read_text())
-        idx = t["image_index"].numpy()
-        return cls(
-            t["data"].numpy(),
-            t["offsets"].numpy(),
-            {int(i): n for n, i in enumerate(idx)},
-            meta["image_ids"],
-            meta.get("source"),
-        )
-
-    def __contains__(self, image_index: int) -> bool:
-        return int(image_index) in self.position
-
-    def __len__(self) -> int:
-        return len(self.position)
-
-    def get(self, image_index: int) -> Image.Image:
-        n = self.position.get(int(image_index))
-        if n is None:
-            raise KeyError(f"image {image_index} has no thumbnail in this bundle")
-        blob = self.data[self.offsets[n] : self.offsets[n + 1]].tobytes()
-        return Image.open(io.BytesIO(blob)).convert("RGB")
-
-    def image_id(self, image_index: int) -> str:
-        return self.image_ids[self.position[int(image_index)]]
+_bundle_files = bundle_files  # the name older callers used
 
 
 # ------------------------------------------------------------------------------ loading
-def resolve_bundle(
-    name_or_path: str | os.PathLike, revision: str | None = None, token: str | None = None
-) -> Path:
-    """A local folder, or a Hub repo id downloaded (or found in the cache) with huggingface_hub."""
+def _is_local(name_or_path: str | os.PathLike) -> Path | None:
     path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise BundleError(f"{path} is a file; a bundle is a folder with {MANIFEST}")
-        return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
+    if not path.exists():
+        return None
+    if not path.is_dir():
+        raise BundleError(f"{path} is a file; a bundle is a folder with {MANIFEST}")
+    return path
 
-    try:
-        return Path(
-            snapshot_download(str(name_or_path), revision=revision, token=token, repo_type="model")
-        )
-    except HFValidationError as err:
-        raise BundleError(
-            f"bundle {str(name_or_path)!r} is neither a folder nor a Hub repo id"
-        ) from err
-    except Exception as err:
-        raise BundleError(
-            f"could not fetch bundle {str(name_or_path)!r} from the Hugging Face Hub "
-            f"(offline, private, or no such repo?): {err}"
-        ) from err
+
+def resolve_bundle(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    token: str | None = None,
+    everything: bool = False,
+) -> Path:
+    """A local folder, or the cache folder of a Hub repo id holding its ``bundle.json``.
+
+    Only the manifest is fetched from the Hub unless ``everything``; :meth:`Bundle.load` fetches
+    the rest component by component, as it is used.
+    """
+    path = _is_local(name_or_path)
+    if path is not None:
+        return path
+    folder, hub = open_hub(str(name_or_path), revision, token)
+    return hub.download_all() if everything else folder
 
 
 @dataclass
@@ -258,6 +92,11 @@ class Bundle:
     memo: dict = field(default_factory=dict, repr=False)
     """Values a reader derives from this bundle (parsed statistics, unit decoder rows, ...),
     kept as long as the bundle: the apps memoise per bundle here instead of in a global table."""
+    hub: HubFiles | None = field(default=None, repr=False)
+    """Where missing files come from (a Hub bundle), None for a local folder."""
+    verify: bool = field(default=True, repr=False)
+    """Check sha256 (once per download or edit), not only sizes."""
+    _ready: set = field(default_factory=set, repr=False)
 
     @classmethod
     def load(
@@ -267,9 +106,51 @@ class Bundle:
         verify: bool = True,
         token: str | None = None,
     ) -> Bundle:
-        folder = resolve_bundle(name_or_path, revision, token)
-        manifest = verify_bundle(folder, checksums=verify) if verify else read_manifest(folder)
-        return cls(folder, manifest)
+        """Open a bundle folder, or a Hub repo id (only ``bundle.json`` is fetched now).
+
+        A local folder is checked whole: sizes always, sha256 (``verify``) only of files whose
+        stat changed since they were last hashed. A Hub bundle's components are downloaded and
+        checked when first used. ``verify=False`` checks sizes only.
+        """
+        local = _is_local(name_or_path)
+        if local is not None:
+            manifest = read_manifest(local)
+            check_files(local, manifest, list(manifest["files"]), verify)
+            bundle = cls(local, manifest, verify=verify, _ready=set(manifest["files"]))
+            check_bundle(bundle)
+            return bundle
+        folder, hub = open_hub(str(name_or_path), revision, token)
+        manifest = read_manifest(folder)
+        if not manifest["files"]:  # an old manifest that lists nothing: take the whole snapshot
+            folder = hub.download_all()
+            return cls(folder, read_manifest(folder), verify=verify)
+        return cls(folder, manifest, hub=hub, verify=verify)
+
+    def fetch(self, path: str) -> Path:
+        """The local path of the component stored at ``path`` (a file with its sidecars, or a
+        folder), its files downloaded and verified first when they are not yet.
+
+        Why per component: an app that never searches patches never downloads the patch index.
+        """
+        rels = [r for r in component_files(self.manifest, path) if r not in self._ready]
+        if rels:
+            if self.hub is not None:
+                for rel in rels:
+                    self.hub.download(rel)
+            check_files(
+                self.path,
+                self.manifest,
+                rels,
+                self.verify,
+                VerifiedMarker(self.path, in_folder=self.hub is None),
+            )
+            self._ready.update(rels)
+            check_bundle(self)
+        return self.path / path
+
+    def listed(self, path: str) -> bool:
+        """Whether the manifest lists the file at ``path`` (so loading it verified it)."""
+        return path in self.manifest["files"]
 
     # -- identity ------------------------------------------------------------------------
     @property
@@ -298,7 +179,7 @@ class Bundle:
                 f"bundle {self.name} has no {component!r} component "
                 f"(it has: {', '.join(sorted(self.components)) or 'none'})"
             )
-        return self.path / self.components[component]
+        return self.fetch(self.components[component])
 
     # -- components ----------------------------------------------------------------------
     @cached_property
@@ -323,14 +204,17 @@ class Bundle:
         """FAISS index over the decoder directions (ids = feature ids)."""
         from saescope.core.index import VectorIndex
 
-        return VectorIndex.load(self.component_path("feature_index"))
+        path = self.component_path("feature_index")
+        return VectorIndex.load(path, verify=not self.listed(self.components["feature_index"]))
 
     @cached_property
     def patch_index(self):
-        """FAISS index over the dataset's patch tokens (ids = image * n_patches + patch)."""
+        """FAISS index over a sample of the dataset's patch tokens (ids = image * n_patches +
+        patch); an optional component (``saescope bundle --patch-index N``)."""
         from saescope.core.index import VectorIndex
 
-        return VectorIndex.load(self.component_path("patch_index"))
+        path = self.component_path("patch_index")
+        return VectorIndex.load(path, verify=not self.listed(self.components["patch_index"]))
 
     def related(self, feature: int, k: int = 10) -> list[tuple[int, float]]:
         """Features whose decoder directions are closest to ``feature``'s (itself excluded)."""
@@ -350,17 +234,21 @@ class Bundle:
                 f"(it has: {', '.join(sorted(table)) or 'none'}); build them with "
                 "saescope bundle ... --match-with"
             )
-        return Matches.load(self.path / table[other.name])
+        return Matches.load(self.fetch(table[other.name]))
 
     @cached_property
     def thumbnails(self) -> Thumbnails:
+        """The packed exemplar thumbnails, memory-mapped (fetched from the Hub on first use)."""
+        self.fetch(THUMBS)
         return Thumbnails.load(self.path)
 
     @cached_property
     def backbone(self):
         from saescope.core.backbones import load_backbone
 
-        return load_backbone(self.model["model_id"], self.model.get("revision"))
+        backbone = load_backbone(self.model["model_id"], self.model.get("revision"))
+        check_backbone(self, backbone)
+        return backbone
 
     @property
     def probe_names(self) -> list[str]:
@@ -400,6 +288,7 @@ class Bundle:
             from saescope.core.heads import HeadError, load_head
 
             rel = Path(self.probe_info(name)["path"])
+            self.fetch(rel.as_posix())
             head = load_head(
                 self.path / rel.parent,
                 rel.name,
@@ -429,8 +318,9 @@ def push_bundle(
     token: str | None = None,
     api: Any = None,
 ) -> str:
-    """Verify, then upload a bundle folder with huggingface_hub; returns the repo URL."""
-    verify_bundle(folder)
+    """Verify (every file re-hashed), then upload a bundle folder with huggingface_hub (the
+    verified marker stays local); returns the repo URL."""
+    verify_bundle(folder, trust_marker=False)
     from huggingface_hub import HfApi
 
     api = api or HfApi(token=token)
@@ -441,6 +331,7 @@ def push_bundle(
         path_in_repo=None,
         commit_message=f"Upload saescope bundle {Path(folder).name}",
         repo_type="model",
+        ignore_patterns=[MARKER, "*.tmp"],
     )
     return f"https://huggingface.co/{repo_id}"
 
@@ -448,6 +339,11 @@ def push_bundle(
 __all__ = [
     "Bundle",
     "BundleError",
+    "HubFiles",
+    "MANIFEST",
+    "MARKER",
+    "THUMBS",
+    "THUMBS_META",
     "Thumbnails",
     "pack_thumbnails",
     "push_bundle",

@@ -155,7 +155,27 @@ def atomic_write_json(
     return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=sort_keys), fsync=fsync)
 
 
+@contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block.
+
+    Why: two processes building the same cached artefact (two app workers, two test runs on
+    a first start) must not write it at once; the second waits, then finds it built.
+    """
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 __all__ = [
+    "exclusive_lock",
     "sha256_file",
     "temp_path",
     "is_temp_path",

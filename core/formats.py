@@ -7,6 +7,7 @@ artefact. Bump a format's version here when its files change incompatibly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,16 +39,22 @@ class Format:
         ``where`` names the file or folder in the message. ``default_version`` is assumed when
         the manifest has no version field (formats that predate the field).
         """
+        if not isinstance(info, Mapping):
+            raise error(
+                f"{where} is not a saescope {self.kind} manifest (a JSON "
+                f"{type(info).__name__} instead of an object)"
+            )
         if check_name and info.get("format") != self.name:
             raise error(
                 f"{where} is not a saescope {self.kind} (format={info.get('format')!r}, "
                 f"expected {self.name!r})"
             )
+        if "format_version" not in info and default_version is None:
+            raise error(f"{where}: field format_version is missing")
         raw = info.get("format_version", default_version)
-        try:
-            version = int(raw)
-        except (TypeError, ValueError):
-            raise error(f"{where}: unknown {self.kind} format version {raw!r}") from None
+        version = as_version(raw)
+        if version is None:
+            raise error(f"{where}: field format_version must be an integer, got {raw!r}")
         if version > self.version:
             raise error(
                 f"{where}: unknown {self.kind} format version {version}, newer than this "
@@ -56,6 +63,24 @@ class Format:
         if version < 1:
             raise error(f"{where}: unknown {self.kind} format version {version}")
         return version
+
+
+def as_version(raw: Any) -> int | None:
+    """``raw`` as a format version, or None when it is not an integer.
+
+    Why strict: ``int()`` would read ``1.5`` as 1 and ``True`` as 1, silently accepting a
+    manifest no saescope wrote. Accepted: an int, a float with no fraction, or a string of digits
+    (safetensors metadata holds strings only).
+    """
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str) and re.fullmatch(r"\s*[+-]?[0-9]{1,9}\s*", raw):
+        return int(raw)
+    return None
 
 
 SAE = Format("saescope-sae", 1, "SAE")
@@ -69,6 +94,7 @@ OOD = Format("saescope.ood", 1, "OOD calibration")
 ONTOLOGY = Format("saescope.ontology", 1, "ontology report")
 DIFFUSION_STEERING = Format("saescope.diffusion_steering", 1, "diffusion steering artefact")
 OFFLINE_MODEL = Format("saescope.offline_model", 1, "converted offline model")
+HEAD = Format("saescope.head", 1, "head")  # <stem>.json beside a head's weights
 
 ALL = [
     SAE,
@@ -82,6 +108,7 @@ ALL = [
     ONTOLOGY,
     DIFFUSION_STEERING,
     OFFLINE_MODEL,
+    HEAD,
 ]
 
-__all__ = ["Format", "ALL", *[f for f in dir() if f.isupper() and f != "ALL"]]
+__all__ = ["Format", "ALL", "as_version", *[f for f in dir() if f.isupper() and f != "ALL"]]

@@ -33,9 +33,20 @@ class LocalHub:
         (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
 
     def upload_folder(
-        self, repo_id: str, folder_path: str, path_in_repo, commit_message: str, repo_type: str
+        self,
+        repo_id: str,
+        folder_path: str,
+        path_in_repo,
+        commit_message: str,
+        repo_type: str,
+        ignore_patterns=None,
     ) -> None:
-        shutil.copytree(folder_path, self.root / repo_id / (path_in_repo or ""), dirs_exist_ok=True)
+        shutil.copytree(
+            folder_path,
+            self.root / repo_id / (path_in_repo or ""),
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(*(ignore_patterns or [])),
+        )
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,7 @@ def test_bundle_by_hub_id_offline_from_cache(tmp_path: Path) -> None:
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "SAESCOPE_CACHE": str(tmp_path / "saescope-cache"),  # the snapshot's verified marker
         "PYTHONPATH": str(ROOT),
     }
     out = subprocess.run(
@@ -121,4 +122,7 @@ def test_bundle_by_hub_id_offline_from_cache(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "tiny 32"
-    assert lines[1].startswith("ERR could not fetch bundle 'team/absent'")
+    assert lines[1].startswith(
+        "ERR bundle 'team/absent' is not in the local Hugging Face cache and HF_HUB_OFFLINE=1"
+    ), lines[1]
+    assert "hf download team/absent" in lines[1]

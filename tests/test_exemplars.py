@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -12,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from saescope.core.exemplars import (
     EXEMPLARS_FILE,
     META_FILE,
     STATS_FILE,
     ExemplarError,
+    ExemplarMaps,
     Exemplars,
     histogram_edges,
 )
@@ -215,7 +218,15 @@ def test_save_load_round_trip(tiny: dict, tmp_path: Path) -> None:
     ex.save(tmp_path / "f16")
     back = Exemplars.load(tmp_path / "f16")
     assert torch.equal(back.indices, ex.indices) and torch.equal(back.values, ex.values)
-    assert torch.equal(back.maps, ex.maps)
+    assert isinstance(back.maps, ExemplarMaps)  # read per feature, on demand
+    assert torch.equal(back.maps_tensor(), ex.maps)
+    for f in (0, 17, 127):
+        assert torch.equal(back.feature_maps(f), ex.maps[f])
+        assert torch.equal(back.maps[f, 2], ex.maps[f, 2])
+        for a, b in zip(back.top(f), ex.top(f)):
+            assert a[:3] == b[:3] and a.origin == b.origin == a.image_index  # digits: no views
+            np.testing.assert_array_equal(a.patch_map, b.patch_map)
+    assert back.origins == ex.origins
     for key, v in ex.stats.items():
         assert torch.equal(back.stats[key], v), key
     assert back.grid == ex.grid and back.images == ex.images
@@ -227,7 +238,18 @@ def test_save_load_round_trip(tiny: dict, tmp_path: Path) -> None:
     ex.save(tmp_path / "u8", map_dtype="uint8")
     q = Exemplars.load(tmp_path / "u8")
     scale = ex.maps.float().amax(-1, keepdim=True) / 255
-    assert ((q.maps.float() - ex.maps.float()).abs() <= scale * 0.51 + 1e-3).all()
+    assert ((q.maps_tensor().float() - ex.maps.float()).abs() <= scale * 0.51 + 1e-3).all()
+    # the lazy per-feature read dequantises exactly like the whole file read eagerly
+    raw = load_file(str(tmp_path / "u8" / EXEMPLARS_FILE))
+    eager = (raw["maps"].float() * raw["map_scales"][..., None]).half()
+    assert torch.equal(q.maps_tensor(), eager)
+    for f in (3, 99):
+        assert torch.equal(q.feature_maps(f), eager[f])
+    # re-saving a loaded (lazy) folder gives the same files' content
+    q.save(tmp_path / "u8b", map_dtype="uint8")
+    again = load_file(str(tmp_path / "u8b" / EXEMPLARS_FILE))
+    assert torch.equal(again["maps"], raw["maps"])
+    torch.testing.assert_close(again["map_scales"], raw["map_scales"])
     f16_size = (tmp_path / "f16" / EXEMPLARS_FILE).stat().st_size
     assert (tmp_path / "u8" / EXEMPLARS_FILE).stat().st_size < 0.6 * f16_size
     assert (tmp_path / "u8" / STATS_FILE).is_file()
@@ -349,3 +371,78 @@ def test_cli(tiny: dict, tmp_path: Path, capsys) -> None:
     assert code == 0
     ex = Exemplars.load(tmp_path / "ex3")
     assert ex.meta["n_images"] == 12 and ex.meta["source"]["spec"].startswith("builtin:digits")
+
+
+def synthetic(F: int, k: int, grid=(16, 16), n_images: int = 1000, seed: int = 0) -> Exemplars:
+    """Exemplars of any shape from random numbers (the format only, no SAE)."""
+    g = torch.Generator().manual_seed(seed)
+    P = grid[0] * grid[1]
+    maps = torch.empty(F, k, P, dtype=torch.float16)
+    for a in range(0, F, 512):
+        maps[a : a + 512] = torch.rand(min(512, F - a), k, P, generator=g).half()
+    indices = torch.randint(0, n_images, (F, k), generator=g)
+    values = torch.rand(F, k, generator=g).sort(1, descending=True).values
+    stats = {"frequency": torch.rand(F, generator=g), "histogram": torch.zeros(F, 4).long()}
+    images = {i: (f"img{i}", i) for i in range(n_images)}
+    return Exemplars(indices, values, maps, stats, grid, images, {}, dict.fromkeys(images, 0))
+
+
+LAZY_PROBE = r"""
+import json, resource, sys
+from saescope.core.exemplars import Exemplars
+def rss():  # current resident set, MiB
+    return int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20
+before = rss()
+ex = Exemplars.load(sys.argv[1])
+loaded = rss()
+pages = [ex.top(f) for f in range(0, ex.n_features, ex.n_features // 20)]
+print(json.dumps({"load": loaded - before, "read": rss() - before, "n": len(pages)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+def test_load_does_not_read_the_maps(tmp_path: Path) -> None:
+    """A 128 MiB maps file: loading and reading 20 features' pages grow the process by a few
+    MiB (indices and values), not by the maps."""
+    ex = synthetic(4096, 64)
+    ex.save(tmp_path / "big")
+    assert (tmp_path / "big" / EXEMPLARS_FILE).stat().st_size > 128 * 2**20
+    res = subprocess.run(
+        [sys.executable, "-c", LAZY_PROBE, str(tmp_path / "big")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    grew = json.loads(res.stdout)
+    assert grew["n"] == 21 and grew["load"] < 24 and grew["read"] < 32, grew
+    back = Exemplars.load(tmp_path / "big")
+    for f in (0, 1234, 4095):
+        assert torch.equal(back.feature_maps(f), ex.maps[f])
+        got = back.top(f, 3)
+        assert [e.image_index for e in got] == ex.indices[f, :3].tolist()
+        np.testing.assert_array_equal(
+            got[1].patch_map, ex.maps[f, 1].float().numpy().reshape(16, 16)
+        )
+    assert torch.equal(copy.deepcopy(back).feature_maps(7), ex.maps[7])  # re-opens the file
+    with pytest.raises(ValueError, match="unknown feature"):
+        back.feature_maps(4096)
+    with pytest.raises(IndexError):
+        back.maps[4096]
+
+
+def test_scale_bench_runs_small() -> None:
+    """bench/exemplars_scale.py end to end on a small shape (without touching RESULTS.md)."""
+    from bench.exemplars_scale import main
+
+    data = main(
+        ["--features", "96", "--k", "8", "--images", "500", "--fractions", "0.5,1"]
+        + ["--pages", "3", "--repeats", "1", "--no-write"]
+    )
+    small, big = data["rows"]
+    assert (small["features"], big["features"]) == (48, 96)
+    assert (
+        big["sizes_bytes"]["exemplars.safetensors"] > small["sizes_bytes"]["exemplars.safetensors"]
+    )
+    assert big["rss_after_pages_mb"] - big["rss_imported_mb"] < 64 and big["page_ms_max"] > 0

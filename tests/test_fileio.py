@@ -66,8 +66,41 @@ def test_every_format_is_named_once_and_checks_its_manifests() -> None:
         fmt.check({"format": fmt.name, "format_version": fmt.version + 1}, "x")
     with pytest.raises(ValueError, match="is not a saescope exemplars"):
         fmt.check({"format": formats.BUNDLE.name, "format_version": 1}, "x")
-    with pytest.raises(KeyError, match="unknown exemplars format version 'abc'"):
+    with pytest.raises(KeyError, match="x: field format_version must be an integer, got .abc."):
         fmt.check({"format": fmt.name, "format_version": "abc"}, "x", error=KeyError)
     with pytest.raises(ValueError, match="unknown exemplars format version 0"):
         fmt.check({"format": fmt.name, "format_version": 0}, "x")
     assert fmt.check({"format": fmt.name}, "x", default_version=1) == 1
+
+
+def _hold_lock(path: str, log: str, tag: str) -> None:
+    import time as _time
+
+    from saescope.core.fileio import exclusive_lock
+
+    with exclusive_lock(path):
+        with open(log, "a") as fh:
+            fh.write(f"{tag}-in\n")
+        _time.sleep(0.3)
+        with open(log, "a") as fh:
+            fh.write(f"{tag}-out\n")
+
+
+def test_exclusive_lock_serialises_processes(tmp_path):
+    """Two processes holding the lock never overlap: each enters only after the other left."""
+    import multiprocessing as mp
+
+    from saescope.core.fileio import exclusive_lock
+
+    lock, log = tmp_path / "sub" / "x.lock", tmp_path / "log"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_hold_lock, args=(str(lock), str(log), t)) for t in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    lines = log.read_text().split()
+    assert lines[0][0] == lines[1][0] and lines[2][0] == lines[3][0], lines
+    with exclusive_lock(lock):  # free again afterwards
+        pass

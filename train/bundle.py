@@ -1,9 +1,11 @@
 """Build, match and publish bundles.
 
 ``saescope bundle --sae S --store A --out B [--push-to-hub REPO]`` assembles one bundle
-(SAE, exemplars and feature statistics, FAISS indices, packed thumbnails, manifest with
-checksums). The offline default bundles the apps use are built by
-:mod:`saescope.train.default_bundle`.
+(SAE, exemplars and feature statistics, the decoder index, packed thumbnails, manifest with
+checksums; the patch index only with ``--patch-index N``). ``--exemplars DIR``,
+``--feature-index PATH`` and ``--patch-index-from PATH`` reuse the outputs of ``saescope
+exemplars`` and ``saescope index`` (:mod:`saescope.train.bundle_inputs` checks them against the
+SAE). The offline default bundles the apps use are built by :mod:`saescope.train.default_bundle`.
 
 Bundles are built in a ``.partial`` folder and renamed into place, so a killed build never
 leaves something that looks like a bundle.
@@ -26,6 +28,15 @@ from saescope.core.bundle import (
     write_manifest,
 )
 from saescope.train.cli import OutOption, add_step, announce_config, option
+
+PATCH_INDEX_SAMPLE = 10_000_000
+"""Default sample of a bare ``--patch-index``: about 9 GB as IVF-PQ at width 768."""
+
+
+def _map_dtypes() -> tuple[str, ...]:
+    from saescope.core.exemplars import MAP_DTYPES
+
+    return MAP_DTYPES
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -64,6 +75,55 @@ def _thumbnails(folder: Path, store, ex, size: int, progress: bool) -> int:
         return 0
 
 
+def _inputs(sae, store, exemplars, feature_index, patch_index_from):
+    """The reused outputs, checked against the SAE and store before any work is done."""
+    from saescope.train.bundle_inputs import (
+        reuse_exemplars,
+        reuse_feature_index,
+        reuse_patch_index,
+    )
+
+    return (
+        None if exemplars is None else reuse_exemplars(exemplars, sae, store),
+        None if feature_index is None else reuse_feature_index(feature_index, sae),
+        None if patch_index_from is None else reuse_patch_index(patch_index_from, sae, store),
+    )
+
+
+def _link_folder(src: Path, dst: Path) -> None:
+    from saescope.core.fileio import is_temp_path
+    from saescope.train.bundle_inputs import link_or_copy
+
+    for p in sorted(src.iterdir()):
+        if p.is_file() and not is_temp_path(p):
+            link_or_copy(p, dst / p.name)
+
+
+def _indices(tmp: Path, sae, store, reused_fi, reused_pi, patch_index, progress) -> bool:
+    """Write ``indices/``: the decoder index, and the patch index when asked for; whether the
+    bundle has a patch index."""
+    from saescope.core.index import sidecar_path
+    from saescope.train.bundle_inputs import link_or_copy, sampled_patch_index
+    from saescope.train.indices import feature_index, save_patch_index
+
+    folder = tmp / "indices"
+    folder.mkdir()
+    if reused_fi is not None:
+        for p in (reused_fi, sidecar_path(reused_fi)):
+            link_or_copy(p, folder / p.name.replace(reused_fi.name, "features.faiss"))
+    else:
+        feature_index(sae).save(folder / "features.faiss")
+    if reused_pi is not None:
+        for p in reused_pi:
+            link_or_copy(p, folder / p.name)
+        return True
+    if patch_index is None:
+        return False
+    _log(f"patch index over a sample of up to {patch_index} patch tokens", progress)
+    save_patch_index(sampled_patch_index(sae, store, patch_index, progress=progress), store, folder)
+    return True
+
+
 def build_bundle(
     sae_path: str | Path,
     store_path: str | Path,
@@ -74,52 +134,78 @@ def build_bundle(
     title: str | None = None,
     description: str = "",
     thumb_size: int = 160,
-    patch_index_images: int | None = None,
+    map_dtype: str = "uint8",
+    per_source: int | None = 1,
+    patch_index: int | None = None,
+    exemplars: str | Path | None = None,
+    feature_index: str | Path | None = None,
+    patch_index_from: str | Path | None = None,
     force: bool = False,
     progress: bool = True,
     extra: dict | None = None,
 ) -> Path:
-    """Assemble a bundle folder from a trained SAE and the store it was trained on."""
+    """Assemble a bundle folder from a trained SAE and the store it was trained on.
+
+    ``patch_index=N`` adds the optional patch index over a random sample of at most N patch
+    tokens (off by default: no app needs it, and over a whole data set it outgrows everything
+    else). ``exemplars``, ``feature_index`` and ``patch_index_from`` reuse the outputs of
+    ``saescope exemplars`` and ``saescope index`` (checked against the SAE, then hard-linked or
+    copied) instead of recomputing them.
+    """
     from saescope.core.sae_io import check_compatible, from_pretrained, save_sae
     from saescope.core.store import ActivationStore
     from saescope.train.exemplars import build_exemplars
-    from saescope.train.indices import feature_index, patch_index, save_patch_index
 
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists; pass --force to rebuild it")
+    if patch_index is not None and patch_index_from is not None:
+        raise ValueError("give --patch-index N or --patch-index-from PATH, not both")
     sae = from_pretrained(sae_path)
     store = ActivationStore(store_path)
     check_compatible(sae, store.model_id, store.layer, store.d_model)
+    ex, reused_fi, reused_pi = _inputs(sae, store, exemplars, feature_index, patch_index_from)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     t0 = time.perf_counter()
     save_sae(sae, tmp / "sae")  # native format, also for imported saev/SAELens checkpoints
-    _log(f"exemplars (top {k} images per feature, {sae.cfg.d_sae} features)", progress)
-    ex = build_exemplars(sae, store, k=k, progress=progress)
-    ex.save(tmp / "exemplars")
-    _log("FAISS indices (decoder directions, dataset patches)", progress)
-    (tmp / "indices").mkdir()
-    feature_index(sae).save(tmp / "indices" / "features.faiss")
-    save_patch_index(
-        patch_index(sae, store, max_images=patch_index_images, progress=progress),
-        store,
-        tmp / "indices",
-    )
+    if ex is not None:
+        _log(f"exemplars reused from {exemplars}", progress)
+        _link_folder(Path(exemplars), tmp / "exemplars")
+    else:
+        _log(f"exemplars (top {k} images per feature, {sae.cfg.d_sae} features)", progress)
+        ex = build_exemplars(sae, store, k=k, per_source=per_source, progress=progress)
+        ex.save(tmp / "exemplars", map_dtype=map_dtype)
+    has_patches = _indices(tmp, sae, store, reused_fi, reused_pi, patch_index, progress)
     _log(f"thumbnails of {len(ex.images)} exemplar images", progress)
     n_thumbs = _thumbnails(tmp, store, ex, thumb_size, progress)
-    model = store.manifest.get("model", {})
-    display = model.get("display_name") or model.get("model_id")
-    components = {
-        "sae": "sae",
-        "exemplars": "exemplars",
-        "feature_index": "indices/features.faiss",
-        "patch_index": "indices/patches.faiss",
-    }
+    components = {"sae": "sae", "exemplars": "exemplars", "feature_index": "indices/features.faiss"}
+    if has_patches:
+        components["patch_index"] = "indices/patches.faiss"
     if n_thumbs:
         components["thumbnails"] = "thumbnails.safetensors"
-    info: dict[str, Any] = {
+    reused = {
+        "exemplars": None if exemplars is None else str(exemplars),
+        "feature_index": None if feature_index is None else str(feature_index),
+        "patch_index": None if patch_index_from is None else str(patch_index_from),
+    }
+    info = _info(out, sae, store, name, title, description, components, extra)
+    info["reused"] = {key: v for key, v in reused.items() if v is not None}
+    _write_card(tmp, info)
+    write_manifest(tmp, info)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    _log(f"bundle {out} ready in {time.perf_counter() - t0:.0f}s", progress)
+    return out
+
+
+def _info(out: Path, sae, store, name, title, description, components, extra) -> dict[str, Any]:
+    """The manifest's metadata (everything but the file list)."""
+    model = store.manifest.get("model", {})
+    display = model.get("display_name") or model.get("model_id")
+    return {
         "name": name or out.name,
         "title": title or f"{display} - layer {store.layer}",
         "description": description,
@@ -159,13 +245,6 @@ def build_bundle(
         else None,
         **(extra or {}),
     }
-    _write_card(tmp, info)
-    write_manifest(tmp, info)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    _log(f"bundle {out} ready in {time.perf_counter() - t0:.0f}s", progress)
-    return out
 
 
 def _write_card(folder: Path, info: dict) -> None:
@@ -244,8 +323,22 @@ class BundleConfig(OutOption):
     """title shown by the apps (default: the model and the layer)"""
     thumb_size: int = 160
     """thumbnail edge in pixels"""
-    patch_index_images: int | None = None
-    """index the patches of only the first N images"""
+    map_dtype: str = option("uint8", choices=_map_dtypes)
+    """patch-map storage of exemplars built here (uint8: half the size, 1/255 steps)"""
+    per_source: int = 1
+    """at most N exemplars of a feature from one source image (augmented views of one image
+    count as one; 0 = no limit)"""
+    patch_index: int | None = option(
+        None, nargs="?", const=PATCH_INDEX_SAMPLE, metavar="N", exclusive="patches"
+    )
+    """also build the optional patch index, over a random sample of at most N patch tokens
+    (N defaults to 10000000 when omitted)"""
+    patch_index_from: str | None = option(None, metavar="PATH", exclusive="patches")
+    """reuse this patch index (patches.faiss, or the output folder of 'saescope index')"""
+    exemplars: str | None = option(None, metavar="DIR")
+    """reuse these exemplars (output folder of 'saescope exemplars') instead of recomputing"""
+    feature_index: str | None = option(None, metavar="PATH")
+    """reuse this decoder index (features.faiss, or the output folder of 'saescope index')"""
     force: bool = False
     """rebuild an existing bundle folder"""
     push_to_hub: str | None = option(None, metavar="REPO")
@@ -278,7 +371,12 @@ def run_bundle(cfg: BundleConfig) -> int:
         name=cfg.name,
         title=cfg.title,
         thumb_size=cfg.thumb_size,
-        patch_index_images=cfg.patch_index_images,
+        map_dtype=cfg.map_dtype,
+        per_source=cfg.per_source or None,
+        patch_index=cfg.patch_index,
+        exemplars=cfg.exemplars,
+        feature_index=cfg.feature_index,
+        patch_index_from=cfg.patch_index_from,
         force=cfg.force,
     )
     if cfg.match_with:

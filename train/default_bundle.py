@@ -14,13 +14,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from saescope.core.fileio import exclusive_lock
 from saescope.core.paths import cache_dir
 from saescope.train.bundle import add_matches, build_bundle
 from saescope.train.cli import add_step
 
 DEFAULT_SOURCE = "builtin:photos?views=12+builtin:digits?max_images=120"
 DEFAULT_LAYERS = (6, 10)
-DEFAULT_VERSION = 1  # bump to rebuild cached default bundles after a recipe change
+DEFAULT_VERSION = 2  # bump to rebuild cached default bundles after a recipe change
+# v2: exemplars from many photos (at most one view per photo), uint8 maps, no patch index
 
 
 def _log(msg: str, progress: bool) -> None:
@@ -37,9 +39,15 @@ def ensure_default_pair(force: bool = False, progress: bool = True) -> tuple[Pat
     with the default probes (digit classification, digit-scene segmentation) in both.
 
     Every stage is cached and resumable, so an interrupted first start continues where it stopped
-    and later starts only verify the manifests.
+    and later starts only verify the manifests. A lock file makes concurrent first starts (two
+    app workers, parallel tests) build once: the others wait and then find the bundles.
     """
     root = default_bundle_dir()
+    with exclusive_lock(root.parent / f".{root.name}.lock"):
+        return _ensure_default_pair(root, force, progress)
+
+
+def _ensure_default_pair(root: Path, force: bool, progress: bool) -> tuple[Path, Path]:
     paths = tuple(root / f"dinov2-s-saliency-l{layer:02d}" for layer in DEFAULT_LAYERS)
     done = root / "DONE"
     if done.exists() and not force and all((p / "bundle.json").exists() for p in paths):

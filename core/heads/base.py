@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from saescope.core import formats
 from saescope.core.tokens import TokenKind, TokenLayout
 
 HEAD_KINDS = ("segmentation", "classification")
@@ -93,9 +94,11 @@ def read_head_meta(folder: str | Path, stem: str = "head") -> dict:
     if not path.is_file():
         raise HeadError(f"no head {stem!r} in {folder} (missing {path.name})")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise HeadError(f"{path} is not valid JSON: {err}") from err
+    formats.HEAD.check(meta, path, error=HeadError, check_name=False, default_version=1)
+    return meta
 
 
 def build_head(
