@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 import threading
 import warnings
 from pathlib import Path
@@ -20,7 +19,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000  # 64 Mpx: far above any photo a ViT needs, far below a bomb
-DEFAULT_MIN_SIDE = 8
+# The one size policy of extraction and the apps: any decodable image is used, down to 1x1 (it is
+# resized to the model's input like any other); below TINY_IMAGE_PX on a side it carries little
+# information, which the apps say (:func:`tiny_image_note`).
+DEFAULT_MIN_SIDE = 1
+TINY_IMAGE_PX = 16
 
 ImageInput = (
     str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
@@ -29,6 +32,9 @@ ImageInput = (
 # PIL's bomb guard is a module global; the lock makes our temporary adjustment of it (and the
 # warning filter that turns its warning into an error) safe between our own loader threads.
 _OPEN_LOCK = threading.Lock()
+RASTER_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
+"""The decoders an image may be opened with: plain raster formats. Why a list: PIL would also
+open EPS/PS (which runs Ghostscript when installed) and other exotic plugins on hostile bytes."""
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
@@ -47,8 +53,9 @@ def load_image(
 
     Applies the EXIF orientation, flattens transparency onto white, maps grey, palette, CMYK,
     16-bit and float images to 8-bit RGB. Raises :class:`ImageError` for corrupt, truncated,
-    empty, non-image, too small (``min(w, h) < min_side``) or too large (``w * h > max_pixels``,
-    the decompression-bomb guard; ``None`` disables it) inputs.
+    empty, non-image, too small (``min(w, h) < min_side``; by default only an image without
+    pixels is) or too large (``w * h > max_pixels``, the decompression-bomb guard; ``None``
+    disables it) inputs.
     """
     label = name or _describe(src)
     if isinstance(src, np.ndarray):
@@ -59,7 +66,7 @@ def load_image(
         _check_size(src.size, label, max_pixels, min_side)
         try:
             src.load()
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as err:
+        except Exception as err:  # any decoder failure of a lazily opened image
             raise ImageError(f"{label}: the image data is corrupt or truncated ({err})") from err
         return _finish(src, label)
     if isinstance(src, (str, os.PathLike)):
@@ -77,6 +84,21 @@ def load_image(
     if hasattr(src, "read"):
         return _decode(src, label, max_pixels, min_side)  # type: ignore[arg-type]
     raise ImageError(f"cannot load an image from a {type(src).__name__}")
+
+
+def tiny_image_note(image: Image.Image | tuple[int, int]) -> str | None:
+    """A note for an image with a side below :data:`TINY_IMAGE_PX`, else None.
+
+    Why: such an image is accepted (and enlarged to the model's input), but the features it
+    shows say little; the apps tell the user so instead of refusing it.
+    """
+    w, h = image.size if isinstance(image, Image.Image) else image
+    if min(w, h) >= TINY_IMAGE_PX:
+        return None
+    return (
+        f"this image is only {w}x{h} px; it carries little information "
+        "(it is enlarged to the model's input size)"
+    )
 
 
 def _describe(src: object) -> str:
@@ -110,7 +132,7 @@ def _decode(fh: BinaryIO, label: str, max_pixels: int | None, min_side: int) -> 
             if max_pixels is not None and old is not None and max_pixels > old:
                 Image.MAX_IMAGE_PIXELS = max_pixels  # our cap is the one that applies
             try:
-                image = Image.open(fh)
+                image = Image.open(fh, formats=RASTER_FORMATS)
             finally:
                 Image.MAX_IMAGE_PIXELS = old
         _check_size(image.size, label, max_pixels, min_side)  # header only: nothing decoded yet
@@ -121,17 +143,10 @@ def _decode(fh: BinaryIO, label: str, max_pixels: int | None, min_side: int) -> 
         raise ImageError(f"{label}: refused as a possible decompression bomb ({err})") from err
     except UnidentifiedImageError as err:
         raise ImageError(f"{label}: not an image, or an unsupported image format") from err
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        EOFError,
-        struct.error,
-        IndexError,
-        TypeError,
-        MemoryError,
-    ) as err:
-        msg = str(err) or type(err).__name__
+    except Exception as err:
+        # OSError, SyntaxError, EOFError, struct.error, MemoryError ... or whatever else a
+        # format plugin raises on a hostile file: all of them mean "this data does not decode"
+        msg = " ".join(str(err).split()) or type(err).__name__
         if "truncated" in msg.lower():
             raise ImageError(f"{label}: the file is truncated ({msg})") from err
         raise ImageError(f"{label}: the image data is corrupt ({msg})") from err
@@ -146,7 +161,7 @@ def _finish(image: Image.Image, label: str) -> Image.Image:
         pass
     try:
         return to_rgb(image)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError, MemoryError) as err:
         raise ImageError(f"{label}: cannot convert mode {image.mode} to RGB ({err})") from err
 
 
@@ -227,4 +242,6 @@ __all__ = [
     "array_to_image",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MIN_SIDE",
+    "TINY_IMAGE_PX",
+    "tiny_image_note",
 ]

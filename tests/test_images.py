@@ -12,7 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from saescope.core.images import ImageError, array_to_image, load_image
+from saescope.core.images import (
+    TINY_IMAGE_PX,
+    ImageError,
+    array_to_image,
+    load_image,
+    tiny_image_note,
+)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -190,12 +196,33 @@ def test_empty_inputs(tmp_path):
         load_image(Image.new("RGB", (0, 5)))
 
 
-def test_too_small():
+def test_tiny_images_are_used_with_a_note():
+    """One policy for extraction and the apps (issue 14): any decodable image down to 1x1 is
+    used; below TINY_IMAGE_PX on a side it gets a note, not a refusal."""
+    for size in [(1, 1), (3, 3), (7, 100), (1, 40)]:
+        out = load_image(_png_bytes(Image.new("L", size, 200)))
+        assert out.mode == "RGB" and out.size == size
+        assert out.getpixel((0, 0)) == (200, 200, 200)
+        w, h = size
+        assert tiny_image_note(out) == (
+            f"this image is only {w}x{h} px; it carries little information "
+            "(it is enlarged to the model's input size)"
+        )
+    assert tiny_image_note(Image.new("RGB", (TINY_IMAGE_PX, 500))) is None
+    assert tiny_image_note((TINY_IMAGE_PX - 1, 500)) is not None
+    # a caller may still ask for a minimum side
     with pytest.raises(ImageError, match="too small"):
-        load_image(Image.new("RGB", (7, 100)))
+        load_image(Image.new("RGB", (7, 100)), min_side=8)
     assert load_image(Image.new("RGB", (7, 100)), min_side=4).size == (7, 100)
-    with pytest.raises(ImageError, match="too small"):
-        load_image(_png_bytes(Image.new("L", (3, 3))))
+
+
+def test_a_tiny_image_goes_through_preprocessing_like_any_other():
+    from saescope.core.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+
+    pre = Preprocess((56, 56), 64, IMAGENET_MEAN, IMAGENET_STD)
+    for size in [(1, 1), (2, 9), (9, 2)]:
+        pixels = pre([load_image(Image.new("RGB", size, (10, 200, 30)))])
+        assert pixels.shape == (1, 3, 56, 56) and bool(pixels.isfinite().all())
 
 
 def test_bomb_header_refused_without_allocating():
@@ -276,3 +303,51 @@ def test_arrays_become_rgb(dtype, channels, h, w, seed):
     out = load_image(arr)
     assert out.mode == "RGB" and out.size == (w, h)
     assert array_to_image(arr).size == (w, h)
+
+
+# -- one size policy for extraction and the apps (issue 14) ---------------------------------
+
+
+def test_extract_keeps_tiny_images(tmp_path, make_tiny_model):
+    """``extract`` used to skip images below 8 px: now 1x1 to 15x15 are extracted like any
+    other (and an undecodable file is still skipped and listed)."""
+    from saescope.core.backbones import load_backbone
+    from saescope.core.store import ActivationStore
+    from saescope.train.extract import extract
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sizes = [(1, 1), (2, 9), (9, 2), (5, 5), (15, 15), (200, 1), (40, 30)]
+    for i, size in enumerate(sizes):
+        Image.new("RGB", size, (i * 30, 100, 200)).save(folder / f"img_{i}.png")
+    (folder / "img_9.png").write_bytes(b"not a picture")
+    backbone = load_backbone(str(make_tiny_model(tmp_path / "model", crop=28)))
+    (path,) = extract(backbone, str(folder), tmp_path / "store", layers=[0], progress=False)
+    store = ActivationStore(path)
+    assert store.n_images == len(sizes)
+    assert [s["id"] for s in store.manifest["skipped"]] == ["img_9.png"]
+
+
+def test_apps_accept_a_tiny_upload_and_note_it(tmp_path, capsys):
+    from saescope.apps.uploads import read_upload, try_upload
+
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (3, 2), (255, 0, 0)).save(path)
+    assert read_upload(str(path)).size == (3, 2)
+    image, problem = try_upload(str(path))
+    assert problem is None and image.size == (3, 2) and image.getpixel((0, 0)) == (255, 0, 0)
+    # outside a gradio event the note is printed; inside one it is an info toast
+    assert "only 3x2 px; it carries little information" in capsys.readouterr().out
+    Image.new("RGB", (64, 64)).save(path)
+    try_upload(str(path))
+    assert "little information" not in capsys.readouterr().out
+
+
+def test_only_raster_decoders_run():
+    """A PostScript file (which PIL would hand to Ghostscript) is refused as not an image."""
+    from saescope.core.images import RASTER_FORMATS
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(ImageError, match="not an image, or an unsupported image format"):
+        load_image(eps)
+    assert "EPS" not in RASTER_FORMATS

@@ -11,7 +11,9 @@ import argparse
 import importlib
 import sys
 
-# (module, is_optional): a module that is missing its optional dependencies does not break the rest
+from saescope.train.cli import USER_ERRORS
+
+# the step modules; one whose own module is missing (not written yet) is left out
 STEP_MODULES = [
     "saescope.train.extract",
     "saescope.train.fit",
@@ -62,11 +64,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        # user errors: one clear line, no traceback
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None:
+            raise  # a bug: keep its traceback
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return int(result or 0)
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one line to print for a user error (bad input, missing file, a Hub id that cannot be
+    fetched), or None for anything else.
+
+    Hub failures raised without a wrapper (:func:`saescope.core.hub_errors.hub_access`) still
+    become one line saying what to do; a multi-line message is joined into one.
+    """
+    from saescope.core.hub_errors import HubAccessError, classify, hub_message, repo_from_error
+
+    if isinstance(err, HubAccessError):
+        message = str(err)
+    elif classify(err) is not None and (
+        repo_from_error(err)[1] is not None or not isinstance(err, USER_ERRORS)
+    ):
+        message = hub_message(err) or str(err)
+    elif isinstance(err, USER_ERRORS):
+        message = str(err)
+    else:
+        return None
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(lines) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import sys
@@ -56,13 +57,15 @@ def option(
     nargs: int | str | None = None,
     one_of: str | None = None,
     exclusive: str | None = None,
+    const: Any = None,
 ) -> Any:
     """A dataclass field with command-line details that its type and default cannot say.
 
     ``flags`` replaces the generated option name (e.g. ``("--overwrite", "--no-resume")``);
     ``append`` collects a repeated option into a list (``--layer 6 --layer 10``); ``help``
     overrides the field's docstring; ``nargs`` fixes the number of values of a list field
-    (``--match-with BUNDLE STORE``); fields with the same ``one_of`` name form a group of which
+    (``--match-with BUNDLE STORE``), with ``const`` the value of a bare ``nargs="?"`` option;
+    fields with the same ``one_of`` name form a group of which
     exactly one must be given (``--store`` or ``--source``), and those with the same
     ``exclusive`` name a group of which at most one may be given (``--n-features`` or
     ``--features``).
@@ -79,6 +82,7 @@ def option(
             "nargs": nargs,
             "one_of": one_of,
             "exclusive": exclusive,
+            "const": const,
         }
     }
     if default_factory is not MISSING:
@@ -92,21 +96,53 @@ def field_docs(cls: type) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError, SyntaxError):
-            continue
-        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-        for node, nxt in zip(body, body[1:]):
+        node = _class_node(klass)
+        body = node.body if node is not None else []
+        for item, nxt in zip(body, body[1:]):
             if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
+                isinstance(item, ast.AnnAssign)
+                and isinstance(item.target, ast.Name)
                 and isinstance(nxt, ast.Expr)
                 and isinstance(nxt.value, ast.Constant)
                 and isinstance(nxt.value.value, str)
             ):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
+                docs[item.target.id] = " ".join(nxt.value.value.split())
     return docs
+
+
+@functools.cache
+def _module_classes(filename: str) -> dict[str, ast.ClassDef]:
+    """The classes of a source file by qualified name, from one parse of the file.
+
+    Why: ``inspect.getsource(cls)`` re-parses the whole module for every class; building the
+    command line asks for some 60 classes, which cost 1.5-2.5 s of every ``saescope`` start.
+    """
+    tree = ast.parse(Path(filename).read_text(encoding="utf-8"))
+    found: dict[str, ast.ClassDef] = {}
+
+    def walk(body: list[ast.stmt], prefix: str) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                found.setdefault(prefix + node.name, node)
+                walk(node.body, f"{prefix}{node.name}.")
+
+    walk(tree.body, "")
+    return found
+
+
+def _class_node(klass: type) -> ast.ClassDef | None:
+    """The ``class`` statement of ``klass`` (None when its source is not available)."""
+    try:
+        filename = inspect.getsourcefile(klass)
+        if filename and "<locals>" not in klass.__qualname__:
+            node = _module_classes(filename).get(klass.__qualname__)
+            if node is not None:
+                return node
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+    except (OSError, TypeError, SyntaxError, UnicodeDecodeError):
+        return None
+    first = tree.body[0] if tree.body else None
+    return first if isinstance(first, ast.ClassDef) else None
 
 
 def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
@@ -155,6 +191,8 @@ def _argument(f: dataclasses.Field, tp: Any, doc: str | None) -> tuple[list[str]
         kw.pop("nargs", None)
     if meta.get("nargs") is not None:
         kw["nargs"] = meta["nargs"]
+    if meta.get("const") is not None:
+        kw["const"] = meta["const"]
     if base in (int, float, str) or base is Path:
         kw["type"] = base
     if choices is not None:
@@ -227,8 +265,100 @@ def add_step(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_arguments(parser, cls)
-    parser.set_defaults(func=lambda args: run(config_from_args(cls, args)), step=name)
+    parser.set_defaults(func=lambda args: run_step(run, config_from_args(cls, args)), step=name)
     return parser
+
+
+# ------------------------------------------------------------------------ failed runs leave nothing
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
+
+@dataclass
+class RunOutputs:
+    """What one step run created: folders that did not exist, config files it (over)wrote.
+
+    Why: a run that fails on bad input must leave the file system as it found it, not a folder
+    holding only ``<step>_config.json`` that a later run then trips over.
+    """
+
+    created: list[Path] = field(default_factory=list)
+    configs: list[tuple[Path, bytes | None]] = field(default_factory=list)
+
+    def note_folder(self, folder: Path) -> None:
+        """Record the topmost missing ancestor of ``folder`` (call before creating it)."""
+        top = None
+        for p in [folder, *folder.parents]:
+            if p.exists():
+                break
+            top = p
+        if top is not None and top not in self.created:
+            self.created.append(top)
+
+    def note_file(self, path: Path) -> None:
+        """Record a file's current bytes (None: absent) before this run writes it."""
+        if any(p == path for p, _ in self.configs):
+            return
+        self.configs.append((path, path.read_bytes() if path.is_file() else None))
+
+    def undo(self) -> list[Path]:
+        """Restore overwritten configs and remove the folders this run created, when they
+        hold nothing but those configs."""
+        import shutil
+
+        removed = []
+        for path, old in reversed(self.configs):
+            if any(c == path or c in path.parents for c in self.created):
+                continue  # goes with its folder
+            try:
+                if old is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    path.write_bytes(old)
+            except OSError:
+                pass
+        written = {path for path, _ in self.configs}
+        for folder in reversed(self.created):
+            if folder.exists() and self._holds_only(folder, written):
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
+
+    @staticmethod
+    def _holds_only(folder: Path, written: set[Path]) -> bool:
+        """Whether ``folder`` holds nothing but the configs this run wrote (and empty folders).
+
+        Why: a step that fails after real work (a pipeline whose extraction finished before
+        its fit was refused) keeps that work, so a corrected re-run resumes from it.
+        """
+        return all(p in written for p in folder.rglob("*") if not p.is_dir())
+
+
+_ACTIVE: list[RunOutputs] = []
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is the user's to fix (bad input, missing file, Hub id not to be had)."""
+    from saescope.core.hub_errors import classify
+
+    return isinstance(err, USER_ERRORS) or classify(err) is not None
+
+
+def run_step(run: Callable[[C], int | None], config: C) -> int | None:
+    """``run(config)``; on a user error (``ValueError``, ``FileNotFoundError``,
+    ``FileExistsError``) first take away what :func:`announce_config` created for this run.
+
+    An interrupt or a crash keeps the outputs: an interrupted extraction resumes from them.
+    """
+    outputs = RunOutputs()
+    _ACTIVE.append(outputs)
+    try:
+        return run(config)
+    except Exception as err:
+        if is_user_error(err):
+            outputs.undo()
+        raise
+    finally:
+        _ACTIVE.remove(outputs)
 
 
 def jsonable(value: Any) -> Any:
@@ -270,8 +400,12 @@ def announce_config(
     print(json.dumps(cfg, indent=2), file=sys.stderr)
     if out_dir is not None:
         out = Path(out_dir)
+        path = out / (filename or f"{step}_config.json")
+        for outputs in _ACTIVE[-1:]:
+            outputs.note_folder(out)
+            outputs.note_file(path)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / (filename or f"{step}_config.json"), cfg, fsync=False)
+        atomic_write_json(path, cfg, fsync=False)
     return cfg
 
 
@@ -318,6 +452,10 @@ __all__ = [
     "jsonable",
     "resolved_config",
     "announce_config",
+    "run_step",
+    "is_user_error",
+    "RunOutputs",
+    "USER_ERRORS",
     "OutOption",
     "ProgressOption",
     "TorchDeviceOption",

@@ -277,6 +277,10 @@ def run_eval(cfg: DiffusionEvalConfig) -> int:
 
 
 def run_tiny(cfg: DiffusionTinyConfig) -> int:
+    out = Path(cfg.out)  # replaced atomically: never a folder that is not a tiny pipeline
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not (out / "saescope_tiny.json").is_file():
+            raise FileExistsError(f"{out} exists and is not a tiny pipeline; choose another --out")
     folder = D.save_tiny(cfg.out, seed=cfg.seed, size=cfg.size)
     print(f"tiny random pipeline (images are noise) -> {folder}")
     return 0

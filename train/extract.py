@@ -89,6 +89,42 @@ def _to_numpy(tokens: torch.Tensor, np_dtype: np.dtype, layer: int) -> np.ndarra
     return tokens.to(torch.float32).cpu().numpy()
 
 
+def check_request(
+    backbone,
+    layers: Sequence[int],
+    kinds: str | Sequence[str | TokenKind],
+    batch_size: int = 32,
+    shard_images: int | None = None,
+    dtype: str = "float16",
+    workers: int | None = None,
+) -> tuple[tuple[TokenKind, ...], list[int], list[int], TokenLayout]:
+    """Validate an extraction request against ``backbone`` before anything is written.
+
+    Returns (kinds, requested layers, resolved layers, token layout), the layers de-duplicated
+    by their resolved index. Raises ``ValueError`` naming the bad option.
+    """
+    kinds_t = parse_kinds(kinds)
+    requested: list[int] = []
+    resolved: list[int] = []
+    for layer in layers:
+        r = backbone.resolve_layer(layer)
+        if r not in resolved:
+            requested.append(int(layer))
+            resolved.append(r)
+    if not resolved:
+        raise ValueError("extract needs at least one layer")
+    for name, value in (("batch_size", batch_size), ("shard_images", shard_images)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    check_dtype(dtype)
+    layout = _layout(backbone)
+    if TokenKind.REGISTER in kinds_t and layout.n_registers == 0 and len(kinds_t) == 1:
+        raise ValueError(f"{backbone.model_id} has no register tokens")
+    return kinds_t, requested, resolved, layout
+
+
 def extract(
     backbone,
     source: ImageSource | str,
@@ -113,22 +149,10 @@ def extract(
     """
     if not isinstance(source, ImageSource) or max_images is not None:
         source = open_source(source, max_images=max_images)
-    kinds_t = parse_kinds(kinds)
-    requested: list[int] = []
-    resolved: list[int] = []
-    for layer in layers:
-        r = backbone.resolve_layer(layer)
-        if r not in resolved:
-            requested.append(int(layer))
-            resolved.append(r)
-    if not resolved:
-        raise ValueError("extract needs at least one layer")
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
+    kinds_t, requested, resolved, layout = check_request(
+        backbone, layers, kinds, batch_size, shard_images, dtype, workers
+    )
     np_dtype = check_dtype(dtype)
-    layout = _layout(backbone)
-    if TokenKind.REGISTER in kinds_t and layout.n_registers == 0 and len(kinds_t) == 1:
-        raise ValueError(f"{backbone.model_id} has no register tokens")
     tokens_per_image = len(layout.indices(kinds_t))
     paths = store_paths(out_dir, resolved)
     if shard_images is None:
@@ -403,11 +427,20 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(cfg: ExtractConfig) -> int:
-    announce_config(cfg, "extract", cfg.out)
     from saescope.core.backbones import load_backbone
 
-    backbone = load_backbone(cfg.model, revision=cfg.revision, device=cfg.device)
+    # everything that can be wrong with the request fails here, before the store folder exists
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise ValueError(f"--max-images must be >= 1, got {cfg.max_images}")
+    parse_kinds(cfg.kinds)
     source = open_source(cfg.source, max_images=cfg.max_images)
+    if len(source) == 0:
+        raise ValueError(f"image source {cfg.source!r} has no images")
+    backbone = load_backbone(cfg.model, revision=cfg.revision, device=cfg.device)
+    check_request(
+        backbone, cfg.layer, cfg.kinds, cfg.batch_size, cfg.shard_images, cfg.dtype, cfg.workers
+    )
+    announce_config(cfg, "extract", cfg.out)
     paths = extract(
         backbone,
         source,
@@ -429,6 +462,7 @@ def run(cfg: ExtractConfig) -> int:
 
 __all__ = [
     "extract",
+    "check_request",
     "add_parser",
     "run",
     "store_paths",

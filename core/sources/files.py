@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from saescope.core.hub_errors import hub_access, missing_local
 from saescope.core.images import ImageError, load_image
 from saescope.core.sources.base import ImageSource
 
@@ -108,11 +109,15 @@ class HFSource(ImageSource):
             ds = datasets.load_from_disk(str(path))
             short = path.resolve().name
         else:
-            ds = (
-                datasets.load_dataset(name, config, split=split)
-                if split
-                else datasets.load_dataset(name, config)
-            )
+            missing = missing_local("data set", name)
+            if missing is not None:
+                raise missing
+            with hub_access("data set", name):
+                ds = (
+                    datasets.load_dataset(name, config, split=split)
+                    if split
+                    else datasets.load_dataset(name, config)
+                )
             short = name
         if isinstance(ds, (datasets.DatasetDict, dict)):
             splits = list(ds.keys())
