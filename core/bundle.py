@@ -28,7 +28,6 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from saescope.core import formats
 from saescope.core.bundle_check import check_backbone, check_bundle
@@ -47,6 +46,7 @@ from saescope.core.bundle_files import (
     verify_bundle,
     write_manifest,
 )
+from saescope.core.bundle_push import push_bundle
 from saescope.core.thumbnails import THUMBS, THUMBS_META, Thumbnails, pack_thumbnails
 
 FORMAT = formats.BUNDLE.name
@@ -309,31 +309,6 @@ class Bundle:
         probe, else None."""
         names = self.head_names
         return self.load_head(names[0]) if names else None
-
-
-def push_bundle(
-    folder: str | os.PathLike,
-    repo_id: str,
-    private: bool = False,
-    token: str | None = None,
-    api: Any = None,
-) -> str:
-    """Verify (every file re-hashed), then upload a bundle folder with huggingface_hub (the
-    verified marker stays local); returns the repo URL."""
-    verify_bundle(folder, trust_marker=False)
-    from huggingface_hub import HfApi
-
-    api = api or HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        path_in_repo=None,
-        commit_message=f"Upload saescope bundle {Path(folder).name}",
-        repo_type="model",
-        ignore_patterns=[MARKER, "*.tmp"],
-    )
-    return f"https://huggingface.co/{repo_id}"
 
 
 __all__ = [

@@ -22,15 +22,52 @@ DIGITS = "builtin:digits?size=112&resample=nearest"
 class LocalHub:
     """A Hub-like upload target on local disk, for push tests (the real Hub is unreachable here).
 
-    It implements the two ``HfApi`` calls that ``push_to_hub``/``push_bundle`` make, copying the
-    folder where the Hub would store the repo, so that what was "pushed" can be loaded back.
+    It implements the ``HfApi`` calls that ``push_to_hub``/``push_bundle`` make (with the same
+    keyword arguments), storing files where the Hub would store the repo, so that what was
+    "pushed" can be loaded back. ``fail_after=N`` raises ``ConnectionError`` on the (N+1)-th
+    commit, as a dropped connection would; ``commits`` lists each commit's message and files.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, fail_after: int | None = None):
         self.root = root
+        self.fail_after = fail_after
+        self.commits: list[tuple[str, list[str]]] = []
+
+    def _commit(self, message: str, files: list[str]) -> None:
+        if self.fail_after is not None and len(self.commits) >= self.fail_after:
+            raise ConnectionError("connection dropped (LocalHub fail_after)")
+        self.commits.append((message, files))
 
     def create_repo(self, repo_id: str, private: bool, exist_ok: bool, repo_type: str) -> None:
         (self.root / repo_id).mkdir(parents=True, exist_ok=exist_ok)
+
+    def file_exists(self, repo_id: str, filename: str, repo_type=None, revision=None) -> bool:
+        return (self.root / repo_id / filename).is_file()
+
+    def delete_file(
+        self,
+        path_in_repo: str,
+        repo_id: str,
+        repo_type=None,
+        revision=None,
+        commit_message: str = "",
+    ) -> None:
+        self._commit(commit_message, [f"-{path_in_repo}"])
+        (self.root / repo_id / path_in_repo).unlink()
+
+    def upload_file(
+        self,
+        path_or_fileobj,
+        path_in_repo: str,
+        repo_id: str,
+        repo_type=None,
+        revision=None,
+        commit_message: str = "",
+    ) -> None:
+        self._commit(commit_message, [path_in_repo])
+        dest = self.root / repo_id / path_in_repo
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path_or_fileobj, dest)
 
     def upload_folder(
         self,
@@ -39,14 +76,28 @@ class LocalHub:
         path_in_repo,
         commit_message: str,
         repo_type: str,
+        revision=None,
+        allow_patterns=None,
         ignore_patterns=None,
     ) -> None:
-        shutil.copytree(
-            folder_path,
-            self.root / repo_id / (path_in_repo or ""),
-            dirs_exist_ok=True,
-            ignore=shutil.ignore_patterns(*(ignore_patterns or [])),
-        )
+        import fnmatch
+
+        src = Path(folder_path)
+        rels = [p.relative_to(src).as_posix() for p in sorted(src.rglob("*")) if p.is_file()]
+        pick = [
+            r
+            for r in rels
+            if (allow_patterns is None or any(fnmatch.fnmatch(r, a) for a in allow_patterns))
+            and not any(
+                fnmatch.fnmatch(r, i) or fnmatch.fnmatch(Path(r).name, i)
+                for i in ignore_patterns or []
+            )
+        ]
+        self._commit(commit_message, pick)
+        for r in pick:
+            dest = self.root / repo_id / (path_in_repo or "") / r
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / r, dest)
 
 
 @pytest.fixture(scope="session")
