@@ -12,6 +12,8 @@ Layout (component: what it holds, how it grows with F features, k exemplars, N i
     indices/patches.faiss    optional (``bundle --patch-index N``): patch   min(N, patch tokens)
                              index over a bounded sample (+ sidecar, ids)
     matches/, probes/, ood/  optional: cross-model matches, linear probes, OOD calibration
+    labels/                  optional (``saescope labels``): short feature    F
+                             names from top classes / WordNet / images
     README.md                Hub card
 
 Nothing grows with the data set except through the exemplar images (at most F x k of them) and
@@ -194,6 +196,23 @@ class Bundle:
         from saescope.core.exemplars import Exemplars
 
         return Exemplars.load(self.component_path("exemplars"))
+
+    @cached_property
+    def labels(self):
+        """Short per-feature names (core.feature_labels.FeatureLabels), None when the bundle has
+        none (``saescope labels`` adds them)."""
+        if "labels" not in self.components:
+            return None
+        from saescope.core.feature_labels import load_feature_labels
+
+        return load_feature_labels(self.fetch(self.components["labels"]))
+
+    def feature_name(self, feature: int) -> str:
+        """The short label of ``feature`` ("digit (3, 8)"), '' when the bundle has none."""
+        labels = self.labels
+        if labels is None or not 0 <= int(feature) < labels.n_features:
+            return ""
+        return labels.label(int(feature))
 
     def stats(self, feature: int) -> dict:
         """Frequency, mean, max and activation histogram of one feature."""

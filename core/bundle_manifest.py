@@ -39,6 +39,7 @@ class BundleView(Protocol):
 
 PATH_COMPONENTS = {  # component -> is it a folder
     "sae": True,
+    "labels": True,
     "exemplars": True,
     "ood": True,
     "feature_index": False,

@@ -95,6 +95,7 @@ ONTOLOGY = Format("saescope.ontology", 1, "ontology report")
 DIFFUSION_STEERING = Format("saescope.diffusion_steering", 1, "diffusion steering artefact")
 OFFLINE_MODEL = Format("saescope.offline_model", 1, "converted offline model")
 HEAD = Format("saescope.head", 1, "head")  # <stem>.json beside a head's weights
+FEATURE_LABELS = Format("saescope.feature_labels", 1, "feature labels")
 
 ALL = [
     SAE,
@@ -109,6 +110,7 @@ ALL = [
     DIFFUSION_STEERING,
     OFFLINE_MODEL,
     HEAD,
+    FEATURE_LABELS,
 ]
 
 __all__ = ["Format", "ALL", "as_version", *[f for f in dir() if f.isupper() and f != "ALL"]]

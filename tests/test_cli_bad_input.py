@@ -86,6 +86,8 @@ ood-fit-no-bundle | ood-fit --bundle {missing} --store {store} | missing
 ood-fit-no-store | ood-fit --bundle {bundle} --store {missing} | not an activation store
 ontology-no-store | ontology --sae {sae} --store {missing} +out | not an activation store
 ontology-mismatch | ontology --sae {sae16} --store {store} +out | width 16
+labels-no-bundle | labels --bundle {missing} | bundle folder; not found
+labels-top-zero | labels --bundle {bundle} --top 0 | --top must be at least 1
 diffusion-tiny-size-nan | diffusion-tiny --size big +out | --size; invalid int
 diffusion-tiny-users-folder | diffusion-tiny --out {exists} | exists; not a tiny pipeline
 diffusion-fit-bad-arch | diffusion-fit --pipeline tiny --arch wide +out | --arch; invalid choice

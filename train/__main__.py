@@ -29,6 +29,7 @@ STEP_MODULES = [
     "saescope.train.probes",
     "saescope.train.ood_eval",
     "saescope.train.ontology",
+    "saescope.train.feature_labels",
     "saescope.train.diffusion",
 ]
 

@@ -55,6 +55,7 @@ def _ensure_default_pair(root: Path, force: bool, progress: bool) -> tuple[Path,
 
         ensure_default_probes(paths, progress=progress)  # bundles cached before probes existed
         ensure_default_ood(paths, progress=progress)
+        ensure_default_labels(paths, progress=progress)
         return paths  # type: ignore[return-value]
     from saescope.core.backbones import OFFLINE_MODEL_ID, load_backbone
     from saescope.core.sources import open_source
@@ -103,6 +104,7 @@ def _ensure_default_pair(root: Path, force: bool, progress: bool) -> tuple[Path,
 
     ensure_default_probes(paths, progress=progress)
     ensure_default_ood(paths, progress=progress)
+    ensure_default_labels(paths, progress=progress)
     done.write_text(
         json.dumps({"built_in_s": time.perf_counter() - t0, "version": DEFAULT_VERSION})
     )
@@ -130,6 +132,23 @@ def ensure_default_ood(bundle_paths, progress: bool = True) -> None:
             fit_bundle_ood(p, store, progress=progress)
         except (ValueError, OSError) as err:  # e.g. the store was deleted: the apps still work
             _log(f"no OOD calibration for {b.name}: {err}", True)
+
+
+def ensure_default_labels(bundle_paths, progress: bool = True) -> None:
+    """Give every offline default bundle a ``labels`` component (feature names; computed once
+    from its exemplars and store: digit classes, photo names), so bundles cached before labels
+    existed get them on the next start."""
+    from saescope.core.bundle import Bundle
+    from saescope.train.feature_labels import label_bundle
+
+    for p in bundle_paths:
+        if Bundle.load(p, verify=False).has("labels"):
+            continue
+        _log(f"feature labels for {Path(p).name} (once)", progress)
+        try:
+            label_bundle(p, progress=progress)
+        except (ValueError, OSError) as err:  # the apps still work without names
+            _log(f"no feature labels for {Path(p).name}: {err}", True)
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -167,6 +186,7 @@ __all__ = [
     "ensure_default_pair",
     "ensure_default_bundle",
     "ensure_default_ood",
+    "ensure_default_labels",
     "DefaultBundleConfig",
     "add_parser",
     "run_default",
