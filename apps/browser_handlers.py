@@ -28,6 +28,7 @@ from saescope.apps.picker import (
 from saescope.apps.plots import FeatureScatter, histogram_image
 from saescope.apps.text import error_box, stats_markdown
 from saescope.apps.uploads import try_upload
+from saescope.apps.validate import feature_id, number_between, optional_feature_id
 from saescope.core.heatmap import render_spotlight, with_colorbar
 from saescope.core.ood import SAE_COMBINED, FeatureContribution, OODSuite, ScoreReport, score_tokens
 from saescope.core.steering import Edit
@@ -37,6 +38,7 @@ N_TOP = 8
 N_EXEMPLARS = 16
 N_RELATED = 9
 SCOPES = ["selected patches", "all patches"]
+SCALE_MAX = 5.0  # the steering slider's range is 0 (off) .. SCALE_MAX
 N_OOD = 6
 NO_OOD = (
     "_This bundle has no `ood/` component, so there is no in-distribution reference to "
@@ -137,20 +139,13 @@ class Browser:
             raise gr.Error(str(err), title="No image") from None
 
     def _check_feature(self, feature) -> int:
-        if feature is None or (isinstance(feature, float) and np.isnan(feature)):
-            raise gr.Error("Type a feature id (a whole number).", title="Unknown feature")
-        try:
-            if float(feature) != int(float(feature)):
-                raise ValueError(f"feature id must be a whole number, got {feature}")
-            return self.eng.check_feature(int(float(feature)))
-        except (ValueError, TypeError) as err:
-            raise gr.Error(str(err), title="Unknown feature", print_exception=False) from None
+        return feature_id(feature, self.eng.d_sae)
 
     def top_cards(self, an, sel):
         return panels.top_feature_cards(self.eng, an, sel, N_TOP)
 
     def status_md(self, an) -> str:
-        w, h = an.image.size
+        w, h = an.size
         t = an.timings
         return (
             f"**{w}×{h}** image → {an.grid[0]}×{an.grid[1]} patches. "
@@ -290,7 +285,11 @@ class Browser:
 
     def on_image(self, upload, feature):
         """Upload -> patch grid and top features; the feature panel follows in a second step
-        (``feature_outputs``), so the features show as soon as the model has run."""
+        (``feature_outputs``), so the features show as soon as the model has run.
+
+        ``feature`` is the id in the feature box (empty or an id; checked, never echoed back):
+        it stays unless the new image brings its strongest feature."""
+        optional_feature_id(feature, self.eng.d_sae)
         if upload is None:  # cleared (keeps an error message from a refused upload visible)
             return (
                 gr.update(),
@@ -302,7 +301,7 @@ class Browser:
                 [],
                 [],
                 {},
-                feature,
+                gr.update(),
                 None,
             )
         image, problem = try_upload(upload)
@@ -317,12 +316,12 @@ class Browser:
                 [],
                 [],
                 {},
-                feature,
+                gr.update(),
                 None,
             )
         an = self.eng.analyse(image)
         cards, feats = self.top_cards(an, set())
-        f = feats[0] if feats else feature
+        f = feats[0] if feats else gr.update()
         err = with_colorbar(
             panels.error_map(an.view.resize((224, 224)), an.patch_error),
             1.0,
@@ -344,10 +343,10 @@ class Browser:
         )
 
     def on_select(self, key, sel_text, feature, edits, scope):
+        f = self._check_feature(feature)
         an = self._analysis(key)
         sel = parse_selection(sel_text, an.grid)
         cards, feats = self.top_cards(an, sel)
-        f = self._check_feature(feature)
         steer = (
             self.steer_panels(an, f, edits, scope, sel)
             if (edits and scope == SCOPES[0])
@@ -362,10 +361,11 @@ class Browser:
         return picker_all(self._analysis(key))
 
     def on_steer(self, key, sel_text, feature, on, scale, scope, edits):
-        an = self._analysis(key)
         f = self._check_feature(feature)
+        scale = number_between(scale, "scale", 0.0, SCALE_MAX)
+        s = scale if on else 0.0
+        an = self._analysis(key)
         edits = dict(edits or {})
-        s = 0.0 if not on else float(scale if scale is not None else 1.0)
         if s == 1.0:
             edits.pop(f, None)
         else:
@@ -374,6 +374,7 @@ class Browser:
         return (edits, *self.steer_panels(an, f, edits, scope, sel))
 
     def on_reset(self, key, sel_text, feature, scope):
+        optional_feature_id(feature, self.eng.d_sae)  # garbage is refused even with no image
         edits: dict = {}
         if not key:
             return (
@@ -459,6 +460,7 @@ class Browser:
 
 __all__ = [
     "Browser",
+    "SCALE_MAX",
     "N_TOP",
     "N_EXEMPLARS",
     "N_RELATED",

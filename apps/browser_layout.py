@@ -14,9 +14,11 @@ import gradio as gr
 
 from saescope.apps.browser_handlers import (
     NO_IMAGE_OOD,
+    SCALE_MAX,
     SCOPES,
     Browser,
 )
+from saescope.apps.components import RawNumber, RawSlider, ServedGallery, ServedImage
 from saescope.apps.picker import patch_picker_controls
 from saescope.apps.text import model_details
 from saescope.apps.uploads import image_upload
@@ -174,7 +176,7 @@ def _image_row(examples: bool) -> ImageRow:
             gr.Markdown("### ① Your image")
             upload = image_upload(300, examples)
             status = gr.Markdown(elem_id="status")
-            recon_img = gr.Image(
+            recon_img = ServedImage(
                 label="SAE reconstruction error per patch (bright = poorly explained)",
                 interactive=False,
                 format="png",
@@ -193,7 +195,7 @@ def _image_row(examples: bool) -> ImageRow:
                 "where it fires. Click a card to open the feature.",
                 elem_classes="sae-note",
             )
-            top_gallery = gr.Gallery(
+            top_gallery = ServedGallery(
                 show_label=False,
                 columns=2,
                 height=560,
@@ -222,7 +224,7 @@ def _finder(bounds: tuple[float, float, float, float]) -> tuple:
             )
         count_md = gr.Markdown()
         rand_in_btn = gr.Button("Random feature in range", size="sm")
-        scatter_img = gr.Image(
+        scatter_img = ServedImage(
             show_label=False, interactive=False, format="png", elem_id="scatter", buttons=[]
         )
     return fmin, fmax, amin, amax, count_md, rand_in_btn, scatter_img
@@ -233,7 +235,7 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=260):
             with gr.Row():
-                feature = gr.Number(
+                feature = RawNumber(
                     label="Feature id",
                     precision=0,
                     value=0,
@@ -246,7 +248,7 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
                 rand_btn = gr.Button("Random", size="sm", scale=1, elem_id="random")
             msg = gr.Markdown(elem_id="feature-msg", elem_classes="sae-note")
             stats_md = gr.Markdown(elem_id="feature-stats")
-            hist = gr.Image(
+            hist = ServedImage(
                 label="Activation histogram",
                 show_label=False,
                 interactive=False,
@@ -260,7 +262,7 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
                 "**Top dataset images** — heat-map: the patches where the feature "
                 "fires (colour scale shared by all tiles)"
             )
-            ex_gallery = gr.Gallery(
+            ex_gallery = ServedGallery(
                 show_label=False,
                 columns=4,
                 height=560,
@@ -274,7 +276,7 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
                 "**Related features** — closest decoder directions (cosine); each "
                 "shows its top image. Click to open."
             )
-            rel_gallery = gr.Gallery(
+            rel_gallery = ServedGallery(
                 show_label=False,
                 columns=3,
                 height=420,
@@ -292,7 +294,7 @@ def _steer_images(head_label: str, segmentation: bool) -> tuple:
     """Feature map before/after, and the segmentation head's output before/after/changed."""
 
     def image(label: str, elem_id: str) -> gr.Image:
-        return gr.Image(
+        return ServedImage(
             label=label, interactive=False, format="jpeg", height=260, elem_id=elem_id, buttons=[]
         )
 
@@ -311,8 +313,8 @@ def _steer_row(head_label: str, head_kind: str | None, has_head: bool) -> SteerR
     with gr.Row(equal_height=False):
         with gr.Column(scale=3, min_width=260):
             steer_on = gr.Checkbox(value=True, label="Feature on", elem_id="feature-on")
-            scale = gr.Slider(
-                0, 5, 1, step=0.25, label="Scale (0 = off, 1 = unchanged)", elem_id="scale"
+            scale = RawSlider(
+                0, SCALE_MAX, 1, step=0.25, label="Scale (0 = off, 1 = unchanged)", elem_id="scale"
             )
             scope = gr.Radio(SCOPES, value=SCOPES[0], label="Apply to", elem_id="scope")
             reset_btn = gr.Button("Reset all edits", size="sm", elem_id="reset")
@@ -355,7 +357,7 @@ def _ood_tab(ood_note: str) -> tuple[gr.Markdown, gr.Gallery]:
                         "open.",
                         elem_classes="sae-note",
                     )
-                    ood_gallery = gr.Gallery(
+                    ood_gallery = ServedGallery(
                         show_label=False,
                         columns=3,
                         height=380,

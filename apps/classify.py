@@ -21,6 +21,7 @@ import gradio as gr
 import numpy as np
 
 from saescope.apps import panels
+from saescope.apps.components import ServedImage
 from saescope.apps.engine import Analysis, Engine, SteerOutcome
 from saescope.apps.steerapp import (
     SCOPE_CLS,
@@ -91,7 +92,7 @@ class ClassifyTask(SteerTask):
 
     def before_panel(self) -> list:
         pred = gr.HTML(elem_id="pred-before")
-        bars = gr.Image(
+        bars = ServedImage(
             show_label=False,
             interactive=False,
             format="png",
@@ -104,7 +105,7 @@ class ClassifyTask(SteerTask):
     def after_panel(self) -> list:
         callout = gr.HTML(elem_id="pred-after")
         with gr.Row(equal_height=False):
-            bars = gr.Image(
+            bars = ServedImage(
                 label="Class probabilities before (grey) and after the edits (blue)",
                 interactive=False,
                 format="png",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from saescope.apps import adapter, panels
+from saescope.apps.components import RawNumber, ServedGallery, ServedImage
 from saescope.apps.engine import MODEL_CONCURRENCY, Engine, SessionExpired
 from saescope.apps.launch import app_parser, serve
 from saescope.apps.picker import (
@@ -37,6 +38,7 @@ from saescope.apps.picker import (
 )
 from saescope.apps.text import error_box, model_details, pair_title, stats_markdown
 from saescope.apps.uploads import image_upload, try_upload
+from saescope.apps.validate import feature_id
 from saescope.core.heatmap import crop_box, render_spotlight
 
 N_TOP = 6
@@ -95,7 +97,7 @@ class Side:
         self.stats = engine.stats
 
     def box(self, an) -> tuple:
-        return crop_box(an.image.size, self.pre)
+        return crop_box(an.size, self.pre)
 
     def cards(self, an, sel):
         feats = self.eng.top_features(an, sel, N_TOP)
@@ -137,14 +139,7 @@ class Comparison:
             raise gr.Error(str(err), title="No image") from None
 
     def _feature(self, side: Side, feature) -> int:
-        try:
-            if feature is None or float(feature) != int(float(feature)):
-                raise ValueError(f"feature id must be a whole number, got {feature}")
-            return side.eng.check_feature(int(float(feature)))
-        except (TypeError, ValueError) as err:
-            raise gr.Error(
-                f"{side.eng.title}: {err}", title="Unknown feature", print_exception=False
-            ) from None
+        return feature_id(feature, side.eng.d_sae, f"{side.name} feature id")
 
     def selections(self, lk, rk, sel_text):
         L, R = self.L, self.R
@@ -330,7 +325,7 @@ def _top_gallery(header: str, elem_id: str) -> gr.Gallery:
     """One side's column of top-feature cards under its header (left and right are alike)."""
     with gr.Column(min_width=320):
         gr.HTML(header)
-        return gr.Gallery(
+        return ServedGallery(
             show_label=False,
             columns=3,
             height=440,
@@ -359,7 +354,7 @@ def side_header(side: Side) -> str:
 def _feature_panel(side: Side, ids_state, match_state, name_state, top) -> FeaturePanel:
     with gr.Column(min_width=320):
         with gr.Row():
-            num = gr.Number(
+            num = RawNumber(
                 label=f"{side.name.capitalize()} feature id",
                 precision=0,
                 value=0,
@@ -371,7 +366,7 @@ def _feature_panel(side: Side, ids_state, match_state, name_state, top) -> Featu
             btn = gr.Button("Show", size="sm", variant="primary", scale=1, min_width=60)
         with gr.Row(equal_height=False):
             md = gr.Markdown()
-            heat = gr.Image(
+            heat = ServedImage(
                 show_label=False,
                 interactive=False,
                 format="jpeg",
@@ -379,7 +374,7 @@ def _feature_panel(side: Side, ids_state, match_state, name_state, top) -> Featu
                 buttons=[],
                 elem_id=f"{side.name}-heat",
             )
-        ex = gr.Gallery(
+        ex = ServedGallery(
             show_label=False,
             columns=4,
             height=300,
@@ -389,7 +384,7 @@ def _feature_panel(side: Side, ids_state, match_state, name_state, top) -> Featu
             object_fit="contain",
         )
         mlabel = gr.Markdown()
-        mgal = gr.Gallery(
+        mgal = ServedGallery(
             show_label=False,
             columns=3,
             height=300,

@@ -23,13 +23,19 @@ from types import SimpleNamespace
 import gradio as gr
 from PIL import Image
 
-from saescope.apps.launch import launch
+from saescope.apps.components import RawNumber, RawSlider, ServedImage
+from saescope.apps.launch import check_port, launch
 from saescope.apps.text import error_box
+from saescope.apps.validate import number_between, whole_number
 from saescope.core.fileio import atomic_dir
 
 ENV_ARTEFACT = "SAESCOPE_DIFFUSION_ARTEFACT"
 DEMO_VERSION = 1
 MAX_CHOICES = 500  # feature picker entries shown at once (search narrows them)
+MAX_SEED = 2**32 - 1  # the seed box takes what a torch generator (and a visitor) can reproduce
+MAX_STEPS = 50
+MAX_GUIDANCE = 15.0
+MAX_STRENGTH = 20.0  # at least; twice the naming strength when that is larger
 DISPLAY_MIN = 256  # tiny images are upscaled (nearest) to at least this many pixels for display
 
 HELP = """
@@ -231,11 +237,20 @@ def _steerer_for(artefact, steerer, device: str):
     return D.Steerer(art, device=device)
 
 
-def _handlers(steerer) -> tuple[Callable, Callable]:
+def _handlers(steerer, max_strength: float = MAX_STRENGTH) -> tuple[Callable, Callable]:
     """The app's event handlers ``(on_search, on_generate)`` for ``steerer``."""
     from saescope.core import diffusion as D
 
     art = steerer.art
+
+    def checked(seed, steps, guidance, strength) -> tuple[int, int, float, float]:
+        """The sliders and the seed box as sent (an API caller can send anything), checked."""
+        return (
+            whole_number(seed, "seed", 0, MAX_SEED),
+            whole_number(steps, "steps", 1, MAX_STEPS),
+            number_between(guidance, "guidance", 0.0, MAX_GUIDANCE),
+            number_between(strength, "strength", -max_strength, max_strength),
+        )
 
     def on_search(query):
         found = feature_choices(art, query)
@@ -251,15 +266,14 @@ def _handlers(steerer) -> tuple[Callable, Callable]:
             f = parse_feature(feature, art.sae.cfg.d_sae)
             art.sae.check_feature(f)
             prompt = D.check_prompt(prompt or "")
-            if seed is None or float(seed) < 0 or float(seed) != int(float(seed)):
-                raise ValueError(f"seed must be a whole number >= 0, got {seed}")
+            seed, steps, guidance, strength = checked(seed, steps, guidance, strength)
             before, after, info = steerer.pair(
                 prompt,
                 f,
-                float(strength),
-                seed=int(float(seed)),
-                steps=int(steps),
-                guidance=float(guidance),
+                strength,
+                seed=seed,
+                steps=steps,
+                guidance=guidance,
                 negative_prompt=negative or "",
             )
         except ValueError as err:
@@ -298,13 +312,15 @@ def _prompt_panel(naming: dict) -> SimpleNamespace:
     prompt = gr.Textbox(label="Prompt", value="a photo of a house", lines=2, elem_id="prompt")
     negative = gr.Textbox(label="Negative prompt (never steered)", value="", elem_id="negative")
     with gr.Row():
-        seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
-        steps = gr.Slider(
-            1, 50, int(naming.get("steps", 4)), step=1, label="Steps", elem_id="steps"
+        seed = RawNumber(
+            label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed"
         )
-        guidance = gr.Slider(
+        steps = RawSlider(
+            1, MAX_STEPS, int(naming.get("steps", 4)), step=1, label="Steps", elem_id="steps"
+        )
+        guidance = RawSlider(
             0,
-            15,
+            MAX_GUIDANCE,
             float(naming.get("guidance", 5.0)),
             step=0.5,
             label="Guidance (≤ 1: off)",
@@ -335,7 +351,7 @@ def _feature_panel(
     search_md = gr.Markdown(
         f"{len(choices)} feature(s).", elem_id="search-info", elem_classes="sae-note"
     )
-    strength = gr.Slider(
+    strength = RawSlider(
         -max_strength,
         max_strength,
         default_strength,
@@ -353,7 +369,7 @@ def _output_panel() -> SimpleNamespace:
     """The error box, the unsteered/steered images and the scores table."""
     err = gr.HTML("", elem_id="error")
     with gr.Row():
-        before = gr.Image(
+        before = ServedImage(
             label="Unsteered",
             interactive=False,
             format="png",
@@ -361,7 +377,7 @@ def _output_panel() -> SimpleNamespace:
             elem_id="img-before",
             buttons=[],
         )
-        after = gr.Image(
+        after = ServedImage(
             label="Steered",
             interactive=False,
             format="png",
@@ -394,10 +410,10 @@ def build_app(
     naming = art.manifest.get("naming") or {}
     tiny = art.tiny
     default_strength = float(naming.get("strength", 8.0))
-    max_strength = max(20.0, abs(default_strength) * 2)
+    max_strength = max(MAX_STRENGTH, abs(default_strength) * 2)
     choices = feature_choices(art)
     pipe_name = art.pipeline if not tiny else "tiny random StableDiffusion (built from configs)"
-    on_search, on_generate = _handlers(steerer)
+    on_search, on_generate = _handlers(steerer, max_strength)
 
     with gr.Blocks(title=title or "saescope · diffusion steering", analytics_enabled=False) as demo:
         _header_panel(art, pipe_name, tiny)
@@ -445,6 +461,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     try:
+        check_port(args.host, args.port)  # a taken port fails before loading anything
         print("loading " + (args.artefact or "the tiny offline demo") + " …", flush=True)
         demo = build_app(args.artefact, device=args.device)
     except (ValueError, FileNotFoundError) as err:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from saescope.apps import adapter
+from saescope.apps import adapter, memory
 from saescope.core.bundle import Bundle
 from saescope.core.heatmap import model_view
 from saescope.core.search import top_features_of_codes
@@ -44,16 +44,58 @@ class SessionExpired(LookupError):
     """An analysis that is no longer cached (server restarted, or many uploads since)."""
 
 
+@dataclass(frozen=True)
+class CompactCodes:
+    """An image's SAE codes kept as each patch's non-zero entries (exactly; any SAE).
+
+    Why: the engine caches every analysed image for its slider moves. Dense codes cost
+    ``patches x d_sae x 4`` bytes (1.5 MB for 256 patches x 1,536 features, 25 MB at 24,576) but
+    a sparse autoencoder fires a few dozen features per patch, so each patch's non-zero entries,
+    padded to the busiest patch's count, take a few percent of that; a burst of visitors then
+    leaves the server's memory close to where it was. ``dense()`` rebuilds the exact tensor.
+    """
+
+    index: torch.Tensor  # [n_patches, k] int32 feature ids (padding: distinct zero entries)
+    value: torch.Tensor  # [n_patches, k] float32 codes at those ids (0 where padded)
+    d_sae: int
+
+    @classmethod
+    def of(cls, codes: torch.Tensor) -> CompactCodes | torch.Tensor:
+        """Compact form of dense ``[n, d_sae]`` codes, or the dense tensor itself where the
+        codes are too dense for the compact form to be smaller."""
+        codes = codes.float()
+        n, d = codes.shape
+        k = int((codes != 0).sum(1).max()) if n else 0
+        if 2 * k >= d:  # index + value cost 8 bytes an entry, a dense code 4
+            return codes.contiguous()
+        index = codes.abs().topk(k, dim=1, sorted=False).indices if k else codes.new_zeros(n, 0)
+        index = index.long()
+        return cls(index.to(torch.int32), codes.gather(1, index).contiguous(), d)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.index.shape[0], self.d_sae)
+
+    def dense(self) -> torch.Tensor:
+        out = torch.zeros(self.shape, dtype=self.value.dtype)
+        return out.scatter_(1, self.index.long(), self.value)
+
+    def column(self, feature: int) -> torch.Tensor:
+        """One feature's code on every patch, without building the dense tensor."""
+        return (self.value * (self.index == int(feature))).sum(1)
+
+
 @dataclass
 class Analysis:
     """Everything the UI shows about one uploaded image, before any edit."""
 
     key: str
-    image: Image.Image  # the upload, RGB
+    size: tuple[int, int]  # the upload's (width, height); the upload itself is not kept: a
+    # cached full-resolution photo (up to 40 Mpx, 120 MB) per visitor would dwarf the rest
     view: Image.Image  # what the model sees, cut from the original at display size
     grid: tuple[int, int]
     cache: LayerCache
-    codes: torch.Tensor  # [n_patches, d_sae] dense codes of the patch tokens
+    stored_codes: CompactCodes | torch.Tensor  # the patch tokens' codes (see ``codes``)
     patch_error: np.ndarray  # [rows, cols] relative reconstruction error per patch
     fvu: float  # fraction of variance unexplained on this image's patches
     l0: float
@@ -65,8 +107,19 @@ class Analysis:
     def n_patches(self) -> int:
         return self.grid[0] * self.grid[1]
 
+    @property
+    def codes(self) -> torch.Tensor:
+        """``[n_patches, d_sae]`` dense codes of the patch tokens (rebuilt on each access)."""
+        c = self.stored_codes
+        return c.dense() if isinstance(c, CompactCodes) else c
+
+    def feature_codes(self, feature: int) -> torch.Tensor:
+        """``[n_patches]`` codes of one feature."""
+        c = self.stored_codes
+        return c.column(feature) if isinstance(c, CompactCodes) else c[:, int(feature)]
+
     def feature_map(self, feature: int) -> np.ndarray:
-        return self.codes[:, int(feature)].reshape(self.grid).numpy()
+        return self.feature_codes(feature).reshape(self.grid).numpy()
 
     def mask(self, selection: Iterable[tuple[int, int]] | None) -> np.ndarray | None:
         """Boolean [n_patches] for a selection of (row, col); None for 'no selection'."""
@@ -114,6 +167,7 @@ class Engine:
         view_scale: int = 2,
         head: str | None = None,
     ):
+        memory.limit_arenas()  # before the server's threads exist: see apps/memory.py
         self.bundle = adapter.load_bundle(bundle)
         self.sae = self.bundle.sae.eval()
         self.backbone = self.bundle.backbone
@@ -229,6 +283,7 @@ class Engine:
 
     @torch.inference_mode()
     def analyse(self, image: Image.Image) -> Analysis:
+        memory.touch()  # a burst of uploads: its memory goes back once the server is idle
         key = image_key(image)
         with self.lock:
             if key in self._cache:
@@ -251,17 +306,17 @@ class Engine:
             cache.base_final = self.backbone.run_from(cache.layer, cache.tokens)
             head_before = None
             if self.head is not None:
-                cache.base_head = self.head(cache.base_final, layout)
-                head_before = self._head_np(cache.base_head, self.head)
+                # kept as numpy only: the engine's steering reads heads itself (head=None)
+                head_before = self._head_np(self.head(cache.base_final, layout), self.head)
             t3 = time.perf_counter()
             view = model_view(image, self.backbone.preprocess, self.view_scale)
             an = Analysis(
                 key=key,
-                image=image,
+                size=image.size,
                 view=view,
                 grid=tuple(layout.grid),
                 cache=cache,
-                codes=codes.float().contiguous(),
+                stored_codes=CompactCodes.of(codes),
                 patch_error=(err / ref).reshape(layout.grid).numpy(),
                 fvu=fvu,
                 l0=l0,
@@ -326,6 +381,7 @@ class Engine:
         ``kinds="cls,patch"`` also edits the CLS token (what a classification probe reads).
         No edits -> the head's unedited output, exactly.
         """
+        memory.touch()
         edits = list(edits)
         seen: set[int] = set()
         for e in edits:
@@ -406,4 +462,12 @@ def slider_edits(
     return out
 
 
-__all__ = ["Analysis", "Engine", "SessionExpired", "SteerOutcome", "image_key", "slider_edits"]
+__all__ = [
+    "Analysis",
+    "CompactCodes",
+    "Engine",
+    "SessionExpired",
+    "SteerOutcome",
+    "image_key",
+    "slider_edits",
+]

@@ -25,6 +25,56 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class PortInUse(ValueError):
+    """The port asked for cannot be listened on; the message says what to do."""
+
+
+def requested_address(host: str | None, port: int | None) -> tuple[str, int | None]:
+    """The (host, port) :func:`launch` will use: the arguments, else GRADIO_SERVER_NAME/PORT."""
+    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    try:
+        port = port or int(os.environ.get("GRADIO_SERVER_PORT", "0") or 0) or None
+    except ValueError as err:
+        raise PortInUse(
+            f"GRADIO_SERVER_PORT={os.environ['GRADIO_SERVER_PORT']!r} is not a port number"
+        ) from err
+    return host, port
+
+
+def check_port(host: str | None, port: int | None) -> None:
+    """Raise :class:`PortInUse` unless ``port`` on ``host`` can be listened on now.
+
+    Why: an app loads its bundle and warms up (seconds) before gradio binds the port; a port
+    already taken must fail at once, before any of that. The test bind mirrors gradio's own
+    (SO_REUSEADDR), so a port in TIME_WAIT is not mistaken for a busy one. No port: gradio picks
+    a free one from 7860 up, nothing to check.
+    """
+    host, port = requested_address(host, port)
+    if port is None:
+        return
+    if not 0 < port < 65536:
+        raise PortInUse(f"port {port} is not a valid port number (1-65535)")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as err:
+        raise PortInUse(f"cannot listen on host {host!r}: unknown address ({err})") from err
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except PermissionError as err:
+            raise PortInUse(
+                f"no permission to listen on port {port} of {host} (ports below 1024 need "
+                "privileges); choose another with --port"
+            ) from err
+        except OSError as err:
+            raise PortInUse(
+                f"port {port} on {host} is already in use; choose another with --port N "
+                "(or leave --port out to take the next free one), or stop the program using it"
+            ) from err
+
+
 def launch(
     demo: gr.Blocks,
     host: str | None = None,
@@ -37,8 +87,7 @@ def launch(
 ):
     """Queue on, launch with the app's theme/CSS, print the URL; returns ``(app, local_url)``."""
     demo.queue(default_concurrency_limit=max_concurrency, max_size=64)
-    host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
-    port = port or int(os.environ.get("GRADIO_SERVER_PORT", "0") or 0) or None
+    host, port = requested_address(host, port)
     app, local_url, share_url = demo.launch(
         server_name=host,
         server_port=port,
@@ -87,18 +136,24 @@ def app_parser(prog: str, description: str, bundle: bool = True) -> argparse.Arg
 def serve(build, args, name: str, loading: str | None = None) -> int:
     """Build an app with ``build()`` (warm), print how long that took, launch it, print the URL.
 
-    A bundle that cannot be loaded is one ``error:`` line and exit status 2, not a traceback.
+    A port that is taken fails first, before loading anything; a bundle that cannot be loaded,
+    or a port taken while it loaded, is one ``error:`` line and exit status 2, not a traceback.
     """
     t0 = time.perf_counter()
     try:
+        check_port(args.host, args.port)
         if loading:
             print(loading, flush=True)
         demo = build()
-    except AppSetupError as err:
+    except (AppSetupError, PortInUse) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"ready in {time.perf_counter() - t0:.1f} s", flush=True)
-    launch(demo, args.host, args.port, args.share, name=name)
+    try:
+        launch(demo, args.host, args.port, args.share, name=name)
+    except OSError as err:  # taken meanwhile (gradio: "Cannot find empty port in range")
+        print(f"error: cannot listen on the requested port: {err}".splitlines()[0], file=sys.stderr)
+        return 2
     return 0
 
 
@@ -106,4 +161,13 @@ def loading_line(bundle: str | None) -> str:
     return "loading bundle" + (f" {bundle}" if bundle else " (offline default)") + " …"
 
 
-__all__ = ["free_port", "launch", "app_parser", "serve", "loading_line"]
+__all__ = [
+    "PortInUse",
+    "check_port",
+    "free_port",
+    "launch",
+    "app_parser",
+    "requested_address",
+    "serve",
+    "loading_line",
+]

@@ -20,6 +20,7 @@ import gradio as gr
 import numpy as np
 
 from saescope.apps import panels
+from saescope.apps.components import ServedImage
 from saescope.apps.engine import Analysis, Engine, SteerOutcome
 from saescope.apps.steerapp import SteerTask, build_steer_app, steer_app_main, steer_app_parser
 
@@ -61,7 +62,7 @@ class SegmentTask(SteerTask):
         return 250 if "digit-scenes" in source else 0  # the probe used the first 200 of 300
 
     def before_panel(self) -> list:
-        img = gr.Image(
+        img = ServedImage(
             show_label=False,
             interactive=False,
             format="png",
@@ -74,7 +75,7 @@ class SegmentTask(SteerTask):
 
     def after_panel(self) -> list:
         with gr.Row():
-            after = gr.Image(
+            after = ServedImage(
                 label="Segmentation after the edits",
                 interactive=False,
                 format="png",
@@ -82,7 +83,7 @@ class SegmentTask(SteerTask):
                 elem_id="seg-after",
                 buttons=[],
             )
-            changed = gr.Image(
+            changed = ServedImage(
                 label="Changed pixels (new class colour, pink outline)",
                 interactive=False,
                 format="png",

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
-import numpy as np
 
 from saescope.apps import panels
 from saescope.apps.engine import Analysis, Engine, SessionExpired, slider_edits
@@ -26,6 +25,7 @@ from saescope.apps.picker import (
 )
 from saescope.apps.text import error_box
 from saescope.apps.uploads import try_upload
+from saescope.apps.validate import BadInput, number_between, optional_feature_id
 
 N_SLOTS = 5  # feature sliders
 N_CANDIDATES = 10  # candidate feature cards
@@ -127,19 +127,19 @@ class Steering:
             )
         return name
 
-    def _feature(self, value) -> int | None:
-        if value is None or value == "" or (isinstance(value, float) and np.isnan(value)):
-            return None
-        try:
-            if float(value) != int(float(value)):
-                raise ValueError(f"feature id must be a whole number, got {value}")
-            return self.eng.check_feature(int(float(value)))
-        except (TypeError, ValueError) as err:
-            raise gr.Error(str(err), title="Unknown feature", print_exception=False) from None
-
     def _slots(self, args: Sequence[Any]) -> tuple[list[int | None], list[float]]:
-        ids = [self._feature(v) for v in args[:N_SLOTS]]
-        vals = [1.0 if v is None else float(v) for v in args[N_SLOTS : 2 * N_SLOTS]]
+        """The slots' feature ids (``None``: an empty slot) and slider values, checked."""
+        if len(args) != 2 * N_SLOTS:
+            raise BadInput(f"expected {N_SLOTS} slot ids and {N_SLOTS} slider values")
+        d_sae = self.eng.d_sae
+        ids = [
+            optional_feature_id(v, d_sae, f"slot {j + 1} feature id")
+            for j, v in enumerate(args[:N_SLOTS])
+        ]
+        vals = [
+            number_between(v, f"slot {j + 1} slider", 0.0, SLIDER_MAX)
+            for j, v in enumerate(args[N_SLOTS:])
+        ]
         return ids, vals
 
     def _edits(self, an: Analysis, ids, vals, mode: str, patches):
@@ -153,7 +153,8 @@ class Steering:
             mask = an.mask(patches)
             reference = {}
             for f in values:
-                act = an.codes[:, f].numpy() if mask is None else an.codes[:, f].numpy()[mask]
+                act = an.feature_codes(f).numpy()
+                act = act if mask is None else act[mask]
                 on = act[act > 0]
                 typical = (
                     float(st.mean_active[f]) if st is not None and st.mean_active[f] > 0 else 1.0
@@ -165,7 +166,7 @@ class Steering:
         return panels.top_feature_cards(self.eng, an, sel, N_CANDIDATES)
 
     def status_md(self, an: Analysis) -> str:
-        w, h = an.image.size
+        w, h = an.size
         t = an.timings
         return (
             f"**{w}×{h}** image → {an.grid[0]}×{an.grid[1]} patches; the SAE explains "
@@ -202,6 +203,7 @@ class Steering:
 
     # ------------------------------------------------------------------ events
     def on_image(self, upload, head, mode, scope, *slots):
+        self._slots(slots)  # refilled from the new image's candidates, but never garbage
         task = self.task
         n_after = len(task.after_components) + 3
         blank_slots = slot_updates([None] * N_SLOTS, [1.0] * N_SLOTS)
@@ -260,11 +262,11 @@ class Steering:
     def on_head(self, key, head, sel_text, mode, scope, *slots):
         task = self.task
         head = self._head(head)
+        ids, vals = self._slots(slots)
         md = head_markdown(self.eng, head)
         if not key:
             return (md, *task.empty_before(), *task.empty_after(), "", "", "")
         an = self._analysis(key)
-        ids, vals = self._slots(slots)
         sel = parse_selection(sel_text, an.grid)
         return (
             md,
@@ -273,11 +275,12 @@ class Steering:
         )
 
     def on_select(self, key, head, sel_text, mode, scope, *slots):
-        an = self._analysis(key)
         head = self._head(head)
+        ids, vals = self._slots(slots)
+        an = self._analysis(key)
         sel = parse_selection(sel_text, an.grid)
         items, cands = self.cards(an, sel)
-        ids, vals = refill(*self._slots(slots), cands)
+        ids, vals = refill(ids, vals, cands)
         return (
             describe_selection(sel, an.grid),
             items,
@@ -287,10 +290,11 @@ class Steering:
         )
 
     def on_steer(self, key, head, sel_text, mode, scope, *slots):
-        an = self._analysis(key)
+        head = self._head(head)
         ids, vals = self._slots(slots)
+        an = self._analysis(key)
         sel = parse_selection(sel_text, an.grid)
-        return self.steer_outputs(an, self._head(head), sel, scope, _mode(mode), ids, vals)
+        return self.steer_outputs(an, head, sel, scope, _mode(mode), ids, vals)
 
     def on_slot(self, *slots):
         """A feature id typed into a slot: the slider's label follows."""

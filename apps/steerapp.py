@@ -21,6 +21,7 @@ import gradio as gr
 import numpy as np
 
 from saescope.apps import adapter
+from saescope.apps.components import RawNumber, RawSlider, ServedGallery
 from saescope.apps.engine import MODEL_CONCURRENCY, Analysis, Engine, SteerOutcome
 from saescope.apps.launch import app_parser, loading_line, serve
 from saescope.apps.picker import on_pick, patch_picker_controls
@@ -247,7 +248,7 @@ def _top(eng: Engine, task: SteerTask, choices: list, default_head: str, example
         "put it on a free slider.",
         elem_classes="sae-note",
     )
-    gallery = gr.Gallery(
+    gallery = ServedGallery(
         show_label=False,
         columns=5,
         height=480,
@@ -278,7 +279,7 @@ def _slots(d_sae: int) -> tuple[list, list]:
     for j in range(N_SLOTS):
         with gr.Row(elem_classes="steer-slot"):
             slot_ids.append(
-                gr.Number(
+                RawNumber(
                     value=None,
                     precision=0,
                     minimum=0,
@@ -290,7 +291,7 @@ def _slots(d_sae: int) -> tuple[list, list]:
                 )
             )
             sliders.append(
-                gr.Slider(
+                RawSlider(
                     0,
                     SLIDER_MAX,
                     1.0,

@@ -17,11 +17,12 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
+from saescope.apps.components import UploadData
+from saescope.apps.validate import BadInput
 from saescope.core.fileio import atomic_path
-from saescope.core.images import ImageError, load_image
+from saescope.core.images import ImageError, load_image, tiny_image_note
 
 APP_MAX_PIXELS = 40_000_000  # decompression-bomb cap for uploads (about 7300 x 5500)
-APP_MIN_SIDE = 16
 MAX_FILE_SIZE = "40mb"
 
 
@@ -29,6 +30,9 @@ def _raw_upload(payload):
     """An image payload -> the uploaded file's path (or a pasted data URL's bytes), undecoded."""
     if payload is None:
         return None
+    refused = getattr(payload, "refused", None)  # not a file object (UploadData)
+    if refused:
+        raise BadInput(refused, title="Cannot use this image")
     url = getattr(payload, "url", None)
     if url and url.startswith("data:"):
         try:
@@ -58,6 +62,8 @@ def _define_safe_image():
             it with :func:`core.images.load_image`.
             """
 
+            data_model = UploadData  # a non-file payload gets our message, not Gradio's
+
             def preprocess(self, payload):  # type: ignore[override]
                 return _raw_upload(payload)
 
@@ -77,7 +83,8 @@ def read_upload(src: Any, name: str | None = None) -> Image.Image:
         raise gr.Error("Upload an image first (or pick one of the examples).", title="No image")
     label = name or (Path(src).name if isinstance(src, (str, os.PathLike)) else "the upload")
     try:
-        return load_image(src, max_pixels=APP_MAX_PIXELS, min_side=APP_MIN_SIDE, name=label)
+        # the size policy is core's (any decodable image, down to 1x1), as for extraction
+        return load_image(src, max_pixels=APP_MAX_PIXELS, name=label)
     except ImageError as err:
         raise gr.Error(
             upload_message(err), title="Cannot use this image", print_exception=False
@@ -95,12 +102,17 @@ def try_upload(src: Any) -> tuple[Image.Image | None, str | None]:
 
     Apps use this on upload so that a bad file leaves one clear message (the status line under
     the upload box, which stays) and a cleared upload box, instead of error badges on every
-    output. No toast as well: the same warning twice on one page reads as two problems.
+    output. No toast as well: the same warning twice on one page reads as two problems. An image
+    that is used but tiny (:func:`saescope.core.images.tiny_image_note`) gets an info toast.
     """
     try:
-        return read_upload(src), None
+        image = read_upload(src)
     except gr.Error as err:
         return None, err.message
+    note = tiny_image_note(image)
+    if note:  # accepted, but the user should know why its features say little
+        gr.Info(note[0].upper() + note[1:] + ".", title="Tiny image")
+    return image, None
 
 
 def upload_message(err: Exception) -> str:
@@ -161,7 +173,6 @@ def image_upload(height: int, examples: bool = True):
 
 __all__ = [
     "APP_MAX_PIXELS",
-    "APP_MIN_SIDE",
     "MAX_FILE_SIZE",
     "SafeImage",
     "read_upload",

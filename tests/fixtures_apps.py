@@ -65,8 +65,8 @@ def _awkward_files(folder: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def awkward_files() -> Callable[[Path], dict[str, Path]]:
     """``awkward_files(folder)`` -> {name: path}: good images in odd modes (rgb.png, grey.png,
-    rgba.png, cmyk.jpg, sixteen.png, palette.gif) and bad files (tiny.png, not_an_image.png,
-    empty.jpg, truncated.jpg, corrupt.png, bomb.png, huge.png)."""
+    rgba.png, cmyk.jpg, sixteen.png, palette.gif; tiny.png, 4x4, used with a note) and bad files
+    (not_an_image.png, empty.jpg, truncated.jpg, corrupt.png, bomb.png, huge.png)."""
     return _awkward_files
 
 
