@@ -145,6 +145,19 @@ def _wire_steer_and_ood(h: Browser, p: Page) -> None:
     )
 
 
+def _wire_share(h: Browser, p: Page, demo: gr.Blocks) -> None:
+    """Shared links: ``?feature=ID`` opens that feature on load (a bad id: a note, feature 0);
+    "copy link" copies the page's link to the feature shown; the address bar follows it."""
+    f = p.feat
+    note = gr.State("")
+    demo.load(h.on_query, None, [f.feature, note], api_visibility="private", queue=False).then(
+        h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private"
+    ).then(lambda m: m, note, f.msg, api_visibility="private", queue=False)
+    # a gr.State never reaches the page's js: read the box, which holds the id shown
+    f.copy_btn.click(None, f.feature, f.link_md, js=h.COPY_LINK, api_visibility="private")
+    f.stats_md.change(None, f.feature, None, js=h.SHOW_IN_URL, api_visibility="private")
+
+
 def build_app(
     bundle=None,
     *,
@@ -164,7 +177,7 @@ def build_app(
         _wire_image(h, p)
         _wire_feature(h, p)
         _wire_steer_and_ood(h, p)
-        demo.load(h.feature_outputs, p.feat_inputs, p.feat_outputs, api_visibility="private")
+        _wire_share(h, p, demo)
         demo.load(None, js=h.ENTER_APPLIES)  # Enter in a slider's number box applies it
         if h.scatter is not None:
             f = p.feat

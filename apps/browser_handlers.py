@@ -26,9 +26,9 @@ from saescope.apps.picker import (
     picker_html,
 )
 from saescope.apps.plots import FeatureScatter, histogram_image
-from saescope.apps.text import error_box, stats_markdown
+from saescope.apps.text import error_box, feature_caption, stats_markdown
 from saescope.apps.uploads import try_upload
-from saescope.apps.validate import feature_id, number_between, optional_feature_id
+from saescope.apps.validate import BadInput, feature_id, number_between, optional_feature_id
 from saescope.core.heatmap import render_spotlight, with_colorbar
 from saescope.core.ood import SAE_COMBINED, FeatureContribution, OODSuite, ScoreReport, score_tokens
 from saescope.core.steering import Edit
@@ -46,6 +46,19 @@ NO_OOD = (
     "`saescope ood-fit --bundle BUNDLE --store STORE`._"
 )
 NO_IMAGE_OOD = "_Upload an image to see how far it is from the bundle's dataset._"
+# the "copy link" button: the page's address with ?feature=ID, to the clipboard and shown
+COPY_LINK = """(f) => {
+  const url = window.location.origin + window.location.pathname + "?feature=" + f;
+  try { navigator.clipboard.writeText(url); } catch (e) {}
+  return "link copied: " + url;
+}"""
+# a new feature shown -> the address bar says so (?feature=ID), so it can be shared as it is
+SHOW_IN_URL = """(f) => {
+  if (f === null || f === undefined) return;
+  const q = new URLSearchParams(window.location.search);
+  q.set("feature", f);
+  window.history.replaceState(null, "", window.location.pathname + "?" + q.toString());
+}"""
 # a Slider has no submit event: Enter in its number box leaves the box, and that blur is the
 # slider's release (what its events listen to), so Enter applies a typed value at once
 ENTER_APPLIES = """() => document.addEventListener("keydown", (e) => {
@@ -116,6 +129,8 @@ class Browser:
     """The feature browser's state for one engine, and its event handlers."""
 
     ENTER_APPLIES = ENTER_APPLIES  # the page's script (``demo.load(js=...)``)
+    COPY_LINK = COPY_LINK
+    SHOW_IN_URL = SHOW_IN_URL
 
     def __init__(self, eng: Engine):
         self.eng = eng
@@ -219,7 +234,9 @@ class Browser:
         b, pre, st, scatter = self.b, self.pre, self.st, self.scatter
         f = self._check_feature(feature)
         fs = st.of(f) if st is not None else None
-        md = stats_markdown(f, fs)
+        labels = b.labels
+        details = labels.details(f) if labels is not None and f < labels.n_features else None
+        md = stats_markdown(f, fs, name=b.feature_name(f), details=details)
         hist = histogram_image(fs.get("histogram"), fs.get("bin_edges"), f) if fs else None
         ex = panels.exemplar_tiles(b, pre, f, N_EXEMPLARS)
         if not ex:
@@ -232,7 +249,7 @@ class Browser:
         for g, _sim in rel:
             tiles = panels.exemplar_tiles(b, pre, g, 1, panels.TILE)
             img = tiles[0][0] if tiles else self._blank()
-            rel_items.append((img, f"#{g}"))
+            rel_items.append((img, feature_caption(g, b.feature_name(g))))
         on = f not in edits or edits[f] != 0
         scale = edits.get(f, 1.0) if edits.get(f, 1.0) != 0 else 1.0
         scatter_img = scatter.render(None, f) if scatter is not None else None
@@ -278,6 +295,18 @@ class Browser:
         else:
             what = f"There is no feature {int(value)}"
         return shown, f"⚠ {what}: ids run from 0 to {n - 1}. Still showing feature {shown}.", False
+
+    def on_query(self, request: gr.Request):
+        """A shared link (``?feature=ID``) -> the feature to open and a note for a bad id (the
+        page then opens on feature 0, with the note by the feature box)."""
+        params = dict(request.query_params) if request is not None else {}
+        raw = params.get("feature")
+        if raw is None:
+            return 0, ""
+        try:
+            return feature_id(raw, self.eng.d_sae), ""
+        except BadInput as err:
+            return 0, f"⚠ The link's {err}. Showing feature 0."
 
     def feature_if_ok(self, ok, *args):
         """``feature_outputs`` after a valid id, else nothing changes."""
@@ -422,7 +451,8 @@ class Browser:
                 an.view, an.feature_map(c.feature), tiles, c.feature, c.contribution
             )
             freq = f"{c.frequency:.1%}" if c.frequency >= 1e-3 else f"1/{1 / c.frequency:,.0f}"
-            cards.append((card, f"#{c.feature} · +{c.contribution:.2f} · {freq}"))
+            name = self.b.feature_name(c.feature)
+            cards.append((card, feature_caption(c.feature, name, f"+{c.contribution:.2f}", freq)))
         return ood_markdown(reports, suite, contribs), cards, [c.feature for c in contribs]
 
     def on_random(self, fmin, fmax, amin, amax, use_filter):

@@ -20,7 +20,7 @@ from saescope.apps.browser_handlers import (
 )
 from saescope.apps.components import RawNumber, RawSlider, ServedGallery, ServedImage
 from saescope.apps.picker import patch_picker_controls
-from saescope.apps.text import model_details
+from saescope.apps.text import about_line
 from saescope.apps.uploads import image_upload
 
 HELP = """
@@ -89,6 +89,8 @@ class FeatureRow:
     rel_gallery: gr.Gallery
     msg: gr.Markdown | None = None
     shown: gr.State | None = None
+    copy_btn: gr.Button | None = None
+    link_md: gr.Markdown | None = None
 
     @property
     def ranges(self) -> list:
@@ -246,7 +248,9 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
                 )
                 show_btn = gr.Button("Show", size="sm", variant="primary", scale=1)
                 rand_btn = gr.Button("Random", size="sm", scale=1, elem_id="random")
+                copy_btn = gr.Button("Copy link", size="sm", scale=1, elem_id="copy-link")
             msg = gr.Markdown(elem_id="feature-msg", elem_classes="sae-note")
+            link_md = gr.Markdown(elem_id="share-link", elem_classes="sae-note")
             stats_md = gr.Markdown(elem_id="feature-stats")
             hist = ServedImage(
                 label="Activation histogram",
@@ -287,6 +291,7 @@ def _feature_row(d_sae: int, bounds: tuple[float, float, float, float]) -> Featu
             )
     row = FeatureRow(feature, show_btn, rand_btn, stats_md, hist, *finder, ex_gallery, rel_gallery)
     row.msg, row.shown = msg, gr.State(0)  # the note on a bad id typed in; the id shown
+    row.copy_btn, row.link_md = copy_btn, link_md
     return row
 
 
@@ -370,19 +375,12 @@ def _ood_tab(ood_note: str) -> tuple[gr.Markdown, gr.Gallery]:
 
 
 def _header(h: Browser) -> str:
-    eng, st, b = h.eng, h.st, h.b
-    n_live = int((st.frequency > 0).sum()) if st is not None else None
-    desc = model_details(
-        eng.title,
-        b.model.get("display_name") or b.model.get("model_id", ""),
-        h.layer,
-        f"SAE {eng.sae.cfg.name} ({eng.d_sae:,} features"
-        + (f", {n_live:,} alive" if n_live is not None else "")
-        + ")",
-    )
+    """The title and the one line under it: model, layer, SAE and its data in plain words."""
+    b = h.b
+    desc = about_line(b.manifest, b.model, h.eng.sae.cfg)
     return (
         f"<div class='sae-header'><h1>Feature browser</h1>"
-        f"<p class='sae-sub'><b>{html.escape(eng.title)}</b> — {html.escape(desc)}</p></div>"
+        f"<p class='sae-sub' id='about'>{html.escape(desc)}</p></div>"
     )
 
 

@@ -36,7 +36,14 @@ from saescope.apps.picker import (
     picker_cleared,
     picker_html,
 )
-from saescope.apps.text import error_box, model_details, pair_title, stats_markdown
+from saescope.apps.text import (
+    about_line,
+    error_box,
+    feature_caption,
+    pair_heading,
+    pair_title,
+    stats_markdown,
+)
 from saescope.apps.uploads import image_upload, try_upload
 from saescope.apps.validate import feature_id
 from saescope.core.heatmap import crop_box, render_spotlight
@@ -107,14 +114,16 @@ class Side:
             items.append(
                 (
                     panels.feature_card(an.view, an.feature_map(f), tiles, f, score),
-                    f"#{f} · {score:.2f}",
+                    feature_caption(f, self.bundle.feature_name(f), f"{score:.2f}"),
                 )
             )
         return items, [f for f, _, _ in feats]
 
     def feature(self, f: int, an=None, sel=()):
         fs = self.stats.of(f) if self.stats is not None else None
-        md = stats_markdown(f, fs)
+        labels = self.bundle.labels
+        details = labels.details(f) if labels is not None and f < labels.n_features else None
+        md = stats_markdown(f, fs, name=self.bundle.feature_name(f), details=details)
         ex = panels.exemplar_tiles(self.bundle, self.pre, f, N_EXEMPLARS)
         heat = None
         if an is not None:
@@ -165,7 +174,8 @@ class Comparison:
                 tiles = panels.exemplar_tiles(dst.bundle, dst.pre, g, 1)
                 img = tiles[0][0] if tiles else None
             if img is not None:
-                items.append((img, f"#{g} · {score:.2f}"))
+                name = dst.bundle.feature_name(g)
+                items.append((img, feature_caption(g, name, f"{score:.2f}")))
         label = (
             f"**Best matches on the {dst.name}** ({html.escape(dst.eng.title)}) for "
             f"{src.name} #{f} — _{how}_"
@@ -337,16 +347,11 @@ def _top_gallery(header: str, elem_id: str) -> gr.Gallery:
 
 
 def side_header(side: Side) -> str:
+    """The side's tag and its one line: model, layer, SAE and data in plain words."""
     b = side.bundle
-    sub = model_details(
-        side.eng.title,
-        b.model.get("display_name") or b.model.get("model_id", ""),
-        side.eng.layer,
-        f"{side.eng.sae.cfg.name}, {side.eng.d_sae:,} features",
-    )
+    sub = about_line(b.manifest, b.model, side.eng.sae.cfg)
     return (
         f"<div class='cmp-side'><div class='cmp-tag'>{side.name.upper()}</div>"
-        f"<b>{html.escape(side.eng.title)}</b><br>"
         f"<span class='sae-note'>{html.escape(sub)}</span></div>"
     )
 
@@ -405,9 +410,10 @@ def _layout(c: Comparison, mode: str | None, examples: bool) -> Page:
     lfeats, rfeats, lmatch_ids, rmatch_ids = gr.State([]), gr.State([]), gr.State([]), gr.State([])
     left_name, right_name = gr.State("left"), gr.State("right")
     note = " — offline default: two layers of one model" if mode == "offline" else ""
+    heading = pair_heading((L.bundle.manifest, L.bundle.model), (R.bundle.manifest, R.bundle.model))
     gr.HTML(
-        f"<div class='sae-header'><h1>Compare two SAEs</h1><p class='sae-sub'>"
-        f"{pair_title(L.eng.title, R.eng.title)}{html.escape(note)}</p></div>"
+        f"<div class='sae-header'><h1>Compare two SAEs: {html.escape(heading)}</h1>"
+        f"<p class='sae-sub'>{pair_title(L.eng.title, R.eng.title)}{html.escape(note)}</p></div>"
     )
     with gr.Accordion("How to read this page", open=False):
         gr.Markdown(HELP)

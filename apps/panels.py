@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from saescope.apps import adapter
+from saescope.apps.text import feature_caption
 from saescope.core.heatmap import model_view, render_spotlight
 
 TILE = 112  # exemplar tile size in cards and galleries
@@ -121,15 +122,16 @@ def feature_card(
 
 def top_feature_cards(eng, an, sel: set, n: int) -> tuple[list[tuple[Image.Image, str]], list[int]]:
     """The ``n`` top features of selection ``sel`` of analysed image ``an`` as gallery cards
-    (:func:`feature_card`, caption: id · mean activation · share of the selection where it
-    fires), and their ids."""
+    (:func:`feature_card`, caption: id and short label · mean activation · share of the
+    selection where it fires), and their ids."""
     feats = eng.top_features(an, sel, n)
     cards = []
     for f, score, n_fire in feats:
         tiles = [t for t, _ in exemplar_tiles(eng.bundle, eng.backbone.preprocess, f, 5, TILE)]
         card = feature_card(an.view, an.feature_map(f), tiles, f, score)
         where = f"{n_fire / (len(sel) if sel else an.n_patches):.0%}"  # of the selection
-        cards.append((card, f"#{f} · {score:.2f} · {where}"))
+        name = eng.bundle.feature_name(f)
+        cards.append((card, feature_caption(f, name, f"{score:.2f}", where)))
     return cards, [f for f, _, _ in feats]
 
 

@@ -8,6 +8,7 @@ toggles a feature, asserts that what is displayed changes, and saves a screensho
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def test_browser_upload_select_toggle(browser_app, page, ui, tmp_path) -> None:
     # open the strongest feature of the selection by clicking its card
     top_caption = page.locator("#top-features .caption-label").first.inner_text()
     page.locator("#top-features .thumbnail-item").first.click()
-    top_id = top_caption.split("·")[0].strip().lstrip("#")
+    top_id = top_caption.split()[0].lstrip("#")
     expect(page.locator("#feature-stats h3")).to_have_text(f"Feature {top_id}")
     page.wait_for_function("document.querySelectorAll('#exemplars img').length > 0")
     heat_before = ui.image_bytes("#heat-before img")
@@ -161,7 +162,7 @@ def test_browser_bad_feature_id_is_a_note_by_the_box(browser_app, page, ui, tmp_
     expect(page.locator("#feature-stats")).to_contain_text("Feature 0")
     box.fill("5")
     box.press("Enter")
-    expect(page.locator("#feature-stats h3")).to_have_text("Feature 5")
+    expect(page.locator("#feature-stats h3")).to_have_text(re.compile(r"^Feature 5\b"))
     page.wait_for_function("document.querySelectorAll('#exemplars img').length > 0")
     last = browser_app.demo.engine.d_sae - 1
     for bad, words in [
@@ -174,7 +175,7 @@ def test_browser_bad_feature_id_is_a_note_by_the_box(browser_app, page, ui, tmp_
         expect(msg).to_contain_text(words)
         expect(msg).to_contain_text(f"ids run from 0 to {last}. Still showing feature 5")
         expect(box).to_have_value("5")  # the id shown goes back in the box
-        expect(page.locator("#feature-stats h3")).to_have_text("Feature 5")
+        expect(page.locator("#feature-stats h3")).to_have_text(re.compile(r"^Feature 5\b"))
         expect(page.locator(".error")).to_have_count(0)
         expect(page.locator(".toast-body")).to_have_count(0)
     ui.shot("browser-bad-feature-id")
@@ -185,10 +186,10 @@ def test_browser_bad_feature_id_is_a_note_by_the_box(browser_app, page, ui, tmp_
     # nothing is blocked: a valid id opens and the note goes
     box.fill("9")
     box.press("Enter")
-    expect(page.locator("#feature-stats h3")).to_have_text("Feature 9")
+    expect(page.locator("#feature-stats h3")).to_have_text(re.compile(r"^Feature 9\b"))
     expect(msg).not_to_contain_text("no feature")
     page.locator("#related .thumbnail-item").first.click()
-    expect(page.locator("#feature-stats h3")).not_to_have_text("Feature 9")
+    expect(page.locator("#feature-stats h3")).not_to_have_text(re.compile(r"^Feature 9\b"))
 
     # the edit scale's number box applies on Enter, with no click elsewhere
     ui.upload(photo_file(tmp_path, 1))
@@ -203,6 +204,39 @@ def test_browser_bad_feature_id_is_a_note_by_the_box(browser_app, page, ui, tmp_
     expect(page.locator("#effect")).to_contain_text("Edits moved")
     expect(page.locator(".error")).to_have_count(0)
     ui.shot("browser-scale-enter")
+
+
+def test_browser_share_links(browser_app, page) -> None:
+    """``?feature=7`` opens feature 7 (with its label where the bundle has labels); "Copy link"
+    copies and shows the link to the feature shown; the address bar follows the feature; a
+    bad ``?feature=`` opens the page normally with a note by the feature box."""
+    from playwright.sync_api import expect
+
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.goto(browser_app.url + "?feature=7")
+    stats = page.locator("#feature-stats h3")
+    expect(stats).to_have_text(re.compile(r"^Feature 7\b"))
+    name = browser_app.demo.engine.bundle.feature_name(7)
+    if name:
+        expect(stats).to_contain_text(name)
+    expect(page.locator("#feature-id input")).to_have_value("7")
+    page.wait_for_function("window.location.search.includes('feature=7')")
+    page.locator("#copy-link").click()
+    expect(page.locator("#share-link")).to_contain_text("link copied")
+    expect(page.locator("#share-link")).to_contain_text("?feature=7")
+    assert page.evaluate("navigator.clipboard.readText()").endswith("?feature=7")
+    box = page.locator("#feature-id input")
+    box.fill("5")
+    box.press("Enter")
+    expect(stats).to_have_text(re.compile(r"^Feature 5\b"))
+    page.wait_for_function("window.location.search.includes('feature=5')")
+
+    for bad in ("abc", "99999"):
+        page.goto(browser_app.url + f"?feature={bad}")
+        expect(page.locator("#feature-msg")).to_contain_text("feature id must be a whole number")
+        expect(page.locator("#feature-msg")).to_contain_text(f"got '{bad}'")
+        expect(stats).to_have_text(re.compile(r"^Feature 0\b"))
+        expect(page.locator(".error")).to_have_count(0)
 
 
 # ------------------------------------------------------------------------------ comparison
@@ -240,12 +274,12 @@ def test_compare_side_by_side_and_matches(compare_app, page, ui, tmp_path) -> No
 
     # the strongest feature of each side was opened on upload; open another one on the left
     card = page.locator("#left-top .thumbnail-item").nth(1)
-    left_id = page.locator("#left-top .caption-label").nth(1).inner_text().split("·")[0].strip()
+    left_id = page.locator("#left-top .caption-label").nth(1).inner_text().split()[0]
     card.click()
     expect(page.get_by_text(f"for left {left_id}")).to_be_visible()
     expect(page.locator("#left-feature input")).to_have_value(left_id.lstrip("#"))
     page.wait_for_function("document.querySelectorAll('#left-matches img').length > 0")
-    first_match = page.locator("#left-matches .caption-label").first.inner_text().split("·")[0]
+    first_match = page.locator("#left-matches .caption-label").first.inner_text().split()[0]
     page.locator("#left-matches .thumbnail-item").first.click()
     expect(page.locator("#right-feature input")).to_have_value(first_match.strip().lstrip("#"))
     page.wait_for_function("document.querySelectorAll('#right-exemplars img').length > 0")
@@ -260,13 +294,13 @@ def test_compare_right_cards_and_matches(compare_app, page, ui, tmp_path) -> Non
     ui.upload(photo_file(tmp_path, 3))
     expect(page.locator("#picker .pp-cell")).to_have_count(256)
     page.wait_for_function("document.querySelectorAll('#right-top img').length > 2")
-    right_id = page.locator("#right-top .caption-label").nth(2).inner_text().split("·")[0].strip()
+    right_id = page.locator("#right-top .caption-label").nth(2).inner_text().split()[0]
     page.locator("#right-top .thumbnail-item").nth(2).click()
     expect(page.locator("#right-feature input")).to_have_value(right_id.lstrip("#"))
     expect(page.get_by_text(f"for right {right_id}")).to_be_visible()
     page.wait_for_function("document.querySelectorAll('#right-exemplars img').length > 0")
     page.wait_for_function("document.querySelectorAll('#right-matches img').length > 0")
-    match = page.locator("#right-matches .caption-label").first.inner_text().split("·")[0]
+    match = page.locator("#right-matches .caption-label").first.inner_text().split()[0]
     page.locator("#right-matches .thumbnail-item").first.click()
     expect(page.locator("#left-feature input")).to_have_value(match.strip().lstrip("#"))
     page.wait_for_function("document.querySelectorAll('#left-exemplars img').length > 0")

