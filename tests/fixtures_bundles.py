@@ -310,6 +310,26 @@ def offline_bundle() -> Callable[..., Path]:
     return _offline_bundle
 
 
+@pytest.fixture(scope="session")
+def app_bundle(offline_bundle, tmp_path_factory) -> Callable[[int], Path]:
+    """``app_bundle(layer)`` -> one labelled offline bundle per layer per test session (16
+    packaged photos), shared by every browser test module, so a run builds each once."""
+
+    def at(layer: int) -> Path:
+        from saescope.train.feature_labels import label_bundle
+
+        root = tmp_path_factory.getbasetemp() / "apps-offline-bundles"
+        root.mkdir(exist_ok=True)
+        path = root / f"offline-l{layer}"
+        if not (path / "bundle.json").is_file() or not (path / "labels").is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            offline_bundle(root, layer=layer, n_images=16, name=path.name, train_steps=40)
+            label_bundle(path, progress=False)
+        return path
+
+    return at
+
+
 def _add_probes(bundle: Path, n_scenes: int = 40, n_digits: int = 60) -> Path:
     """Fit a ``digit-scenes`` segmentation and a ``digits`` classification probe on ``bundle``'s
     backbone through the real ``fit_probe`` and store them in it."""

@@ -9,7 +9,6 @@ toggles a feature, asserts that what is displayed changes, and saves a screensho
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,17 +22,6 @@ playwright = pytest.importorskip(
 )
 
 
-def bundle_at(offline_bundle, tmp_path_factory, layer: int) -> Path:
-    """One offline bundle per layer per test session (shared by the tests that need it)."""
-    root = tmp_path_factory.getbasetemp() / "apps-offline-bundles"
-    root.mkdir(exist_ok=True)
-    path = root / f"offline-l{layer}"
-    if not (path / "bundle.json").is_file():
-        shutil.rmtree(path, ignore_errors=True)
-        offline_bundle(root, layer=layer, n_images=16, name=path.name, train_steps=40)
-    return path
-
-
 def photo_file(tmp_path: Path, index: int = 1) -> Path:
     from saescope.core.sources import open_source
 
@@ -44,10 +32,10 @@ def photo_file(tmp_path: Path, index: int = 1) -> Path:
 
 # ------------------------------------------------------------------------------ feature browser
 @pytest.fixture(scope="module")
-def browser_app(tmp_path_factory, offline_bundle, serve):
+def browser_app(app_bundle, serve):
     from saescope.apps.browser import build_app
 
-    served = serve(build_app(str(bundle_at(offline_bundle, tmp_path_factory, -2)), warm_up=True))
+    served = serve(build_app(str(app_bundle(-2)), warm_up=True))
     yield served
     served.close()
 
@@ -217,8 +205,8 @@ def test_browser_share_links(browser_app, page) -> None:
     stats = page.locator("#feature-stats h3")
     expect(stats).to_have_text(re.compile(r"^Feature 7\b"))
     name = browser_app.demo.engine.bundle.feature_name(7)
-    if name:
-        expect(stats).to_contain_text(name)
+    assert name  # the test bundles are labelled (app_bundle runs `saescope labels`)
+    expect(stats).to_contain_text(name)
     expect(page.locator("#feature-id input")).to_have_value("7")
     page.wait_for_function("window.location.search.includes('feature=7')")
     page.locator("#copy-link").click()
@@ -241,11 +229,11 @@ def test_browser_share_links(browser_app, page) -> None:
 
 # ------------------------------------------------------------------------------ comparison
 @pytest.fixture(scope="module")
-def compare_app(tmp_path_factory, offline_bundle, serve):
+def compare_app(app_bundle, serve):
     from saescope.apps.compare import build_app
 
-    left = bundle_at(offline_bundle, tmp_path_factory, 6)
-    right = bundle_at(offline_bundle, tmp_path_factory, -2)
+    left = app_bundle(6)
+    right = app_bundle(-2)
     served = serve(build_app(str(left), str(right)))
     yield served
     served.close()

@@ -5,7 +5,6 @@ upload warns once, and the subtitles name each model once. Screenshots (PNG) go 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -19,18 +18,6 @@ playwright = pytest.importorskip(
 )
 
 
-def bundle_at(offline_bundle, tmp_path_factory, layer: int) -> Path:
-    """One offline bundle per layer per test session (the same folders as the other browser
-    tests use, so a run of both builds each once)."""
-    root = tmp_path_factory.getbasetemp() / "apps-offline-bundles"
-    root.mkdir(exist_ok=True)
-    path = root / f"offline-l{layer}"
-    if not (path / "bundle.json").is_file():
-        shutil.rmtree(path, ignore_errors=True)
-        offline_bundle(root, layer=layer, n_images=16, name=path.name, train_steps=40)
-    return path
-
-
 def photo_file(tmp_path: Path, index: int = 1) -> Path:
     from saescope.core.sources import open_source
 
@@ -40,21 +27,21 @@ def photo_file(tmp_path: Path, index: int = 1) -> Path:
 
 
 @pytest.fixture(scope="module")
-def compare_app(tmp_path_factory, offline_bundle, serve):
+def compare_app(app_bundle, serve):
     from saescope.apps.compare import build_app
 
-    left = bundle_at(offline_bundle, tmp_path_factory, 6)
-    right = bundle_at(offline_bundle, tmp_path_factory, -2)
+    left = app_bundle(6)
+    right = app_bundle(-2)
     served = serve(build_app(str(left), str(right)))
     yield served
     served.close()
 
 
 @pytest.fixture(scope="module")
-def browser_app(tmp_path_factory, offline_bundle, serve):
+def browser_app(app_bundle, serve):
     from saescope.apps.browser import build_app
 
-    served = serve(build_app(str(bundle_at(offline_bundle, tmp_path_factory, -2)), warm_up=True))
+    served = serve(build_app(str(app_bundle(-2)), warm_up=True))
     yield served
     served.close()
 
