@@ -45,8 +45,10 @@ features and watch the probabilities change, with nothing retrained.
    so its answer there means little. The probe's held-out accuracy is shown under its name.
 2. **Select patches** — click a patch to toggle it, or press and drag a rectangle. With nothing
    selected, the whole image counts.
-3. **Candidate features** — the features that fire most on the selection; the five strongest are
-   on the sliders. Click another card to put it on a free slider (or type a feature id in a slot).
+3. **Candidate features** — left, the features that fire most on the selection; right, the
+   *features that matter*: ranked by their estimated effect on the predicted class's
+   log-probability (one backward pass), the top three really switched off and measured. The five
+   that matter most are on the sliders. Click a card to put it on a free slider (or type an id).
 4. **Steer** — a slider scales its feature (0 = off, 1 = unchanged, 5 = five times stronger) on
    the selected patches, on all patches, or on all patches *and the CLS token* (what the probe
    reads; the SAE was trained on patch tokens, so editing the CLS token is an extrapolation). The

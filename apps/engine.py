@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from saescope.apps import adapter, memory
+from saescope.core.attribution import AttributionResult, attribute
 from saescope.core.bundle import Bundle
 from saescope.core.heatmap import model_view
 from saescope.core.search import top_features_of_codes
@@ -102,6 +103,7 @@ class Analysis:
     head_before: np.ndarray | None  # the default head's output (see module docstring)
     timings: dict = field(default_factory=dict)
     heads_before: dict = field(default_factory=dict)  # head name -> unedited output
+    ood: object = None  # the bundle OOD suite's main ScoreReport (Engine.ood), computed once
 
     @property
     def n_patches(self) -> int:
@@ -359,11 +361,106 @@ class Engine:
             an.heads_before[name] = out
             return out
 
+    # -- out of distribution -------------------------------------------------------------------
+    def ood_suite(self):
+        """The bundle's calibrated OOD suite (``ood`` component), loaded once; ``None`` without
+        one or when it cannot be read (the apps then show no verdict rather than fail)."""
+        if not hasattr(self, "_ood_suite"):
+            suite = None
+            if self.bundle.has("ood"):
+                from saescope.core.ood import OODSuite
+
+                try:
+                    suite = OODSuite.load(self.bundle.component_path("ood"))
+                except (OSError, ValueError, KeyError):
+                    suite = None
+            self._ood_suite = suite
+        return self._ood_suite
+
+    @torch.inference_mode()
+    def ood(self, an: Analysis):
+        """The image's main OOD score read against the bundle's own calibration (the combined
+        SAE score when there is one): a :class:`core.ood.ScoreReport` with its percentile among
+        held-out in-distribution images and the suite's threshold; ``None`` without a suite."""
+        if an.ood is not None:
+            return an.ood
+        suite = self.ood_suite()
+        if suite is None:
+            return None
+        from saescope.core.ood import SAE_COMBINED, score_tokens
+
+        pos = an.cache.layout.indices([TokenKind.PATCH])
+        with self.lock:
+            reports, _ = score_tokens(suite, self.sae, an.cache.tokens[0, pos].float())
+        if not reports:
+            return None
+        an.ood = next((r for r in reports if r.name == SAE_COMBINED), reports[0])
+        return an.ood
+
+    def head_reference(self, name: str | None = None):
+        """The OOD reference of a head (:mod:`apps.head_ood`), built once from the first images
+        of the data set it was fitted on; ``None`` when its source is unknown or unreadable."""
+        name = name or self.default_head
+        refs = self.__dict__.setdefault("_head_refs", {})
+        if name not in refs:
+            info = self.head_info(name)
+            source = (info.get("metrics") or {}).get("source")
+            ref = None
+            if source:
+                from saescope.apps.head_ood import fit_reference
+
+                m = info["metrics"]
+                used = int(m.get("n_train_images", 0)) + int(m.get("n_test_images", 0))
+                with self.lock:
+                    ref = fit_reference(
+                        self.backbone, self.sae, name, source, info["kind"], n_used=used
+                    )
+            refs[name] = ref
+        return refs[name]
+
+    def head_ood(self, an: Analysis, head: str | None = None):
+        """The image against ``head``'s own data (:class:`apps.head_ood.HeadOOD`) or ``None``."""
+        ref = self.head_reference(head)
+        if ref is None:
+            return None
+        c = an.stored_codes
+        mean = c.dense().mean(0) if isinstance(c, CompactCodes) else c.mean(0)
+        return ref.check(mean.numpy())
+
     # -- features ----------------------------------------------------------------------------
     def top_features(
         self, an: Analysis, selection: Iterable[tuple[int, int]] | None, n: int = 12
     ) -> list[tuple[int, float, int]]:
         return top_features_of_codes(an.codes, an.mask(selection), n)
+
+    def attribute(
+        self,
+        an: Analysis,
+        selection: Iterable[tuple[int, int]] | None,
+        head: str | None = None,
+        top: int = 10,
+        confirm: int = 3,
+        kinds: str = "patch",
+    ) -> AttributionResult | None:
+        """Features on the selection (all patches when empty) ranked by their effect on
+        ``head`` (:func:`core.attribution.attribute`: one backward pass, the top ``confirm``
+        really ablated); ``None`` without a head. Not under inference mode: it needs a graph."""
+        module = self.get_head(head)
+        if module is None:
+            return None
+        patches = sorted({(int(r), int(c)) for r, c in selection}) if selection else None
+        memory.touch()
+        with self.lock:
+            return attribute(
+                self.backbone,
+                self.sae,
+                module,
+                an.cache,
+                patches,
+                top=top,
+                confirm=confirm,
+                kinds=kinds,
+            )
 
     # -- steering ----------------------------------------------------------------------------
     @torch.inference_mode()

@@ -36,9 +36,10 @@ change features and watch the head's answer change, with nothing retrained.
    it is accurate.
 2. **Select patches** — click a patch to toggle it, or press and drag a rectangle (a drag that
    starts on a selected patch removes the rectangle). With nothing selected, the whole image counts.
-3. **Candidate features** — the features that fire most on the selection; the five strongest are
-   put on the sliders. Click another card to put it on a free slider (or type a feature id into a
-   slot and press Enter).
+3. **Candidate features** — left, the features that fire most on the selection; right, the
+   *features that matter*: ranked by their estimated effect on the head (one backward pass), the
+   top three really switched off and measured. The five that matter most are put on the sliders.
+   Click a card to put it on a free slider (or type a feature id into a slot and press Enter).
 4. **Steer** — a slider scales its feature on the chosen patches: 0 switches it off, 1 leaves it
    alone, 5 makes it five times stronger. The edited tokens are the SAE reconstruction with the
    edited codes *plus the SAE's error term*, so all sliders at 1 give exactly the original output.

@@ -52,6 +52,45 @@ def head_markdown(eng: Engine, name: str) -> str:
     )
 
 
+ATTR_NOTE = (
+    "<span class='sae-note'>Ranked by their estimated effect on the head (gradient × activation "
+    "through the rest of the model, one backward pass; the first-order change of {objective} "
+    "if the feature were switched off on the selection). The top {n_conf} were really switched "
+    "off and measured. These fill the sliders; the cards above are the features that fire most, "
+    "which often move nothing.</span>"
+)
+
+
+def _measured(kind: str, metrics: dict) -> str:
+    if kind == "classification":
+        flip = " (prediction flips)" if metrics.get("flipped") else ""
+        return f"p(predicted) {metrics['prob_change']:+.3f}{flip}"
+    return f"{metrics['changed_fraction']:.1%} of pixels change class"
+
+
+def attribution_markdown(res, head: str, where: str) -> str:
+    """The "features that matter" table: id · activation · estimated and measured effect."""
+    if res is None:
+        return "_No head to attribute to._"
+    if not res.ranking:
+        return "_No feature fires on the selection._"
+    measured = {a.feature: _measured(res.kind, a.metrics) for a in res.confirmed}
+    lines = [
+        f"**Features that matter** for *{html.escape(head)}* on {where} "
+        f"({res.seconds.get('total_s', 0.0) * 1000:.0f} ms)",
+        "",
+        "| feature | activation | est. effect | measured when switched off |",
+        "|---|---|---|---|",
+    ]
+    for s in res.ranking:
+        lines.append(
+            f"| #{s.feature} | {s.activation:.2f} | {s.estimate:+.3g} | "
+            f"{measured.get(s.feature, '–')} |"
+        )
+    lines += ["", ATTR_NOTE.format(objective=html.escape(res.objective), n_conf=len(measured))]
+    return "\n".join(lines)
+
+
 def edits_markdown(edits, scope: str, n_sel: int) -> str:
     if not edits:
         return "_No edits: every slider is at 1, the model runs unchanged._"
@@ -165,6 +204,58 @@ class Steering:
     def cards(self, an: Analysis, sel: set):
         return panels.top_feature_cards(self.eng, an, sel, N_CANDIDATES)
 
+    def attribution(self, an: Analysis, head: str, sel: set, scope: str, cands: list[int]):
+        """Slider candidates by causal effect on ``head`` and their table (markdown).
+
+        The selection (the whole image when empty) is attributed; with the CLS scope the CLS
+        token too, as the sliders then edit it. Falls back to the activation order ``cands``
+        where nothing can be attributed."""
+        kinds = "cls,patch" if scope == SCOPE_CLS else "patch"
+        res = self.eng.attribute(an, sel, head=head, kinds=kinds, top=N_CANDIDATES)
+        where = f"the {len(sel)} selected patches" if sel else "all patches"
+        if scope == SCOPE_CLS:
+            where += " and the CLS token"
+        feats = res.features(N_CANDIDATES) if res is not None and res.ranking else list(cands)
+        return feats, attribution_markdown(res, head, where)
+
+    def ood_markdown(self, an: Analysis, head: str) -> str:
+        """A warning next to the prediction when the image is unlike the data the head was
+        fitted on (its own reference, :mod:`apps.head_ood`) or the data the SAE was fitted on
+        (the bundle's calibrated OOD suite and threshold); one quiet line when it is neither."""
+        warn, ok = [], []
+        h = self.eng.head_ood(an, head)
+        if h is not None:
+            pct = f"{h.tpr * 100:.0f}th percentile"
+            if h.is_ood:
+                warn.append(
+                    f"unlike the data the <b>{html.escape(head)}</b> head was "
+                    f"fitted on (OOD score {h.score:.2f}, above the {pct} of its training "
+                    f"images, {h.threshold:.2f}; reference: {html.escape(h.source)})"
+                )
+            else:
+                ok.append(f"like the {html.escape(head)} head's data (score {h.score:.2f})")
+        rep = self.eng.ood(an)
+        if rep is not None:
+            suite = self.eng.ood_suite()
+            src = html.escape(str((suite.meta or {}).get("source", "the bundle's data")))
+            if rep.is_ood:
+                warn.append(
+                    f"unlike the data the SAE was fitted on (OOD score {rep.score:.2f}, "
+                    f"above the {suite.tpr * 100:.0f}th percentile of in-distribution images, "
+                    f"{rep.threshold:.2f}; reference: {src})"
+                )
+            else:
+                ok.append(f"like the SAE's data ({rep.percentile:.0f}th percentile)")
+        if warn:
+            return (
+                "<div class='steer-callout changed' id='ood-warning'>⚠ This image is "
+                + "; and ".join(warn)
+                + ": treat the prediction with caution.</div>"
+            )
+        if ok:
+            return f"<span class='sae-note' id='ood-ok'>In distribution: {'; '.join(ok)}.</span>"
+        return ""
+
     def status_md(self, an: Analysis) -> str:
         w, h = an.size
         t = an.timings
@@ -216,7 +307,9 @@ class Steering:
                 "",
                 "",
                 *task.empty_before(),
+                "",
                 [],
+                "",
                 [],
                 *blank_slots,
                 *([gr.update()] * n_after),
@@ -231,7 +324,9 @@ class Steering:
                 "",
                 "",
                 *task.empty_before(),
+                "",
                 [],
+                "",
                 [],
                 *blank_slots,
                 *task.empty_after(),
@@ -243,7 +338,8 @@ class Steering:
         an = self.eng.analyse(image)
         before = self.eng.head_before(an, head)
         items, cands = self.cards(an, set())
-        ids, vals = refill([None] * N_SLOTS, [1.0] * N_SLOTS, cands)
+        feats, attr_md = self.attribution(an, head, set(), scope, cands)
+        ids, vals = refill([None] * N_SLOTS, [1.0] * N_SLOTS, feats)
         after = self.steer_outputs(an, head, set(), scope, _mode(mode), ids, vals)
         return (
             gr.update(),
@@ -253,7 +349,9 @@ class Steering:
             "",
             describe_selection(set(), an.grid),
             *task.render_before(an, head, before),
+            self.ood_markdown(an, head),
             items,
+            attr_md,
             cands,
             *slot_updates(ids, vals),
             *after,
@@ -265,12 +363,13 @@ class Steering:
         ids, vals = self._slots(slots)
         md = head_markdown(self.eng, head)
         if not key:
-            return (md, *task.empty_before(), *task.empty_after(), "", "", "")
+            return (md, *task.empty_before(), "", *task.empty_after(), "", "", "")
         an = self._analysis(key)
         sel = parse_selection(sel_text, an.grid)
         return (
             md,
             *task.render_before(an, head, self.eng.head_before(an, head)),
+            self.ood_markdown(an, head),
             *self.steer_outputs(an, head, sel, scope, _mode(mode), ids, vals),
         )
 
@@ -280,10 +379,12 @@ class Steering:
         an = self._analysis(key)
         sel = parse_selection(sel_text, an.grid)
         items, cands = self.cards(an, sel)
-        ids, vals = refill(ids, vals, cands)
+        feats, attr_md = self.attribution(an, head, sel, scope, cands)
+        ids, vals = refill(ids, vals, feats)
         return (
             describe_selection(sel, an.grid),
             items,
+            attr_md,
             cands,
             *slot_updates(ids, vals),
             *self.steer_outputs(an, head, sel, scope, _mode(mode), ids, vals),
@@ -345,6 +446,7 @@ __all__ = [
     "SCOPES",
     "SCOPE_CLS",
     "slot_label",
+    "attribution_markdown",
     "head_markdown",
     "edits_markdown",
 ]

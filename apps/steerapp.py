@@ -151,6 +151,8 @@ class Page:
     all_btn: gr.Button
     sel_info: gr.Markdown
     gallery: gr.Gallery
+    ood_md: gr.HTML
+    attr_md: gr.Markdown
     mode: gr.Radio | None = None
     scope: gr.Radio | None = None
     slot_ids: list | None = None
@@ -239,24 +241,29 @@ def _top(eng: Engine, task: SteerTask, choices: list, default_head: str, example
         with gr.Column(scale=4, min_width=260):
             gr.Markdown(f"### {task.before_title}")
             task.before_components = task.before_panel()
+            ood_md = gr.HTML(elem_id="ood")
     gr.Markdown("### ③ Candidate features of the selection", elem_classes="sae-section")
-    gr.Markdown(
-        "The features with the highest mean activation over the selected patches (the "
-        "whole image when none is selected). Big tile: where it fires on your image; "
-        "small tiles: its top dataset images. Caption: id · mean activation · share of "
-        "patches where it fires. The top five are on the sliders below; click a card to "
-        "put it on a free slider.",
-        elem_classes="sae-note",
-    )
-    gallery = ServedGallery(
-        show_label=False,
-        columns=5,
-        height=480,
-        allow_preview=False,
-        format="jpeg",
-        elem_id="candidates",
-        object_fit="contain",
-    )
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=300):
+            gr.Markdown(
+                "**Features that fire most**: the highest mean activation over the selected "
+                "patches (the whole image when none is selected). Big tile: where it fires on "
+                "your image; small tiles: its top dataset images. Caption: id · mean "
+                "activation · share of patches where it fires. Click a card to put it on a "
+                "free slider.",
+                elem_classes="sae-note",
+            )
+            gallery = ServedGallery(
+                show_label=False,
+                columns=5,
+                height=480,
+                allow_preview=False,
+                format="jpeg",
+                elem_id="candidates",
+                object_fit="contain",
+            )
+        with gr.Column(scale=2, min_width=260):
+            attr_md = gr.Markdown(elem_id="attribution")
     return Page(
         key,
         cand_state,
@@ -270,6 +277,8 @@ def _top(eng: Engine, task: SteerTask, choices: list, default_head: str, example
         all_btn,
         sel_info,
         gallery,
+        ood_md,
+        attr_md,
     )
 
 
@@ -346,7 +355,9 @@ def _wire_image(h: Steering, p: Page, after_out: list) -> None:
             p.sel_text,
             p.sel_info,
             *task.before_components,
+            p.ood_md,
             p.gallery,
+            p.attr_md,
             p.cand_state,
             *slots,
             *after_out,
@@ -357,11 +368,11 @@ def _wire_image(h: Steering, p: Page, after_out: list) -> None:
     p.head_dd.change(
         h.on_head,
         p.state_in,
-        [p.head_md, *task.before_components, *after_out],
+        [p.head_md, *task.before_components, p.ood_md, *after_out],
         api_name="head",
         **MODEL,
     )
-    sel_out = [p.sel_info, p.gallery, p.cand_state, *slots, *after_out]
+    sel_out = [p.sel_info, p.gallery, p.attr_md, p.cand_state, *slots, *after_out]
     p.picker.pick(on_pick, None, p.sel_text, api_visibility="private", queue=False).then(
         h.on_select, p.state_in, sel_out, api_visibility="private", **MODEL
     )
@@ -420,6 +431,7 @@ def build_steer_app(
     if warm_up:
         eng.warm_up()
         eng.head_info(default_head)
+        eng.head_reference(default_head)  # its OOD reference: not on the first visitor's time
     h = Steering(eng, task, names)
     with gr.Blocks(
         title=title or f"saescope · {task.title} · {eng.title}", analytics_enabled=False

@@ -223,7 +223,7 @@ def steer(request, tiny_probe_bundle, serve, tmp_path_factory, photo):
     client = client_for(served, tmp_path_factory)
     head = demo.default_head
     out = client.predict(handle_file(str(photo)), head, MODE, SCOPE, *slots(), api_name="/analyse")
-    ids = [u["value"] for u in out[8 : 8 + N_SLOTS]]
+    ids = [u["value"] for u in out[10 : 10 + N_SLOTS]]  # after OOD line, cards, attribution
     assert all(isinstance(f, int) for f in ids)
     yield client, head, ids
     served.close()

@@ -9,6 +9,7 @@ screenshot (PNG) under ``$SAESCOPE_SCREENSHOTS`` (default ``runs/screenshots``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def card_onto_free_slider(page) -> str:
     expect(page.locator("#edits")).to_contain_text(f"#{kept} off")
     on_sliders = {page.locator(f"#slot-{j}-feature input").input_value() for j in range(5)}
     captions = page.locator("#candidates .caption-label").all_inner_texts()
-    ids = [c.split("·")[0].strip().lstrip("#") for c in captions]
+    ids = [re.match(r"\s*#?(\d+)", c).group(1) for c in captions]  # "#id label · …"
     card = next(i for i, f in enumerate(ids) if f not in on_sliders)
     page.locator("#candidates .thumbnail-item").nth(card).click()
     fid = ids[card]
@@ -103,6 +104,8 @@ def test_segment_example_select_slide(segment_app, page, ui, wait_for) -> None:
     n_sel = page.locator("#picker .pp-cell.on").count()
     assert n_sel > 50
     expect(page.locator("#sel-info")).to_contain_text(f"{n_sel} of 256 patches selected")
+    # the selection's sliders are filled once its attribution is shown: move them after that
+    expect(page.locator("#attribution")).to_contain_text(f"on the {n_sel} selected patches")
     after_before = ui.image_bytes("#seg-after img")
 
     # amplify the two strongest candidates on all patches: the segmentation changes
@@ -186,6 +189,7 @@ def test_classify_example_select_slide(classify_app, page, ui) -> None:
     ui.drag("#picker .pp-grid", (0.25, 0.1), (0.75, 0.9))
     n_sel = page.locator("#picker .pp-cell.on").count()
     expect(page.locator("#sel-info")).to_contain_text(f"{n_sel} of 256 patches selected")
+    expect(page.locator("#attribution")).to_contain_text(f"on the {n_sel} selected patches")
     # the strongest candidates, amplified on every token the probe can see
     page.locator("#scope label").filter(has_text="CLS").click()
     for slot in range(3):
@@ -251,3 +255,47 @@ def test_segment_slot_feature_id_applies_on_enter(segment_app, page, ui) -> None
     expect(page.locator("#edits")).to_contain_text(f"#{other} off")
     expect(page.locator(".error")).to_have_count(0)
     ui.shot("segment-slot-enter")
+
+
+# ------------------------------------------------------------------------------ issue 12
+def test_segment_selection_fills_sliders_with_features_that_matter(segment_app, page, ui) -> None:
+    """Selecting patches ranks the features by their effect on the head beside the cards, with
+    the measured effect of the top ones, and puts that ranking on the sliders."""
+    from playwright.sync_api import expect
+
+    page.goto(segment_app.url)
+    pick_example(page, "contains")
+    expect(page.locator("#picker .pp-cell")).to_have_count(256)
+    expect(page.locator("#attribution")).to_contain_text("Features that matter")
+    ui.drag("#picker .pp-grid", (0.3, 0.3), (0.7, 0.7))
+    n_sel = page.locator("#picker .pp-cell.on").count()
+    assert n_sel > 10
+    table = page.locator("#attribution")
+    expect(table).to_contain_text(f"on the {n_sel} selected patches")
+    expect(table).to_contain_text("of pixels change class")  # the confirmed ones, measured
+    ranked = [
+        t.strip().lstrip("#") for t in table.locator("tbody tr td:first-child").all_inner_texts()
+    ]
+    assert len(ranked) >= 5
+    for j in range(5):
+        expect(page.locator(f"#slot-{j}-feature input")).to_have_value(ranked[j])
+    expect(page.locator("#candidates img").first).to_be_visible()  # the activation cards stay
+    expect(page.locator(".toast-body")).to_have_count(0)
+    ui.shot("segment-attribution")
+
+
+def test_classify_warns_on_the_motorcycle_not_on_a_digit(classify_app, page, ui) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(classify_app.url)
+    pick_example(page, "true class")  # a held-out digit: no warning
+    expect(page.locator("#pred-before")).to_contain_text("Predicted:")
+    expect(page.locator("#ood")).to_contain_text("In distribution")
+    expect(page.locator("#ood-warning")).to_have_count(0)
+    expect(page.locator("#attribution")).to_contain_text("log-probability")
+    pick_example(page, "photo: motorcycle")
+    warning = page.locator("#ood-warning")
+    expect(warning).to_contain_text("unlike the data the digits head was fitted on")
+    expect(warning).to_contain_text("treat the prediction with caution")
+    expect(page.locator("#pred-before")).to_contain_text("Predicted:")
+    ui.shot("classify-ood-warning")

@@ -197,16 +197,19 @@ def test_segment_app_api(bundle, serve, tmp_path) -> None:
         out = client.predict(
             handle_file(str(path)), "digit-scenes", mode, scope, *slots(), api_name="/analyse"
         )
-        # outputs as the API sees them (states left out): status, picker, selection, info,
-        # segmentation, legend, candidates, N slot ids, N sliders, after panels
-        assert "patches" in out[1] and "background" in out[6] and len(out[7]) > 0
-        ids = [u["value"] for u in out[8 : 8 + N]]
+        # outputs as the API sees them (states left out): upload, status, picker, selection,
+        # info, segmentation, legend, OOD line, candidates, attribution, N slot ids, N sliders,
+        # after panels
+        assert "patches" in out[1] and "background" in out[6] and len(out[8]) > 0
+        assert "Features that matter" in out[9]
+        ids = [u["value"] for u in out[10 : 10 + N]]
         assert all(isinstance(f, int) for f in ids)
         assert "No edits" in out[-3] and "0.0%" in out[-2]
         sel = ";".join(f"{r},{c}" for r in range(3, 13) for c in range(3, 13))
         sel_out = client.predict("digit-scenes", sel, mode, scope, *slots(ids), api_name="/select")
         assert "100 of 256 patches selected" in sel_out[0]
-        ids = [u["value"] for u in sel_out[2 : 2 + N]]
+        assert "on the 100 selected patches" in sel_out[2]
+        ids = [u["value"] for u in sel_out[3 : 3 + N]]
         edited = client.predict(
             "digit-scenes",
             sel,
@@ -254,7 +257,7 @@ def test_classify_app_api_and_bad_uploads(bundle, serve, awkward_files, tmp_path
             api_name="/analyse",
         )
         assert "Predicted:" in out[5]
-        ids = [u["value"] for u in out[8 : 8 + N]]
+        ids = [u["value"] for u in out[10 : 10 + N]]
         edited = client.predict(
             "digits",
             "",
@@ -292,3 +295,104 @@ def test_app_without_a_probe_of_that_kind_says_what_to_do(tiny_bundle, tmp_path)
 
     with pytest.raises(adapter.AppSetupError, match="no classification head.*saescope probe"):
         build_app(str(tiny_bundle(tmp_path, "no-probes")), examples=False)
+
+
+# ------------------------------------------------------------------------------ issue 12
+def test_engine_attribution_on_a_selection(engine) -> None:
+    an = engine.analyse(scene(290))
+    sel = [(r, c) for r in range(4, 10) for c in range(4, 10)]
+    res = engine.attribute(an, sel, head="digit-scenes", top=8, confirm=2)
+    assert res.kind == "segmentation" and len(res.positions) == len(sel)
+    feats = res.features(8)
+    assert len(feats) == 8 and len(set(feats)) == 8
+    mags = [abs(s.attribution) for s in res.ranking]
+    assert mags == sorted(mags, reverse=True)  # by |attribution|, largest first
+    assert all(s.n_active > 0 for s in res.ranking)  # only features firing on the selection
+    assert [a.feature for a in res.confirmed] == feats[:2]
+    assert "changed_fraction" in res.confirmed[0].metrics
+    cls = engine.attribute(an, None, head="digits", top=5, kinds="cls,patch")
+    assert cls.kind == "classification" and len(cls.positions) == an.n_patches + 1
+    # no gradient leaks into the model's parameters
+    assert all(p.grad is None for p in engine.sae.parameters())
+
+
+def test_head_reference_flags_other_data(engine) -> None:
+    from saescope.core.sources import open_source
+
+    ref = engine.head_reference("digits")
+    assert ref is not None and ref.source.startswith("builtin:digits")
+    assert len(ref.calibration) >= 20 and 0 < ref.threshold < 1
+    digit = engine.analyse(open_source("builtin:digits?size=112").load(1700))
+    far = engine.analyse(Image.fromarray(np.full((224, 224, 3), (250, 10, 200), np.uint8)))
+    d, f = engine.head_ood(digit, "digits"), engine.head_ood(far, "digits")
+    assert f.score > d.score and f.is_ood and f.percentile == 100.0
+    assert engine.head_reference("digits") is ref  # fitted once
+
+
+def test_select_fills_sliders_in_attribution_order(bundle, serve, tmp_path) -> None:
+    """The sliders follow the causal ranking (not the activation one), and the attribution
+    table beside the cards lists it with the measured effect of the confirmed features."""
+    from gradio_client import Client, handle_file
+
+    from saescope.apps.segment import build_app
+
+    demo = build_app(str(bundle), examples=False)
+    served = serve(demo)
+    try:
+        client = Client(served.url, verbose=False, download_files=str(tmp_path))
+        path = tmp_path / "scene.png"
+        scene(295).save(path)
+        mode, scope = "scale the feature (× slider)", "selected patches"
+        out = client.predict(
+            handle_file(str(path)), "digit-scenes", mode, scope, *slots(), api_name="/analyse"
+        )
+        sel_cells = [(r, c) for r in range(5, 11) for c in range(5, 11)]
+        sel = ";".join(f"{r},{c}" for r, c in sel_cells)
+        sel_out = client.predict("digit-scenes", sel, mode, scope, *slots(), api_name="/select")
+        ids = [u["value"] for u in sel_out[3 : 3 + N]]
+        eng = demo.engine
+        an = eng.analyse(Image.open(path).convert("RGB"))
+        res = eng.attribute(an, sel_cells, head="digit-scenes", top=10)
+        assert ids == res.features(N)
+        activation = [f for f, _, _ in eng.top_features(an, sel_cells, N)]
+        assert ids != activation  # the two rankings differ on this selection
+        table = sel_out[2]
+        assert "Features that matter" in table and "on the 36 selected patches" in table
+        assert all(f"#{f}" in table for f in ids)
+        assert table.count("of pixels change class") == 3  # the confirmed (ablated) ones
+        assert "ood" in out[7]  # an OOD line next to the prediction (warning or all-clear)
+    finally:
+        served.close()
+
+
+@pytest.mark.slow
+def test_classify_warns_on_a_photo_not_on_a_digit(serve, tmp_path) -> None:
+    """The default bundle's digits probe: a held-out digit -> no warning; the motorcycle photo
+    (which it calls a '3' at 99.9%) -> a warning beside the prediction."""
+    from gradio_client import Client, handle_file
+    from skimage import data
+
+    from saescope.apps.classify import build_app
+    from saescope.core.sources import open_source
+    from saescope.train.default_bundle import ensure_default_bundle
+
+    demo = build_app(str(ensure_default_bundle(progress=False)), examples=False)
+    served = serve(demo)
+    try:
+        client = Client(served.url, verbose=False, download_files=str(tmp_path))
+        digit, moto = tmp_path / "digit.png", tmp_path / "moto.png"
+        open_source("builtin:digits?size=112").load(1600).save(digit)
+        Image.fromarray(data.stereo_motorcycle()[0]).save(moto)
+        mode, scope = "scale the feature (× slider)", "selected patches"
+        outs = {}
+        for name, path in [("digit", digit), ("moto", moto)]:
+            outs[name] = client.predict(
+                handle_file(str(path)), "digits", mode, scope, *slots(), api_name="/analyse"
+            )
+        assert "Predicted:" in outs["digit"][5] and "⚠" not in outs["digit"][7]
+        assert "In distribution" in outs["digit"][7]
+        warn = outs["moto"][7]
+        assert "⚠" in warn and "unlike the data the <b>digits</b> head was fitted on" in warn
+        assert "95th percentile" in warn and "treat the prediction with caution" in warn
+    finally:
+        served.close()
