@@ -22,7 +22,11 @@ from saescope.core.matches import FEATURES_FILE, PATCH_IMAGES_FILE, PATCHES_FILE
 from saescope.core.sae import SAE
 from saescope.core.store import ActivationStore, StoreError
 from saescope.train.indices_common import check_pair, has_patches, progress_bar
-from saescope.train.indices_patches import PATCH_REPRESENTATION, patch_vectors
+from saescope.train.indices_patches import (
+    PATCH_REPRESENTATION,
+    patch_index_meta,
+    patch_vectors,
+)
 
 
 class ReuseError(ValueError):
@@ -227,17 +231,8 @@ def sampled_patch_index(
     rng = np.random.default_rng(seed)
     ids = _choose(total, int(max_vectors), rng)
     meta = {
-        "representation": PATCH_REPRESENTATION,
-        "id_scheme": "image_index * n_patches + patch",
-        "n_patches": per,
-        "grid": list(store.layout.grid),
-        "n_images": store.n_images,
+        **patch_index_meta(sae, store, store.n_images),
         "sampled": {"vectors": len(ids), "of": total, "seed": seed},
-        "model_id": store.model_id,
-        "layer": store.layer,
-        "sae": sae.cfg.name,
-        "sae_model_id": sae.cfg.model_id,
-        "store": str(store.path),
     }
     builder = IndexBuilder(
         sae.cfg.d_in,

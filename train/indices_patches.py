@@ -69,6 +69,23 @@ def _sample_patches(
     return patch_vectors(sae, torch.from_numpy(out)), flat.astype(np.int64)
 
 
+def patch_index_meta(sae: SAE, store: ActivationStore, n_images: int) -> dict:
+    """The metadata a patch index records: what its vectors are, how ids map to patches, and
+    the SAE and store they came from (one definition for the full and the sampled index)."""
+    return {
+        "representation": PATCH_REPRESENTATION,
+        "id_scheme": "image_index * n_patches + patch",
+        "n_patches": store.layout.n_patches,
+        "grid": list(store.layout.grid),
+        "n_images": n_images,
+        "model_id": store.model_id,
+        "layer": store.layer,
+        "sae": sae.cfg.name,
+        "sae_model_id": sae.cfg.model_id,
+        "store": str(store.path),
+    }
+
+
 def patch_index(
     sae: SAE,
     store: ActivationStore,
@@ -95,18 +112,7 @@ def patch_index(
     if n_images <= 0:
         raise StoreError(f"{store.path} holds no images")
     per = store.layout.n_patches
-    meta = {
-        "representation": PATCH_REPRESENTATION,
-        "id_scheme": "image_index * n_patches + patch",
-        "n_patches": per,
-        "grid": list(store.layout.grid),
-        "n_images": n_images,
-        "model_id": store.model_id,
-        "layer": store.layer,
-        "sae": sae.cfg.name,
-        "sae_model_id": sae.cfg.model_id,
-        "store": str(store.path),
-    }
+    meta = patch_index_meta(sae, store, n_images)
     builder = IndexBuilder(
         sae.cfg.d_in,
         n_images * per,
