@@ -36,17 +36,6 @@ def stats_markdown(
     )
 
 
-def model_details(title: str, model: str, layer, rest: str) -> str:
-    """The line under a bundle's title: model name and layer only where the title does not
-    already say them (no "DINOv2-S — layer 10 — DINOv2-S · layer 10"), then ``rest``."""
-    parts = []
-    if model and model.split(" (")[0] not in title:  # "X (detail)": X said is enough
-        parts.append(model)
-    if layer is not None and f"layer {layer}" not in title:
-        parts.append(f"layer {layer}")
-    return " · ".join(parts + [rest])
-
-
 def pair_title(left: str, right: str) -> str:
     """Two bundle titles as one escaped HTML line, the shared model named once:
     "<b>DINOv2-S</b> — layer 6 vs layer 10" rather than the model twice."""
@@ -185,7 +174,6 @@ def label_sentence(details: dict | None) -> str:
 __all__ = [
     "fmt_freq",
     "stats_markdown",
-    "model_details",
     "pair_title",
     "error_box",
     "source_words",
