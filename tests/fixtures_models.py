@@ -62,6 +62,37 @@ def tiny_dinov2() -> Callable[..., Any]:
     return _tiny_dinov2
 
 
+def _random_store_sae(store: Any, folder: Path, d_sae: int = 64, k: int = 6) -> Any:
+    """An untrained TopK SAE on ``store``'s patch tokens, with its normalisation and decoder
+    bias set from the store, saved to ``folder``; returns the SAE (eval mode)."""
+    from saescope.core.sae import SAE, SAEConfig
+    from saescope.core.sae_io import save_sae
+
+    sae = SAE(
+        SAEConfig(
+            d_in=store.d_model,
+            d_sae=d_sae,
+            architecture="topk",
+            k=k,
+            model_id=store.model_id,
+            layer=store.layer,
+            token_kinds=["patch"],
+        ),
+        seed=0,
+    )
+    sae.set_normalization(store.sample(4000, kinds="patch"))
+    sae.init_decoder_bias(store.sample(2000, kinds="patch"))
+    save_sae(sae.eval(), folder)
+    return sae
+
+
+@pytest.fixture(scope="session")
+def random_store_sae() -> Callable[..., Any]:
+    """``random_store_sae(store, folder, d_sae=64, k=6)`` -> an untrained TopK SAE fitted to the
+    store's statistics and saved to ``folder`` (for tests of steps that read any SAE)."""
+    return _random_store_sae
+
+
 def _make_tiny_model(path: Path, registers: int = 0, crop: int = 56, seed: int = 0) -> Path:
     """A random 3-block DINOv2 (optionally with registers) that sees ``crop`` px images."""
     from transformers import (

@@ -37,11 +37,9 @@ SPEC = "builtin:digits?max_images=30+builtin:photos?views=2"
 
 
 @pytest.fixture(scope="module")
-def labelled(tmp_path_factory, tiny_dinov2) -> dict:
+def labelled(tmp_path_factory, tiny_dinov2, random_store_sae) -> dict:
     """A tiny bundle built by the real pipeline from a labelled store: 30 digits and 2 views of
     each packaged photo, every view of a photo allowed among a feature's exemplars."""
-    from saescope.core.sae import SAE, SAEConfig
-    from saescope.core.sae_io import save_sae
     from saescope.core.store import ActivationStore
     from saescope.train.bundle import build_bundle
     from saescope.train.extract import extract
@@ -49,21 +47,7 @@ def labelled(tmp_path_factory, tiny_dinov2) -> dict:
     root = tmp_path_factory.mktemp("labels")
     bb = tiny_dinov2(root / "model", layers=2)
     store = ActivationStore(extract(bb, SPEC, root / "acts", layers=[-1], progress=False)[0])
-    sae = SAE(
-        SAEConfig(
-            d_in=32,
-            d_sae=64,
-            architecture="topk",
-            k=6,
-            model_id=store.model_id,
-            layer=store.layer,
-            token_kinds=["patch"],
-        ),
-        seed=0,
-    )
-    sae.set_normalization(store.sample(4000, kinds="patch"))
-    sae.init_decoder_bias(store.sample(2000, kinds="patch"))
-    save_sae(sae.eval(), root / "sae")
+    random_store_sae(store, root / "sae")
     bundle = build_bundle(
         root / "sae", store.path, root / "bundle", k=8, per_source=None, progress=False
     )

@@ -28,10 +28,8 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_TH
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, tiny_dinov2) -> dict:
+def tiny(tmp_path_factory, tiny_dinov2, random_store_sae) -> dict:
     """A tiny random DINOv2, a labelled store (40 digits + the 25 photos) and a random TopK SAE."""
-    from saescope.core.sae import SAE, SAEConfig
-    from saescope.core.sae_io import save_sae
     from saescope.core.store import ActivationStore
     from saescope.train.extract import extract
 
@@ -41,21 +39,7 @@ def tiny(tmp_path_factory, tiny_dinov2) -> dict:
     store = ActivationStore(
         extract(bb, spec, root / "acts", layers=[-1], kinds="cls,patch", progress=False)[0]
     )
-    sae = SAE(
-        SAEConfig(
-            d_in=32,
-            d_sae=64,
-            architecture="topk",
-            k=6,
-            model_id=store.model_id,
-            layer=store.layer,
-            token_kinds=["patch"],
-        ),
-        seed=0,
-    )
-    sae.set_normalization(store.sample(4000, kinds="patch"))
-    sae.init_decoder_bias(store.sample(2000, kinds="patch"))
-    save_sae(sae.eval(), root / "sae")
+    sae = random_store_sae(store, root / "sae")
     return {"root": root, "backbone": bb, "store": store, "sae": sae}
 
 
